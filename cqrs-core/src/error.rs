@@ -1,0 +1,168 @@
+//! The errors of the store and command-handling boundaries.
+
+use crate::event::{DecodeError, EncodeError};
+use crate::stream::{ExpectedVersion, StreamId};
+use uuid::Uuid;
+
+/// A boxed error from a storage backend.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why an event store operation failed. Every store returns the same variants for the same
+/// situation, so callers handle a conflict once for all stores.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Another writer appended first. Reload the aggregate and decide again.
+    #[error(
+        "concurrency conflict on {stream}: expected {expected}, but the stream is at {}; reload and retry the command",
+        actual.map_or_else(|| "another version".to_owned(), |v| format!("version {v}"))
+    )]
+    Conflict {
+        /// The stream.
+        stream: StreamId,
+        /// What the writer expected.
+        expected: ExpectedVersion,
+        /// The version found, when the store knows it.
+        actual: Option<u64>,
+    },
+    /// The idempotency key was already used for a different stream.
+    #[error(
+        "idempotency key `{key}` was already used on {original}, not {stream}; use a fresh key per command"
+    )]
+    IdempotencyKeyReused {
+        /// The key.
+        key: String,
+        /// Where it was used now.
+        stream: StreamId,
+        /// Where it was used first.
+        original: StreamId,
+    },
+    /// An event could not be serialised; nothing was written.
+    #[error("nothing was written: {0}")]
+    Encode(#[from] EncodeError),
+    /// A stored event could not be decoded. The stored data is untouched.
+    #[error("event at version {version} (position {position}) of {stream} cannot be decoded: {source}")]
+    Decode {
+        /// The stream.
+        stream: StreamId,
+        /// Aggregate version of the event.
+        version: u64,
+        /// Store position of the event.
+        position: u64,
+        /// What went wrong.
+        #[source]
+        source: DecodeError,
+    },
+    /// A stored message does not have the envelope's shape (missing or garbage headers).
+    #[error("message at position {position} is not a valid event envelope: {reason}")]
+    MalformedEnvelope {
+        /// Store position of the message.
+        position: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The request can never succeed as given (an id that cannot be stored, an oversized
+    /// event, an empty append). Nothing was written.
+    #[error("invalid request for {stream}: {reason}")]
+    InvalidInput {
+        /// The stream.
+        stream: StreamId,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+    /// More events in one append than the store commits atomically. Nothing was written.
+    #[error(
+        "{count} events for {stream} in one append, at most {max} commit atomically; split the command"
+    )]
+    TooManyEvents {
+        /// The stream.
+        stream: StreamId,
+        /// Events in the append.
+        count: usize,
+        /// The store's limit.
+        max: usize,
+    },
+    /// The store did not answer in time; the append may or may not have been written, and
+    /// looking it up failed too. Retry the same command with the same idempotency key: it is
+    /// applied at most once.
+    #[error(
+        "outcome unknown for the append of event {event_id} to {stream}: {reason}; retry with the same idempotency key"
+    )]
+    OutcomeUnknown {
+        /// The stream.
+        stream: StreamId,
+        /// First event of the append.
+        event_id: Uuid,
+        /// What happened.
+        reason: String,
+    },
+    /// The store cannot serve the request now (no leader, not connected). Retry after a pause.
+    #[error("event store unavailable during {operation}: {reason}; retry after a pause")]
+    Unavailable {
+        /// What was attempted.
+        operation: &'static str,
+        /// What the backend said.
+        reason: String,
+    },
+    /// The caller lacks permission for this stream.
+    #[error("permission denied for {operation} on {stream}: {reason}")]
+    PermissionDenied {
+        /// What was attempted.
+        operation: &'static str,
+        /// The stream.
+        stream: StreamId,
+        /// What the backend said.
+        reason: String,
+    },
+    /// Any other backend failure.
+    #[error("event store failed during {operation}: {source}")]
+    Backend {
+        /// What was attempted.
+        operation: &'static str,
+        /// The backend's error.
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl StoreError {
+    /// Whether this is an optimistic-concurrency conflict.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Self::Conflict { .. })
+    }
+
+    /// Whether retrying the same request later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::Conflict { .. } | Self::OutcomeUnknown { .. } | Self::Unavailable { .. }
+        )
+    }
+}
+
+/// Why a command was not applied.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError<E> {
+    /// The aggregate refused the command (a business rule, or an invalid transition).
+    #[error("command rejected: {0}")]
+    Rejected(#[source] E),
+    /// The store failed; see [`StoreError`] for what to do.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl<E> CommandError<E> {
+    /// The domain error, if the aggregate refused the command.
+    pub fn rejection(&self) -> Option<&E> {
+        match self {
+            Self::Rejected(e) => Some(e),
+            Self::Store(_) => None,
+        }
+    }
+
+    /// Whether this is a concurrency conflict.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Self::Store(e) if e.is_conflict())
+    }
+}

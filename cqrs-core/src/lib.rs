@@ -1,0 +1,35 @@
+//! The domain kernel of a NATS JetStream-native CQRS and event-sourcing framework.
+//!
+//! - [`Aggregate`]: a Mealy machine — `decide` (state + command -> events) and `evolve`
+//!   (state + event -> next state).
+//! - [`DomainEvent`]: stable type names, schema versions, decoding through upcast chains.
+//! - [`EventEnvelope`] and [`Metadata`]: identity, position, correlation and causation.
+//! - [`EventStore`]: optimistic concurrency, atomic multi-event appends, idempotency, lazy reads;
+//!   [`InMemoryEventStore`] is the embedded implementation with the same semantics as JetStream.
+//! - [`Repository`]: load, decide, append, retry on conflict, snapshots, time travel.
+//! - [`testing`]: given-when-then fixtures.
+#![forbid(unsafe_code)]
+
+pub mod aggregate;
+pub mod envelope;
+pub mod error;
+pub mod event;
+pub mod memory;
+pub mod metadata;
+pub mod repository;
+pub mod store;
+pub mod stream;
+pub mod testing;
+
+#[doc(hidden)]
+pub mod doc;
+
+pub use aggregate::{Aggregate, InvalidTransition};
+pub use envelope::{EventEnvelope, NewEvent, RecordedEvent, SerializedEvent};
+pub use error::{CommandError, StoreError};
+pub use event::{DecodeError, DomainEvent, EncodeError, EventSchema};
+pub use memory::InMemoryEventStore;
+pub use metadata::{CommandMetadata, IdempotencyKey, Metadata};
+pub use repository::{Loaded, Repository};
+pub use store::{Committed, EventStore, EventStream, Snapshot};
+pub use stream::{EventFilter, ExpectedVersion, StreamId, StreamPosition};

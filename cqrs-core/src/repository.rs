@@ -1,0 +1,491 @@
+//! Command handling: load the aggregate, decide, append with the expected version, retry on
+//! conflict when allowed, keep snapshots and a hot-aggregate cache; and time travel.
+
+use crate::aggregate::Aggregate;
+use crate::envelope::{EventEnvelope, NewEvent, RecordedEvent};
+use crate::error::{CommandError, StoreError};
+use crate::metadata::CommandMetadata;
+use crate::store::{Committed, EventStore, EventStream, Snapshot};
+use crate::stream::{ExpectedVersion, StreamId, StreamPosition};
+use futures::TryStreamExt;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use time::OffsetDateTime;
+use tracing::Instrument;
+
+/// An aggregate state and where its stream stood when it was loaded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded<A> {
+    /// The state.
+    pub state: A,
+    /// Version and store position of the last event folded into `state` (zeros when new).
+    pub position: StreamPosition,
+}
+
+impl<A> Loaded<A> {
+    /// The aggregate version (0 when it has no events).
+    pub fn version(&self) -> u64 {
+        self.position.version
+    }
+}
+
+/// Loads aggregates, runs commands against them and appends the outcome.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// use cqrs_core::{CommandMetadata, InMemoryEventStore, Repository, StreamId};
+/// use cqrs_core::doc::{Counter, CounterCommand, CounterEvent};
+///
+/// let repo = Repository::<Counter, _>::new(InMemoryEventStore::new()).with_conflict_retries(3);
+/// let committed = repo.execute("c-1", CounterCommand::Add(5), CommandMetadata::root()).await?;
+/// assert_eq!(committed[0].payload, CounterEvent::Added { amount: 5 });
+/// assert_eq!(committed[0].version, 1);
+///
+/// let loaded = repo.load(&StreamId::new("Counter", "c-1")).await?;
+/// assert_eq!(loaded.state.value, 5);
+/// # Ok::<_, Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+pub struct Repository<A: Aggregate, S> {
+    store: S,
+    conflict_retries: u32,
+    snapshots: Option<SnapshotPolicy<A>>,
+    cache: Option<Arc<AggregateCache<A>>>,
+}
+
+impl<A: Aggregate, S: fmt::Debug> fmt::Debug for Repository<A, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Repository")
+            .field("aggregate", &A::TYPE)
+            .field("store", &self.store)
+            .field("conflict_retries", &self.conflict_retries)
+            .field("snapshot_every", &self.snapshots.as_ref().map(|s| s.every))
+            .field("cache_capacity", &self.cache.as_ref().map(|c| c.capacity))
+            .finish()
+    }
+}
+
+impl<A: Aggregate, S: Clone> Clone for Repository<A, S> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            conflict_retries: self.conflict_retries,
+            snapshots: self.snapshots.clone(),
+            cache: self.cache.clone(),
+        }
+    }
+}
+
+/// How snapshots are taken and read: bounds on the state only where snapshots are used.
+struct SnapshotPolicy<A> {
+    every: u64,
+    encode: fn(&A) -> Result<Vec<u8>, serde_json::Error>,
+    decode: fn(&[u8]) -> Result<A, serde_json::Error>,
+}
+
+impl<A> Clone for SnapshotPolicy<A> {
+    fn clone(&self) -> Self {
+        Self {
+            every: self.every,
+            encode: self.encode,
+            decode: self.decode,
+        }
+    }
+}
+
+/// A bounded map of recently used aggregates; the oldest insertion is evicted first.
+struct AggregateCache<A> {
+    capacity: usize,
+    entries: Mutex<(HashMap<StreamId, Loaded<A>>, VecDeque<StreamId>)>,
+}
+
+impl<A: Clone> AggregateCache<A> {
+    fn get(&self, stream: &StreamId) -> Option<Loaded<A>> {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.0.get(stream).cloned()
+    }
+
+    fn put(&self, stream: &StreamId, loaded: Loaded<A>) {
+        let mut guard = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let (map, order) = &mut *guard;
+        if map.insert(stream.clone(), loaded).is_none() {
+            order.push_back(stream.clone());
+            while map.len() > self.capacity {
+                match order.pop_front() {
+                    Some(oldest) => {
+                        map.remove(&oldest);
+                    }
+                    None => break,
+                }
+            }
+        }
+    }
+
+    fn forget(&self, stream: &StreamId) {
+        let mut guard = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let (map, order) = &mut *guard;
+        if map.remove(stream).is_some() {
+            order.retain(|s| s != stream);
+        }
+    }
+}
+
+impl<A: Aggregate, S: EventStore> Repository<A, S> {
+    /// A repository over `store`: no retries, no snapshots, no cache.
+    pub fn new(store: S) -> Self {
+        Self {
+            store,
+            conflict_retries: 0,
+            snapshots: None,
+            cache: None,
+        }
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// On a conflict, reload and decide again up to `retries` times — only for commands that
+    /// do not pin an expected version themselves (a pinned version's conflict is the answer).
+    pub fn with_conflict_retries(mut self, retries: u32) -> Self {
+        self.conflict_retries = retries;
+        self
+    }
+
+    /// Saves a snapshot whenever a commit crosses a multiple of `every` events; loads start from
+    /// the latest snapshot whose state version is `A::STATE_VERSION`.
+    pub fn with_snapshots_every(mut self, every: u64) -> Self
+    where
+        A: Serialize + DeserializeOwned,
+    {
+        self.snapshots = Some(SnapshotPolicy {
+            every: every.max(1),
+            encode: |state| serde_json::to_vec(state),
+            decode: |bytes| serde_json::from_slice(bytes),
+        });
+        self
+    }
+
+    /// Keeps up to `capacity` recently used aggregates in memory; a load then reads only the
+    /// events appended since.
+    pub fn with_cache(mut self, capacity: usize) -> Self {
+        self.cache = Some(Arc::new(AggregateCache {
+            capacity: capacity.max(1),
+            entries: Mutex::new((HashMap::new(), VecDeque::new())),
+        }));
+        self
+    }
+
+    /// The stream of aggregate `aggregate_id` under `tenant`.
+    pub fn stream_id(aggregate_id: &str, tenant: Option<&str>) -> StreamId {
+        StreamId::new(A::TYPE, aggregate_id).with_optional_tenant(tenant.map(str::to_owned))
+    }
+
+    /// The current state of `stream`: from the cache or the latest snapshot, plus newer events.
+    pub async fn load(&self, stream: &StreamId) -> Result<Loaded<A>, StoreError> {
+        let span = tracing::debug_span!(
+            "cqrs.load",
+            aggregate_type = %stream.aggregate_type,
+            aggregate_id = %stream.aggregate_id,
+            version = tracing::field::Empty,
+        );
+        async {
+            let start = match self.cache.as_ref().and_then(|c| c.get(stream)) {
+                Some(cached) => cached,
+                None => self.load_snapshot(stream).await?.unwrap_or_else(|| Loaded {
+                    state: A::default(),
+                    position: StreamPosition::default(),
+                }),
+            };
+            let tail = if start.position.version == 0 {
+                self.store.load(stream, 1).await?
+            } else {
+                self.store.load_after(stream, start.position).await?
+            };
+            let loaded = fold(start, tail, |_| true).await?;
+            tracing::Span::current().record("version", loaded.version());
+            if let Some(cache) = &self.cache {
+                cache.put(stream, loaded.clone());
+            }
+            Ok(loaded)
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Loaded<A>>, StoreError> {
+        let Some(policy) = &self.snapshots else {
+            return Ok(None);
+        };
+        let Some(snapshot) = self.store.load_snapshot(stream).await? else {
+            return Ok(None);
+        };
+        if snapshot.state_version != A::STATE_VERSION {
+            tracing::debug!(
+                %stream,
+                snapshot_state_version = snapshot.state_version,
+                current_state_version = A::STATE_VERSION,
+                "ignoring snapshot of another state version; rebuilding from events"
+            );
+            return Ok(None);
+        }
+        match (policy.decode)(&snapshot.state) {
+            Ok(state) => Ok(Some(Loaded {
+                state,
+                position: snapshot.stream_position,
+            })),
+            Err(error) => {
+                tracing::warn!(%stream, %error, "ignoring unreadable snapshot; rebuilding from events");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Runs `command` against aggregate `aggregate_id` (under `metadata.tenant`) and appends the
+    /// events it decides, with the metadata propagation rules applied.
+    ///
+    /// A command retried with the same idempotency key (by default its command id) appends
+    /// nothing and returns the originally committed events.
+    pub async fn execute(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        metadata: CommandMetadata,
+    ) -> Result<Vec<EventEnvelope<A::Event>>, CommandError<A::Error>> {
+        let stream = Self::stream_id(aggregate_id, metadata.tenant.as_deref());
+        let span = tracing::info_span!(
+            "cqrs.execute",
+            aggregate_type = A::TYPE,
+            aggregate_id,
+            command = A::command_name(&command),
+            correlation_id = %metadata.correlation_id,
+            command_id = %metadata.command_id,
+            version = tracing::field::Empty,
+        );
+        self.execute_on(&stream, command, &metadata)
+            .instrument(span)
+            .await
+    }
+
+    async fn execute_on(
+        &self,
+        stream: &StreamId,
+        command: A::Command,
+        metadata: &CommandMetadata,
+    ) -> Result<Vec<EventEnvelope<A::Event>>, CommandError<A::Error>> {
+        let key = metadata.idempotency_key();
+        let mut attempt = 0;
+        loop {
+            let loaded = self.load(stream).await?;
+            let decided = {
+                let _decide = tracing::debug_span!("cqrs.decide", version = loaded.version())
+                    .entered();
+                loaded.state.decide(command.clone())
+            };
+            let events = match decided {
+                Ok(events) => events,
+                // A retry of a command that already succeeded may be refused by the state it
+                // produced: answer with the original outcome instead.
+                Err(rejection) => {
+                    return match self.store.find_commit(stream, &key).await? {
+                        Some(original) => decode_committed::<A>(original),
+                        None => Err(CommandError::Rejected(rejection)),
+                    };
+                }
+            };
+            if events.is_empty() {
+                return Ok(Vec::new());
+            }
+            let expected = ExpectedVersion::Exact(
+                metadata.expected_version.unwrap_or(loaded.version()),
+            );
+            let event_metadata = metadata.event_metadata();
+            let new_events = events
+                .iter()
+                .enumerate()
+                .map(|(i, event)| NewEvent::encode(event, key.event_id(i), event_metadata.clone()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(StoreError::from)?;
+            let appended = self
+                .store
+                .append(stream, expected, new_events, Some(&key))
+                .instrument(tracing::debug_span!(
+                    "cqrs.append",
+                    expected_version = loaded.version(),
+                    events = events.len()
+                ))
+                .await;
+            match appended {
+                Ok(committed) if committed.duplicate => return decode_committed::<A>(committed),
+                Ok(committed) => {
+                    let envelopes: Vec<_> = committed
+                        .events
+                        .into_iter()
+                        .zip(events)
+                        .map(|(recorded, event)| recorded.map(|_| event))
+                        .collect();
+                    self.after_commit(stream, loaded, &envelopes).await;
+                    return Ok(envelopes);
+                }
+                Err(error) if error.is_conflict() => {
+                    if let Some(cache) = &self.cache {
+                        cache.forget(stream);
+                    }
+                    if let Some(original) = self.store.find_commit(stream, &key).await? {
+                        return decode_committed::<A>(original);
+                    }
+                    if metadata.expected_version.is_some() || attempt >= self.conflict_retries {
+                        return Err(error.into());
+                    }
+                    attempt += 1;
+                    tracing::debug!(attempt, "conflict; reloading and deciding again");
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+
+    /// Updates the cache and takes a snapshot when the commit crossed the snapshot interval.
+    async fn after_commit(
+        &self,
+        stream: &StreamId,
+        before: Loaded<A>,
+        committed: &[EventEnvelope<A::Event>],
+    ) {
+        let Some(last) = committed.last() else {
+            return;
+        };
+        tracing::Span::current().record("version", last.version);
+        let after = Loaded {
+            state: committed
+                .iter()
+                .fold(before.state, |state, e| state.evolve(&e.payload)),
+            position: last.stream_position(),
+        };
+        if let Some(policy) = &self.snapshots
+            && before.position.version / policy.every != after.position.version / policy.every
+        {
+            self.save_snapshot(stream, policy, &after).await;
+        }
+        if let Some(cache) = &self.cache {
+            cache.put(stream, after);
+        }
+    }
+
+    async fn save_snapshot(&self, stream: &StreamId, policy: &SnapshotPolicy<A>, at: &Loaded<A>) {
+        // A snapshot is an optimisation: failing to write one never fails the command.
+        let state = match (policy.encode)(&at.state) {
+            Ok(state) => state,
+            Err(error) => {
+                tracing::warn!(%stream, %error, "snapshot not taken: state does not serialise");
+                return;
+            }
+        };
+        let snapshot = Snapshot {
+            stream_position: at.position,
+            state_version: A::STATE_VERSION,
+            state,
+            taken_at: OffsetDateTime::now_utc(),
+        };
+        if let Err(error) = self.store.save_snapshot(stream, snapshot).await {
+            tracing::warn!(%stream, %error, "snapshot not saved");
+        }
+    }
+
+    /// The decoded events of `stream` from `from_version` on.
+    pub async fn history(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+    ) -> Result<Vec<EventEnvelope<A::Event>>, StoreError> {
+        self.store
+            .load(stream, from_version)
+            .await?
+            .and_then(|recorded| async move { decode(&recorded) })
+            .try_collect()
+            .await
+    }
+
+    /// The state of `stream` right after version `version` (time travel by version).
+    pub async fn state_at_version(
+        &self,
+        stream: &StreamId,
+        version: u64,
+    ) -> Result<Loaded<A>, StoreError> {
+        let start = self
+            .load_snapshot(stream)
+            .await?
+            .filter(|s| s.position.version <= version);
+        let (start, tail) = match start {
+            Some(start) => {
+                let tail = self.store.load_after(stream, start.position).await?;
+                (start, tail)
+            }
+            None => (Loaded::default(), self.store.load(stream, 1).await?),
+        };
+        fold(start, tail, |e| e.version <= version).await
+    }
+
+    /// The state of `stream` as it was at instant `at` (time travel by time): every event
+    /// recorded at or before `at`.
+    pub async fn state_at_time(
+        &self,
+        stream: &StreamId,
+        at: OffsetDateTime,
+    ) -> Result<Loaded<A>, StoreError> {
+        let events = self.store.load(stream, 1).await?;
+        fold(Loaded::default(), events, |e| e.recorded_at <= at).await
+    }
+}
+
+impl<A: Aggregate> Default for Loaded<A> {
+    fn default() -> Self {
+        Self {
+            state: A::default(),
+            position: StreamPosition::default(),
+        }
+    }
+}
+
+fn decode<E: crate::DomainEvent>(recorded: &RecordedEvent) -> Result<EventEnvelope<E>, StoreError> {
+    recorded.decode().map_err(|source| StoreError::Decode {
+        stream: recorded.stream_id(),
+        version: recorded.version,
+        position: recorded.position,
+        source,
+    })
+}
+
+fn decode_committed<A: Aggregate>(
+    committed: Committed,
+) -> Result<Vec<EventEnvelope<A::Event>>, CommandError<A::Error>> {
+    tracing::debug!("idempotent retry: returning the original commit");
+    Ok(committed
+        .events
+        .iter()
+        .map(decode)
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Folds the events of `events` that pass `keep` into `start`, stopping at the first that does
+/// not (streams are in version order, so the rest would not pass either).
+async fn fold<A: Aggregate>(
+    start: Loaded<A>,
+    mut events: EventStream,
+    keep: impl Fn(&RecordedEvent) -> bool,
+) -> Result<Loaded<A>, StoreError> {
+    let mut loaded = start;
+    while let Some(recorded) = events.try_next().await? {
+        if !keep(&recorded) {
+            break;
+        }
+        let envelope: EventEnvelope<A::Event> = decode(&recorded)?;
+        loaded.state = loaded.state.evolve(&envelope.payload);
+        loaded.position = envelope.stream_position();
+    }
+    Ok(loaded)
+}

@@ -1,0 +1,203 @@
+//! The event store contract every backend implements with the same semantics.
+
+use crate::envelope::{NewEvent, RecordedEvent};
+use crate::error::StoreError;
+use crate::metadata::IdempotencyKey;
+use crate::stream::{EventFilter, ExpectedVersion, StreamId, StreamPosition};
+use futures::TryStreamExt;
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::sync::Arc;
+use time::OffsetDateTime;
+
+/// A finite stream of stored events, read lazily. It ends at the store's head as of the call.
+pub type EventStream = BoxStream<'static, Result<RecordedEvent, StoreError>>;
+
+/// The outcome of an append.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Committed {
+    /// The stored events, with versions and positions, in order.
+    pub events: Vec<RecordedEvent>,
+    /// `true` when the append was a retry of an earlier one (same idempotency key): nothing new
+    /// was written and `events` are the originals.
+    pub duplicate: bool,
+}
+
+impl Committed {
+    /// Where the stream stands after this commit, or `None` for an empty commit.
+    pub fn stream_position(&self) -> Option<StreamPosition> {
+        self.events.last().map(RecordedEvent::stream_position)
+    }
+}
+
+/// A serialised aggregate state at a stream position.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// The version and store position of the last event folded into `state`.
+    pub stream_position: StreamPosition,
+    /// The aggregate's `STATE_VERSION` when the snapshot was taken.
+    pub state_version: u32,
+    /// The state as JSON.
+    pub state: Vec<u8>,
+    /// When it was taken.
+    #[serde(with = "time::serde::rfc3339")]
+    pub taken_at: OffsetDateTime,
+}
+
+/// Append-only storage of event streams.
+///
+/// Semantics every implementation keeps (the conformance suite in `tests/` checks them):
+/// - `append` checks `expected` and writes all `events` atomically, or none;
+/// - a conflict is [`StoreError::Conflict`];
+/// - an append repeated with the same idempotency key writes nothing and returns the original
+///   events with `duplicate = true`;
+/// - versions are gapless `1..=n` per stream; positions increase store-wide in append order;
+/// - reads are lazy streams that end at the head as of the call.
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends `events` to `stream` if its version satisfies `expected`.
+    fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        idempotency: Option<&IdempotencyKey>,
+    ) -> impl Future<Output = Result<Committed, StoreError>> + Send;
+
+    /// The events of `stream` from version `from_version` (1 for all) to its current end.
+    fn load(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+    ) -> impl Future<Output = Result<EventStream, StoreError>> + Send;
+
+    /// The events of `stream` after `after` (a snapshot's or cache's position). Backends that
+    /// can seek by position override this to skip what the reader already has.
+    fn load_after(
+        &self,
+        stream: &StreamId,
+        after: StreamPosition,
+    ) -> impl Future<Output = Result<EventStream, StoreError>> + Send {
+        self.load(stream, after.version + 1)
+    }
+
+    /// The commit an earlier append under `key` made to `stream`, if any: how a retried command
+    /// finds its original outcome after the state moved on.
+    ///
+    /// The default scans `stream` for the event ids the repository derives from `key`
+    /// ([`IdempotencyKey::event_id`]); stores with an index override it.
+    fn find_commit(
+        &self,
+        stream: &StreamId,
+        key: &IdempotencyKey,
+    ) -> impl Future<Output = Result<Option<Committed>, StoreError>> + Send {
+        async move {
+            let mut events = self.load(stream, 1).await?;
+            let mut found: Vec<RecordedEvent> = Vec::new();
+            while let Some(event) = events.try_next().await? {
+                if event.event_id == key.event_id(found.len()) {
+                    found.push(event);
+                } else if !found.is_empty() {
+                    break;
+                }
+            }
+            Ok((!found.is_empty()).then_some(Committed {
+                events: found,
+                duplicate: true,
+            }))
+        }
+    }
+
+    /// Where `stream` stands now (version 0 and position 0 when it has no events).
+    fn stream_position(
+        &self,
+        stream: &StreamId,
+    ) -> impl Future<Output = Result<StreamPosition, StoreError>> + Send;
+
+    /// All events matching `filter`, from store position `from_position` (inclusive; 1 or 0
+    /// for the beginning) to the head as of the call, in position order.
+    fn read_all(
+        &self,
+        filter: &EventFilter,
+        from_position: u64,
+    ) -> impl Future<Output = Result<EventStream, StoreError>> + Send;
+
+    /// The latest snapshot of `stream`, if any.
+    fn load_snapshot(
+        &self,
+        stream: &StreamId,
+    ) -> impl Future<Output = Result<Option<Snapshot>, StoreError>> + Send;
+
+    /// Stores a snapshot of `stream`, replacing older ones.
+    fn save_snapshot(
+        &self,
+        stream: &StreamId,
+        snapshot: Snapshot,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+impl<S: EventStore> EventStore for Arc<S> {
+    fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        idempotency: Option<&IdempotencyKey>,
+    ) -> impl Future<Output = Result<Committed, StoreError>> + Send {
+        (**self).append(stream, expected, events, idempotency)
+    }
+
+    fn load(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+    ) -> impl Future<Output = Result<EventStream, StoreError>> + Send {
+        (**self).load(stream, from_version)
+    }
+
+    fn load_after(
+        &self,
+        stream: &StreamId,
+        after: StreamPosition,
+    ) -> impl Future<Output = Result<EventStream, StoreError>> + Send {
+        (**self).load_after(stream, after)
+    }
+
+    fn find_commit(
+        &self,
+        stream: &StreamId,
+        key: &IdempotencyKey,
+    ) -> impl Future<Output = Result<Option<Committed>, StoreError>> + Send {
+        (**self).find_commit(stream, key)
+    }
+
+    fn stream_position(
+        &self,
+        stream: &StreamId,
+    ) -> impl Future<Output = Result<StreamPosition, StoreError>> + Send {
+        (**self).stream_position(stream)
+    }
+
+    fn read_all(
+        &self,
+        filter: &EventFilter,
+        from_position: u64,
+    ) -> impl Future<Output = Result<EventStream, StoreError>> + Send {
+        (**self).read_all(filter, from_position)
+    }
+
+    fn load_snapshot(
+        &self,
+        stream: &StreamId,
+    ) -> impl Future<Output = Result<Option<Snapshot>, StoreError>> + Send {
+        (**self).load_snapshot(stream)
+    }
+
+    fn save_snapshot(
+        &self,
+        stream: &StreamId,
+        snapshot: Snapshot,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).save_snapshot(stream, snapshot)
+    }
+}

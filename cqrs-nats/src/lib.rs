@@ -1,0 +1,2 @@
+//! NATS JetStream as the event store of `cqrs-core`.
+#![forbid(unsafe_code)]
