@@ -90,6 +90,16 @@ pub trait Aggregate: Default + Clone + Debug + Send + Sync + 'static {
     fn state_name(&self) -> &'static str {
         std::any::type_name::<Self>()
     }
+
+    /// For state-machine aggregates: the name of the state that the transition `command` takes
+    /// from the current state declares as its target, if one is declared. The test fixtures
+    /// check that the transition's events really land in that state (by [`state_name`]).
+    ///
+    /// [`state_name`]: Aggregate::state_name
+    fn declared_target(&self, command: &Self::Command) -> Option<&'static str> {
+        let _ = command;
+        None
+    }
 }
 
 /// A command arrived in a state that declares no transition for it.

@@ -41,7 +41,9 @@ pub enum StoreError {
     #[error("nothing was written: {0}")]
     Encode(#[from] EncodeError),
     /// A stored event could not be decoded. The stored data is untouched.
-    #[error("event at version {version} (position {position}) of {stream} cannot be decoded: {source}")]
+    #[error(
+        "event at version {version} (position {position}) of {stream} cannot be decoded: {source}"
+    )]
     Decode {
         /// The stream.
         stream: StreamId,

@@ -101,9 +101,10 @@ pub fn encode_variant<T: Serialize>(event_type: &str, value: &T) -> Result<Vec<u
         source,
     };
     let body = match serde_json::to_value(value).map_err(wrap)? {
-        serde_json::Value::Object(map) if map.len() == 1 => {
-            map.into_iter().next().map_or(serde_json::Value::Null, |(_, v)| v)
-        }
+        serde_json::Value::Object(map) if map.len() == 1 => map
+            .into_iter()
+            .next()
+            .map_or(serde_json::Value::Null, |(_, v)| v),
         // A unit variant serialises as its bare name.
         serde_json::Value::String(_) => serde_json::Value::Null,
         other => other,
@@ -179,7 +180,10 @@ mod tests {
             br#"{"a":"x"}"#
         );
         assert_eq!(encode_variant("Unit", &Sample::Unit).unwrap(), b"null");
-        assert_eq!(encode_variant("Newtype", &Sample::Newtype(7)).unwrap(), b"7");
+        assert_eq!(
+            encode_variant("Newtype", &Sample::Newtype(7)).unwrap(),
+            b"7"
+        );
     }
 
     #[test]
@@ -201,7 +205,10 @@ mod tests {
     #[test]
     fn malformed_body_is_a_typed_error() {
         let err = decode_variant::<Sample>("Struct", "Struct", 1, b"{not json").unwrap_err();
-        assert!(matches!(err, DecodeError::Malformed { version: 1, .. }), "{err}");
+        assert!(
+            matches!(err, DecodeError::Malformed { version: 1, .. }),
+            "{err}"
+        );
         let err = decode_variant::<Sample>("Struct", "Struct", 1, br#"{"b":1}"#).unwrap_err();
         assert!(err.to_string().contains("Struct"), "{err}");
     }

@@ -295,9 +295,7 @@ impl EventStore for InMemoryEventStore {
             .streams
             .get(stream)
             .and_then(|idx| idx.last())
-            .map_or_else(StreamPosition::default, |&i| {
-                state.log[i].stream_position()
-            }))
+            .map_or_else(StreamPosition::default, |&i| state.log[i].stream_position()))
     }
 
     async fn read_all(

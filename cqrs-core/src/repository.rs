@@ -96,10 +96,13 @@ impl<A> Clone for SnapshotPolicy<A> {
     }
 }
 
+/// The cached aggregates and their insertion order.
+type CacheEntries<A> = (HashMap<StreamId, Loaded<A>>, VecDeque<StreamId>);
+
 /// A bounded map of recently used aggregates; the oldest insertion is evicted first.
 struct AggregateCache<A> {
     capacity: usize,
-    entries: Mutex<(HashMap<StreamId, Loaded<A>>, VecDeque<StreamId>)>,
+    entries: Mutex<CacheEntries<A>>,
 }
 
 impl<A: Clone> AggregateCache<A> {
@@ -282,8 +285,8 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         loop {
             let loaded = self.load(stream).await?;
             let decided = {
-                let _decide = tracing::debug_span!("cqrs.decide", version = loaded.version())
-                    .entered();
+                let _decide =
+                    tracing::debug_span!("cqrs.decide", version = loaded.version()).entered();
                 loaded.state.decide(command.clone())
             };
             let events = match decided {
@@ -292,7 +295,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 // produced: answer with the original outcome instead.
                 Err(rejection) => {
                     return match self.store.find_commit(stream, &key).await? {
-                        Some(original) => decode_committed::<A>(original),
+                        Some(original) => decode_committed::<A>(&original),
                         None => Err(CommandError::Rejected(rejection)),
                     };
                 }
@@ -300,9 +303,8 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             if events.is_empty() {
                 return Ok(Vec::new());
             }
-            let expected = ExpectedVersion::Exact(
-                metadata.expected_version.unwrap_or(loaded.version()),
-            );
+            let expected =
+                ExpectedVersion::Exact(metadata.expected_version.unwrap_or(loaded.version()));
             let event_metadata = metadata.event_metadata();
             let new_events = events
                 .iter()
@@ -320,7 +322,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 ))
                 .await;
             match appended {
-                Ok(committed) if committed.duplicate => return decode_committed::<A>(committed),
+                Ok(committed) if committed.duplicate => return decode_committed::<A>(&committed),
                 Ok(committed) => {
                     let envelopes: Vec<_> = committed
                         .events
@@ -336,7 +338,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                         cache.forget(stream);
                     }
                     if let Some(original) = self.store.find_commit(stream, &key).await? {
-                        return decode_committed::<A>(original);
+                        return decode_committed::<A>(&original);
                     }
                     if metadata.expected_version.is_some() || attempt >= self.conflict_retries {
                         return Err(error.into());
@@ -461,7 +463,7 @@ fn decode<E: crate::DomainEvent>(recorded: &RecordedEvent) -> Result<EventEnvelo
 }
 
 fn decode_committed<A: Aggregate>(
-    committed: Committed,
+    committed: &Committed,
 ) -> Result<Vec<EventEnvelope<A::Event>>, CommandError<A::Error>> {
     tracing::debug!("idempotent retry: returning the original commit");
     Ok(committed

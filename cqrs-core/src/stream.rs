@@ -165,7 +165,9 @@ impl EventFilter {
                     .as_deref()
                     .is_some_and(|t| admits(&self.tenants, t)))
             && admits(&self.event_types, &event.payload.event_type)
-            && self.recorded_from.is_none_or(|from| event.recorded_at >= from)
+            && self
+                .recorded_from
+                .is_none_or(|from| event.recorded_at >= from)
             && self
                 .recorded_until
                 .is_none_or(|until| event.recorded_at < until)

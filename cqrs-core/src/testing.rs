@@ -1,0 +1,400 @@
+//! Given-when-then fixtures for aggregates.
+//!
+//! ```
+//! use cqrs_core::testing::given;
+//! use cqrs_core::doc::{Counter, CounterCommand, CounterError, CounterEvent};
+//!
+//! given::<Counter>([CounterEvent::Added { amount: 2 }])
+//!     .when(CounterCommand::Add(3))
+//!     .then_events([CounterEvent::Added { amount: 3 }])
+//!     .then_state(Counter { value: 5 });
+//!
+//! given::<Counter>([])
+//!     .when(CounterCommand::Add(0))
+//!     .then_error(CounterError::Zero);
+//! ```
+//!
+//! The synchronous `when` needs no runtime and works inside async tests too; `when_async` runs
+//! the command through a [`Repository`] over an [`InMemoryEventStore`] holding the given events,
+//! so metadata, versions and the store's rules take part. Assertions are `#[track_caller]`:
+//! a failure points at the test line and shows expected and actual side by side.
+
+// Every assertion here panics by design: that is how a test fails.
+#![allow(clippy::missing_panics_doc)]
+
+use crate::aggregate::Aggregate;
+use crate::envelope::{EventEnvelope, NewEvent};
+use crate::error::CommandError;
+use crate::memory::InMemoryEventStore;
+use crate::metadata::{CommandMetadata, Metadata, new_id};
+use crate::repository::Repository;
+use crate::store::EventStore;
+use crate::stream::ExpectedVersion;
+use std::fmt::{Debug, Write as _};
+
+/// The aggregate id `when_async` uses.
+pub const TEST_AGGREGATE_ID: &str = "test-aggregate";
+
+/// Starts a scenario from the history `events`.
+pub fn given<A: Aggregate>(events: impl IntoIterator<Item = A::Event>) -> Given<A> {
+    Given {
+        history: events.into_iter().collect(),
+    }
+}
+
+/// Starts a scenario from the events that `commands` produce, applied in order. Panics, at the
+/// caller's line, if one of them is rejected.
+#[track_caller]
+pub fn given_commands<A: Aggregate>(commands: impl IntoIterator<Item = A::Command>) -> Given<A> {
+    given::<A>([]).and_commands(commands)
+}
+
+/// A history of events, waiting for the command under test.
+#[derive(Debug, Clone)]
+pub struct Given<A: Aggregate> {
+    history: Vec<A::Event>,
+}
+
+impl<A: Aggregate> Given<A> {
+    /// Adds events to the history.
+    pub fn and(mut self, events: impl IntoIterator<Item = A::Event>) -> Self {
+        self.history.extend(events);
+        self
+    }
+
+    /// Adds the events that `commands` produce. Panics if one of them is rejected.
+    #[track_caller]
+    pub fn and_commands(mut self, commands: impl IntoIterator<Item = A::Command>) -> Self {
+        let mut state = A::replay(&self.history);
+        for command in commands {
+            let name = A::command_name(&command);
+            match state.clone().transition(command) {
+                Ok((next, events)) => {
+                    state = next;
+                    self.history.extend(events);
+                }
+                Err(error) => panic!(
+                    "given command `{name}` was rejected: {error}\n  in state: {state:?}\n  history: {:#?}",
+                    self.history
+                ),
+            }
+        }
+        self
+    }
+
+    /// Runs `command` against the state the history leads to (pure, no store).
+    ///
+    /// For state-machine aggregates it also checks that the events land in the state the
+    /// transition declares, and panics naming the transition when they do not.
+    #[track_caller]
+    pub fn when(self, command: A::Command) -> Then<A> {
+        let state = A::replay(&self.history);
+        let command_name = A::command_name(&command);
+        let declared = state.declared_target(&command);
+        let from = state.state_name();
+        let outcome = state.transition(command);
+        if let (Some(target), Ok((next, _))) = (declared, &outcome) {
+            let reached = next.state_name();
+            assert!(
+                reached == target,
+                "{}: transition `{from}` --{command_name}--> `{target}` declares `{target}`, but its events lead to `{reached}`\n  state reached: {next:?}",
+                A::TYPE
+            );
+        }
+        Then {
+            command_name,
+            outcome: outcome.map(|(state, events)| (state, events, None)),
+        }
+    }
+
+    /// Runs `command` through a [`Repository`] over an [`InMemoryEventStore`] seeded with the
+    /// history, under `metadata`; the stored envelopes are available from
+    /// [`Then::envelopes`].
+    ///
+    /// Panics if the store fails (a test setup problem, not a domain outcome).
+    pub async fn when_async(self, command: A::Command, metadata: CommandMetadata) -> Then<A> {
+        let store = InMemoryEventStore::new();
+        let repository = Repository::<A, _>::new(store.clone());
+        let stream = Repository::<A, InMemoryEventStore>::stream_id(
+            TEST_AGGREGATE_ID,
+            metadata.tenant.as_deref(),
+        );
+        if !self.history.is_empty() {
+            let seeded = self
+                .history
+                .iter()
+                .map(|e| NewEvent::encode(e, new_id(), Metadata::standalone()))
+                .collect::<Result<Vec<_>, _>>();
+            let appended = match seeded {
+                Ok(events) => store
+                    .append(&stream, ExpectedVersion::NoStream, events, None)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(error) = appended {
+                panic!("could not seed the given events: {error}");
+            }
+        }
+        let command_name = A::command_name(&command);
+        let outcome = match repository
+            .execute(TEST_AGGREGATE_ID, command, metadata)
+            .await
+        {
+            Ok(envelopes) => {
+                let state = match repository.load(&stream).await {
+                    Ok(loaded) => loaded.state,
+                    Err(error) => panic!("could not reload the aggregate: {error}"),
+                };
+                let events = envelopes.iter().map(|e| e.payload.clone()).collect();
+                Ok((state, events, Some(envelopes)))
+            }
+            Err(CommandError::Rejected(error)) => Err(error),
+            Err(CommandError::Store(error)) => panic!("the in-memory store failed: {error}"),
+        };
+        Then {
+            command_name,
+            outcome,
+        }
+    }
+}
+
+/// The outcome of the command under test, to assert on.
+#[derive(Debug)]
+pub struct Then<A: Aggregate> {
+    command_name: &'static str,
+    #[allow(clippy::type_complexity)]
+    outcome: Result<(A, Vec<A::Event>, Option<Vec<EventEnvelope<A::Event>>>), A::Error>,
+}
+
+impl<A: Aggregate> Then<A> {
+    /// Asserts the command produced exactly `expected`, in order.
+    #[track_caller]
+    pub fn then_events(self, expected: impl IntoIterator<Item = A::Event>) -> Self
+    where
+        A::Event: PartialEq,
+    {
+        let expected: Vec<_> = expected.into_iter().collect();
+        match &self.outcome {
+            Ok((_, actual, _)) if *actual == expected => {}
+            Ok((_, actual, _)) => panic!(
+                "`{}` produced other events than expected\n{}",
+                self.command_name,
+                diff_lists(&expected, actual)
+            ),
+            Err(error) => panic!(
+                "`{}` was rejected, but events were expected\n  rejection: {error}\n  debug:     {error:?}\n  expected events:\n{}",
+                self.command_name,
+                numbered(&expected)
+            ),
+        }
+        self
+    }
+
+    /// Asserts the command produced no events and was not rejected.
+    #[track_caller]
+    pub fn then_no_events(self) -> Self
+    where
+        A::Event: PartialEq,
+    {
+        self.then_events([])
+    }
+
+    /// Asserts the command was rejected with `expected`.
+    #[track_caller]
+    #[allow(clippy::needless_pass_by_value)] // by value reads best: `.then_error(Error::X)`
+    pub fn then_error(self, expected: A::Error) -> Self
+    where
+        A::Error: PartialEq,
+    {
+        match &self.outcome {
+            Err(actual) if *actual == expected => {}
+            Err(actual) => panic!(
+                "`{}` was rejected with another error\n  expected: {expected:?}\n  actual:   {actual:?}",
+                self.command_name
+            ),
+            Ok((_, events, _)) => panic!(
+                "`{}` succeeded, but a rejection was expected\n  expected error: {expected:?}\n  produced events:\n{}",
+                self.command_name,
+                numbered(events)
+            ),
+        }
+        self
+    }
+
+    /// Asserts the command was rejected with an error for which `check` holds.
+    #[track_caller]
+    pub fn then_error_matches(self, check: impl FnOnce(&A::Error) -> bool) -> Self {
+        match &self.outcome {
+            Err(actual) => assert!(
+                check(actual),
+                "`{}` was rejected, but not as expected\n  actual: {actual:?}",
+                self.command_name
+            ),
+            Ok((_, events, _)) => panic!(
+                "`{}` succeeded, but a rejection was expected\n  produced events:\n{}",
+                self.command_name,
+                numbered(events)
+            ),
+        }
+        self
+    }
+
+    /// Asserts the state after the command's events is `expected`.
+    #[track_caller]
+    #[allow(clippy::needless_pass_by_value)] // by value reads best: `.then_state(State::X)`
+    pub fn then_state(self, expected: A) -> Self
+    where
+        A: PartialEq,
+    {
+        match &self.outcome {
+            Ok((actual, _, _)) if *actual == expected => {}
+            Ok((actual, _, _)) => panic!(
+                "the state after `{}` differs\n  expected: {expected:#?}\n  actual:   {actual:#?}",
+                self.command_name
+            ),
+            Err(error) => panic!(
+                "`{}` was rejected, so there is no new state\n  rejection: {error}\n  expected state: {expected:#?}",
+                self.command_name
+            ),
+        }
+        self
+    }
+
+    /// The stored envelopes (only after [`Given::when_async`] succeeded).
+    #[track_caller]
+    pub fn envelopes(&self) -> &[EventEnvelope<A::Event>] {
+        match &self.outcome {
+            Ok((_, _, Some(envelopes))) => envelopes,
+            Ok((_, _, None)) => panic!("envelopes exist only after `when_async`"),
+            Err(error) => panic!(
+                "`{}` was rejected, nothing was stored: {error}",
+                self.command_name
+            ),
+        }
+    }
+
+    /// The raw outcome: the new state and events, or the rejection.
+    pub fn into_result(self) -> Result<(A, Vec<A::Event>), A::Error> {
+        self.outcome.map(|(state, events, _)| (state, events))
+    }
+}
+
+fn numbered<T: Debug>(items: &[T]) -> String {
+    if items.is_empty() {
+        return "    (none)\n".to_owned();
+    }
+    let mut out = String::new();
+    for (i, item) in items.iter().enumerate() {
+        let _ = writeln!(out, "    [{i}] {item:?}");
+    }
+    out
+}
+
+/// Expected and actual lists side by side, with the first difference marked.
+fn diff_lists<T: Debug + PartialEq>(expected: &[T], actual: &[T]) -> String {
+    let first_difference = expected
+        .iter()
+        .zip(actual)
+        .position(|(e, a)| e != a)
+        .unwrap_or(expected.len().min(actual.len()));
+    let mut out = String::new();
+    let _ = writeln!(out, "  expected ({}):", expected.len());
+    out.push_str(&numbered(expected));
+    let _ = writeln!(out, "  actual ({}):", actual.len());
+    out.push_str(&numbered(actual));
+    let _ = write!(out, "  first difference at index {first_difference}");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::doc::{Counter, CounterCommand, CounterError, CounterEvent};
+
+    fn panic_message(f: impl FnOnce() + std::panic::UnwindSafe) -> String {
+        let payload = std::panic::catch_unwind(f).expect_err("the assertion should fail");
+        payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn passing_scenario() {
+        given_commands::<Counter>([CounterCommand::Add(1), CounterCommand::Add(2)])
+            .when(CounterCommand::Add(4))
+            .then_events([CounterEvent::Added { amount: 4 }])
+            .then_state(Counter { value: 7 });
+    }
+
+    #[test]
+    fn wrong_events_show_both_lists() {
+        let message = panic_message(|| {
+            given::<Counter>([])
+                .when(CounterCommand::Add(4))
+                .then_events([CounterEvent::Added { amount: 5 }]);
+        });
+        assert!(message.contains("expected (1)"), "{message}");
+        assert!(message.contains("Added { amount: 5 }"), "{message}");
+        assert!(message.contains("Added { amount: 4 }"), "{message}");
+        assert!(message.contains("first difference at index 0"), "{message}");
+    }
+
+    #[test]
+    fn unexpected_rejection_and_unexpected_success_fail() {
+        let message = panic_message(|| {
+            given::<Counter>([])
+                .when(CounterCommand::Add(0))
+                .then_events([]);
+        });
+        assert!(message.contains("was rejected"), "{message}");
+        let message = panic_message(|| {
+            given::<Counter>([])
+                .when(CounterCommand::Add(1))
+                .then_error(CounterError::Zero);
+        });
+        assert!(message.contains("succeeded"), "{message}");
+        let message = panic_message(|| {
+            given::<Counter>([])
+                .when(CounterCommand::Add(1))
+                .then_state(Counter { value: 2 });
+        });
+        assert!(message.contains("state after"), "{message}");
+    }
+
+    #[test]
+    fn rejected_given_command_fails_the_setup() {
+        let message = panic_message(|| {
+            given_commands::<Counter>([CounterCommand::Add(0)]);
+        });
+        assert!(message.contains("given command"), "{message}");
+    }
+
+    #[test]
+    fn error_matcher() {
+        given::<Counter>([])
+            .when(CounterCommand::Add(0))
+            .then_error_matches(|e| matches!(e, CounterError::Zero));
+    }
+
+    #[tokio::test]
+    async fn async_scenario_goes_through_the_store() {
+        let metadata = CommandMetadata::root().with_actor("user:1");
+        let then = given::<Counter>([CounterEvent::Added { amount: 1 }])
+            .when_async(CounterCommand::Add(2), metadata.clone())
+            .await
+            .then_events([CounterEvent::Added { amount: 2 }])
+            .then_state(Counter { value: 3 });
+        let stored = &then.envelopes()[0];
+        assert_eq!(stored.version, 2);
+        assert_eq!(stored.metadata.causation_id, Some(metadata.command_id));
+        assert_eq!(stored.metadata.actor.as_deref(), Some("user:1"));
+
+        given::<Counter>([])
+            .when_async(CounterCommand::Add(0), CommandMetadata::root())
+            .await
+            .then_error(CounterError::Zero);
+    }
+}

@@ -1,0 +1,770 @@
+//! The in-memory store and the repository: concurrency, idempotency, metadata propagation,
+//! snapshots, time travel and filters.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{Wallet, WalletCommand as Cmd, WalletError, WalletEvent};
+use cqrs_core::metadata::new_id;
+use cqrs_core::{
+    Aggregate, CommandError, CommandMetadata, EventFilter, EventStore, ExpectedVersion,
+    IdempotencyKey, InMemoryEventStore, Metadata, NewEvent, RecordedEvent, Repository,
+    SerializedEvent, Snapshot, StoreError, StreamId,
+};
+use futures::{StreamExt, TryStreamExt};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use time::OffsetDateTime;
+
+type Repo = Repository<Wallet, InMemoryEventStore>;
+
+fn wallet(id: &str) -> StreamId {
+    StreamId::new("Wallet", id)
+}
+
+fn new_event(event: &WalletEvent) -> NewEvent {
+    NewEvent::encode(event, new_id(), Metadata::standalone()).unwrap()
+}
+
+async fn all(store: &InMemoryEventStore, filter: &EventFilter, from: u64) -> Vec<RecordedEvent> {
+    store
+        .read_all(filter, from)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn stale_expected_version_conflicts() {
+    let store = InMemoryEventStore::new();
+    let stream = wallet("w1");
+    store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![new_event(&WalletEvent::Opened)],
+            None,
+        )
+        .await
+        .unwrap();
+    let credit = new_event(&WalletEvent::Credited { amount: 5 });
+    store
+        .append(
+            &stream,
+            ExpectedVersion::Exact(1),
+            vec![credit.clone()],
+            None,
+        )
+        .await
+        .unwrap();
+
+    let stale = new_event(&WalletEvent::Credited { amount: 7 });
+    let err = store
+        .append(&stream, ExpectedVersion::Exact(1), vec![stale], None)
+        .await
+        .unwrap_err();
+    match err {
+        StoreError::Conflict {
+            stream: s,
+            expected,
+            actual,
+        } => {
+            assert_eq!(s, stream);
+            assert_eq!(expected, ExpectedVersion::Exact(1));
+            assert_eq!(actual, Some(2));
+        }
+        other => panic!("expected a conflict, got {other}"),
+    }
+    assert_eq!(store.stream_position(&stream).await.unwrap().version, 2);
+}
+
+#[tokio::test]
+async fn no_stream_on_an_existing_aggregate_conflicts() {
+    let store = InMemoryEventStore::new();
+    let stream = wallet("w1");
+    store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![new_event(&WalletEvent::Opened)],
+            None,
+        )
+        .await
+        .unwrap();
+    let err = store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![new_event(&WalletEvent::Opened)],
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(err.is_conflict(), "{err}");
+    // The same id under another tenant is another stream.
+    store
+        .append(
+            &wallet("w1").with_tenant("acme"),
+            ExpectedVersion::NoStream,
+            vec![new_event(&WalletEvent::Opened)],
+            None,
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn multi_event_append_is_all_or_nothing() {
+    let store = InMemoryEventStore::new();
+    let stream = wallet("w1");
+    store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![new_event(&WalletEvent::Opened)],
+            None,
+        )
+        .await
+        .unwrap();
+    let batch: Vec<_> = (1..=3)
+        .map(|amount| new_event(&WalletEvent::Credited { amount }))
+        .collect();
+    let err = store
+        .append(&stream, ExpectedVersion::Exact(0), batch, None)
+        .await
+        .unwrap_err();
+    assert!(err.is_conflict());
+    assert_eq!(all(&store, &EventFilter::all(), 0).await.len(), 1);
+}
+
+#[tokio::test]
+async fn same_idempotency_key_twice_writes_once_and_returns_the_same_result() {
+    let store = InMemoryEventStore::new();
+    let stream = wallet("w1");
+    let key = IdempotencyKey::new("open-w1");
+    let events = vec![
+        new_event(&WalletEvent::Opened),
+        new_event(&WalletEvent::Credited { amount: 3 }),
+    ];
+    let first = store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            events.clone(),
+            Some(&key),
+        )
+        .await
+        .unwrap();
+    assert!(!first.duplicate);
+    // A retry (stale expectation, even different event ids) is answered with the original.
+    let retry_events = events
+        .iter()
+        .map(|e| NewEvent {
+            event_id: new_id(),
+            ..e.clone()
+        })
+        .collect();
+    let second = store
+        .append(&stream, ExpectedVersion::NoStream, retry_events, Some(&key))
+        .await
+        .unwrap();
+    assert!(second.duplicate);
+    assert_eq!(second.events, first.events);
+    assert_eq!(all(&store, &EventFilter::all(), 0).await.len(), 2);
+
+    // The key cannot be reused for another aggregate.
+    let err = store
+        .append(&wallet("w2"), ExpectedVersion::NoStream, events, Some(&key))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::IdempotencyKeyReused { .. }),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn appending_the_same_event_id_twice_is_a_retry() {
+    let store = InMemoryEventStore::new();
+    let stream = wallet("w1");
+    let opened = new_event(&WalletEvent::Opened);
+    let first = store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![opened.clone()],
+            None,
+        )
+        .await
+        .unwrap();
+    let second = store
+        .append(&stream, ExpectedVersion::Any, vec![opened], None)
+        .await
+        .unwrap();
+    assert!(second.duplicate);
+    assert_eq!(first.events, second.events);
+}
+
+#[tokio::test]
+async fn empty_append_is_refused() {
+    let store = InMemoryEventStore::new();
+    let err = store
+        .append(&wallet("w1"), ExpectedVersion::Any, vec![], None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidInput { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn retried_command_returns_the_original_commit() {
+    let repo = Repo::new(InMemoryEventStore::new());
+    let metadata = CommandMetadata::root();
+    let first = repo
+        .execute("w1", Cmd::Open, metadata.clone())
+        .await
+        .unwrap();
+    // The state moved on (the wallet is open, so `Open` would now be refused), yet the retry
+    // is answered with the original events.
+    let again = repo
+        .execute("w1", Cmd::Open, metadata.clone())
+        .await
+        .unwrap();
+    assert_eq!(again, first);
+    // A multi-event command retried after other writes: the same versions come back.
+    repo.execute("w1", Cmd::Credit(10), CommandMetadata::root())
+        .await
+        .unwrap();
+    let fee_meta = CommandMetadata::root().with_idempotency_key("fee-1");
+    let charged = repo
+        .execute(
+            "w1",
+            Cmd::DebitWithFee { amount: 4, fee: 1 },
+            fee_meta.clone(),
+        )
+        .await
+        .unwrap();
+    repo.execute("w1", Cmd::Credit(1), CommandMetadata::root())
+        .await
+        .unwrap();
+    let retried = repo
+        .execute("w1", Cmd::DebitWithFee { amount: 4, fee: 1 }, fee_meta)
+        .await
+        .unwrap();
+    assert_eq!(retried, charged);
+    assert_eq!(
+        retried.iter().map(|e| e.version).collect::<Vec<_>>(),
+        vec![3, 4]
+    );
+    let state = repo.load(&wallet("w1")).await.unwrap();
+    assert_eq!(state.state.balance, 6);
+    assert_eq!(state.version(), 5);
+}
+
+#[tokio::test]
+async fn pinned_expected_version_is_checked() {
+    let repo = Repo::new(InMemoryEventStore::new()).with_conflict_retries(5);
+    repo.execute("w1", Cmd::Open, CommandMetadata::root())
+        .await
+        .unwrap();
+    repo.execute("w1", Cmd::Credit(1), CommandMetadata::root())
+        .await
+        .unwrap();
+    let err = repo
+        .execute(
+            "w1",
+            Cmd::Credit(2),
+            CommandMetadata::root().with_expected_version(1),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.is_conflict(), "{err}");
+    repo.execute(
+        "w1",
+        Cmd::Credit(2),
+        CommandMetadata::root().with_expected_version(2),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn domain_rejection_is_typed() {
+    let repo = Repo::new(InMemoryEventStore::new());
+    let err = repo
+        .execute("w1", Cmd::Credit(1), CommandMetadata::root())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CommandError::Rejected(WalletError::NotOpen)),
+        "{err}"
+    );
+    assert_eq!(err.rejection(), Some(&WalletError::NotOpen));
+}
+
+/// A store that lets another writer slip in right before the first append.
+#[derive(Clone)]
+struct RacingStore {
+    inner: InMemoryEventStore,
+    raced: Arc<AtomicBool>,
+}
+
+impl EventStore for RacingStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        idempotency: Option<&IdempotencyKey>,
+    ) -> Result<cqrs_core::Committed, StoreError> {
+        if !self.raced.swap(true, Ordering::SeqCst) {
+            self.inner
+                .append(
+                    stream,
+                    ExpectedVersion::Any,
+                    vec![new_event(&WalletEvent::Credited { amount: 100 })],
+                    None,
+                )
+                .await?;
+        }
+        self.inner
+            .append(stream, expected, events, idempotency)
+            .await
+    }
+    async fn load(
+        &self,
+        stream: &StreamId,
+        from: u64,
+    ) -> Result<cqrs_core::EventStream, StoreError> {
+        self.inner.load(stream, from).await
+    }
+    async fn stream_position(
+        &self,
+        stream: &StreamId,
+    ) -> Result<cqrs_core::StreamPosition, StoreError> {
+        self.inner.stream_position(stream).await
+    }
+    async fn read_all(
+        &self,
+        filter: &EventFilter,
+        from: u64,
+    ) -> Result<cqrs_core::EventStream, StoreError> {
+        self.inner.read_all(filter, from).await
+    }
+    async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+        self.inner.load_snapshot(stream).await
+    }
+    async fn save_snapshot(&self, stream: &StreamId, snapshot: Snapshot) -> Result<(), StoreError> {
+        self.inner.save_snapshot(stream, snapshot).await
+    }
+}
+
+async fn racing_repo(retries: u32) -> Repository<Wallet, RacingStore> {
+    let inner = InMemoryEventStore::new();
+    let store = RacingStore {
+        inner: inner.clone(),
+        raced: Arc::new(AtomicBool::new(true)),
+    };
+    let repo = Repository::new(store.clone())
+        .with_conflict_retries(retries)
+        .with_cache(16);
+    repo.execute("w1", Cmd::Open, CommandMetadata::root())
+        .await
+        .unwrap();
+    store.raced.store(false, Ordering::SeqCst);
+    repo
+}
+
+#[tokio::test]
+async fn conflict_is_retried_when_allowed() {
+    let repo = racing_repo(1).await;
+    let committed = repo
+        .execute("w1", Cmd::Credit(1), CommandMetadata::root())
+        .await
+        .unwrap();
+    // The credit was decided again on the state that includes the racing credit.
+    assert_eq!(committed[0].version, 3);
+    assert_eq!(repo.load(&wallet("w1")).await.unwrap().state.balance, 101);
+}
+
+#[tokio::test]
+async fn conflict_is_reported_when_retries_are_exhausted() {
+    let repo = racing_repo(0).await;
+    let err = repo
+        .execute("w1", Cmd::Credit(1), CommandMetadata::root())
+        .await
+        .unwrap_err();
+    assert!(err.is_conflict(), "{err}");
+    // The cache did not keep the stale state: the racing credit is visible.
+    assert_eq!(repo.load(&wallet("w1")).await.unwrap().state.balance, 100);
+}
+
+#[tokio::test]
+async fn concurrent_writers_with_retry_lose_nothing() {
+    let repo = Repo::new(InMemoryEventStore::new()).with_conflict_retries(100);
+    repo.execute("w1", Cmd::Open, CommandMetadata::root())
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (1..=32)
+        .map(|i| {
+            let repo = repo.clone();
+            tokio::spawn(async move {
+                repo.execute("w1", Cmd::Credit(i), CommandMetadata::root())
+                    .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let loaded = repo.load(&wallet("w1")).await.unwrap();
+    assert_eq!(loaded.state.balance, (1..=32).sum::<i64>());
+    assert_eq!(loaded.version(), 33);
+}
+
+#[tokio::test]
+async fn metadata_flows_from_command_to_events_and_on_to_follow_up_commands() {
+    let repo = Repo::new(InMemoryEventStore::new());
+    let root = CommandMetadata::root()
+        .with_tenant("acme")
+        .with_actor("user:42")
+        .with_trace("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        .with_extra("request", "r-1");
+    let opened = repo.execute("w1", Cmd::Open, root.clone()).await.unwrap();
+    let event = &opened[0];
+    assert_eq!(event.metadata.correlation_id, root.command_id);
+    assert_eq!(event.metadata.causation_id, Some(root.command_id));
+    assert_eq!(event.metadata.command_id, Some(root.command_id));
+    assert_eq!(event.metadata.command_causation_id, None);
+    assert_eq!(event.metadata.tenant.as_deref(), Some("acme"));
+    assert_eq!(event.metadata.actor.as_deref(), Some("user:42"));
+    assert_eq!(event.metadata.trace, root.trace);
+    assert_eq!(
+        event.metadata.extra.get("request").map(String::as_str),
+        Some("r-1")
+    );
+    assert_eq!(event.stream_id(), wallet("w1").with_tenant("acme"));
+
+    // A reaction to that event: same flow, caused by the event, deterministic id.
+    let follow = CommandMetadata::reaction("welcome-bonus", &event.metadata, event.event_id, 0);
+    let credited = repo
+        .execute("w1", Cmd::Credit(5), follow.clone())
+        .await
+        .unwrap();
+    let meta = &credited[0].metadata;
+    assert_eq!(meta.correlation_id, root.correlation_id);
+    assert_eq!(meta.causation_id, Some(follow.command_id));
+    assert_eq!(meta.command_causation_id, Some(event.event_id));
+    assert_eq!(meta.tenant.as_deref(), Some("acme"));
+    // Redelivered: the same reaction id is recognised and nothing new is written.
+    let again = CommandMetadata::reaction("welcome-bonus", &event.metadata, event.event_id, 0);
+    assert_eq!(
+        repo.execute("w1", Cmd::Credit(5), again).await.unwrap(),
+        credited
+    );
+    let history = repo
+        .history(&wallet("w1").with_tenant("acme"), 1)
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 2);
+}
+
+#[tokio::test]
+async fn snapshot_plus_tail_equals_full_replay() {
+    let store = InMemoryEventStore::new();
+    let with_snapshots = Repo::new(store.clone()).with_snapshots_every(3);
+    let plain = Repo::new(store.clone());
+    with_snapshots
+        .execute("w1", Cmd::Open, CommandMetadata::root())
+        .await
+        .unwrap();
+    for i in 1..=10 {
+        with_snapshots
+            .execute("w1", Cmd::Credit(i), CommandMetadata::root())
+            .await
+            .unwrap();
+    }
+    let snapshot = store
+        .load_snapshot(&wallet("w1"))
+        .await
+        .unwrap()
+        .expect("a snapshot");
+    assert_eq!(snapshot.stream_position.version, 9);
+    assert!(snapshot.stream_position.version < 11);
+
+    let from_snapshot = with_snapshots.load(&wallet("w1")).await.unwrap();
+    let full = plain.load(&wallet("w1")).await.unwrap();
+    assert_eq!(from_snapshot, full);
+    assert_eq!(full.version(), 11);
+
+    // The repository really starts from the snapshot: a doctored snapshot shows through.
+    let mut doctored: Wallet = serde_json::from_slice(&snapshot.state).unwrap();
+    doctored.transfers += 1000;
+    store
+        .save_snapshot(
+            &wallet("w1"),
+            Snapshot {
+                state: serde_json::to_vec(&doctored).unwrap(),
+                ..snapshot.clone()
+            },
+        )
+        .await
+        .unwrap();
+    let from_doctored = with_snapshots.load(&wallet("w1")).await.unwrap();
+    assert_eq!(from_doctored.state.transfers, full.state.transfers + 1000);
+
+    // A snapshot of another state version is ignored, never misread.
+    store
+        .save_snapshot(
+            &wallet("w1"),
+            Snapshot {
+                state_version: Wallet::STATE_VERSION + 1,
+                state: b"{\"garbage\":true}".to_vec(),
+                ..snapshot
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(with_snapshots.load(&wallet("w1")).await.unwrap(), full);
+}
+
+#[tokio::test]
+async fn time_travel_by_version_and_time() {
+    let repo = Repo::new(InMemoryEventStore::new()).with_snapshots_every(2);
+    repo.execute("w1", Cmd::Open, CommandMetadata::root())
+        .await
+        .unwrap();
+    repo.execute("w1", Cmd::Credit(10), CommandMetadata::root())
+        .await
+        .unwrap();
+    let between = OffsetDateTime::now_utc();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    repo.execute("w1", Cmd::Credit(20), CommandMetadata::root())
+        .await
+        .unwrap();
+    repo.execute("w1", Cmd::Debit(5), CommandMetadata::root())
+        .await
+        .unwrap();
+
+    let at_2 = repo.state_at_version(&wallet("w1"), 2).await.unwrap();
+    assert_eq!((at_2.version(), at_2.state.balance), (2, 10));
+    let at_3 = repo.state_at_version(&wallet("w1"), 3).await.unwrap();
+    assert_eq!((at_3.version(), at_3.state.balance), (3, 30));
+    let at_0 = repo.state_at_version(&wallet("w1"), 0).await.unwrap();
+    assert_eq!(at_0.state, Wallet::default());
+
+    let then = repo.state_at_time(&wallet("w1"), between).await.unwrap();
+    assert_eq!((then.version(), then.state.balance), (2, 10));
+    let now = repo
+        .state_at_time(&wallet("w1"), OffsetDateTime::now_utc())
+        .await
+        .unwrap();
+    assert_eq!(now, repo.load(&wallet("w1")).await.unwrap());
+}
+
+#[tokio::test]
+async fn read_all_filters() {
+    let store = InMemoryEventStore::new();
+    let wallets = Repo::new(store.clone());
+    wallets
+        .execute("w1", Cmd::Open, CommandMetadata::root().with_tenant("acme"))
+        .await
+        .unwrap();
+    wallets
+        .execute(
+            "w1",
+            Cmd::Credit(1),
+            CommandMetadata::root().with_tenant("acme"),
+        )
+        .await
+        .unwrap();
+    let middle = OffsetDateTime::now_utc();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    wallets
+        .execute(
+            "w2",
+            Cmd::Open,
+            CommandMetadata::root().with_tenant("globex"),
+        )
+        .await
+        .unwrap();
+    store
+        .append(
+            &StreamId::new("Audit", "a1"),
+            ExpectedVersion::NoStream,
+            vec![NewEvent {
+                event_id: new_id(),
+                payload: SerializedEvent {
+                    event_type: "Noted".into(),
+                    schema_version: 1,
+                    data: b"{}".to_vec(),
+                },
+                metadata: Metadata::standalone(),
+            }],
+            None,
+        )
+        .await
+        .unwrap();
+
+    let positions =
+        |events: Vec<RecordedEvent>| events.iter().map(|e| e.position).collect::<Vec<_>>();
+    assert_eq!(
+        positions(all(&store, &EventFilter::all(), 0).await),
+        vec![1, 2, 3, 4]
+    );
+    assert_eq!(
+        positions(all(&store, &EventFilter::all(), 3).await),
+        vec![3, 4]
+    );
+    assert_eq!(
+        positions(all(&store, &EventFilter::all().aggregate_type("Audit"), 0).await),
+        vec![4]
+    );
+    assert_eq!(
+        positions(all(&store, &EventFilter::all().tenant("acme"), 0).await),
+        vec![1, 2]
+    );
+    assert_eq!(
+        positions(all(&store, &EventFilter::all().event_type("Opened"), 0).await),
+        vec![1, 3]
+    );
+    assert_eq!(
+        positions(
+            all(
+                &store,
+                &EventFilter::all().event_type("Opened").tenant("globex"),
+                0
+            )
+            .await
+        ),
+        vec![3]
+    );
+    assert_eq!(
+        positions(
+            all(
+                &store,
+                &EventFilter::all().recorded_between(Some(middle), None),
+                0
+            )
+            .await
+        ),
+        vec![3, 4]
+    );
+    assert_eq!(
+        positions(
+            all(
+                &store,
+                &EventFilter::all().recorded_between(None, Some(middle)),
+                0
+            )
+            .await
+        ),
+        vec![1, 2]
+    );
+}
+
+#[tokio::test]
+async fn reads_are_lazy_and_end_at_the_head_of_the_call() {
+    let store = InMemoryEventStore::new();
+    let repo = Repo::new(store.clone());
+    repo.execute("w1", Cmd::Open, CommandMetadata::root())
+        .await
+        .unwrap();
+    for i in 1..=600 {
+        repo.execute("w1", Cmd::Credit(i), CommandMetadata::root())
+            .await
+            .unwrap();
+    }
+    let mut events = store.load(&wallet("w1"), 1).await.unwrap();
+    let first = events.next().await.unwrap().unwrap();
+    assert_eq!(first.version, 1);
+    // Appends after the read started are not part of it.
+    repo.execute("w1", Cmd::Credit(1), CommandMetadata::root())
+        .await
+        .unwrap();
+    let rest: Vec<_> = events.try_collect().await.unwrap();
+    assert_eq!(rest.len(), 600);
+    let versions: Vec<_> = rest.iter().map(|e| e.version).collect();
+    assert_eq!(versions, (2..=601).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn subscribers_see_history_then_live_appends_in_order() {
+    let store = InMemoryEventStore::new();
+    let repo = Repo::new(store.clone());
+    repo.execute("w1", Cmd::Open, CommandMetadata::root())
+        .await
+        .unwrap();
+    repo.execute("w1", Cmd::Credit(1), CommandMetadata::root())
+        .await
+        .unwrap();
+    let mut feed = Box::pin(store.subscribe(2));
+    let writer = {
+        let repo = repo.clone();
+        tokio::spawn(async move {
+            for i in 0..50 {
+                let id = if i % 2 == 0 { "w2" } else { "w3" };
+                if i < 2 {
+                    repo.execute(id, Cmd::Open, CommandMetadata::root())
+                        .await
+                        .unwrap();
+                } else {
+                    repo.execute(id, Cmd::Credit(i), CommandMetadata::root())
+                        .await
+                        .unwrap();
+                }
+            }
+        })
+    };
+    let mut positions = Vec::new();
+    while positions.len() < 51 {
+        positions.push(feed.next().await.unwrap().unwrap().position);
+    }
+    writer.await.unwrap();
+    assert_eq!(positions, (2..=52).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn undecodable_event_is_a_typed_error_that_names_it() {
+    let store = InMemoryEventStore::new();
+    store
+        .append(
+            &wallet("w1"),
+            ExpectedVersion::NoStream,
+            vec![NewEvent {
+                event_id: new_id(),
+                payload: SerializedEvent {
+                    event_type: "Teleported".into(),
+                    schema_version: 1,
+                    data: b"{}".to_vec(),
+                },
+                metadata: Metadata::standalone(),
+            }],
+            None,
+        )
+        .await
+        .unwrap();
+    let err = Repo::new(store.clone())
+        .load(&wallet("w1"))
+        .await
+        .unwrap_err();
+    match &err {
+        StoreError::Decode {
+            stream,
+            version,
+            position,
+            source,
+        } => {
+            assert_eq!((stream, *version, *position), (&wallet("w1"), 1, 1));
+            assert!(matches!(
+                source,
+                cqrs_core::DecodeError::UnknownEventType { .. }
+            ));
+        }
+        other => panic!("expected a decode error, got {other}"),
+    }
+    assert!(err.to_string().contains("Teleported"), "{err}");
+    // The stored event is untouched.
+    assert_eq!(all(&store, &EventFilter::all(), 0).await.len(), 1);
+}

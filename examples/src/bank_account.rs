@@ -1,0 +1,395 @@
+//! A bank account: open, deposit, withdraw within an overdraft limit, close.
+//!
+//! The account is a small state machine — `Unopened -> Open -> Closed` — written by hand against
+//! the `Aggregate` and `DomainEvent` traits.
+
+use cqrs_core::event::{EventSchema, decode_variant, encode_variant};
+use cqrs_core::{Aggregate, DecodeError, DomainEvent, EncodeError, InvalidTransition};
+use serde::{Deserialize, Serialize};
+
+/// Amounts in cents.
+pub type Cents = i64;
+
+/// The account's state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BankAccount {
+    /// Nothing happened yet.
+    #[default]
+    Unopened,
+    /// Open for business.
+    Open {
+        /// Who owns it.
+        owner: String,
+        /// Current balance; negative within the overdraft limit.
+        balance: Cents,
+        /// How far below zero the balance may go.
+        overdraft_limit: Cents,
+    },
+    /// Closed for good.
+    Closed,
+}
+
+/// What can be asked of an account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountCommand {
+    /// Open the account.
+    Open {
+        /// Owner's name.
+        owner: String,
+        /// Allowed overdraft.
+        overdraft_limit: Cents,
+    },
+    /// Put money in.
+    Deposit {
+        /// How much (positive).
+        amount: Cents,
+    },
+    /// Take money out.
+    Withdraw {
+        /// How much (positive).
+        amount: Cents,
+    },
+    /// Close the account; the balance must be zero.
+    Close,
+}
+
+/// What happened to an account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AccountEvent {
+    /// The account was opened.
+    Opened {
+        /// Owner's name.
+        owner: String,
+        /// Allowed overdraft.
+        overdraft_limit: Cents,
+    },
+    /// Money was deposited.
+    Deposited {
+        /// How much.
+        amount: Cents,
+    },
+    /// Money was withdrawn.
+    Withdrawn {
+        /// How much.
+        amount: Cents,
+    },
+    /// The account was closed.
+    Closed,
+}
+
+/// Why an account refuses a command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccountError {
+    /// Amounts must be positive.
+    #[error("amount must be positive, got {0}")]
+    InvalidAmount(Cents),
+    /// The withdrawal would exceed the overdraft limit.
+    #[error(
+        "insufficient funds: balance {balance}, requested {requested}, overdraft limit {overdraft_limit}"
+    )]
+    InsufficientFunds {
+        /// Balance before the withdrawal.
+        balance: Cents,
+        /// Requested amount.
+        requested: Cents,
+        /// Allowed overdraft.
+        overdraft_limit: Cents,
+    },
+    /// Only an account with a zero balance can be closed.
+    #[error("balance must be zero to close, it is {0}")]
+    BalanceNotZero(Cents),
+    /// The command makes no sense in the account's state.
+    #[error(transparent)]
+    InvalidTransition(#[from] InvalidTransition),
+}
+
+impl AccountEvent {
+    fn variant(&self) -> &'static str {
+        match self {
+            Self::Opened { .. } => "Opened",
+            Self::Deposited { .. } => "Deposited",
+            Self::Withdrawn { .. } => "Withdrawn",
+            Self::Closed => "Closed",
+        }
+    }
+}
+
+impl DomainEvent for AccountEvent {
+    fn event_type(&self) -> &'static str {
+        self.variant()
+    }
+
+    fn schema_version(&self) -> u32 {
+        1
+    }
+
+    fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+        encode_variant(self.variant(), self)
+    }
+
+    fn decode(event_type: &str, schema_version: u32, body: &[u8]) -> Result<Self, DecodeError> {
+        let Some(schema) = Self::catalog().iter().find(|s| s.name == event_type) else {
+            return Err(DecodeError::UnknownEventType {
+                event_type: event_type.to_owned(),
+            });
+        };
+        if schema_version != schema.version {
+            return Err(DecodeError::UnsupportedVersion {
+                event_type: event_type.to_owned(),
+                version: schema_version,
+                readable: schema.readable_versions.to_vec(),
+            });
+        }
+        decode_variant(schema.name, event_type, schema_version, body)
+    }
+
+    fn catalog() -> &'static [EventSchema] {
+        const V1: &[u32] = &[1];
+        &[
+            EventSchema {
+                name: "Opened",
+                version: 1,
+                readable_versions: V1,
+            },
+            EventSchema {
+                name: "Deposited",
+                version: 1,
+                readable_versions: V1,
+            },
+            EventSchema {
+                name: "Withdrawn",
+                version: 1,
+                readable_versions: V1,
+            },
+            EventSchema {
+                name: "Closed",
+                version: 1,
+                readable_versions: V1,
+            },
+        ]
+    }
+}
+
+impl Aggregate for BankAccount {
+    const TYPE: &'static str = "BankAccount";
+    type Command = AccountCommand;
+    type Event = AccountEvent;
+    type Error = AccountError;
+
+    fn decide(&self, command: AccountCommand) -> Result<Vec<AccountEvent>, AccountError> {
+        use AccountCommand as C;
+        match (self, command) {
+            (
+                Self::Unopened,
+                C::Open {
+                    owner,
+                    overdraft_limit,
+                },
+            ) => {
+                if overdraft_limit < 0 {
+                    return Err(AccountError::InvalidAmount(overdraft_limit));
+                }
+                Ok(vec![AccountEvent::Opened {
+                    owner,
+                    overdraft_limit,
+                }])
+            }
+            (Self::Open { .. }, C::Deposit { amount }) => {
+                positive(amount)?;
+                Ok(vec![AccountEvent::Deposited { amount }])
+            }
+            (
+                Self::Open {
+                    balance,
+                    overdraft_limit,
+                    ..
+                },
+                C::Withdraw { amount },
+            ) => {
+                positive(amount)?;
+                if balance - amount < -overdraft_limit {
+                    return Err(AccountError::InsufficientFunds {
+                        balance: *balance,
+                        requested: amount,
+                        overdraft_limit: *overdraft_limit,
+                    });
+                }
+                Ok(vec![AccountEvent::Withdrawn { amount }])
+            }
+            (Self::Open { balance, .. }, C::Close) => {
+                if *balance != 0 {
+                    return Err(AccountError::BalanceNotZero(*balance));
+                }
+                Ok(vec![AccountEvent::Closed])
+            }
+            (state, command) => Err(InvalidTransition {
+                aggregate: Self::TYPE,
+                state: state.state_name(),
+                command: Self::command_name(&command),
+            }
+            .into()),
+        }
+    }
+
+    fn evolve(self, event: &AccountEvent) -> Self {
+        match (self, event) {
+            (
+                _,
+                AccountEvent::Opened {
+                    owner,
+                    overdraft_limit,
+                },
+            ) => Self::Open {
+                owner: owner.clone(),
+                balance: 0,
+                overdraft_limit: *overdraft_limit,
+            },
+            (
+                Self::Open {
+                    owner,
+                    balance,
+                    overdraft_limit,
+                },
+                AccountEvent::Deposited { amount },
+            ) => Self::Open {
+                owner,
+                balance: balance + amount,
+                overdraft_limit,
+            },
+            (
+                Self::Open {
+                    owner,
+                    balance,
+                    overdraft_limit,
+                },
+                AccountEvent::Withdrawn { amount },
+            ) => Self::Open {
+                owner,
+                balance: balance - amount,
+                overdraft_limit,
+            },
+            (_, AccountEvent::Closed) => Self::Closed,
+            // Events are facts: one that does not fit the state leaves it unchanged.
+            (state, _) => state,
+        }
+    }
+
+    fn command_name(command: &AccountCommand) -> &'static str {
+        match command {
+            AccountCommand::Open { .. } => "Open",
+            AccountCommand::Deposit { .. } => "Deposit",
+            AccountCommand::Withdraw { .. } => "Withdraw",
+            AccountCommand::Close => "Close",
+        }
+    }
+
+    fn state_name(&self) -> &'static str {
+        match self {
+            Self::Unopened => "Unopened",
+            Self::Open { .. } => "Open",
+            Self::Closed => "Closed",
+        }
+    }
+}
+
+fn positive(amount: Cents) -> Result<(), AccountError> {
+    if amount > 0 {
+        Ok(())
+    } else {
+        Err(AccountError::InvalidAmount(amount))
+    }
+}
+
+impl BankAccount {
+    /// The balance, if the account is open.
+    pub fn balance(&self) -> Option<Cents> {
+        match self {
+            Self::Open { balance, .. } => Some(*balance),
+            _ => None,
+        }
+    }
+}
+
+/// The `bank_account` example's walkthrough, written to `out`, against any event store.
+///
+/// Opens an account, deposits, withdraws into the overdraft, has a withdrawal refused, travels
+/// back to an earlier version and prints the full event log with its metadata.
+pub async fn demo<S: cqrs_core::EventStore>(
+    store: S,
+    out: &mut impl std::fmt::Write,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    use cqrs_core::{CommandError, CommandMetadata, Repository};
+
+    let accounts = Repository::<BankAccount, S>::new(store).with_snapshots_every(10);
+    let id = "acc-1";
+    let stream = Repository::<BankAccount, S>::stream_id(id, Some("acme"));
+    let as_alice = || {
+        CommandMetadata::root()
+            .with_tenant("acme")
+            .with_actor("user:alice")
+    };
+
+    let steps = [
+        AccountCommand::Open {
+            owner: "Alice".into(),
+            overdraft_limit: 50_00,
+        },
+        AccountCommand::Deposit { amount: 120_00 },
+        AccountCommand::Withdraw { amount: 150_00 },
+    ];
+    for command in steps {
+        let committed = accounts.execute(id, command.clone(), as_alice()).await?;
+        for event in &committed {
+            writeln!(out, "v{} {:?}", event.version, event.payload)?;
+        }
+    }
+    writeln!(
+        out,
+        "balance: {:?}",
+        accounts.load(&stream).await?.state.balance()
+    )?;
+
+    // The overdraft rule refuses this one; nothing is stored.
+    match accounts
+        .execute(id, AccountCommand::Withdraw { amount: 30_00 }, as_alice())
+        .await
+    {
+        Err(CommandError::Rejected(reason)) => writeln!(out, "rejected: {reason}")?,
+        Ok(events) => return Err(format!("the overdraft rule let {events:?} through").into()),
+        Err(other) => return Err(other.into()),
+    }
+    // So is closing an account that is not settled, and anything on a closed account.
+    if let Err(CommandError::Rejected(reason)) = accounts
+        .execute(id, AccountCommand::Close, as_alice())
+        .await
+    {
+        writeln!(out, "rejected: {reason}")?;
+    }
+
+    let earlier = accounts.state_at_version(&stream, 2).await?;
+    writeln!(
+        out,
+        "time travel to v{}: balance {:?}",
+        earlier.version(),
+        earlier.state.balance()
+    )?;
+
+    writeln!(out, "event log:")?;
+    for event in accounts.history(&stream, 1).await? {
+        let m = &event.metadata;
+        writeln!(
+            out,
+            "  #{pos} v{v} {ty} tenant={tenant} actor={actor} correlation={corr} causation={cause}",
+            pos = event.position,
+            v = event.version,
+            ty = cqrs_core::DomainEvent::event_type(&event.payload),
+            tenant = m.tenant.as_deref().unwrap_or("-"),
+            actor = m.actor.as_deref().unwrap_or("-"),
+            corr = m.correlation_id,
+            cause = m
+                .causation_id
+                .map_or_else(|| "-".to_owned(), |c| c.to_string()),
+        )?;
+    }
+    Ok(())
+}

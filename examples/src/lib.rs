@@ -1,0 +1,10 @@
+//! Domains shared by the runnable examples in `examples/examples/` and by the tests that check
+//! their output.
+#![forbid(unsafe_code)]
+
+pub mod bank_account;
+
+/// The code blocks of README.md, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

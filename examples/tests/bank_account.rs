@@ -1,0 +1,38 @@
+//! The bank_account example's walkthrough produces the expected story.
+
+use cqrs_core::InMemoryEventStore;
+
+#[tokio::test]
+async fn walkthrough_tells_the_expected_story() {
+    let mut out = String::new();
+    examples::bank_account::demo(InMemoryEventStore::new(), &mut out)
+        .await
+        .unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0],
+        r#"v1 Opened { owner: "Alice", overdraft_limit: 5000 }"#
+    );
+    assert_eq!(lines[1], "v2 Deposited { amount: 12000 }");
+    assert_eq!(lines[2], "v3 Withdrawn { amount: 15000 }");
+    assert_eq!(lines[3], "balance: Some(-3000)");
+    assert_eq!(
+        lines[4],
+        "rejected: insufficient funds: balance -3000, requested 3000, overdraft limit 5000"
+    );
+    assert_eq!(
+        lines[5],
+        "rejected: balance must be zero to close, it is -3000"
+    );
+    assert_eq!(lines[6], "time travel to v2: balance Some(12000)");
+    assert_eq!(lines[7], "event log:");
+    assert_eq!(lines.len(), 11, "{out}");
+    for (i, line) in lines[8..].iter().enumerate() {
+        assert!(
+            line.starts_with(&format!("  #{} v{} ", i + 1, i + 1)),
+            "{line}"
+        );
+        assert!(line.contains("tenant=acme actor=user:alice"), "{line}");
+        assert!(!line.contains("causation=-"), "{line}");
+    }
+}
