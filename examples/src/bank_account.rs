@@ -332,10 +332,10 @@ pub async fn demo<S: cqrs_core::EventStore>(
     let steps = [
         AccountCommand::Open {
             owner: "Alice".into(),
-            overdraft_limit: 50_00,
+            overdraft_limit: 5_000,
         },
-        AccountCommand::Deposit { amount: 120_00 },
-        AccountCommand::Withdraw { amount: 150_00 },
+        AccountCommand::Deposit { amount: 12_000 },
+        AccountCommand::Withdraw { amount: 15_000 },
     ];
     for command in steps {
         let committed = accounts.execute(id, command.clone(), as_alice()).await?;
@@ -351,7 +351,7 @@ pub async fn demo<S: cqrs_core::EventStore>(
 
     // The overdraft rule refuses this one; nothing is stored.
     match accounts
-        .execute(id, AccountCommand::Withdraw { amount: 30_00 }, as_alice())
+        .execute(id, AccountCommand::Withdraw { amount: 3_000 }, as_alice())
         .await
     {
         Err(CommandError::Rejected(reason)) => writeln!(out, "rejected: {reason}")?,
