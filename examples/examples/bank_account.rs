@@ -1,4 +1,4 @@
-//! Run with: cargo run -p examples --example bank_account
+//! Run with: `cargo run -p examples --example bank_account`
 //!
 //! The basics on the embedded in-memory store: commands, a rule that rejects one, time travel to
 //! an earlier version, and the event log with its correlation and causation metadata.
