@@ -1,2 +1,25 @@
 //! NATS JetStream as the event store of `cqrs-core`.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use cqrs_nats::{JetStreamEventStore, StoreConfig};
+//! let store = JetStreamEventStore::connect("nats://127.0.0.1:4222", StoreConfig::new("sales")).await?;
+//! // `store` implements `cqrs_core::EventStore`: use it with `cqrs_core::Repository`.
+//! # Ok(()) }
+//! ```
+//!
+//! - [`subject`]: the subject layout and the token codec for tenants and aggregate ids.
+//! - [`headers`]: the wire format of an event (headers table).
+//! - [`store`]: the store, its provisioning and its append/load algorithms.
 #![forbid(unsafe_code)]
+
+pub mod error;
+pub mod headers;
+mod replies;
+pub mod store;
+pub mod subject;
+
+pub use async_nats;
+pub use error::NatsStoreError;
+pub use store::{JetStreamEventStore, MAX_BATCH, MIN_SERVER_VERSION, StoreConfig};
+pub use subject::{SubjectError, Subjects};

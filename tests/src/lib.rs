@@ -1,2 +1,40 @@
 //! Shared fixtures of the cross-crate test suites.
 #![forbid(unsafe_code)]
+
+use cqrs_core::metadata::new_id;
+use cqrs_core::{Metadata, NewEvent, SerializedEvent};
+use cqrs_nats::{JetStreamEventStore, StoreConfig};
+use cqrs_test_server::NatsServer;
+
+/// The error type of the fixtures.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A JetStream store on its own, freshly started server. Keep the server alive as long as the
+/// store is used: dropping it kills the server.
+#[derive(Debug)]
+pub struct JetStreamFixture {
+    /// The server.
+    pub server: NatsServer,
+    /// The store, for context `test`.
+    pub store: JetStreamEventStore,
+}
+
+/// Starts a server and connects a store for context `test` to it.
+pub async fn jetstream() -> Result<JetStreamFixture, BoxError> {
+    let server = NatsServer::start().await?;
+    let store = JetStreamEventStore::connect(server.url(), StoreConfig::new("test")).await?;
+    Ok(JetStreamFixture { server, store })
+}
+
+/// A new event of type `event_type` (schema version 1) whose JSON body is `{"n": n}`.
+pub fn event(event_type: &str, n: u64) -> NewEvent {
+    NewEvent {
+        event_id: new_id(),
+        payload: SerializedEvent {
+            event_type: event_type.to_owned(),
+            schema_version: 1,
+            data: format!("{{\"n\":{n}}}").into_bytes(),
+        },
+        metadata: Metadata::standalone(),
+    }
+}

@@ -1,0 +1,1532 @@
+//! [`JetStreamEventStore`]: the [`EventStore`] on NATS JetStream.
+//!
+//! - One stream per bounded context, `EVENTS_<CONTEXT>` on `<context>.events.>` (file storage,
+//!   `allow_atomic`, `allow_direct`, `deny_delete`, `deny_purge`, a duplicate window, no limits),
+//!   one subject per aggregate (see [`crate::subject`]), one message per event (see
+//!   [`crate::headers`]). An existing stream is verified, never reconfigured.
+//! - **Append.** The expected version is turned into the stream sequence of the aggregate's last
+//!   event, which goes out as `Nats-Expected-Last-Subject-Sequence` on every append (0 for a new
+//!   aggregate), so the server fences any writer that raced in between. Where that sequence
+//!   comes from: 0 for `NoStream`/`Exact(0)`; the store's memory of aggregate heads it has seen
+//!   (loads, appends; "version v is at sequence q" never changes, so it cannot be wrong); else a
+//!   leader read of the aggregate's last message, whose `Cqrs-Aggregate-Version` is compared with
+//!   the expectation before anything is sent. Several events go out as one atomic batch
+//!   (ADR-50): all are stored or none. Server codes 10071 and 10164 become
+//!   [`StoreError::Conflict`]; `ExpectedVersion::Any` retries those a bounded number of times.
+//! - **Idempotency.** Event ids are `Nats-Msg-Id`s. A retried append is answered with the
+//!   original commit: from the server's duplicate ack, or, after a conflict or a whole-batch
+//!   duplicate rejection (10201), by looking the event ids up on the aggregate's subject. An ack
+//!   that times out is resolved the same way, or reported as [`StoreError::OutcomeUnknown`];
+//!   nothing is ever resent blindly.
+//! - **Load.** Only the aggregate's subject is read, with batched direct gets
+//!   (`{"seq", "next_by_subj", "batch"}`), page by page, ending on the server's `Nats-Num-Pending`
+//!   (never on a timeout). Versions must be gapless; garbage is a
+//!   [`StoreError::MalformedEnvelope`] naming the stream sequence.
+//! - **`read_all`** runs an ordered consumer filtered as narrowly as the filter allows (tenants and
+//!   aggregate types become filter subjects; the rest is filtered on the client) and ends at the
+//!   stream's last sequence as of the call.
+//! - **Snapshots** live in the KV bucket `SNAPSHOTS_<CONTEXT>` under the key
+//!   `<tenant token>.<AggregateType>.<id token>`, as the JSON of [`Snapshot`]; an older snapshot of
+//!   the same state version never replaces a newer one (compare-and-set on the KV revision).
+//!
+//! Limits: the server deduplicates `Nats-Msg-Id` only within the stream's duplicate window
+//! (2 minutes by default). Appends with an expected version find their original commit at any
+//! age; an [`ExpectedVersion::Any`] append retried after the window is written again. On
+//! replicated streams direct gets may be served by a follower that lags: a stale load leads to a
+//! conflict on the next append, never to a lost update. Permission violations reach async-nats
+//! only as asynchronous server errors, so a denied publish surfaces as a timeout
+//! ([`StoreError::OutcomeUnknown`] or [`StoreError::Unavailable`]), not as
+//! [`StoreError::PermissionDenied`].
+
+use crate::error::NatsStoreError;
+use crate::headers::{self, HeaderBuilder};
+use crate::replies::Replies;
+use crate::subject::{SubjectError, Subjects};
+use async_nats::jetstream::{self, kv, stream};
+use async_nats::{Client, ConnectOptions, StatusCode, ToServerAddrs};
+use cqrs_core::{
+    Committed, EventFilter, EventStore, EventStream, ExpectedVersion, IdempotencyKey, NewEvent,
+    RecordedEvent, Snapshot, StoreError, StreamId, StreamPosition,
+};
+use futures::stream::{self as fstream, StreamExt, TryStreamExt};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use time::OffsetDateTime;
+use tracing::Instrument;
+use uuid::Uuid;
+
+/// The oldest nats-server the store runs on: atomic batches with `Nats-Msg-Id` (2.12.1).
+pub const MIN_SERVER_VERSION: (u64, u64, u64) = (2, 12, 1);
+const MIN_SERVER_VERSION_TEXT: &str = "2.12.1";
+
+/// Most events one append can carry: the server's atomic batch limit.
+pub const MAX_BATCH: usize = 1000;
+
+/// Settings of a [`JetStreamEventStore`].
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    context: String,
+    replicas: usize,
+    duplicate_window: Duration,
+    any_version_retries: u32,
+    load_batch: usize,
+    request_timeout: Duration,
+}
+
+impl StoreConfig {
+    /// The settings for bounded context `context` (`[A-Za-z0-9_-]`, checked at connect): one
+    /// replica, a 2-minute duplicate window.
+    pub fn new(context: impl Into<String>) -> Self {
+        Self {
+            context: context.into(),
+            replicas: 1,
+            duplicate_window: Duration::from_secs(120),
+            any_version_retries: 5,
+            load_batch: 512,
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Stream and bucket replicas (1 locally, 3 in a cluster).
+    pub fn replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas.max(1);
+        self
+    }
+
+    /// How long the server remembers message ids for deduplication.
+    pub fn duplicate_window(mut self, window: Duration) -> Self {
+        self.duplicate_window = window;
+        self
+    }
+
+    /// How often an [`ExpectedVersion::Any`] append is retried when another writer got in first.
+    pub fn any_version_retries(mut self, retries: u32) -> Self {
+        self.any_version_retries = retries;
+        self
+    }
+
+    /// Events fetched per batched direct get while loading an aggregate (1 to 1000).
+    pub fn load_batch(mut self, batch: usize) -> Self {
+        self.load_batch = batch.clamp(1, 1000);
+        self
+    }
+
+    /// How long to wait for the server's answer to one request or publish.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// The stream name of the context: `EVENTS_<CONTEXT>`.
+    pub fn stream_name(&self) -> String {
+        format!("EVENTS_{}", self.context.to_uppercase())
+    }
+
+    /// The snapshot bucket of the context: `SNAPSHOTS_<CONTEXT>`.
+    pub fn bucket_name(&self) -> String {
+        format!("SNAPSHOTS_{}", self.context.to_uppercase())
+    }
+
+    /// The configuration the context's stream is created with and checked against.
+    pub fn stream_config(&self) -> stream::Config {
+        stream::Config {
+            name: self.stream_name(),
+            subjects: vec![format!("{}.events.>", self.context)],
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::Limits,
+            num_replicas: self.replicas,
+            allow_atomic_publish: true,
+            allow_direct: true,
+            deny_delete: true,
+            deny_purge: true,
+            duplicate_window: self.duplicate_window,
+            max_messages_per_subject: -1,
+            max_messages: -1,
+            max_bytes: -1,
+            ..Default::default()
+        }
+    }
+}
+
+/// An [`EventStore`] on NATS JetStream. Cloning shares the connection.
+#[derive(Clone)]
+pub struct JetStreamEventStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    js: jetstream::Context,
+    stream: stream::Stream,
+    stream_name: String,
+    subjects: Subjects,
+    snapshots: kv::Store,
+    config: StoreConfig,
+    known: Mutex<KnownHeads>,
+    replies: tokio::sync::OnceCell<Replies>,
+}
+
+/// Recently seen heads of aggregates: "version `v` of subject `s` is at stream sequence `q`".
+/// These are immutable facts, so a cached entry is never wrong, at most old: an append with
+/// `Exact(v)` whose `v` is known skips the lookup of the last message and lets the server's
+/// `Nats-Expected-Last-Subject-Sequence` check decide.
+#[derive(Debug, Default)]
+struct KnownHeads {
+    heads: HashMap<String, Last>,
+}
+
+/// How many aggregate heads the store remembers (cleared when full).
+const KNOWN_HEADS: usize = 16_384;
+
+impl KnownHeads {
+    fn get(&self, subject: &str) -> Option<Last> {
+        self.heads.get(subject).copied()
+    }
+
+    fn record(&mut self, subject: &str, head: Last) {
+        if let Some(known) = self.heads.get_mut(subject) {
+            if head.version > known.version {
+                *known = head;
+            }
+            return;
+        }
+        if self.heads.len() >= KNOWN_HEADS {
+            self.heads.clear();
+        }
+        self.heads.insert(subject.to_owned(), head);
+    }
+}
+
+impl fmt::Debug for JetStreamEventStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JetStreamEventStore")
+            .field("stream", &self.inner.stream_name)
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parses `major.minor.patch` from a server version such as `2.12.8` or `2.14.0-RC.1`.
+pub fn parse_server_version(version: &str) -> Option<(u64, u64, u64)> {
+    let core = version.trim().trim_start_matches('v');
+    let core = core.split(['-', '+']).next()?;
+    let mut parts = core.split('.').map(str::parse::<u64>);
+    let major = parts.next()?.ok()?;
+    let minor = parts.next()?.ok()?;
+    let patch = parts.next().unwrap_or(Ok(0)).ok()?;
+    Some((major, minor, patch))
+}
+
+fn provision_error(
+    what: impl Into<String>,
+    source: impl Into<cqrs_core::error::BoxError>,
+) -> NatsStoreError {
+    NatsStoreError::Provision {
+        what: what.into(),
+        source: source.into(),
+    }
+}
+
+/// The JetStream API error code somewhere in `error`'s source chain.
+fn jetstream_code(error: &(dyn std::error::Error + 'static)) -> Option<u64> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(js) = e.downcast_ref::<jetstream::Error>() {
+            return Some(js.error_code().0);
+        }
+        current = e.source();
+    }
+    None
+}
+
+fn chain_text(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut current = error.source();
+    while let Some(e) = current {
+        // async-nats errors often repeat their source in their own message.
+        let more = e.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        current = e.source();
+    }
+    text
+}
+
+/// What the differences between a wanted and an existing stream config are.
+fn config_differences(want: &stream::Config, have: &stream::Config) -> Vec<String> {
+    let mut diffs = Vec::new();
+    let mut check = |field: &str, ok: bool, expected: String, found: String| {
+        if !ok {
+            diffs.push(format!("{field}: expected {expected}, found {found}"));
+        }
+    };
+    check(
+        "subjects",
+        have.subjects == want.subjects,
+        format!("{:?}", want.subjects),
+        format!("{:?}", have.subjects),
+    );
+    check(
+        "storage",
+        have.storage == want.storage,
+        format!("{:?}", want.storage),
+        format!("{:?}", have.storage),
+    );
+    check(
+        "retention",
+        have.retention == want.retention,
+        format!("{:?}", want.retention),
+        format!("{:?}", have.retention),
+    );
+    check(
+        "num_replicas",
+        have.num_replicas == want.num_replicas,
+        want.num_replicas.to_string(),
+        have.num_replicas.to_string(),
+    );
+    for (field, want_flag, have_flag) in [
+        (
+            "allow_atomic",
+            want.allow_atomic_publish,
+            have.allow_atomic_publish,
+        ),
+        ("allow_direct", want.allow_direct, have.allow_direct),
+        ("deny_delete", want.deny_delete, have.deny_delete),
+        ("deny_purge", want.deny_purge, have.deny_purge),
+    ] {
+        check(
+            field,
+            want_flag == have_flag,
+            want_flag.to_string(),
+            have_flag.to_string(),
+        );
+    }
+    check(
+        "duplicate_window",
+        have.duplicate_window == want.duplicate_window,
+        format!("{:?}", want.duplicate_window),
+        format!("{:?}", have.duplicate_window),
+    );
+    for (field, value) in [
+        ("max_msgs_per_subject", have.max_messages_per_subject),
+        ("max_msgs", have.max_messages),
+        ("max_bytes", have.max_bytes),
+    ] {
+        check(field, value <= 0, "unlimited".to_owned(), value.to_string());
+    }
+    check(
+        "max_age",
+        have.max_age.is_zero(),
+        "unlimited".to_owned(),
+        format!("{:?}", have.max_age),
+    );
+    diffs
+}
+
+impl JetStreamEventStore {
+    /// Connects to `servers` with default options and provisions the context.
+    pub async fn connect(
+        servers: impl ToServerAddrs,
+        config: StoreConfig,
+    ) -> Result<Self, NatsStoreError> {
+        Self::connect_with_options(servers, ConnectOptions::new(), config).await
+    }
+
+    /// Connects with the given options (credentials, TLS, name, ...) and provisions the context.
+    pub async fn connect_with_options(
+        servers: impl ToServerAddrs,
+        options: ConnectOptions,
+        config: StoreConfig,
+    ) -> Result<Self, NatsStoreError> {
+        let client = options
+            .connect(servers)
+            .await
+            .map_err(NatsStoreError::Connect)?;
+        Self::from_client(client, config).await
+    }
+
+    /// Uses an existing connection: checks the server version, then creates the context's stream
+    /// and snapshot bucket, or verifies them if they exist (a conflicting stream configuration is
+    /// an error, never changed silently).
+    pub async fn from_client(client: Client, config: StoreConfig) -> Result<Self, NatsStoreError> {
+        let subjects = Subjects::new(&config.context)?;
+        let info = client.server_info();
+        match parse_server_version(&info.version) {
+            Some(found) if found >= MIN_SERVER_VERSION => {}
+            _ => {
+                return Err(NatsStoreError::ServerTooOld {
+                    found: info.version.clone(),
+                    required: MIN_SERVER_VERSION_TEXT,
+                });
+            }
+        }
+        if !info.jetstream {
+            return Err(NatsStoreError::JetStreamDisabled {
+                server: format!("{} ({}:{})", info.server_name, info.host, info.port),
+            });
+        }
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(config.request_timeout);
+        let stream = Self::provision_stream(&js, &config).await?;
+        let snapshots = Self::provision_bucket(&js, &config).await?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                js,
+                stream,
+                stream_name: config.stream_name(),
+                subjects,
+                snapshots,
+                config,
+                known: Mutex::new(KnownHeads::default()),
+                replies: tokio::sync::OnceCell::new(),
+            }),
+        })
+    }
+
+    async fn provision_stream(
+        js: &jetstream::Context,
+        config: &StoreConfig,
+    ) -> Result<stream::Stream, NatsStoreError> {
+        let want = config.stream_config();
+        let name = want.name.clone();
+        let verify = |stream: stream::Stream| {
+            let diffs = config_differences(&want, &stream.cached_info().config);
+            if diffs.is_empty() {
+                Ok(stream)
+            } else {
+                Err(NatsStoreError::StreamConflict {
+                    stream: name.clone(),
+                    differences: diffs,
+                })
+            }
+        };
+        match js.get_stream(&name).await {
+            Ok(stream) => return verify(stream),
+            Err(e)
+                if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(js)
+                    if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) => {}
+            Err(e) => return Err(provision_error(format!("stream {name}"), e)),
+        }
+        match js.create_stream(want.clone()).await {
+            Ok(stream) => verify(stream),
+            Err(create_error) => match js.get_stream(&name).await {
+                // Another process created it in between: verify theirs.
+                Ok(stream) => verify(stream),
+                Err(_) => Err(provision_error(format!("stream {name}"), create_error)),
+            },
+        }
+    }
+
+    async fn provision_bucket(
+        js: &jetstream::Context,
+        config: &StoreConfig,
+    ) -> Result<kv::Store, NatsStoreError> {
+        let bucket = config.bucket_name();
+        if let Ok(store) = js.get_key_value(&bucket).await {
+            return Ok(store);
+        }
+        let created = js
+            .create_key_value(kv::Config {
+                bucket: bucket.clone(),
+                description: format!("Aggregate snapshots of context {}", config.context),
+                history: 1,
+                storage: stream::StorageType::File,
+                num_replicas: config.replicas,
+                ..Default::default()
+            })
+            .await;
+        match created {
+            Ok(store) => Ok(store),
+            Err(create_error) => js
+                .get_key_value(&bucket)
+                .await
+                .map_err(|_| provision_error(format!("snapshot bucket {bucket}"), create_error)),
+        }
+    }
+
+    /// The underlying NATS connection.
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    /// The JetStream context the store uses.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.inner.js
+    }
+
+    /// The name of the context's stream.
+    pub fn stream_name(&self) -> &str {
+        &self.inner.stream_name
+    }
+
+    /// The subject of `stream`'s events.
+    pub fn subject_for(&self, stream: &StreamId) -> Result<String, SubjectError> {
+        self.inner.subjects.aggregate(
+            stream.tenant.as_deref(),
+            &stream.aggregate_type,
+            &stream.aggregate_id,
+        )
+    }
+
+    fn subject_or_invalid(&self, stream: &StreamId) -> Result<String, StoreError> {
+        self.subject_for(stream)
+            .map_err(|e| StoreError::InvalidInput {
+                stream: stream.clone(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// The key of `stream`'s snapshot in the bucket: `<tenant>.<AggregateType>.<id>` tokens.
+    fn snapshot_key(&self, stream: &StreamId) -> Result<String, StoreError> {
+        let subject = self.subject_or_invalid(stream)?;
+        let prefix = format!("{}.events.", self.inner.subjects.context());
+        Ok(subject.strip_prefix(&prefix).unwrap_or(&subject).to_owned())
+    }
+}
+
+/// The last message of an aggregate: its stream sequence and version.
+#[derive(Debug, Clone, Copy, Default)]
+struct Last {
+    sequence: u64,
+    version: u64,
+}
+
+/// How a publish failed.
+enum Failure {
+    Conflict,
+    DuplicateBatch,
+    Busy(String),
+    TooLarge(String),
+    OutcomeUnknown(String),
+    Unavailable(String),
+    PermissionDenied(String),
+    Backend(cqrs_core::error::BoxError),
+}
+
+fn classify_code(code: u64, text: String) -> Failure {
+    match code {
+        10071 | 10164 => Failure::Conflict,
+        10201 => Failure::DuplicateBatch,
+        // A retry raced its original (cluster), or too many batches in flight: back off.
+        10158 | 10210 => Failure::Busy(text),
+        10199 | 10097 => Failure::TooLarge(text),
+        // JetStream not ready, no leader, cluster unavailable.
+        10008 | 10009 | 10023 | 10076 => Failure::Unavailable(text),
+        _ => Failure::Backend(text.into()),
+    }
+}
+
+fn classify_publish(error: &jetstream::context::PublishError) -> Failure {
+    use jetstream::context::PublishErrorKind as K;
+    let text = chain_text(error);
+    if text.to_lowercase().contains("permission") {
+        return Failure::PermissionDenied(text);
+    }
+    match error.kind() {
+        K::WrongLastSequence => Failure::Conflict,
+        K::TimedOut | K::BrokenPipe => Failure::OutcomeUnknown(text),
+        K::StreamNotFound | K::MaxAckPending => Failure::Unavailable(text),
+        K::MaxPayloadExceeded => Failure::TooLarge(text),
+        _ => match jetstream_code(error) {
+            Some(code) => classify_code(code, text),
+            None => Failure::Backend(text.into()),
+        },
+    }
+}
+
+fn classify_request(error: &async_nats::RequestError) -> Failure {
+    use async_nats::RequestErrorKind as K;
+    let text = chain_text(error);
+    if text.to_lowercase().contains("permission") {
+        return Failure::PermissionDenied(text);
+    }
+    match error.kind() {
+        K::NoResponders | K::TimedOut => Failure::Unavailable(text),
+        _ => Failure::Backend(text.into()),
+    }
+}
+
+/// An error reply of the JetStream API: `{"error":{"code":..,"err_code":..,"description":..}}`.
+#[derive(serde::Deserialize)]
+struct ApiErrorReply {
+    error: ApiError,
+}
+
+#[derive(serde::Deserialize)]
+struct ApiError {
+    #[serde(default)]
+    code: u64,
+    #[serde(default)]
+    err_code: u64,
+    #[serde(default)]
+    description: String,
+}
+
+fn unavailable(operation: &'static str, reason: impl fmt::Display) -> StoreError {
+    StoreError::Unavailable {
+        operation,
+        reason: reason.to_string(),
+    }
+}
+
+fn backend(operation: &'static str, source: impl Into<cqrs_core::error::BoxError>) -> StoreError {
+    StoreError::Backend {
+        operation,
+        source: source.into(),
+    }
+}
+
+impl Inner {
+    fn known(&self) -> std::sync::MutexGuard<'_, KnownHeads> {
+        // The map holds only facts; a panic elsewhere cannot leave a wrong one behind.
+        self.known.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn remember(&self, subject: &str, event: &RecordedEvent) {
+        self.known().record(
+            subject,
+            Last {
+                sequence: event.position,
+                version: event.version,
+            },
+        );
+    }
+
+    /// The aggregate's last message, read from the stream leader.
+    async fn last(&self, subject: &str) -> Result<Option<RecordedEvent>, StoreError> {
+        use jetstream::stream::LastRawMessageErrorKind as K;
+        match self.stream.get_last_raw_message_by_subject(subject).await {
+            Ok(message) => {
+                let event = headers::decode(&self.subjects, &message)?;
+                self.remember(subject, &event);
+                Ok(Some(event))
+            }
+            Err(e) if matches!(e.kind(), K::NoMessageFound) => Ok(None),
+            Err(e) => Err(unavailable("read last event", chain_text(&e))),
+        }
+    }
+
+    /// One batched direct get: up to `batch` messages of `subject` from `from_seq` on, and how
+    /// many more match after them.
+    async fn direct_batch(
+        &self,
+        subject: &str,
+        from_seq: u64,
+        batch: usize,
+    ) -> Result<(Vec<jetstream::message::StreamMessage>, u64), StoreError> {
+        const OP: &str = "load";
+        let mux = self
+            .replies
+            .get_or_try_init(|| Replies::start(&self.client))
+            .await
+            .map_err(|e| unavailable(OP, e))?;
+        let mut pending = mux.register();
+        let request = serde_json::json!({
+            "seq": from_seq.max(1),
+            "next_by_subj": subject,
+            "batch": batch,
+        });
+        let payload = serde_json::to_vec(&request).map_err(|e| backend(OP, e))?;
+        self.client
+            .publish_with_reply(
+                format!("$JS.API.DIRECT.GET.{}", self.stream_name),
+                pending.reply_to.clone(),
+                payload.into(),
+            )
+            .await
+            .map_err(|e| unavailable(OP, e))?;
+        let mut messages = Vec::new();
+        loop {
+            let reply = tokio::time::timeout(self.config.request_timeout, pending.replies.recv())
+                .await
+                .map_err(|_| unavailable(OP, "no answer to a direct get in time"))?
+                .ok_or_else(|| unavailable(OP, "connection closed during a direct get"))?;
+            match reply.status {
+                None | Some(StatusCode::OK) => {
+                    let message = jetstream::message::StreamMessage::try_from(reply)
+                        .map_err(|e| backend(OP, e))?;
+                    messages.push(message);
+                }
+                Some(StatusCode::NOT_FOUND) => return Ok((messages, 0)),
+                Some(status) if status.as_u16() == 204 => {
+                    let pending = reply
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get_last("Nats-Num-Pending"))
+                        .and_then(|v| v.as_str().parse::<u64>().ok())
+                        .ok_or_else(|| {
+                            backend(OP, "direct get end-of-batch without Nats-Num-Pending")
+                        })?;
+                    return Ok((messages, pending));
+                }
+                Some(StatusCode::NO_RESPONDERS) => {
+                    return Err(unavailable(OP, "no responders for direct get"));
+                }
+                Some(status) => {
+                    return Err(unavailable(
+                        OP,
+                        format!(
+                            "direct get answered {status}: {}",
+                            reply.description.unwrap_or_default()
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// The events of `subject` from stream sequence `from_seq` on, lazily, page by page;
+    /// `first_version` is the version the first yielded event must have (`None`: any, with
+    /// events below `min_version` skipped).
+    fn events(
+        self: &Arc<Self>,
+        subject: String,
+        from_seq: u64,
+        min_version: u64,
+        first_version: Option<u64>,
+    ) -> EventStream {
+        struct Page {
+            next_seq: u64,
+            expect_version: Option<u64>,
+            done: bool,
+        }
+        let inner = Arc::clone(self);
+        let start = Page {
+            next_seq: from_seq.max(1),
+            expect_version: first_version,
+            done: false,
+        };
+        fstream::try_unfold(start, move |mut page| {
+            let inner = Arc::clone(&inner);
+            let subject = subject.clone();
+            let span = tracing::debug_span!(
+                "cqrs.nats.load_page",
+                subject = %subject,
+                from_sequence = page.next_seq,
+                events = tracing::field::Empty,
+                pending = tracing::field::Empty,
+            );
+            async move {
+                if page.done {
+                    return Ok(None);
+                }
+                let (messages, pending) = inner
+                    .direct_batch(&subject, page.next_seq, inner.config.load_batch)
+                    .await?;
+                tracing::Span::current()
+                    .record("events", messages.len())
+                    .record("pending", pending);
+                let mut events = Vec::with_capacity(messages.len());
+                for message in &messages {
+                    let event = headers::decode(&inner.subjects, message)?;
+                    if let Some(expected) = page.expect_version
+                        && event.version != expected
+                    {
+                        return Err(StoreError::MalformedEnvelope {
+                            position: event.position,
+                            reason: format!(
+                                "aggregate version {} where version {expected} was expected (versions must be gapless)",
+                                event.version
+                            ),
+                        });
+                    }
+                    page.expect_version = Some(event.version + 1);
+                    page.next_seq = event.position + 1;
+                    if event.version >= min_version {
+                        events.push(Ok(event));
+                    }
+                }
+                if let Some(last) = events.last().and_then(|e| e.as_ref().ok()) {
+                    inner.remember(&subject, last);
+                }
+                page.done = pending == 0 || messages.is_empty();
+                Ok(Some((fstream::iter(events), page)))
+            }
+            .instrument(span)
+        })
+        .try_flatten()
+        .boxed()
+    }
+
+    /// Scans `subject` for the commit whose event ids are `ids` (the first, then as many of the
+    /// following as match in order).
+    async fn find_ids(
+        self: &Arc<Self>,
+        subject: &str,
+        ids: &[Uuid],
+    ) -> Result<Option<Vec<RecordedEvent>>, StoreError> {
+        let Some(&first) = ids.first() else {
+            return Ok(None);
+        };
+        let mut events = self.events(subject.to_owned(), 1, 0, None);
+        let mut found: Vec<RecordedEvent> = Vec::new();
+        while let Some(event) = events.try_next().await? {
+            if found.is_empty() {
+                if event.event_id == first {
+                    found.push(event);
+                }
+            } else if ids.get(found.len()) == Some(&event.event_id) {
+                found.push(event);
+            } else {
+                break;
+            }
+            if found.len() == ids.len() {
+                break;
+            }
+        }
+        Ok((!found.is_empty()).then_some(found))
+    }
+}
+
+/// One event ready to go out.
+struct Outgoing {
+    headers: HeaderBuilder,
+    payload: Vec<u8>,
+}
+
+impl JetStreamEventStore {
+    fn check_size(&self, stream: &StreamId, outgoing: &Outgoing) -> Result<(), StoreError> {
+        let max = self.inner.client.server_info().max_payload;
+        // Room for the expectation and batch headers added later.
+        let size = outgoing.headers.wire_len() + 200 + outgoing.payload.len();
+        if max > 0 && size > max {
+            return Err(StoreError::InvalidInput {
+                stream: stream.clone(),
+                reason: format!(
+                    "an event of {size} bytes (headers and body) exceeds the server's max_payload of {max} bytes; store large data elsewhere and reference it"
+                ),
+            });
+        }
+        if outgoing.headers.wire_len() + 200 > usize::from(u16::MAX) {
+            return Err(StoreError::InvalidInput {
+                stream: stream.clone(),
+                reason: "the event's headers exceed 65535 bytes; carry less metadata".to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    fn prepare(
+        &self,
+        stream: &StreamId,
+        events: &[NewEvent],
+        after_version: u64,
+        recorded_at: OffsetDateTime,
+    ) -> Result<Vec<Outgoing>, StoreError> {
+        (after_version + 1..)
+            .zip(events)
+            .map(|(version, event)| {
+                let headers = headers::encode(
+                    event,
+                    stream.tenant.as_deref(),
+                    &stream.aggregate_type,
+                    version,
+                    recorded_at,
+                )
+                .map_err(|reason| StoreError::InvalidInput {
+                    stream: stream.clone(),
+                    reason,
+                })?;
+                let outgoing = Outgoing {
+                    headers,
+                    payload: event.payload.data.clone(),
+                };
+                self.check_size(stream, &outgoing)?;
+                Ok(outgoing)
+            })
+            .collect()
+    }
+
+    /// Sends `outgoing` with the expectation `expected_seq`; returns the sequence of the first
+    /// stored message and whether the server reported a duplicate.
+    async fn publish(
+        &self,
+        subject: &str,
+        outgoing: Vec<Outgoing>,
+        expected_seq: u64,
+    ) -> Result<(u64, bool), Failure> {
+        let count = outgoing.len() as u64;
+        let expected = expected_seq.to_string();
+        let with = |h: &mut HeaderBuilder, name: &str, value: &str| {
+            h.insert(name, value)
+                .map_err(|e| Failure::Backend(e.into()))
+        };
+        let mut outgoing = outgoing;
+        let Some(mut first) = outgoing.first_mut().map(|o| std::mem::take(&mut o.headers)) else {
+            return Err(Failure::Backend("empty append".into()));
+        };
+        with(
+            &mut first,
+            headers::EXPECTED_LAST_SUBJECT_SEQUENCE,
+            &expected,
+        )?;
+        if count == 1 {
+            let payload = outgoing
+                .first_mut()
+                .map(|o| std::mem::take(&mut o.payload))
+                .unwrap_or_default();
+            return self.send_commit(subject, first, payload, count).await;
+        }
+        let batch_id = Uuid::now_v7().simple().to_string();
+        let mut last = None;
+        for (index, message) in outgoing.into_iter().enumerate() {
+            let sequence = (index + 1).to_string();
+            let mut h = if index == 0 {
+                std::mem::take(&mut first)
+            } else {
+                message.headers
+            };
+            with(&mut h, headers::BATCH_ID, &batch_id)?;
+            with(&mut h, headers::BATCH_SEQUENCE, &sequence)?;
+            if index as u64 + 1 == count {
+                with(&mut h, headers::BATCH_COMMIT, "1")?;
+                last = Some((h, message.payload));
+            } else if index == 0 {
+                let request = async_nats::Request::new()
+                    .headers(h.build())
+                    .payload(message.payload.into())
+                    .timeout(Some(self.inner.config.request_timeout));
+                let reply = self
+                    .inner
+                    .client
+                    .send_request(subject.to_owned(), request)
+                    .await
+                    .map_err(|e| classify_request(&e))?;
+                if !reply.payload.is_empty() {
+                    let reply: ApiErrorReply = serde_json::from_slice(&reply.payload)
+                        .map_err(|e| Failure::Backend(e.into()))?;
+                    let text = format!(
+                        "{} (code {}, error code {})",
+                        reply.error.description, reply.error.code, reply.error.err_code
+                    );
+                    return Err(classify_code(reply.error.err_code, text));
+                }
+            } else {
+                self.inner
+                    .client
+                    .publish_with_headers(subject.to_owned(), h.build(), message.payload.into())
+                    .await
+                    .map_err(|e| Failure::Unavailable(e.to_string()))?;
+            }
+        }
+        let Some((h, payload)) = last else {
+            return Err(Failure::Backend("batch without a commit message".into()));
+        };
+        self.send_commit(subject, h, payload, count).await
+    }
+
+    async fn send_commit(
+        &self,
+        subject: &str,
+        headers: HeaderBuilder,
+        payload: Vec<u8>,
+        count: u64,
+    ) -> Result<(u64, bool), Failure> {
+        let message = jetstream::message::PublishMessage::build()
+            .payload(payload.into())
+            .headers(headers.build());
+        let ack = self
+            .inner
+            .js
+            .send_publish(subject.to_owned(), message)
+            .await
+            .map_err(|e| classify_publish(&e))?
+            .await
+            .map_err(|e| classify_publish(&e))?;
+        if ack.duplicate {
+            return Ok((ack.sequence, true));
+        }
+        if count > 1 && ack.batch_size != Some(count) {
+            tracing::warn!(
+                expected = count,
+                acknowledged = ?ack.batch_size,
+                "atomic batch acknowledged with an unexpected size"
+            );
+        }
+        Ok((ack.sequence + 1 - count, false))
+    }
+
+    /// The original commit of the event ids `ids` on `subject`, if it exists.
+    async fn original(&self, subject: &str, ids: &[Uuid]) -> Result<Option<Committed>, StoreError> {
+        Ok(self
+            .inner
+            .find_ids(subject, ids)
+            .await?
+            .map(|events| Committed {
+                events,
+                duplicate: true,
+            }))
+    }
+
+    /// Resolves a duplicate ack that points at `sequence`.
+    async fn resolve_duplicate(
+        &self,
+        stream: &StreamId,
+        subject: &str,
+        sequence: u64,
+        ids: &[Uuid],
+    ) -> Result<Committed, StoreError> {
+        let message = self
+            .inner
+            .stream
+            .get_raw_message(sequence)
+            .await
+            .map_err(|e| unavailable("append", chain_text(&e)))?;
+        if message.subject.as_str() != subject {
+            let original = match self.inner.subjects.parse(message.subject.as_str()) {
+                Ok((tenant, aggregate_type, aggregate_id)) => {
+                    StreamId::new(aggregate_type, aggregate_id).with_optional_tenant(tenant)
+                }
+                Err(_) => StreamId::new("?", message.subject.to_string()),
+            };
+            return Err(StoreError::IdempotencyKeyReused {
+                key: ids.first().map(Uuid::to_string).unwrap_or_default(),
+                stream: stream.clone(),
+                original,
+            });
+        }
+        match self.original(subject, ids).await? {
+            Some(committed) => Ok(committed),
+            None => Ok(Committed {
+                events: vec![headers::decode(&self.inner.subjects, &message)?],
+                duplicate: true,
+            }),
+        }
+    }
+
+    async fn append_inner(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Committed, StoreError> {
+        if events.is_empty() {
+            return Err(StoreError::InvalidInput {
+                stream: stream.clone(),
+                reason: "an append needs at least one event".to_owned(),
+            });
+        }
+        if events.len() > MAX_BATCH {
+            return Err(StoreError::TooManyEvents {
+                stream: stream.clone(),
+                count: events.len(),
+                max: MAX_BATCH,
+            });
+        }
+        let subject = self.subject_or_invalid(stream)?;
+        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+        let mut attempt = 0u32;
+        loop {
+            let known = match expected {
+                _ if attempt > 0 => None,
+                ExpectedVersion::NoStream | ExpectedVersion::Exact(0) => Some(Last::default()),
+                ExpectedVersion::Exact(version) => self
+                    .inner
+                    .known()
+                    .get(&subject)
+                    .filter(|k| k.version == version),
+                ExpectedVersion::Any => self.inner.known().get(&subject),
+            };
+            let last = match known {
+                Some(known) => known,
+                None => self
+                    .inner
+                    .last(&subject)
+                    .await?
+                    .map_or(Last::default(), |e| Last {
+                        sequence: e.position,
+                        version: e.version,
+                    }),
+            };
+            if !expected.is_satisfied_by(last.version) {
+                if let Some(original) = self.original(&subject, &ids).await? {
+                    return Ok(original);
+                }
+                return Err(StoreError::Conflict {
+                    stream: stream.clone(),
+                    expected,
+                    actual: Some(last.version),
+                });
+            }
+            let recorded_at = OffsetDateTime::now_utc();
+            let outgoing = self.prepare(stream, &events, last.version, recorded_at)?;
+            match self.publish(&subject, outgoing, last.sequence).await {
+                Ok((sequence, true)) => {
+                    return self
+                        .resolve_duplicate(stream, &subject, sequence, &ids)
+                        .await;
+                }
+                Ok((first_seq, false)) => {
+                    let committed = recorded(stream, events, last.version, first_seq, recorded_at);
+                    if let Some(head) = committed.events.last() {
+                        self.inner.remember(&subject, head);
+                    }
+                    return Ok(committed);
+                }
+                Err(failure) => {
+                    if let Some(outcome) = self
+                        .on_failure(stream, &subject, expected, &ids, failure, &mut attempt)
+                        .await
+                    {
+                        return outcome;
+                    }
+                }
+            }
+        }
+    }
+
+    /// What a failed publish means: the final outcome, or `None` to try again.
+    async fn on_failure(
+        &self,
+        stream: &StreamId,
+        subject: &str,
+        expected: ExpectedVersion,
+        ids: &[Uuid],
+        failure: Failure,
+        attempt: &mut u32,
+    ) -> Option<Result<Committed, StoreError>> {
+        const OP: &str = "append";
+        let first_id = ids.first().copied().unwrap_or_default();
+        let retries = self.inner.config.any_version_retries;
+        let outcome_unknown = |reason: String| StoreError::OutcomeUnknown {
+            stream: stream.clone(),
+            event_id: first_id,
+            reason,
+        };
+        Some(match failure {
+            // `Any` went out with a stale head: try again with a fresh one. A retry of an append
+            // that already landed is then answered by the server's deduplication.
+            Failure::Conflict if expected == ExpectedVersion::Any && *attempt < retries => {
+                *attempt += 1;
+                return None;
+            }
+            Failure::Conflict => match self.original(subject, ids).await {
+                Ok(Some(original)) => Ok(original),
+                Ok(None) => Err(StoreError::Conflict {
+                    stream: stream.clone(),
+                    expected,
+                    // Best effort: the version the aggregate is at now.
+                    actual: self
+                        .inner
+                        .last(subject)
+                        .await
+                        .ok()
+                        .map(|last| last.map_or(0, |e| e.version)),
+                }),
+                Err(e) => Err(e),
+            },
+            Failure::DuplicateBatch => match self.original(subject, ids).await {
+                Ok(Some(original)) => Ok(original),
+                Ok(None) => Err(StoreError::InvalidInput {
+                    stream: stream.clone(),
+                    reason: "the event ids of this append were already used by another append within the duplicate window (an idempotency key reused on another aggregate?)".to_owned(),
+                }),
+                Err(e) => Err(e),
+            },
+            Failure::Busy(_) if *attempt < retries => {
+                *attempt += 1;
+                tokio::time::sleep(Duration::from_millis(10 << (*attempt).min(6))).await;
+                return None;
+            }
+            Failure::Busy(reason) => Err(outcome_unknown(reason)),
+            Failure::OutcomeUnknown(reason) => match self.original(subject, ids).await {
+                Ok(Some(mut original)) => {
+                    original.duplicate = false;
+                    Ok(original)
+                }
+                Ok(None) => Err(outcome_unknown(reason)),
+                Err(lookup) => Err(outcome_unknown(format!(
+                    "{reason}; looking the event up failed too: {lookup}"
+                ))),
+            },
+            Failure::TooLarge(reason) => Err(StoreError::InvalidInput {
+                stream: stream.clone(),
+                reason,
+            }),
+            Failure::Unavailable(reason) => Err(unavailable(OP, reason)),
+            Failure::PermissionDenied(reason) => Err(StoreError::PermissionDenied {
+                operation: OP,
+                stream: stream.clone(),
+                reason,
+            }),
+            Failure::Backend(source) => Err(backend(OP, source)),
+        })
+    }
+}
+
+/// The recorded form of `events`, stored from stream sequence `first_seq` on after version
+/// `after_version`.
+fn recorded(
+    stream: &StreamId,
+    events: Vec<NewEvent>,
+    after_version: u64,
+    first_seq: u64,
+    recorded_at: OffsetDateTime,
+) -> Committed {
+    let events = events
+        .into_iter()
+        .zip(0u64..)
+        .map(|(event, offset)| {
+            let mut metadata = event.metadata;
+            metadata.tenant.clone_from(&stream.tenant);
+            RecordedEvent {
+                event_id: event.event_id,
+                aggregate_type: stream.aggregate_type.clone(),
+                aggregate_id: stream.aggregate_id.clone(),
+                version: after_version + 1 + offset,
+                position: first_seq + offset,
+                recorded_at,
+                metadata,
+                payload: event.payload,
+            }
+        })
+        .collect();
+    Committed {
+        events,
+        duplicate: false,
+    }
+}
+
+/// Most filter subjects one `read_all` consumer gets; wider filters read the whole context and
+/// filter on the client.
+const MAX_FILTER_SUBJECTS: usize = 64;
+
+impl JetStreamEventStore {
+    /// The consumer filter subjects that narrow `filter` on the server (the client applies the
+    /// whole filter anyway).
+    fn filter_subjects(&self, filter: &EventFilter) -> Vec<String> {
+        let subjects = &self.inner.subjects;
+        let all = vec![subjects.all_events()];
+        let mut types: Vec<Option<&str>> = filter
+            .aggregate_types
+            .iter()
+            .map(|t| Some(t.as_str()))
+            .collect();
+        let mut tenants: Vec<Option<Option<&str>>> = filter
+            .tenants
+            .iter()
+            .map(|t| Some(Some(t.as_str())))
+            .collect();
+        types.sort_unstable();
+        types.dedup();
+        tenants.sort_unstable();
+        tenants.dedup();
+        if types.is_empty() {
+            types.push(None);
+        }
+        if tenants.is_empty() {
+            tenants.push(None);
+        }
+        if types.len() * tenants.len() > MAX_FILTER_SUBJECTS {
+            return all;
+        }
+        let mut out = Vec::with_capacity(types.len() * tenants.len());
+        for tenant in &tenants {
+            for aggregate_type in &types {
+                match subjects.filter(*tenant, *aggregate_type) {
+                    Ok(subject) => out.push(subject),
+                    // A name no subject can carry: let the client-side filter decide.
+                    Err(_) => return all,
+                }
+            }
+        }
+        out
+    }
+
+    async fn read_all_inner(
+        &self,
+        filter: &EventFilter,
+        from_position: u64,
+    ) -> Result<EventStream, StoreError> {
+        use jetstream::consumer::{DeliverPolicy, pull};
+        const OP: &str = "read all";
+        let stream = self
+            .inner
+            .js
+            .get_stream(&self.inner.stream_name)
+            .await
+            .map_err(|e| unavailable(OP, chain_text(&e)))?;
+        let head = stream.cached_info().state.last_sequence;
+        let start = from_position.max(1);
+        if start > head {
+            return Ok(fstream::empty().boxed());
+        }
+        let mut filters = self.filter_subjects(filter);
+        let (filter_subject, filter_subjects) = if filters.len() == 1 {
+            (filters.pop().unwrap_or_default(), Vec::new())
+        } else {
+            (String::new(), filters)
+        };
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject,
+                filter_subjects,
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: start,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable(OP, chain_text(&e)))?;
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(fstream::empty().boxed());
+        }
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| unavailable(OP, chain_text(&e)))?;
+        let inner = Arc::clone(&self.inner);
+        let filter = filter.clone();
+        let events = fstream::try_unfold(Some(messages), move |state| {
+            let inner = Arc::clone(&inner);
+            let filter = filter.clone();
+            async move {
+                let Some(mut messages) = state else {
+                    return Ok(None);
+                };
+                loop {
+                    let Some(message) = messages.next().await else {
+                        return Err(unavailable(OP, "the consumer ended before the head"));
+                    };
+                    let message = message.map_err(|e| unavailable(OP, chain_text(&e)))?;
+                    let info = message.info().map_err(|e| backend(OP, e.to_string()))?;
+                    let (sequence, pending, time) =
+                        (info.stream_sequence, info.pending, info.published);
+                    if sequence > head {
+                        return Ok(None);
+                    }
+                    let stored = jetstream::message::StreamMessage {
+                        subject: message.subject.clone(),
+                        sequence,
+                        headers: message.headers.clone().unwrap_or_default(),
+                        payload: message.payload.clone(),
+                        time,
+                    };
+                    let event = headers::decode(&inner.subjects, &stored)?;
+                    let next = (sequence < head && pending > 0).then_some(messages);
+                    if filter.matches(&event) {
+                        return Ok(Some((event, next)));
+                    }
+                    match next {
+                        Some(m) => messages = m,
+                        None => return Ok(None),
+                    }
+                }
+            }
+        });
+        Ok(events.boxed())
+    }
+}
+
+impl EventStore for JetStreamEventStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        idempotency: Option<&IdempotencyKey>,
+    ) -> Result<Committed, StoreError> {
+        // The idempotency key reaches the server as the event ids (`Nats-Msg-Id`), which the
+        // repository derives from it.
+        let span = tracing::debug_span!(
+            "cqrs.nats.append",
+            aggregate_type = %stream.aggregate_type,
+            aggregate_id = %stream.aggregate_id,
+            expected = %expected,
+            events = events.len(),
+            correlation_id = ?events.first().map(|e| e.metadata.correlation_id),
+            version = tracing::field::Empty,
+        );
+        async {
+            let committed = match self.append_inner(stream, expected, events).await {
+                Err(StoreError::IdempotencyKeyReused {
+                    key,
+                    stream,
+                    original,
+                }) => {
+                    // Name the key as the caller knows it (without one, the first event id is
+                    // the key, as on the in-memory store).
+                    let key =
+                        idempotency.map_or_else(|| format!("event:{key}"), ToString::to_string);
+                    return Err(StoreError::IdempotencyKeyReused {
+                        key,
+                        stream,
+                        original,
+                    });
+                }
+                other => other?,
+            };
+            if let Some(last) = committed.events.last() {
+                tracing::Span::current().record("version", last.version);
+            }
+            Ok(committed)
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn load(&self, stream: &StreamId, from_version: u64) -> Result<EventStream, StoreError> {
+        let subject = self.subject_or_invalid(stream)?;
+        tracing::debug!(
+            aggregate_type = %stream.aggregate_type,
+            aggregate_id = %stream.aggregate_id,
+            from_version,
+            "cqrs.nats.load"
+        );
+        Ok(self.inner.events(subject, 1, from_version, Some(1)))
+    }
+
+    async fn load_after(
+        &self,
+        stream: &StreamId,
+        after: StreamPosition,
+    ) -> Result<EventStream, StoreError> {
+        let subject = self.subject_or_invalid(stream)?;
+        tracing::debug!(aggregate_type = %stream.aggregate_type, aggregate_id = %stream.aggregate_id, after_version = after.version, after_position = after.position, "cqrs.nats.load_after");
+        Ok(self
+            .inner
+            .events(subject, after.position + 1, 0, Some(after.version + 1)))
+    }
+
+    async fn stream_position(&self, stream: &StreamId) -> Result<StreamPosition, StoreError> {
+        let subject = self.subject_or_invalid(stream)?;
+        Ok(self
+            .inner
+            .last(&subject)
+            .await?
+            .map_or_else(StreamPosition::default, |e| e.stream_position()))
+    }
+
+    async fn read_all(
+        &self,
+        filter: &EventFilter,
+        from_position: u64,
+    ) -> Result<EventStream, StoreError> {
+        self.read_all_inner(filter, from_position)
+            .instrument(tracing::debug_span!("cqrs.nats.read_all", from_position))
+            .await
+    }
+
+    async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+        let key = self.snapshot_key(stream)?;
+        let entry = self
+            .inner
+            .snapshots
+            .entry(&key)
+            .await
+            .map_err(|e| unavailable("load snapshot", chain_text(&e)))?;
+        let Some(entry) = entry else {
+            return Ok(None);
+        };
+        if entry.operation != kv::Operation::Put {
+            return Ok(None);
+        }
+        match serde_json::from_slice::<Snapshot>(&entry.value) {
+            Ok(snapshot) => Ok(Some(snapshot)),
+            Err(error) => {
+                tracing::warn!(%stream, %error, "ignoring an unreadable snapshot");
+                Ok(None)
+            }
+        }
+    }
+
+    async fn save_snapshot(&self, stream: &StreamId, snapshot: Snapshot) -> Result<(), StoreError> {
+        const OP: &str = "save snapshot";
+        let key = self.snapshot_key(stream)?;
+        let value = serde_json::to_vec(&snapshot).map_err(|e| backend(OP, e))?;
+        let kv = &self.inner.snapshots;
+        for _ in 0..8 {
+            let entry = kv
+                .entry(&key)
+                .await
+                .map_err(|e| unavailable(OP, chain_text(&e)))?;
+            let written = match entry {
+                Some(entry) => {
+                    let newer = serde_json::from_slice::<Snapshot>(&entry.value).is_ok_and(|s| {
+                        entry.operation == kv::Operation::Put
+                            && s.state_version == snapshot.state_version
+                            && s.stream_position.version > snapshot.stream_position.version
+                    });
+                    if newer {
+                        return Ok(());
+                    }
+                    kv.update(&key, value.clone().into(), entry.revision)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| chain_text(&e))
+                }
+                None => kv
+                    .create(&key, value.clone().into())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| chain_text(&e)),
+            };
+            match written {
+                Ok(()) => return Ok(()),
+                // Another writer got in first: look again.
+                Err(reason) => tracing::debug!(%stream, %reason, "snapshot write raced; retrying"),
+            }
+        }
+        Err(unavailable(
+            OP,
+            "the snapshot kept changing under concurrent writers",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_server_versions() {
+        assert_eq!(parse_server_version("2.12.8"), Some((2, 12, 8)));
+        assert_eq!(parse_server_version("v2.14.0-RC.1"), Some((2, 14, 0)));
+        assert_eq!(parse_server_version("2.9"), Some((2, 9, 0)));
+        assert_eq!(parse_server_version("junk"), None);
+        assert!(parse_server_version("2.12.0") < Some(MIN_SERVER_VERSION));
+        assert!(parse_server_version("2.15.1") >= Some(MIN_SERVER_VERSION));
+    }
+
+    #[test]
+    fn stream_config_differences_are_reported() {
+        let config = StoreConfig::new("sales");
+        let want = config.stream_config();
+        assert!(config_differences(&want, &want).is_empty());
+        let mut have = want.clone();
+        have.deny_delete = false;
+        have.max_messages_per_subject = 1;
+        let diffs = config_differences(&want, &have);
+        assert_eq!(diffs.len(), 2, "{diffs:?}");
+        assert!(diffs[0].starts_with("deny_delete"));
+    }
+
+    #[test]
+    fn conflict_codes_are_conflicts() {
+        assert!(matches!(
+            classify_code(10071, String::new()),
+            Failure::Conflict
+        ));
+        assert!(matches!(
+            classify_code(10164, String::new()),
+            Failure::Conflict
+        ));
+        assert!(matches!(
+            classify_code(10201, String::new()),
+            Failure::DuplicateBatch
+        ));
+        assert!(matches!(
+            classify_code(10158, String::new()),
+            Failure::Busy(_)
+        ));
+        assert!(matches!(
+            classify_code(10210, String::new()),
+            Failure::Busy(_)
+        ));
+    }
+}

@@ -1,0 +1,877 @@
+//! JetStream-specific behaviour of `cqrs-nats`: the wire format as other clients see it,
+//! subjects, provisioning, malformed messages and faults. Each test starts its own nats-server.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use cqrs_core::doc::{Counter, CounterCommand};
+use cqrs_core::metadata::new_id;
+use cqrs_core::{
+    CommandMetadata, DecodeError, EventFilter, EventStore, ExpectedVersion, NewEvent, Repository,
+    Snapshot, StoreError, StreamId, StreamPosition,
+};
+use cqrs_nats::async_nats::{self, HeaderMap, jetstream};
+use cqrs_nats::{JetStreamEventStore, NatsStoreError, StoreConfig, Subjects};
+use cqrs_test_server::NatsServer;
+use cqrs_tests::{event, jetstream as fixture};
+use futures::TryStreamExt;
+use std::time::Duration;
+use time::OffsetDateTime;
+
+type Events = Vec<cqrs_core::RecordedEvent>;
+
+async fn load_all<S: EventStore>(store: &S, stream: &StreamId) -> Result<Events, StoreError> {
+    store.load(stream, 1).await?.try_collect().await
+}
+
+/// Publishes `headers` + `body` on `subject` with a plain JetStream client, as another language's
+/// client would; returns the stream sequence.
+async fn publish_plain(url: &str, subject: &str, headers: &[(&str, &str)], body: &str) -> u64 {
+    let client = async_nats::connect(url).await.expect("connect");
+    let js = jetstream::new(client);
+    let mut map = HeaderMap::new();
+    for (name, value) in headers {
+        map.insert(*name, *value);
+    }
+    js.publish_with_headers(subject.to_owned(), map, body.to_owned().into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack")
+        .sequence
+}
+
+#[tokio::test]
+async fn plain_client_message_in_the_documented_format_is_loaded() {
+    let f = fixture().await.expect("fixture");
+    let subjects = Subjects::new("test").unwrap();
+    let subject = subjects.aggregate(Some("acme"), "Order", "o.1").unwrap();
+    assert_eq!(subject, "test.events.acme.Order.o_2E1");
+    let (event_id, correlation, command) = (new_id(), new_id(), new_id());
+    let (event_id_s, correlation_s, command_s) = (
+        event_id.to_string(),
+        correlation.to_string(),
+        command.to_string(),
+    );
+    let sequence = publish_plain(
+        &f.server.url(),
+        &subject,
+        &[
+            ("Nats-Msg-Id", &event_id_s),
+            ("Nats-Expected-Last-Subject-Sequence", "0"),
+            ("Cqrs-Event-Type", "Submitted"),
+            ("Cqrs-Schema-Version", "2"),
+            ("Cqrs-Aggregate-Version", "1"),
+            ("Cqrs-Correlation-Id", &correlation_s),
+            ("Cqrs-Causation-Id", &command_s),
+            ("Cqrs-Command-Id", &command_s),
+            ("Cqrs-Actor", "service:legacy-importer"),
+            ("Cqrs-Recorded-At", "2026-01-02T03:04:05.123456789Z"),
+            ("Cqrs-Extra-source", "go"),
+            ("Content-Type", "application/json"),
+        ],
+        r#"{"items":[1,2]}"#,
+    )
+    .await;
+    let stream = StreamId::new("Order", "o.1").with_tenant("acme");
+    let loaded = load_all(&f.store, &stream).await.expect("load");
+    assert_eq!(loaded.len(), 1);
+    let e = &loaded[0];
+    assert_eq!(e.event_id, event_id);
+    assert_eq!((e.version, e.position), (1, sequence));
+    assert_eq!(e.payload.event_type, "Submitted");
+    assert_eq!(e.payload.schema_version, 2);
+    assert_eq!(e.payload.data, br#"{"items":[1,2]}"#);
+    assert_eq!(e.metadata.correlation_id, correlation);
+    assert_eq!(e.metadata.causation_id, Some(command));
+    assert_eq!(e.metadata.command_id, Some(command));
+    assert_eq!(e.metadata.command_causation_id, None);
+    assert_eq!(e.metadata.tenant.as_deref(), Some("acme"));
+    assert_eq!(e.metadata.actor.as_deref(), Some("service:legacy-importer"));
+    assert_eq!(
+        e.metadata.extra.get("source").map(String::as_str),
+        Some("go")
+    );
+    assert_eq!(
+        e.recorded_at,
+        OffsetDateTime::parse(
+            "2026-01-02T03:04:05.123456789Z",
+            &time::format_description::well_known::Rfc3339
+        )
+        .unwrap()
+    );
+    // The store continues the aggregate the other client started.
+    let c = f
+        .store
+        .append(
+            &stream,
+            ExpectedVersion::Exact(1),
+            vec![event("Paid", 1)],
+            None,
+        )
+        .await
+        .expect("append after the plain client");
+    assert_eq!(c.events[0].version, 2);
+}
+
+#[tokio::test]
+async fn appended_events_carry_the_documented_headers() {
+    let f = fixture().await.expect("fixture");
+    let stream = StreamId::new("Order", "o 1").with_tenant("t.1");
+    let command = CommandMetadata::root()
+        .with_tenant("t.1")
+        .with_actor("user:42")
+        .with_trace("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        .with_extra("channel", "web");
+    let meta = command.event_metadata();
+    let events: Vec<NewEvent> = (0..3)
+        .map(|n| NewEvent {
+            metadata: meta.clone(),
+            ..event("Added", n)
+        })
+        .collect();
+    let committed = f
+        .store
+        .append(&stream, ExpectedVersion::NoStream, events, None)
+        .await
+        .expect("append");
+    let js_stream = f
+        .store
+        .jetstream()
+        .get_stream("EVENTS_TEST")
+        .await
+        .expect("stream");
+    for (i, recorded) in committed.events.iter().enumerate() {
+        let message = js_stream
+            .get_raw_message(recorded.position)
+            .await
+            .expect("get");
+        assert_eq!(message.subject.as_str(), "test.events.t_2E1.Order.o_201");
+        let h = |name: &str| {
+            message
+                .headers
+                .get_last(name)
+                .map(|v| v.as_str().to_owned())
+        };
+        assert_eq!(h("Nats-Msg-Id"), Some(recorded.event_id.to_string()));
+        assert_eq!(h("Cqrs-Event-Type").as_deref(), Some("Added"));
+        assert_eq!(h("Cqrs-Schema-Version").as_deref(), Some("1"));
+        assert_eq!(h("Cqrs-Aggregate-Version"), Some((i + 1).to_string()));
+        assert_eq!(h("Cqrs-Aggregate-Type").as_deref(), Some("Order"));
+        assert_eq!(
+            h("Cqrs-Correlation-Id"),
+            Some(command.correlation_id.to_string())
+        );
+        assert_eq!(h("Cqrs-Causation-Id"), Some(command.command_id.to_string()));
+        assert_eq!(h("Cqrs-Command-Id"), Some(command.command_id.to_string()));
+        assert_eq!(
+            h("Cqrs-Command-Causation-Id"),
+            None,
+            "absent for a root command"
+        );
+        assert_eq!(h("Cqrs-Actor").as_deref(), Some("user:42"));
+        assert_eq!(h("Cqrs-Tenant").as_deref(), Some("t.1"));
+        assert_eq!(h("traceparent"), command.trace.clone());
+        assert_eq!(h("Content-Type").as_deref(), Some("application/json"));
+        assert_eq!(h("Cqrs-Extra-channel").as_deref(), Some("web"));
+        assert!(h("Cqrs-Recorded-At").is_some());
+        // Atomic batch headers; the expectation rides on the first message.
+        assert_eq!(h("Nats-Batch-Sequence"), Some((i + 1).to_string()));
+        assert_eq!(
+            h("Nats-Expected-Last-Subject-Sequence").as_deref(),
+            (i == 0).then_some("0")
+        );
+        assert_eq!(
+            message.payload.as_ref(),
+            format!("{{\"n\":{i}}}").as_bytes()
+        );
+    }
+    let positions: Vec<u64> = committed.events.iter().map(|e| e.position).collect();
+    assert_eq!(positions, [1, 2, 3], "a batch is contiguous");
+}
+
+const HOSTILE: &[&str] = &[
+    "", ".", "*", ">", "a.b", "a.>", " ", "a b", "$SYS", "ünï", "🦀", "_", "__", "x\r\ny",
+];
+
+#[tokio::test]
+async fn hostile_ids_land_on_their_own_subject_only() {
+    let f = fixture().await.expect("fixture");
+    for id in HOSTILE {
+        for tenant in [None, Some("*"), Some("")] {
+            let stream =
+                StreamId::new("Order", *id).with_optional_tenant(tenant.map(str::to_owned));
+            f.store
+                .append(
+                    &stream,
+                    ExpectedVersion::NoStream,
+                    vec![event("Created", 0)],
+                    None,
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{stream}: {e}"));
+        }
+    }
+    let js_stream = f
+        .store
+        .jetstream()
+        .get_stream("EVENTS_TEST")
+        .await
+        .expect("stream");
+    let subjects: Vec<(String, usize)> = js_stream
+        .info_with_subjects("test.events.>")
+        .await
+        .expect("info")
+        .try_collect()
+        .await
+        .expect("subjects");
+    assert_eq!(subjects.len(), HOSTILE.len() * 3, "{subjects:?}");
+    let codec = Subjects::new("test").unwrap();
+    for (subject, count) in &subjects {
+        assert_eq!(*count, 1, "{subject} holds one aggregate's single event");
+        let tokens: Vec<&str> = subject.split('.').collect();
+        assert_eq!(tokens.len(), 5, "{subject}");
+        assert!(
+            subject
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)),
+            "{subject}"
+        );
+        let (tenant, aggregate_type, id) = codec.parse(subject).expect("parse");
+        let stream = StreamId::new(aggregate_type, id).with_optional_tenant(tenant);
+        assert_eq!(f.store.subject_for(&stream).unwrap(), *subject);
+    }
+}
+
+#[tokio::test]
+async fn invalid_names_and_oversized_events_are_refused_before_sending() {
+    let f = fixture().await.expect("fixture");
+    let bad_type = StreamId::new("Order.Line", "1");
+    let err = f
+        .store
+        .append(
+            &bad_type,
+            ExpectedVersion::NoStream,
+            vec![event("E", 0)],
+            None,
+        )
+        .await
+        .expect_err("dotted aggregate type");
+    assert!(matches!(err, StoreError::InvalidInput { .. }), "{err}");
+    let stream = StreamId::new("Order", "big");
+    let mut big = event("E", 0);
+    big.payload.data = vec![b'x'; 2 * 1024 * 1024];
+    let err = f
+        .store
+        .append(&stream, ExpectedVersion::NoStream, vec![big], None)
+        .await
+        .expect_err("oversized");
+    assert!(matches!(err, StoreError::InvalidInput { .. }), "{err}");
+    let long_id = StreamId::new("Order", "é".repeat(600));
+    let err = f
+        .store
+        .append(
+            &long_id,
+            ExpectedVersion::NoStream,
+            vec![event("E", 0)],
+            None,
+        )
+        .await
+        .expect_err("subject too long");
+    assert!(matches!(err, StoreError::InvalidInput { .. }), "{err}");
+    let mut bad_meta = event("E", 0);
+    bad_meta.metadata.actor = Some("evil\r\nNats-Msg-Id: x".to_owned());
+    let err = f
+        .store
+        .append(&stream, ExpectedVersion::NoStream, vec![bad_meta], None)
+        .await
+        .expect_err("header injection");
+    assert!(matches!(err, StoreError::InvalidInput { .. }), "{err}");
+    let too_many: Vec<_> = (0..1001).map(|n| event("E", n)).collect();
+    let err = f
+        .store
+        .append(&stream, ExpectedVersion::NoStream, too_many, None)
+        .await
+        .expect_err("too many");
+    assert!(
+        matches!(
+            err,
+            StoreError::TooManyEvents {
+                count: 1001,
+                max: 1000,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let exactly_max: Vec<_> = (0..1000).map(|n| event("E", n)).collect();
+    let c = f
+        .store
+        .append(&stream, ExpectedVersion::NoStream, exactly_max, None)
+        .await
+        .expect("1000 events commit atomically");
+    assert_eq!(c.events.last().map(|e| e.version), Some(1000));
+    assert_eq!(load_all(&f.store, &stream).await.expect("load").len(), 1000);
+}
+
+#[tokio::test]
+async fn malformed_messages_are_typed_errors_with_their_position() {
+    let f = fixture().await.expect("fixture");
+    let subjects = Subjects::new("test").unwrap();
+    let id = new_id().to_string();
+    let (id2, id3) = (new_id().to_string(), new_id().to_string());
+    let cases: Vec<(&str, Vec<(&str, &str)>)> = vec![
+        ("no-headers", vec![("X", "y")]),
+        (
+            "bad-uuid",
+            vec![
+                ("Nats-Msg-Id", "not-a-uuid"),
+                ("Cqrs-Event-Type", "E"),
+                ("Cqrs-Schema-Version", "1"),
+                ("Cqrs-Aggregate-Version", "1"),
+                ("Cqrs-Correlation-Id", &id),
+            ],
+        ),
+        (
+            "bad-version",
+            vec![
+                ("Nats-Msg-Id", &id2),
+                ("Cqrs-Event-Type", "E"),
+                ("Cqrs-Schema-Version", "1"),
+                ("Cqrs-Aggregate-Version", "one"),
+                ("Cqrs-Correlation-Id", &id),
+            ],
+        ),
+        (
+            "gap",
+            vec![
+                ("Nats-Msg-Id", &id3),
+                ("Cqrs-Event-Type", "E"),
+                ("Cqrs-Schema-Version", "1"),
+                ("Cqrs-Aggregate-Version", "7"),
+                ("Cqrs-Correlation-Id", &id),
+            ],
+        ),
+    ];
+    for (aggregate, headers) in cases {
+        let subject = subjects.aggregate(None, "Order", aggregate).unwrap();
+        let sequence = publish_plain(&f.server.url(), &subject, &headers, "{}").await;
+        let stream = StreamId::new("Order", aggregate);
+        match load_all(&f.store, &stream).await {
+            Err(StoreError::MalformedEnvelope { position, reason }) => {
+                assert_eq!(position, sequence, "{aggregate}: {reason}");
+            }
+            other => panic!("{aggregate}: expected MalformedEnvelope, got {other:?}"),
+        }
+        if aggregate != "gap" {
+            // The append reads the last message to learn the version: refused, nothing sent.
+            let err = f
+                .store
+                .append(&stream, ExpectedVersion::Any, vec![event("E", 0)], None)
+                .await
+                .expect_err("append on a malformed aggregate");
+            assert!(matches!(err, StoreError::MalformedEnvelope { .. }), "{err}");
+        }
+    }
+    let all: Result<Events, _> = f
+        .store
+        .read_all(&EventFilter::all(), 0)
+        .await
+        .expect("read_all")
+        .try_collect()
+        .await;
+    assert!(
+        matches!(all, Err(StoreError::MalformedEnvelope { position: 1, .. })),
+        "{all:?}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_event_type_or_version_is_a_typed_decode_error() {
+    let f = fixture().await.expect("fixture");
+    let subjects = Subjects::new("test").unwrap();
+    for (id, event_type, version) in [("c-type", "Bogus", "1"), ("c-version", "Added", "9")] {
+        let subject = subjects.aggregate(None, "Counter", id).unwrap();
+        let (event_id, correlation) = (new_id().to_string(), new_id().to_string());
+        let sequence = publish_plain(
+            &f.server.url(),
+            &subject,
+            &[
+                ("Nats-Msg-Id", &event_id),
+                ("Cqrs-Event-Type", event_type),
+                ("Cqrs-Schema-Version", version),
+                ("Cqrs-Aggregate-Version", "1"),
+                ("Cqrs-Correlation-Id", &correlation),
+            ],
+            r#"{"Added":{"amount":1}}"#,
+        )
+        .await;
+        let repo = Repository::<Counter, _>::new(f.store.clone());
+        match repo.load(&StreamId::new("Counter", id)).await {
+            Err(StoreError::Decode {
+                stream,
+                version: v,
+                position,
+                source,
+            }) => {
+                assert_eq!(stream, StreamId::new("Counter", id));
+                assert_eq!((v, position), (1, sequence));
+                match (event_type, source) {
+                    ("Bogus", DecodeError::UnknownEventType { event_type }) => {
+                        assert_eq!(event_type, "Bogus");
+                    }
+                    (
+                        "Added",
+                        DecodeError::UnsupportedVersion {
+                            event_type,
+                            version,
+                            ..
+                        },
+                    ) => {
+                        assert_eq!((event_type.as_str(), version), ("Added", 9));
+                    }
+                    (_, other) => panic!("unexpected decode error {other}"),
+                }
+            }
+            other => panic!("expected a decode error, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn loads_page_through_long_histories() {
+    let server = NatsServer::start().await.expect("server");
+    let store = JetStreamEventStore::connect(server.url(), StoreConfig::new("test").load_batch(3))
+        .await
+        .expect("connect");
+    let stream = StreamId::new("Order", "long");
+    let other = StreamId::new("Order", "other");
+    for n in 0..10u64 {
+        store
+            .append(
+                &stream,
+                ExpectedVersion::Exact(n),
+                vec![event("E", n)],
+                None,
+            )
+            .await
+            .expect("append");
+        store
+            .append(&other, ExpectedVersion::Any, vec![event("O", n)], None)
+            .await
+            .expect("append other");
+    }
+    let loaded = load_all(&store, &stream).await.expect("load");
+    assert_eq!(
+        loaded.iter().map(|e| e.version).collect::<Vec<_>>(),
+        (1..=10).collect::<Vec<_>>()
+    );
+    let after: Events = store
+        .load_after(&stream, loaded[6].stream_position())
+        .await
+        .expect("load_after")
+        .try_collect()
+        .await
+        .expect("read");
+    assert_eq!(after, loaded[7..]);
+}
+
+#[tokio::test]
+async fn provisioning_creates_verifies_and_refuses_conflicts() {
+    let server = NatsServer::start().await.expect("server");
+    let first = JetStreamEventStore::connect(server.url(), StoreConfig::new("sales"))
+        .await
+        .expect("create");
+    let info = first
+        .jetstream()
+        .get_stream("EVENTS_SALES")
+        .await
+        .expect("stream");
+    let config = &info.cached_info().config;
+    assert_eq!(config.subjects, ["sales.events.>"]);
+    assert!(
+        config.allow_atomic_publish
+            && config.allow_direct
+            && config.deny_delete
+            && config.deny_purge
+    );
+    assert_eq!(config.duplicate_window, Duration::from_secs(120));
+    assert_eq!(config.storage, jetstream::stream::StorageType::File);
+    JetStreamEventStore::connect(server.url(), StoreConfig::new("sales"))
+        .await
+        .expect("an existing matching stream is verified, not recreated");
+    let err = JetStreamEventStore::connect(
+        server.url(),
+        StoreConfig::new("sales").duplicate_window(Duration::from_secs(30)),
+    )
+    .await
+    .expect_err("a different duplicate window conflicts");
+    assert!(
+        matches!(err, NatsStoreError::StreamConflict { .. }),
+        "{err}"
+    );
+    // A stream someone created by hand with deletes allowed is refused, and left unchanged.
+    first
+        .jetstream()
+        .create_stream(jetstream::stream::Config {
+            name: "EVENTS_BILLING".to_owned(),
+            subjects: vec!["billing.events.>".to_owned()],
+            ..Default::default()
+        })
+        .await
+        .expect("create by hand");
+    let err = JetStreamEventStore::connect(server.url(), StoreConfig::new("billing"))
+        .await
+        .expect_err("conflicting stream");
+    match &err {
+        NatsStoreError::StreamConflict {
+            stream,
+            differences,
+        } => {
+            assert_eq!(stream, "EVENTS_BILLING");
+            assert!(
+                differences.iter().any(|d| d.starts_with("deny_delete")),
+                "{differences:?}"
+            );
+            assert!(
+                differences.iter().any(|d| d.starts_with("allow_atomic")),
+                "{differences:?}"
+            );
+        }
+        other => panic!("expected StreamConflict, got {other}"),
+    }
+    let untouched = first
+        .jetstream()
+        .get_stream("EVENTS_BILLING")
+        .await
+        .expect("stream");
+    assert!(
+        !untouched.cached_info().config.deny_delete,
+        "never reconfigured silently"
+    );
+    let err = JetStreamEventStore::connect(server.url(), StoreConfig::new("sales.eu"))
+        .await
+        .expect_err("invalid context");
+    assert!(matches!(err, NatsStoreError::InvalidConfig(_)), "{err}");
+}
+
+#[tokio::test]
+async fn a_server_without_jetstream_is_refused() {
+    let server = NatsServer::builder()
+        .without_jetstream()
+        .start()
+        .await
+        .expect("server");
+    let err = JetStreamEventStore::connect(server.url(), StoreConfig::new("sales"))
+        .await
+        .expect_err("no JetStream");
+    assert!(
+        matches!(err, NatsStoreError::JetStreamDisabled { .. }),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn snapshots_of_another_state_version_are_ignored() {
+    let f = fixture().await.expect("fixture");
+    let repo = Repository::<Counter, _>::new(f.store.clone()).with_snapshots_every(2);
+    for n in 1..=5 {
+        repo.execute("snap", CounterCommand::Add(n), CommandMetadata::root())
+            .await
+            .expect("execute");
+    }
+    let stream = StreamId::new("Counter", "snap");
+    let taken = f
+        .store
+        .load_snapshot(&stream)
+        .await
+        .expect("load")
+        .expect("a snapshot");
+    assert_eq!(taken.stream_position.version, 4);
+    // An incompatible snapshot (another state version, unreadable state) must not be misread.
+    f.store
+        .save_snapshot(
+            &stream,
+            Snapshot {
+                stream_position: StreamPosition {
+                    version: 5,
+                    position: 99,
+                },
+                state_version: 99,
+                state: b"not a counter".to_vec(),
+                taken_at: OffsetDateTime::now_utc(),
+            },
+        )
+        .await
+        .expect("save");
+    let loaded = repo.load(&stream).await.expect("load");
+    assert_eq!(
+        (loaded.state.value, loaded.version()),
+        (15, 5),
+        "rebuilt from events"
+    );
+}
+
+/// A TCP proxy between a client and the server that stops forwarding server -> client traffic
+/// the first time the client sends `trigger`, until `release` is called: the client's messages
+/// reach the server, the answers do not.
+struct Proxy {
+    port: u16,
+    release: std::sync::Arc<tokio::sync::Notify>,
+    triggered: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Proxy {
+    async fn start(upstream: u16, trigger: &'static [u8]) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let release = std::sync::Arc::new(tokio::sync::Notify::new());
+        let triggered = std::sync::Arc::new(AtomicBool::new(false));
+        let (rel, trig) = (release.clone(), triggered.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let server = tokio::net::TcpStream::connect(("127.0.0.1", upstream))
+                    .await
+                    .expect("upstream");
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let (rel, trig, trig2) = (rel.clone(), trig.clone(), trig.clone());
+                tokio::spawn(async move {
+                    let mut seen: Vec<u8> = Vec::new();
+                    let mut fired = false;
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = client_read.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        seen.extend_from_slice(&buf[..n]);
+                        if !fired && seen.windows(trigger.len()).any(|w| w == trigger) {
+                            // One-shot: later publishes (retries) go through.
+                            fired = true;
+                            trig.store(true, Ordering::SeqCst);
+                        }
+                        let keep = seen.len().saturating_sub(trigger.len());
+                        seen.drain(..keep);
+                        if server_write.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = server_read.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        if trig2.load(Ordering::SeqCst) {
+                            rel.notified().await;
+                        }
+                        if client_write.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            release,
+            triggered,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn release(&self) {
+        self.triggered
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        self.release.notify_waiters();
+        self.release.notify_one();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_ack_is_outcome_unknown_and_the_retry_finds_the_original() {
+    let server = NatsServer::start().await.expect("server");
+    let proxy = Proxy::start(server.port(), b"PUB test.events._.Order.lost-ack").await;
+    let store = JetStreamEventStore::connect(
+        proxy.url(),
+        StoreConfig::new("test").request_timeout(Duration::from_millis(300)),
+    )
+    .await
+    .expect("connect");
+    let stream = StreamId::new("Order", "lost-ack");
+    let pending = event("Created", 0);
+    // The publish reaches the server, its ack (and every later answer) does not.
+    let err = store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![pending.clone()],
+            None,
+        )
+        .await
+        .expect_err("no ack");
+    match err {
+        StoreError::OutcomeUnknown { event_id, .. } => assert_eq!(event_id, pending.event_id),
+        other => panic!("expected OutcomeUnknown, got {other}"),
+    }
+    proxy.release();
+    // The retry (same event id) finds the original instead of writing it twice.
+    let retried = store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![pending.clone()],
+            None,
+        )
+        .await
+        .expect("retry");
+    assert!(retried.duplicate);
+    assert_eq!(retried.events[0].event_id, pending.event_id);
+    assert_eq!(retried.events[0].version, 1);
+    assert_eq!(
+        load_all(&store, &stream).await.expect("load").len(),
+        1,
+        "written once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_ack_is_resolved_by_looking_the_event_up() {
+    let server = NatsServer::start().await.expect("server");
+    let proxy =
+        std::sync::Arc::new(Proxy::start(server.port(), b"PUB test.events._.Order.slow-ack").await);
+    let store = JetStreamEventStore::connect(
+        proxy.url(),
+        StoreConfig::new("test").request_timeout(Duration::from_millis(400)),
+    )
+    .await
+    .expect("connect");
+    let stream = StreamId::new("Order", "slow-ack");
+    let pending = event("Created", 0);
+    // Answers resume after the ack timed out (400 ms) but before the lookup does (800 ms).
+    let releaser = {
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            while !proxy.triggered.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            proxy.release();
+        })
+    };
+    let committed = store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![pending.clone()],
+            None,
+        )
+        .await
+        .expect("resolved by the lookup");
+    releaser.await.expect("releaser");
+    assert!(!committed.duplicate, "it is this append's own write");
+    assert_eq!(committed.events[0].event_id, pending.event_id);
+    assert_eq!(load_all(&store, &stream).await.expect("load").len(), 1);
+}
+
+/// A fake NATS server that speaks just enough protocol for a client to connect, claiming to be
+/// `version` with JetStream.
+async fn fake_server(version: &'static str) -> u16 {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (read, mut write) = socket.into_split();
+                let info = format!(
+                    "INFO {{\"server_id\":\"FAKE\",\"server_name\":\"fake\",\"version\":\"{version}\",\"go\":\"go1.24\",\"host\":\"127.0.0.1\",\"port\":{port},\"headers\":true,\"max_payload\":1048576,\"proto\":1,\"jetstream\":true}}\r\n"
+                );
+                if write.write_all(info.as_bytes()).await.is_err() {
+                    return;
+                }
+                let mut lines = BufReader::new(read).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if line.starts_with("PING") && write.write_all(b"PONG\r\n").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn servers_older_than_2_12_1_are_refused_with_what_is_needed() {
+    for version in ["2.9.10", "2.11.9", "2.12.0"] {
+        let port = fake_server(version).await;
+        let err = JetStreamEventStore::connect(
+            format!("nats://127.0.0.1:{port}"),
+            StoreConfig::new("sales"),
+        )
+        .await
+        .expect_err("old server");
+        match &err {
+            NatsStoreError::ServerTooOld { found, required } => {
+                assert_eq!((found.as_str(), *required), (version, "2.12.1"));
+                assert!(
+                    err.to_string()
+                        .contains("needs nats-server 2.12.1 or newer"),
+                    "{err}"
+                );
+            }
+            other => panic!("expected ServerTooOld for {version}, got {other}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_survive_a_server_crash_and_the_store_reconnects() {
+    let mut f = fixture().await.expect("fixture");
+    let stream = StreamId::new("Order", "durable");
+    let committed = f
+        .store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![event("A", 1), event("B", 2)],
+            None,
+        )
+        .await
+        .expect("append");
+    f.server
+        .restart()
+        .await
+        .expect("restart on the same store dir");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let loaded = loop {
+        match load_all(&f.store, &stream).await {
+            Ok(events) => break events,
+            Err(e) if e.is_retryable() && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("load after restart: {e}"),
+        }
+    };
+    assert_eq!(loaded, committed.events);
+    let next = f
+        .store
+        .append(
+            &stream,
+            ExpectedVersion::Exact(2),
+            vec![event("C", 3)],
+            None,
+        )
+        .await
+        .expect("append after restart");
+    assert_eq!(next.events[0].version, 3);
+}
