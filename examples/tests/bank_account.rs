@@ -1,4 +1,4 @@
-//! The bank_account example's walkthrough produces the expected story.
+//! The `bank_account` example's walkthrough produces the expected story.
 
 use cqrs_core::InMemoryEventStore;
 
