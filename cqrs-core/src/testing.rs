@@ -144,7 +144,7 @@ impl<A: Aggregate> Given<A> {
         }
         let command_name = A::command_name(&command);
         let outcome = match repository
-            .execute(TEST_AGGREGATE_ID, command, metadata)
+            .execute(TEST_AGGREGATE_ID, command.clone(), metadata)
             .await
         {
             Ok(envelopes) => {
@@ -156,6 +156,16 @@ impl<A: Aggregate> Given<A> {
                 Ok((state, events, Some(envelopes)))
             }
             Err(CommandError::Rejected(error)) => Err(error),
+            // The repository refuses undeclared transitions before `decide`; the aggregate's
+            // own answer for them is the domain error to assert on.
+            Err(CommandError::InvalidTransition(invalid)) => {
+                match A::replay(&self.history).decide(command) {
+                    Err(error) => Err(error),
+                    Ok(_) => panic!(
+                        "the repository refused `{command_name}` ({invalid}), but `decide` accepts it: `declared_target` and `decide` disagree"
+                    ),
+                }
+            }
             Err(CommandError::Store(error)) => panic!("the in-memory store failed: {error}"),
         };
         Then {
