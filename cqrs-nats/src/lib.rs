@@ -1,2 +1,4 @@
 //! NATS JetStream as the event store of `cqrs-core`.
 #![forbid(unsafe_code)]
+
+pub mod command;
