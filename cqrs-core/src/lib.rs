@@ -8,6 +8,10 @@
 //!   [`InMemoryEventStore`] is the embedded implementation with the same semantics as JetStream.
 //! - [`Repository`]: load, decide, append, retry on conflict, snapshots, time travel.
 //! - [`testing`]: given-when-then fixtures.
+//! - [`state_machine`]: the transition table of a state-machine aggregate as data, rendered as
+//!   Mermaid or Graphviz and checked for unreachable states and dead ends.
+//! - With the `macros` feature (on by default): `#[derive(Aggregate)]` with `#[transitions]`,
+//!   and `#[derive(DomainEvent)]`, so that a domain is three annotated enums.
 #![forbid(unsafe_code)]
 
 pub mod aggregate;
@@ -20,6 +24,7 @@ pub mod process;
 pub mod projection;
 pub mod read_model;
 pub mod repository;
+pub mod state_machine;
 pub mod store;
 pub mod stream;
 pub mod testing;
@@ -27,7 +32,13 @@ pub mod testing;
 #[doc(hidden)]
 pub mod doc;
 
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
+
 pub use aggregate::{Aggregate, InvalidTransition};
+#[cfg(feature = "macros")]
+pub use cqrs_macros::{Aggregate, DomainEvent, transitions};
 pub use envelope::{EventEnvelope, NewEvent, RecordedEvent, SerializedEvent};
 pub use error::{CommandError, StoreError};
 pub use event::{DecodeError, DomainEvent, EncodeError, EventSchema};
@@ -37,5 +48,6 @@ pub use process::{CommandDispatcher, ProcessManager, ProcessManagerProjection};
 pub use projection::{HandlerError, Projection, Reactor, RetryPolicy, WithReactor};
 pub use read_model::{ReadModelStore, Versioned};
 pub use repository::{Loaded, Repository};
+pub use state_machine::StateMachine;
 pub use store::{Committed, EventStore, EventStream, Snapshot};
 pub use stream::{EventFilter, ExpectedVersion, StreamId, StreamPosition};

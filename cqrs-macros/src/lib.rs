@@ -1,2 +1,35 @@
-//! Derive macros of `cqrs-core`. Use them through `cqrs_core` (feature `macros`).
+//! Derive macros of `cqrs-core`. Use them through `cqrs_core` (feature `macros`, on by
+//! default): `use cqrs_core::{Aggregate, DomainEvent, transitions};`.
+//!
+//! Each macro lives in its own module and runs in three steps: parse the input into a small
+//! model while recording every error in an error context, validate the model (cross-cutting
+//! rules such as duplicate names or gaps in an upcast chain), then expand. Invalid input still
+//! expands to a minimal impl next to the errors, so that a mistake is reported once.
 #![forbid(unsafe_code)]
+
+mod aggregate;
+mod ctxt;
+mod event;
+mod transitions;
+
+use proc_macro::TokenStream;
+
+#[doc = include_str!("../docs/domain_event.md")]
+#[proc_macro_derive(DomainEvent, attributes(event))]
+pub fn derive_domain_event(input: TokenStream) -> TokenStream {
+    let input = syn::parse_macro_input!(input as syn::DeriveInput);
+    event::derive(&input).into()
+}
+
+#[doc = include_str!("../docs/aggregate.md")]
+#[proc_macro_derive(Aggregate, attributes(aggregate))]
+pub fn derive_aggregate(input: TokenStream) -> TokenStream {
+    let input = syn::parse_macro_input!(input as syn::DeriveInput);
+    aggregate::derive(&input).into()
+}
+
+#[doc = include_str!("../docs/transitions.md")]
+#[proc_macro_attribute]
+pub fn transitions(args: TokenStream, input: TokenStream) -> TokenStream {
+    transitions::expand(&args.into(), input.into()).into()
+}

@@ -1,17 +1,17 @@
 //! A bank account: open, deposit, withdraw within an overdraft limit, close.
 //!
-//! The account is a small state machine — `Unopened -> Open -> Closed` — written by hand against
-//! the `Aggregate` and `DomainEvent` traits.
+//! The account is a small state machine — `Unopened -> Open -> Closed` — declared with
+//! `#[derive(Aggregate)]`, `#[transitions]` and `#[derive(DomainEvent)]`.
 
-use cqrs_core::event::{EventSchema, decode_variant, encode_variant};
-use cqrs_core::{Aggregate, DecodeError, DomainEvent, EncodeError, InvalidTransition};
+use cqrs_core::{Aggregate, DomainEvent, InvalidTransition, transitions};
 use serde::{Deserialize, Serialize};
 
 /// Amounts in cents.
 pub type Cents = i64;
 
 /// The account's state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, Aggregate)]
+#[aggregate(command = AccountCommand, event = AccountEvent, error = AccountError)]
 pub enum BankAccount {
     /// Nothing happened yet.
     #[default]
@@ -26,6 +26,7 @@ pub enum BankAccount {
         overdraft_limit: Cents,
     },
     /// Closed for good.
+    #[aggregate(terminal)]
     Closed,
 }
 
@@ -54,7 +55,7 @@ pub enum AccountCommand {
 }
 
 /// What happened to an account.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, DomainEvent)]
 pub enum AccountEvent {
     /// The account was opened.
     Opened {
@@ -103,132 +104,50 @@ pub enum AccountError {
     InvalidTransition(#[from] InvalidTransition),
 }
 
-impl AccountEvent {
-    fn variant(&self) -> &'static str {
-        match self {
-            Self::Opened { .. } => "Opened",
-            Self::Deposited { .. } => "Deposited",
-            Self::Withdrawn { .. } => "Withdrawn",
-            Self::Closed => "Closed",
+#[transitions]
+impl BankAccount {
+    #[transition(from = Unopened, on = Open, to = Open)]
+    fn open(
+        &self,
+        owner: String,
+        overdraft_limit: Cents,
+    ) -> Result<Vec<AccountEvent>, AccountError> {
+        if overdraft_limit < 0 {
+            return Err(AccountError::InvalidAmount(overdraft_limit));
         }
-    }
-}
-
-impl DomainEvent for AccountEvent {
-    fn event_type(&self) -> &'static str {
-        self.variant()
+        Ok(vec![AccountEvent::Opened {
+            owner,
+            overdraft_limit,
+        }])
     }
 
-    fn schema_version(&self) -> u32 {
-        1
+    #[transition(from = Open, on = Deposit, to = Open)]
+    fn deposit(&self, amount: Cents) -> Result<Vec<AccountEvent>, AccountError> {
+        positive(amount)?;
+        Ok(vec![AccountEvent::Deposited { amount }])
     }
 
-    fn encode(&self) -> Result<Vec<u8>, EncodeError> {
-        encode_variant(self.variant(), self)
-    }
-
-    fn decode(event_type: &str, schema_version: u32, body: &[u8]) -> Result<Self, DecodeError> {
-        let Some(schema) = Self::catalog().iter().find(|s| s.name == event_type) else {
-            return Err(DecodeError::UnknownEventType {
-                event_type: event_type.to_owned(),
-            });
-        };
-        if schema_version != schema.version {
-            return Err(DecodeError::UnsupportedVersion {
-                event_type: event_type.to_owned(),
-                version: schema_version,
-                readable: schema.readable_versions.to_vec(),
+    #[transition(from = Open, on = Withdraw, to = Open)]
+    fn withdraw(&self, amount: Cents) -> Result<Vec<AccountEvent>, AccountError> {
+        positive(amount)?;
+        let (balance, overdraft_limit) = self.funds();
+        if balance - amount < -overdraft_limit {
+            return Err(AccountError::InsufficientFunds {
+                balance,
+                requested: amount,
+                overdraft_limit,
             });
         }
-        decode_variant(schema.name, event_type, schema_version, body)
+        Ok(vec![AccountEvent::Withdrawn { amount }])
     }
 
-    fn catalog() -> &'static [EventSchema] {
-        const V1: &[u32] = &[1];
-        &[
-            EventSchema {
-                name: "Opened",
-                version: 1,
-                readable_versions: V1,
-            },
-            EventSchema {
-                name: "Deposited",
-                version: 1,
-                readable_versions: V1,
-            },
-            EventSchema {
-                name: "Withdrawn",
-                version: 1,
-                readable_versions: V1,
-            },
-            EventSchema {
-                name: "Closed",
-                version: 1,
-                readable_versions: V1,
-            },
-        ]
-    }
-}
-
-impl Aggregate for BankAccount {
-    const TYPE: &'static str = "BankAccount";
-    type Command = AccountCommand;
-    type Event = AccountEvent;
-    type Error = AccountError;
-
-    fn decide(&self, command: AccountCommand) -> Result<Vec<AccountEvent>, AccountError> {
-        use AccountCommand as C;
-        match (self, command) {
-            (
-                Self::Unopened,
-                C::Open {
-                    owner,
-                    overdraft_limit,
-                },
-            ) => {
-                if overdraft_limit < 0 {
-                    return Err(AccountError::InvalidAmount(overdraft_limit));
-                }
-                Ok(vec![AccountEvent::Opened {
-                    owner,
-                    overdraft_limit,
-                }])
-            }
-            (Self::Open { .. }, C::Deposit { amount }) => {
-                positive(amount)?;
-                Ok(vec![AccountEvent::Deposited { amount }])
-            }
-            (
-                Self::Open {
-                    balance,
-                    overdraft_limit,
-                    ..
-                },
-                C::Withdraw { amount },
-            ) => {
-                positive(amount)?;
-                if balance - amount < -overdraft_limit {
-                    return Err(AccountError::InsufficientFunds {
-                        balance: *balance,
-                        requested: amount,
-                        overdraft_limit: *overdraft_limit,
-                    });
-                }
-                Ok(vec![AccountEvent::Withdrawn { amount }])
-            }
-            (Self::Open { balance, .. }, C::Close) => {
-                if *balance != 0 {
-                    return Err(AccountError::BalanceNotZero(*balance));
-                }
-                Ok(vec![AccountEvent::Closed])
-            }
-            (state, command) => Err(InvalidTransition {
-                aggregate: Self::TYPE,
-                state: state.state_name(),
-                command: Self::command_name(&command),
-            }
-            .into()),
+    #[transition(from = Open, on = Close, to = Closed)]
+    fn close(&self) -> Result<Vec<AccountEvent>, AccountError> {
+        let (balance, _) = self.funds();
+        if balance != 0 {
+            return Err(AccountError::BalanceNotZero(balance));
         }
+        Ok(vec![AccountEvent::Closed])
     }
 
     fn evolve(self, event: &AccountEvent) -> Self {
@@ -274,20 +193,15 @@ impl Aggregate for BankAccount {
         }
     }
 
-    fn command_name(command: &AccountCommand) -> &'static str {
-        match command {
-            AccountCommand::Open { .. } => "Open",
-            AccountCommand::Deposit { .. } => "Deposit",
-            AccountCommand::Withdraw { .. } => "Withdraw",
-            AccountCommand::Close => "Close",
-        }
-    }
-
-    fn state_name(&self) -> &'static str {
+    /// Balance and overdraft limit; zeros unless open (the handlers above run only when open).
+    fn funds(&self) -> (Cents, Cents) {
         match self {
-            Self::Unopened => "Unopened",
-            Self::Open { .. } => "Open",
-            Self::Closed => "Closed",
+            Self::Open {
+                balance,
+                overdraft_limit,
+                ..
+            } => (*balance, *overdraft_limit),
+            _ => (0, 0),
         }
     }
 }

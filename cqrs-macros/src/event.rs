@@ -1,0 +1,537 @@
+//! `#[derive(DomainEvent)]`: parse -> validate -> expand.
+
+use crate::ctxt::{Ctxt, finish};
+use proc_macro2::{Span, TokenStream};
+use quote::{quote, quote_spanned};
+use std::collections::{BTreeMap, BTreeSet};
+use syn::spanned::Spanned;
+use syn::{DeriveInput, Ident, LitInt, LitStr, Type};
+
+/// Entry point.
+pub(crate) fn derive(input: &DeriveInput) -> TokenStream {
+    let ctxt = Ctxt::new();
+    let model = parse(&ctxt, input);
+    if let Some(model) = &model {
+        validate(&ctxt, model);
+    }
+    // A union can never be an event: a fallback impl would only add errors about its bounds.
+    let is_union = matches!(input.data, syn::Data::Union(_));
+    finish(
+        ctxt,
+        || model.as_ref().map_or_else(|| fallback(input), expand),
+        || {
+            if is_union {
+                TokenStream::new()
+            } else {
+                fallback(input)
+            }
+        },
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parse
+
+/// The derive input, as far as the event schema is concerned.
+struct EventEnum<'a> {
+    input: &'a DeriveInput,
+    variants: Vec<EventVariant<'a>>,
+}
+
+struct EventVariant<'a> {
+    ident: &'a Ident,
+    /// The stored type name and the token to blame for it.
+    name: (String, Span),
+    /// The serde name of the variant (`#[serde(rename)]` or the ident).
+    serde_name: String,
+    /// Current schema version and its literal, if written.
+    version: (u32, Option<LitInt>),
+    upcasts: Vec<Upcast>,
+}
+
+struct Upcast {
+    /// The whole `upcast(...)` for errors about it.
+    span: Span,
+    from: Option<(u32, LitInt)>,
+    with: Option<Type>,
+}
+
+fn parse<'a>(ctxt: &Ctxt, input: &'a DeriveInput) -> Option<EventEnum<'a>> {
+    for attr in input.attrs.iter().filter(|a| a.path().is_ident("event")) {
+        ctxt.error_spanned_by(
+            attr,
+            "`#[event(...)]` belongs on a variant of the event enum, not on the enum itself",
+        );
+    }
+    check_serde_representation(ctxt, input);
+    let data = match &input.data {
+        syn::Data::Enum(data) => data,
+        syn::Data::Struct(data) => {
+            ctxt.error_spanned_by(
+                data.struct_token,
+                "`DomainEvent` can only be derived for an enum, with one variant per kind of event; wrap this struct in an enum variant",
+            );
+            return None;
+        }
+        syn::Data::Union(data) => {
+            ctxt.error_spanned_by(
+                data.union_token,
+                "`DomainEvent` can only be derived for an enum, with one variant per kind of event",
+            );
+            return None;
+        }
+    };
+    let variants = data
+        .variants
+        .iter()
+        .map(|variant| parse_variant(ctxt, variant))
+        .collect();
+    Some(EventEnum { input, variants })
+}
+
+fn parse_variant<'a>(ctxt: &Ctxt, variant: &'a syn::Variant) -> EventVariant<'a> {
+    for field in &variant.fields {
+        for attr in field.attrs.iter().filter(|a| a.path().is_ident("event")) {
+            ctxt.error_spanned_by(
+                attr,
+                "`#[event(...)]` belongs on a variant of the event enum, not on one of its fields",
+            );
+        }
+    }
+    let mut name: Option<LitStr> = None;
+    let mut version: Option<(u32, LitInt)> = None;
+    let mut upcasts = Vec::new();
+    for attr in variant.attrs.iter().filter(|a| a.path().is_ident("event")) {
+        let result = attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident("name") {
+                let lit: LitStr = meta.value()?.parse()?;
+                if lit.value().is_empty() {
+                    ctxt.error_spanned_by(&lit, "an event type name cannot be empty");
+                }
+                if name.is_some() {
+                    ctxt.error_spanned_by(&meta.path, "`name` is given more than once");
+                } else {
+                    name = Some(lit);
+                }
+            } else if meta.path.is_ident("version") {
+                let parsed = parse_version(ctxt, &meta.value()?.parse()?);
+                if version.is_some() {
+                    ctxt.error_spanned_by(&meta.path, "`version` is given more than once");
+                } else {
+                    version = parsed;
+                }
+            } else if meta.path.is_ident("upcast") {
+                upcasts.push(parse_upcast(ctxt, &meta)?);
+            } else {
+                let key = path_name(&meta.path);
+                ctxt.error_spanned_by(
+                    &meta.path,
+                    format!(
+                        "unknown key `{key}` in `#[event(...)]`; expected `name = \"...\"`, `version = N` or `upcast(from = N, with = Type)`"
+                    ),
+                );
+                skip_value(&meta)?;
+            }
+            Ok(())
+        });
+        if let Err(error) = result {
+            ctxt.syn_error(error);
+        }
+    }
+    let ident = &variant.ident;
+    EventVariant {
+        ident,
+        name: name.map_or_else(
+            || (ident.to_string(), ident.span()),
+            |lit| (lit.value(), lit.span()),
+        ),
+        serde_name: serde_rename(variant).unwrap_or_else(|| ident.to_string()),
+        version: version.map_or((1, None), |(v, lit)| (v, Some(lit))),
+        upcasts,
+    }
+}
+
+/// `upcast(from = N, with = Type)`.
+fn parse_upcast(ctxt: &Ctxt, meta: &syn::meta::ParseNestedMeta<'_>) -> syn::Result<Upcast> {
+    let mut upcast = Upcast {
+        span: meta.path.span(),
+        from: None,
+        with: None,
+    };
+    meta.parse_nested_meta(|inner| {
+        if inner.path.is_ident("from") {
+            let parsed = parse_version(ctxt, &inner.value()?.parse()?);
+            if upcast.from.is_some() {
+                ctxt.error_spanned_by(&inner.path, "`from` is given more than once");
+            } else {
+                upcast.from = parsed;
+            }
+        } else if inner.path.is_ident("with") {
+            let ty: Type = inner.value()?.parse()?;
+            if upcast.with.is_some() {
+                ctxt.error_spanned_by(&inner.path, "`with` is given more than once");
+            } else {
+                upcast.with = Some(ty);
+            }
+        } else {
+            let key = path_name(&inner.path);
+            ctxt.error_spanned_by(
+                &inner.path,
+                format!("unknown key `{key}` in `upcast(...)`; expected `from = N, with = Type`"),
+            );
+            skip_value(&inner)?;
+        }
+        Ok(())
+    })?;
+    if upcast.from.is_none() {
+        ctxt.error_at(
+            upcast.span,
+            "`upcast` needs `from = N`: the old schema version this type reads",
+        );
+    }
+    if upcast.with.is_none() {
+        ctxt.error_at(
+            upcast.span,
+            "`upcast` needs `with = Type`: the serde type of the old version, convertible into the next version with `Into`",
+        );
+    }
+    Ok(upcast)
+}
+
+/// A schema version: an integer literal of at least 1.
+fn parse_version(ctxt: &Ctxt, expr: &syn::Expr) -> Option<(u32, LitInt)> {
+    let lit = match expr {
+        syn::Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Int(lit),
+            ..
+        }) => lit,
+        other => {
+            ctxt.error_spanned_by(
+                other,
+                "a schema version is an integer literal, starting at 1: `version = 2`",
+            );
+            return None;
+        }
+    };
+    match lit.base10_parse::<u32>() {
+        Ok(0) => {
+            ctxt.error_spanned_by(lit, "schema versions start at 1");
+            None
+        }
+        Ok(version) => Some((version, lit.clone())),
+        Err(_) => {
+            ctxt.error_spanned_by(lit, "a schema version must fit in a `u32`");
+            None
+        }
+    }
+}
+
+/// Consumes the value of an unknown key (`= expr` or `(...)`) so that parsing goes on.
+fn skip_value(meta: &syn::meta::ParseNestedMeta<'_>) -> syn::Result<()> {
+    if meta.input.peek(syn::Token![=]) {
+        meta.value()?.parse::<syn::Expr>()?;
+    } else if meta.input.peek(syn::token::Paren) {
+        let _content;
+        syn::parenthesized!(_content in meta.input);
+    }
+    Ok(())
+}
+
+pub(crate) fn path_name(path: &syn::Path) -> String {
+    quote!(#path).to_string().replace(' ', "")
+}
+
+/// The stored body is the variant's content under serde's default (externally tagged)
+/// representation; container attributes that change how variants are named or tagged would make
+/// `decode` look for the wrong variant at run time, so they are compile errors here.
+fn check_serde_representation(ctxt: &Ctxt, input: &DeriveInput) {
+    for attr in input.attrs.iter().filter(|a| a.path().is_ident("serde")) {
+        let Ok(list) = attr.parse_args_with(
+            syn::punctuated::Punctuated::<syn::Meta, syn::Token![,]>::parse_terminated,
+        ) else {
+            continue;
+        };
+        for meta in list {
+            let path = meta.path();
+            if ["tag", "content", "untagged", "rename_all"]
+                .iter()
+                .any(|key| path.is_ident(key))
+            {
+                let key = path_name(path);
+                ctxt.error_spanned_by(
+                    path,
+                    format!(
+                        "`#[serde({key})]` changes how variants are tagged or named, and `DomainEvent` bodies rely on serde's default enum representation; the stored type name comes from `#[event(name = \"...\")]` instead"
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// `#[serde(rename = "...")]` (or `rename(deserialize = "...")`) on a variant.
+fn serde_rename(variant: &syn::Variant) -> Option<String> {
+    let mut rename = None;
+    for attr in variant.attrs.iter().filter(|a| a.path().is_ident("serde")) {
+        let Ok(list) = attr.parse_args_with(
+            syn::punctuated::Punctuated::<syn::Meta, syn::Token![,]>::parse_terminated,
+        ) else {
+            continue;
+        };
+        for meta in list {
+            match meta {
+                syn::Meta::NameValue(nv) if nv.path.is_ident("rename") => {
+                    if let syn::Expr::Lit(syn::ExprLit {
+                        lit: syn::Lit::Str(s),
+                        ..
+                    }) = nv.value
+                    {
+                        rename = Some(s.value());
+                    }
+                }
+                syn::Meta::List(list) if list.path.is_ident("rename") => {
+                    let _ = list.parse_nested_meta(|inner| {
+                        if inner.path.is_ident("deserialize") {
+                            let s: LitStr = inner.value()?.parse()?;
+                            rename = Some(s.value());
+                        } else {
+                            inner.value()?.parse::<LitStr>()?;
+                        }
+                        Ok(())
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+    rename
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validate
+
+fn validate(ctxt: &Ctxt, model: &EventEnum<'_>) {
+    let mut names: BTreeMap<&str, &Ident> = BTreeMap::new();
+    for variant in &model.variants {
+        if let Some(first) = names.get(variant.name.0.as_str()) {
+            ctxt.error_at(
+                variant.name.1,
+                format!(
+                    "duplicate event type name `{}`: variant `{first}` already uses it; give one of them `#[event(name = \"...\")]`",
+                    variant.name.0
+                ),
+            );
+        } else {
+            names.insert(&variant.name.0, variant.ident);
+        }
+        validate_chain(ctxt, variant);
+    }
+}
+
+/// The upcasts of a variant at version `v` must read exactly the versions `1..v`, each once.
+fn validate_chain(ctxt: &Ctxt, variant: &EventVariant<'_>) {
+    let (current, current_lit) = (variant.version.0, &variant.version.1);
+    let mut seen: BTreeSet<u32> = BTreeSet::new();
+    for upcast in &variant.upcasts {
+        let Some((from, lit)) = &upcast.from else {
+            continue;
+        };
+        if *from >= current {
+            ctxt.error_spanned_by(
+                lit,
+                format!(
+                    "an upcast reads an older version: `from = {from}` must be below the current version {current} of `{}`",
+                    variant.ident
+                ),
+            );
+        } else if !seen.insert(*from) {
+            ctxt.error_spanned_by(lit, format!("version {from} is upcast twice"));
+        }
+    }
+    if variant.upcasts.iter().any(|u| u.from.is_none()) {
+        return;
+    }
+    let missing: Vec<u32> = (1..current).filter(|v| !seen.contains(v)).collect();
+    if !missing.is_empty() {
+        let list = missing
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let message = format!(
+            "the upcast chain of `{}` has a gap: version {current} needs an upcast from every older version, and there is none from version {list}; add `upcast(from = {}, with = OldType)`",
+            variant.ident, missing[0]
+        );
+        match current_lit {
+            Some(version) => ctxt.error_spanned_by(version, message),
+            None => ctxt.error_spanned_by(variant.ident, message),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Expand
+
+fn expand(model: &EventEnum<'_>) -> TokenStream {
+    let input = model.input;
+    let ident = &input.ident;
+    let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
+
+    let event_type_arms = model.variants.iter().map(|v| {
+        let (variant, name) = (v.ident, &v.name.0);
+        quote!(Self::#variant { .. } => #name,)
+    });
+    let version_arms = model.variants.iter().map(|v| {
+        let (variant, version) = (v.ident, v.version.0);
+        quote!(Self::#variant { .. } => #version,)
+    });
+    let decode_arms = model.variants.iter().map(decode_arm);
+    let catalog = model.variants.iter().map(|v| {
+        let (name, version) = (&v.name.0, v.version.0);
+        let readable = 1..=version;
+        quote! {
+            ::cqrs_core::__private::EventSchema {
+                name: #name,
+                version: #version,
+                readable_versions: &[#(#readable),*],
+            }
+        }
+    });
+    let (event_type, schema_version) = if model.variants.is_empty() {
+        (quote!(match *self {}), quote!(match *self {}))
+    } else {
+        (
+            quote!(match self { #(#event_type_arms)* }),
+            quote!(match self { #(#version_arms)* }),
+        )
+    };
+
+    quote! {
+        #[automatically_derived]
+        impl #impl_generics ::cqrs_core::__private::DomainEvent for #ident #ty_generics #where_clause {
+            fn event_type(&self) -> &'static str {
+                #event_type
+            }
+
+            fn schema_version(&self) -> u32 {
+                #schema_version
+            }
+
+            fn encode(&self) -> ::core::result::Result<
+                ::std::vec::Vec<u8>,
+                ::cqrs_core::__private::EncodeError,
+            > {
+                ::cqrs_core::__private::encode_variant(
+                    ::cqrs_core::__private::DomainEvent::event_type(self),
+                    self,
+                )
+            }
+
+            fn decode(
+                event_type: &str,
+                schema_version: u32,
+                body: &[u8],
+            ) -> ::core::result::Result<Self, ::cqrs_core::__private::DecodeError> {
+                match event_type {
+                    #(#decode_arms)*
+                    _ => ::core::result::Result::Err(
+                        ::cqrs_core::__private::DecodeError::UnknownEventType {
+                            event_type: ::std::borrow::ToOwned::to_owned(event_type),
+                        },
+                    ),
+                }
+            }
+
+            fn catalog() -> &'static [::cqrs_core::__private::EventSchema] {
+                &[#(#catalog),*]
+            }
+        }
+    }
+}
+
+/// `"Name" => match schema_version { current, each upcast, otherwise unsupported }`.
+fn decode_arm(variant: &EventVariant<'_>) -> TokenStream {
+    let name = &variant.name.0;
+    let serde_name = &variant.serde_name;
+    let current = variant.version.0;
+    let readable = 1..=current;
+    // Upcasts sorted by the version they read; validation made them exactly 1..current.
+    let mut chain: Vec<(u32, &Type)> = variant
+        .upcasts
+        .iter()
+        .filter_map(|u| Some((u.from.as_ref()?.0, u.with.as_ref()?)))
+        .collect();
+    chain.sort_by_key(|(from, _)| *from);
+    let upcast_arms = chain.iter().enumerate().map(|(i, (from, ty))| {
+        // Read as `ty`, then step through each newer type up to the current variant.
+        let mut steps = Vec::new();
+        let mut previous = *ty;
+        for (_, next) in &chain[i + 1..] {
+            steps.push(quote_spanned! {previous.span()=>
+                let value: #next = ::core::convert::Into::<#next>::into(value);
+            });
+            previous = next;
+        }
+        let read = quote_spanned! {ty.span()=>
+            let value: #ty = ::cqrs_core::__private::decode_body::<#ty>(event_type, schema_version, body)?;
+        };
+        let last = quote_spanned! {previous.span()=>
+            ::core::result::Result::Ok(::core::convert::Into::<Self>::into(value))
+        };
+        quote! {
+            #from => {
+                #read
+                #(#steps)*
+                #last
+            }
+        }
+    });
+    quote! {
+        #name => match schema_version {
+            #current => ::cqrs_core::__private::decode_variant::<Self>(
+                #serde_name, event_type, schema_version, body,
+            ),
+            #(#upcast_arms)*
+            _ => ::core::result::Result::Err(
+                ::cqrs_core::__private::DecodeError::UnsupportedVersion {
+                    event_type: ::std::borrow::ToOwned::to_owned(event_type),
+                    version: schema_version,
+                    readable: ::std::vec![#(#readable),*],
+                },
+            ),
+        },
+    }
+}
+
+/// A minimal impl, emitted next to the errors of invalid input.
+fn fallback(input: &DeriveInput) -> TokenStream {
+    let ident = &input.ident;
+    let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
+    quote! {
+        #[automatically_derived]
+        impl #impl_generics ::cqrs_core::__private::DomainEvent for #ident #ty_generics #where_clause {
+            fn event_type(&self) -> &'static str {
+                ::core::unreachable!("invalid #[derive(DomainEvent)] input")
+            }
+            fn schema_version(&self) -> u32 {
+                ::core::unreachable!("invalid #[derive(DomainEvent)] input")
+            }
+            fn encode(&self) -> ::core::result::Result<
+                ::std::vec::Vec<u8>,
+                ::cqrs_core::__private::EncodeError,
+            > {
+                ::core::unreachable!("invalid #[derive(DomainEvent)] input")
+            }
+            fn decode(
+                _: &str,
+                _: u32,
+                _: &[u8],
+            ) -> ::core::result::Result<Self, ::cqrs_core::__private::DecodeError> {
+                ::core::unreachable!("invalid #[derive(DomainEvent)] input")
+            }
+            fn catalog() -> &'static [::cqrs_core::__private::EventSchema] {
+                &[]
+            }
+        }
+    }
+}

@@ -1,0 +1,45 @@
+use cqrs_core::{Aggregate, DomainEvent, InvalidTransition, transitions};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
+enum DoorEvent {
+    Opened,
+    Closed,
+}
+
+#[derive(Debug, Clone)]
+enum DoorCommand {
+    Open,
+    Close,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum DoorError {
+    #[error(transparent)]
+    InvalidTransition(#[from] InvalidTransition),
+}
+
+#[derive(Debug, Clone, Default, Aggregate)]
+#[aggregate(command = DoorCommand, event = DoorEvent, error = DoorError, terminal)]
+struct Door {
+    #[aggregate(terminal)]
+    open: bool,
+}
+
+#[transitions]
+impl Door {
+    fn decide(&self, _command: DoorCommand) -> Result<Vec<DoorEvent>, DoorError> {
+        Ok(vec![])
+    }
+
+    fn evolve(self, _event: &DoorEvent) -> Self {
+        self
+    }
+}
+
+// No second error: the type still implements the trait.
+fn assert_aggregate<A: Aggregate>() {}
+
+fn main() {
+    assert_aggregate::<Door>();
+}

@@ -1,0 +1,35 @@
+use cqrs_core::{Aggregate, DomainEvent, InvalidTransition};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
+enum DoorEvent {
+    Opened,
+    Closed,
+}
+
+#[derive(Debug, Clone)]
+enum DoorCommand {
+    Open,
+    Close,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum DoorError {
+    #[error(transparent)]
+    InvalidTransition(#[from] InvalidTransition),
+}
+
+#[derive(Debug, Clone, Default, Aggregate)]
+#[aggregate(command = DoorCommand)]
+enum Door {
+    #[default]
+    Closed,
+    Open,
+}
+
+// No second error: the type still implements the trait.
+fn assert_aggregate<A: Aggregate>() {}
+
+fn main() {
+    assert_aggregate::<Door>();
+}

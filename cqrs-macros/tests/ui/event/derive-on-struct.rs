@@ -1,0 +1,14 @@
+use cqrs_core::DomainEvent;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]
+struct Event {
+    amount: u64,
+}
+
+// No second error: the type still implements the trait.
+fn assert_event<E: DomainEvent>() {}
+
+fn main() {
+    assert_event::<Event>();
+}

@@ -1,0 +1,24 @@
+use cqrs_core::DomainEvent;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct AddedV1 {
+    amount: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]
+enum Event {
+    // Version 2 has no upcast: version 1 events could not be read.
+    #[event(version = 3, upcast(from = 1, with = AddedV1))]
+    Added { amount: u64 },
+    // Version 1 is not upcast at all.
+    #[event(version = 2)]
+    Removed { amount: u64 },
+}
+
+// No second error: the type still implements the trait.
+fn assert_event<E: DomainEvent>() {}
+
+fn main() {
+    assert_event::<Event>();
+}

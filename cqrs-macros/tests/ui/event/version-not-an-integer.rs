@@ -1,0 +1,17 @@
+use cqrs_core::DomainEvent;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]
+enum Event {
+    #[event(version = "2")]
+    Added { amount: u64 },
+    #[event(version = 1.5)]
+    Removed { amount: u64 },
+}
+
+// No second error: the type still implements the trait.
+fn assert_event<E: DomainEvent>() {}
+
+fn main() {
+    assert_event::<Event>();
+}

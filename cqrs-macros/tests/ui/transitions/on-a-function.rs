@@ -1,0 +1,6 @@
+use cqrs_core::transitions;
+
+#[transitions]
+fn open_door() {}
+
+fn main() {}
