@@ -50,6 +50,13 @@ pub trait Aggregate: Default + Clone + Debug + Send + Sync + 'static {
     /// serialised shape changes: older snapshots are then ignored and rebuilt from events.
     const STATE_VERSION: u32 = 1;
 
+    /// Whether the aggregate declares its transitions (a state machine). The repository then
+    /// refuses a command that has no transition from the current state — one with no
+    /// [`declared_target`](Aggregate::declared_target) — with
+    /// [`CommandError::InvalidTransition`](crate::CommandError::InvalidTransition), before
+    /// `decide` runs.
+    const STATE_MACHINE: bool = false;
+
     /// What can be asked of the aggregate.
     type Command: Clone + Debug + Send + Sync + 'static;
     /// What the aggregate records.

@@ -1,5 +1,6 @@
 //! The errors of the store and command-handling boundaries.
 
+use crate::aggregate::InvalidTransition;
 use crate::event::{DecodeError, EncodeError};
 use crate::stream::{ExpectedVersion, StreamId};
 use uuid::Uuid;
@@ -146,9 +147,12 @@ impl StoreError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CommandError<E> {
-    /// The aggregate refused the command (a business rule, or an invalid transition).
+    /// The aggregate refused the command (a business rule).
     #[error("command rejected: {0}")]
     Rejected(#[source] E),
+    /// A state-machine aggregate has no transition for the command in its current state.
+    #[error(transparent)]
+    InvalidTransition(InvalidTransition),
     /// The store failed; see [`StoreError`] for what to do.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -159,7 +163,7 @@ impl<E> CommandError<E> {
     pub fn rejection(&self) -> Option<&E> {
         match self {
             Self::Rejected(e) => Some(e),
-            Self::Store(_) => None,
+            Self::InvalidTransition(_) | Self::Store(_) => None,
         }
     }
 

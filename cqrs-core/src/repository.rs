@@ -1,7 +1,7 @@
 //! Command handling: load the aggregate, decide, append with the expected version, retry on
 //! conflict when allowed, keep snapshots and a hot-aggregate cache; and time travel.
 
-use crate::aggregate::Aggregate;
+use crate::aggregate::{Aggregate, InvalidTransition};
 use crate::envelope::{EventEnvelope, NewEvent, RecordedEvent};
 use crate::error::{CommandError, StoreError};
 use crate::metadata::CommandMetadata;
@@ -284,6 +284,17 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         let mut attempt = 0;
         loop {
             let loaded = self.load(stream).await?;
+            if A::STATE_MACHINE && loaded.state.declared_target(&command).is_none() {
+                // A retry of a command that already succeeded may find the state moved on.
+                if let Some(original) = self.store.find_commit(stream, &key).await? {
+                    return decode_committed::<A>(&original);
+                }
+                return Err(CommandError::InvalidTransition(InvalidTransition {
+                    aggregate: A::TYPE,
+                    state: loaded.state.state_name(),
+                    command: A::command_name(&command),
+                }));
+            }
             let decided = {
                 let _decide =
                     tracing::debug_span!("cqrs.decide", version = loaded.version()).entered();

@@ -23,14 +23,20 @@
 #![allow(clippy::missing_panics_doc)]
 
 use crate::aggregate::Aggregate;
-use crate::envelope::{EventEnvelope, NewEvent};
+use crate::envelope::{EventEnvelope, NewEvent, RecordedEvent, SerializedEvent};
 use crate::error::CommandError;
+use crate::event::DomainEvent;
 use crate::memory::InMemoryEventStore;
 use crate::metadata::{CommandMetadata, Metadata, new_id};
+use crate::process::{ProcessManager, reactions};
+use crate::projection::Projection;
 use crate::repository::Repository;
 use crate::store::EventStore;
-use crate::stream::ExpectedVersion;
+use crate::stream::{ExpectedVersion, StreamId};
+use std::collections::HashMap;
 use std::fmt::{Debug, Write as _};
+use time::OffsetDateTime;
+use uuid::Uuid;
 
 /// The aggregate id `when_async` uses.
 pub const TEST_AGGREGATE_ID: &str = "test-aggregate";
@@ -138,7 +144,7 @@ impl<A: Aggregate> Given<A> {
         }
         let command_name = A::command_name(&command);
         let outcome = match repository
-            .execute(TEST_AGGREGATE_ID, command, metadata)
+            .execute(TEST_AGGREGATE_ID, command.clone(), metadata)
             .await
         {
             Ok(envelopes) => {
@@ -150,6 +156,16 @@ impl<A: Aggregate> Given<A> {
                 Ok((state, events, Some(envelopes)))
             }
             Err(CommandError::Rejected(error)) => Err(error),
+            // The repository refuses undeclared transitions before `decide`; the aggregate's
+            // own answer for them is the domain error to assert on.
+            Err(CommandError::InvalidTransition(invalid)) => {
+                match A::replay(&self.history).decide(command) {
+                    Err(error) => Err(error),
+                    Ok(_) => panic!(
+                        "the repository refused `{command_name}` ({invalid}), but `decide` accepts it: `declared_target` and `decide` disagree"
+                    ),
+                }
+            }
             Err(CommandError::Store(error)) => panic!("the in-memory store failed: {error}"),
         };
         Then {
@@ -277,6 +293,163 @@ impl<A: Aggregate> Then<A> {
     /// The raw outcome: the new state and events, or the rejection.
     pub fn into_result(self) -> Result<(A, Vec<A::Event>), A::Error> {
         self.outcome.map(|(state, events, _)| (state, events))
+    }
+}
+
+/// Builds stored events for projection and process-manager tests: each append gets the next
+/// versions of its stream and the next store positions, and metadata as a root command would
+/// give it (or the flow of [`EventLog::in_flow`]).
+#[derive(Debug, Clone, Default)]
+pub struct EventLog {
+    events: Vec<RecordedEvent>,
+    flow: Option<CommandMetadata>,
+}
+
+impl EventLog {
+    /// An empty log.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends the following events as if written by commands of this flow (same correlation).
+    pub fn in_flow(mut self, command: CommandMetadata) -> Self {
+        self.flow = Some(command);
+        self
+    }
+
+    /// Appends `events` to `stream`, as one command would.
+    #[track_caller]
+    pub fn append<E: DomainEvent>(
+        mut self,
+        stream: &StreamId,
+        events: impl IntoIterator<Item = E>,
+    ) -> Self {
+        let command = match &self.flow {
+            Some(flow) => CommandMetadata {
+                command_id: new_id(),
+                ..flow.clone()
+            },
+            None => CommandMetadata::root(),
+        };
+        let mut metadata = command.event_metadata();
+        metadata.tenant.clone_from(&stream.tenant);
+        let version = self
+            .events
+            .iter()
+            .filter(|e| e.stream_id() == *stream)
+            .count() as u64;
+        let recorded_at = OffsetDateTime::now_utc();
+        for (offset, event) in (1u64..).zip(events) {
+            let payload = match SerializedEvent::encode(&event) {
+                Ok(payload) => payload,
+                Err(error) => panic!("test event does not encode: {error}"),
+            };
+            let position = self.events.len() as u64 + 1;
+            self.events.push(RecordedEvent {
+                event_id: new_id(),
+                aggregate_type: stream.aggregate_type.clone(),
+                aggregate_id: stream.aggregate_id.clone(),
+                version: version + offset,
+                position,
+                recorded_at,
+                metadata: metadata.clone(),
+                payload,
+            });
+        }
+        self
+    }
+
+    /// The events, in position order.
+    pub fn events(&self) -> &[RecordedEvent] {
+        &self.events
+    }
+}
+
+/// Applies `events` to `projection` in order, each twice — the second delivery must be a no-op,
+/// as redelivery after a crash is — then returns for assertions on the read model. Panics on
+/// a handler error.
+pub async fn when_projected<P: Projection>(projection: &P, events: &[RecordedEvent]) {
+    for event in events {
+        for delivery in ["first", "repeated"] {
+            if let Err(error) = projection.apply(event).await {
+                panic!(
+                    "projection `{}` failed on the {delivery} delivery of event #{} ({} v{} of {}/{}): {error}",
+                    projection.name(),
+                    event.position,
+                    event.payload.event_type,
+                    event.version,
+                    event.aggregate_type,
+                    event.aggregate_id
+                );
+            }
+        }
+    }
+}
+
+/// Runs `manager` over `events` (state per correlation id, as the runner keeps it) and collects
+/// the commands it issues with their metadata.
+#[track_caller]
+pub fn when_processed<PM: ProcessManager>(manager: &PM, events: &[RecordedEvent]) -> Issued<PM> {
+    let filter = manager.filter();
+    let mut states: HashMap<Uuid, PM::State> = HashMap::new();
+    let mut issued = Vec::new();
+    for event in events.iter().filter(|e| filter.matches(e)) {
+        let state = states
+            .remove(&event.metadata.correlation_id)
+            .unwrap_or_default();
+        match manager.react(state, event) {
+            Ok((next, commands)) => {
+                states.insert(event.metadata.correlation_id, next);
+                issued.extend(
+                    reactions::<PM>(event, commands)
+                        .into_iter()
+                        .map(|(command, metadata)| (command, metadata, event.event_id)),
+                );
+            }
+            Err(error) => panic!(
+                "process manager `{}` failed on event #{} ({}): {error}",
+                PM::NAME,
+                event.position,
+                event.payload.event_type
+            ),
+        }
+    }
+    Issued { issued, states }
+}
+
+/// The commands a process manager issued in [`when_processed`].
+#[derive(Debug)]
+pub struct Issued<PM: ProcessManager> {
+    issued: Vec<(PM::Command, CommandMetadata, Uuid)>,
+    states: HashMap<Uuid, PM::State>,
+}
+
+impl<PM: ProcessManager> Issued<PM> {
+    /// Asserts the issued commands are exactly `expected`, in order.
+    #[track_caller]
+    pub fn then_commands(self, expected: impl IntoIterator<Item = PM::Command>) -> Self
+    where
+        PM::Command: PartialEq,
+    {
+        let expected: Vec<_> = expected.into_iter().collect();
+        let actual: Vec<_> = self.issued.iter().map(|(c, _, _)| c.clone()).collect();
+        assert!(
+            actual == expected,
+            "process manager `{}` issued other commands than expected\n{}",
+            PM::NAME,
+            diff_lists(&expected, &actual)
+        );
+        self
+    }
+
+    /// The commands with their metadata and the id of the event that triggered each.
+    pub fn commands(&self) -> &[(PM::Command, CommandMetadata, Uuid)] {
+        &self.issued
+    }
+
+    /// The state of the flow with this correlation id.
+    pub fn state(&self, correlation_id: Uuid) -> Option<&PM::State> {
+        self.states.get(&correlation_id)
     }
 }
 

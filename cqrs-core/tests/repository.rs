@@ -768,3 +768,112 @@ async fn undecodable_event_is_a_typed_error_that_names_it() {
     // The stored event is untouched.
     assert_eq!(all(&store, &EventFilter::all(), 0).await.len(), 1);
 }
+
+/// A two-state machine written by hand: what the derive generates, in miniature.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+enum Door {
+    #[default]
+    Closed,
+    Open,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum DoorCommand {
+    Open,
+    Close,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(transparent)]
+struct DoorError(#[from] cqrs_core::InvalidTransition);
+
+impl Aggregate for Door {
+    const TYPE: &'static str = "Door";
+    const STATE_MACHINE: bool = true;
+    type Command = DoorCommand;
+    type Event = WalletEvent; // Opened / Debited stand in for "opened" / "closed"
+    type Error = DoorError;
+
+    fn decide(&self, command: DoorCommand) -> Result<Vec<WalletEvent>, DoorError> {
+        match (self, &command) {
+            (Door::Closed, DoorCommand::Open) => Ok(vec![WalletEvent::Opened]),
+            (Door::Open, DoorCommand::Close) => Ok(vec![WalletEvent::Debited { amount: 0 }]),
+            _ => Err(cqrs_core::InvalidTransition {
+                aggregate: Self::TYPE,
+                state: self.state_name(),
+                command: Self::command_name(&command),
+            }
+            .into()),
+        }
+    }
+
+    fn evolve(self, event: &WalletEvent) -> Self {
+        match event {
+            WalletEvent::Opened => Door::Open,
+            _ => Door::Closed,
+        }
+    }
+
+    fn command_name(command: &DoorCommand) -> &'static str {
+        match command {
+            DoorCommand::Open => "Open",
+            DoorCommand::Close => "Close",
+        }
+    }
+
+    fn state_name(&self) -> &'static str {
+        match self {
+            Door::Closed => "Closed",
+            Door::Open => "Open",
+        }
+    }
+
+    fn declared_target(&self, command: &DoorCommand) -> Option<&'static str> {
+        match (self, command) {
+            (Door::Closed, DoorCommand::Open) => Some("Open"),
+            (Door::Open, DoorCommand::Close) => Some("Closed"),
+            _ => None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn undeclared_transition_is_a_typed_error_naming_state_and_command() {
+    let doors = Repository::<Door, _>::new(InMemoryEventStore::new());
+    let err = doors
+        .execute("d1", DoorCommand::Close, CommandMetadata::root())
+        .await
+        .unwrap_err();
+    match &err {
+        CommandError::InvalidTransition(invalid) => {
+            assert_eq!(
+                (invalid.aggregate, invalid.state, invalid.command),
+                ("Door", "Closed", "Close")
+            );
+        }
+        other => panic!("expected an invalid transition, got {other}"),
+    }
+    assert!(
+        err.to_string().contains("`Close` in state `Closed`"),
+        "{err}"
+    );
+    // A retried command whose transition was valid when it first ran gets its original outcome.
+    let meta = CommandMetadata::root();
+    let opened = doors
+        .execute("d1", DoorCommand::Open, meta.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        doors.execute("d1", DoorCommand::Open, meta).await.unwrap(),
+        opened
+    );
+    // The fixtures give the aggregate's own error for it.
+    cqrs_core::testing::given::<Door>([WalletEvent::Opened])
+        .when_async(DoorCommand::Open, CommandMetadata::root())
+        .await
+        .then_error(DoorError(cqrs_core::InvalidTransition {
+            aggregate: "Door",
+            state: "Open",
+            command: "Open",
+        }));
+}

@@ -259,11 +259,14 @@ fn expand(model: &AggregateInput<'_>) -> TokenStream {
         ),
     };
 
+    // Enum states declare their transitions: the repository refuses undeclared ones up front.
+    let state_machine = model.states.is_some();
     quote! {
         #[automatically_derived]
         impl #impl_generics ::cqrs_core::__private::Aggregate for #ident #ty_generics #where_clause {
             const TYPE: &'static str = #type_name;
             const STATE_VERSION: u32 = #state_version;
+            const STATE_MACHINE: bool = #state_machine;
             type Command = #command;
             type Event = #event;
             type Error = #error;

@@ -11,8 +11,11 @@
 //! - [`subject`]: the subject layout and the token codec for tenants and aggregate ids.
 //! - [`headers`]: the wire format of an event (headers table).
 //! - [`store`]: the store, its provisioning and its append/load algorithms.
+//! - [`command`]: commands over NATS request/reply — a service in a queue group and a typed
+//!   client.
 #![forbid(unsafe_code)]
 
+pub mod command;
 pub mod error;
 pub mod headers;
 mod replies;

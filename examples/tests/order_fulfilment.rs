@@ -143,3 +143,35 @@ async fn shipping_then_cancelling_is_refused_through_the_repository() {
         }))
     );
 }
+
+#[tokio::test]
+async fn the_repository_refuses_an_undeclared_transition_before_deciding() {
+    let orders = cqrs_core::Repository::<Order, _>::new(cqrs_core::InMemoryEventStore::new());
+    let err = orders
+        .execute(
+            "o-1",
+            OrderCommand::Ship {
+                tracking: "T-1".into(),
+            },
+            CommandMetadata::root(),
+        )
+        .await
+        .unwrap_err();
+    match err {
+        cqrs_core::CommandError::InvalidTransition(invalid) => assert_eq!(
+            invalid,
+            InvalidTransition {
+                aggregate: "Order",
+                state: "Draft",
+                command: "Ship",
+            }
+        ),
+        other => panic!("expected an invalid transition, got {other}"),
+    }
+    // Nothing was stored.
+    let order = orders
+        .load(&cqrs_core::StreamId::new("Order", "o-1"))
+        .await
+        .unwrap();
+    assert_eq!(order.version(), 0);
+}

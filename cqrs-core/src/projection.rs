@@ -1,0 +1,448 @@
+//! Projections: events flowing into read models, side effects and workflows.
+//!
+//! Everything that consumes events is a [`Projection`]: a name (its checkpoint / durable
+//! consumer), a filter, and `apply`. Reactors ([`WithReactor`]) and process managers
+//! ([`crate::process::ProcessManagerProjection`]) are projections too, so one runner serves all
+//! three. Delivery is at least once and in order per aggregate; `apply` must be idempotent —
+//! [`crate::read_model::apply_once`] makes read-model updates so.
+//!
+//! [`InMemoryProjectionRunner`] runs a projection live on an [`InMemoryEventStore`];
+//! [`catch_up`] replays any [`EventStore`] from a position (rebuilds, new projections started from
+//! history, time travel) without touching a live runner.
+
+use crate::envelope::RecordedEvent;
+use crate::error::{BoxError, StoreError};
+use crate::memory::InMemoryEventStore;
+use crate::read_model::{ReadModelError, ReadModelStore};
+use crate::store::EventStore;
+use crate::stream::EventFilter;
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Why a handler could not process an event. The runner retries it with backoff and parks the
+/// event after the configured number of attempts.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct HandlerError {
+    message: String,
+    #[source]
+    source: Option<BoxError>,
+}
+
+impl HandlerError {
+    /// An error with a message.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Wraps another error, keeping it as the source.
+    pub fn from_error(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self {
+            message: error.to_string(),
+            source: Some(Box::new(error)),
+        }
+    }
+}
+
+impl From<ReadModelError> for HandlerError {
+    fn from(error: ReadModelError) -> Self {
+        Self::from_error(error)
+    }
+}
+
+impl From<StoreError> for HandlerError {
+    fn from(error: StoreError) -> Self {
+        Self::from_error(error)
+    }
+}
+
+impl From<crate::event::DecodeError> for HandlerError {
+    fn from(error: crate::event::DecodeError) -> Self {
+        Self::from_error(error)
+    }
+}
+
+/// Something that consumes events: a read model, a reactor, a process manager.
+pub trait Projection: Send + Sync + 'static {
+    /// Stable name: the checkpoint, the durable consumer and the dead-letter subject use it.
+    fn name(&self) -> &str;
+
+    /// The events it wants. Others still advance its checkpoint.
+    fn filter(&self) -> EventFilter {
+        EventFilter::all()
+    }
+
+    /// Applies one event. Must be idempotent: an event can be delivered again after a crash or
+    /// a failed attempt.
+    fn apply(&self, event: &RecordedEvent)
+    -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+impl<P: Projection> Projection for Arc<P> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+
+    fn filter(&self) -> EventFilter {
+        (**self).filter()
+    }
+
+    fn apply(
+        &self,
+        event: &RecordedEvent,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        (**self).apply(event)
+    }
+}
+
+/// How often and how patiently a failing event is retried before it is parked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all, including the first (at least 1).
+    pub max_attempts: u32,
+    /// Pause after the first failure; doubled after each further one.
+    pub initial_backoff: Duration,
+    /// Longest pause.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The pause after failed attempt number `attempt` (1-based).
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1));
+        self.initial_backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff)
+    }
+}
+
+/// An event a projection gave up on, with the last error: kept for inspection and replay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParkedEvent {
+    /// The projection that parked it.
+    pub projection: String,
+    /// The event.
+    pub event: RecordedEvent,
+    /// The last error.
+    pub error: String,
+    /// How many attempts were made.
+    pub attempts: u32,
+    /// When it was parked.
+    #[serde(with = "time::serde::rfc3339")]
+    pub parked_at: OffsetDateTime,
+}
+
+/// Applies `event` with retries; after `policy.max_attempts` failures returns it as parked.
+pub async fn deliver<P: Projection + ?Sized>(
+    projection: &P,
+    event: &RecordedEvent,
+    policy: &RetryPolicy,
+) -> Result<(), ParkedEvent> {
+    let max_attempts = policy.max_attempts.max(1);
+    let mut attempt = 1;
+    loop {
+        let span = tracing::debug_span!(
+            "cqrs.project",
+            projection = projection.name(),
+            aggregate_type = %event.aggregate_type,
+            aggregate_id = %event.aggregate_id,
+            version = event.version,
+            position = event.position,
+            correlation_id = %event.metadata.correlation_id,
+            attempt,
+        );
+        let outcome = tracing::Instrument::instrument(projection.apply(event), span).await;
+        match outcome {
+            Ok(()) => return Ok(()),
+            Err(error) if attempt >= max_attempts => {
+                tracing::warn!(
+                    projection = projection.name(),
+                    position = event.position,
+                    %error,
+                    attempts = attempt,
+                    "parking event after repeated failures"
+                );
+                return Err(ParkedEvent {
+                    projection: projection.name().to_owned(),
+                    event: event.clone(),
+                    error: error.to_string(),
+                    attempts: attempt,
+                    parked_at: OffsetDateTime::now_utc(),
+                });
+            }
+            Err(error) => {
+                tracing::debug!(projection = projection.name(), %error, attempt, "retrying");
+                tokio::time::sleep(policy.backoff(attempt)).await;
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// What a [`catch_up`] did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CatchUp {
+    /// Store position of the last event read (0 if none).
+    pub checkpoint: u64,
+    /// Events applied.
+    pub applied: u64,
+    /// Events parked.
+    pub parked: Vec<ParkedEvent>,
+}
+
+/// Replays the events of `store` from `from_position` to its head into `projection`: rebuild a
+/// projection from scratch (`from_position` 0, into an empty read model), start a new one from
+/// history, or replay from a point (positions, or a time with a filter's `recorded_from`).
+/// Independent of any live runner.
+pub async fn catch_up<S, P>(
+    store: &S,
+    projection: &P,
+    from_position: u64,
+    policy: &RetryPolicy,
+) -> Result<CatchUp, StoreError>
+where
+    S: EventStore + ?Sized,
+    P: Projection + ?Sized,
+{
+    let filter = projection.filter();
+    let mut events = store.read_all(&filter, from_position).await?;
+    let mut outcome = CatchUp::default();
+    while let Some(event) = events.try_next().await? {
+        outcome.checkpoint = event.position;
+        match deliver(projection, &event, policy).await {
+            Ok(()) => outcome.applied += 1,
+            Err(parked) => outcome.parked.push(parked),
+        }
+    }
+    Ok(outcome)
+}
+
+/// Runs a projection live on an [`InMemoryEventStore`]: history from a position, then every new
+/// append, in position order.
+#[derive(Debug)]
+pub struct InMemoryProjectionRunner;
+
+impl InMemoryProjectionRunner {
+    /// Starts `projection` at store position `from_position` (1 or 0: from the beginning; a
+    /// checkpoint + 1 to resume).
+    pub fn spawn<P: Projection>(
+        store: &InMemoryEventStore,
+        projection: P,
+        from_position: u64,
+        policy: RetryPolicy,
+    ) -> ProjectionHandle<P> {
+        let projection = Arc::new(projection);
+        let start = from_position.max(1) - 1;
+        let (checkpoint_tx, checkpoint) = watch::channel(start);
+        let parked = Arc::new(Mutex::new(Vec::new()));
+        let filter = projection.filter();
+        let mut feed = Box::pin(store.subscribe(from_position));
+        let task = {
+            let projection = Arc::clone(&projection);
+            let parked = Arc::clone(&parked);
+            tokio::spawn(async move {
+                while let Some(next) = feed.next().await {
+                    let event = match next {
+                        Ok(event) => event,
+                        Err(error) => {
+                            tracing::error!(projection = projection.name(), %error, "projection feed failed; stopping");
+                            return Err(error);
+                        }
+                    };
+                    if filter.matches(&event)
+                        && let Err(event) = deliver(&*projection, &event, &policy).await
+                    {
+                        parked
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .push(event);
+                    }
+                    checkpoint_tx.send_replace(event.position);
+                }
+                Ok(())
+            })
+        };
+        ProjectionHandle {
+            projection,
+            checkpoint,
+            parked,
+            task,
+            policy,
+        }
+    }
+}
+
+/// Control of a running projection.
+#[derive(Debug)]
+pub struct ProjectionHandle<P> {
+    projection: Arc<P>,
+    checkpoint: watch::Receiver<u64>,
+    parked: Arc<Mutex<Vec<ParkedEvent>>>,
+    task: JoinHandle<Result<(), StoreError>>,
+    policy: RetryPolicy,
+}
+
+/// The projection did not reach a position in time.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "projection `{projection}` reached position {reached}, not {wanted}, within {timeout:?}; it may be slow, stopped or parked on failures"
+)]
+pub struct WaitTimeout {
+    /// The projection.
+    pub projection: String,
+    /// The position waited for.
+    pub wanted: u64,
+    /// Where it was when the wait ended.
+    pub reached: u64,
+    /// How long the wait was.
+    pub timeout: Duration,
+}
+
+impl<P: Projection> ProjectionHandle<P> {
+    /// The projection.
+    pub fn projection(&self) -> &P {
+        &self.projection
+    }
+
+    /// The store position of the last event processed (applied, parked or filtered out).
+    pub fn checkpoint(&self) -> u64 {
+        *self.checkpoint.borrow()
+    }
+
+    /// Read-your-writes: waits until the projection has processed `position` (e.g. the position
+    /// of the last event a command committed), or `timeout` passes.
+    pub async fn wait_for(&self, position: u64, timeout: Duration) -> Result<(), WaitTimeout> {
+        let mut checkpoint = self.checkpoint.clone();
+        let reached = tokio::time::timeout(timeout, checkpoint.wait_for(|&p| p >= position)).await;
+        match reached {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(WaitTimeout {
+                projection: self.projection.name().to_owned(),
+                wanted: position,
+                reached: self.checkpoint(),
+                timeout,
+            }),
+        }
+    }
+
+    /// The events parked so far.
+    pub fn parked(&self) -> Vec<ParkedEvent> {
+        self.parked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Delivers the parked events again (after a fix); those that now succeed are removed.
+    /// Returns how many succeeded.
+    pub async fn replay_parked(&self) -> usize {
+        let parked =
+            std::mem::take(&mut *self.parked.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut still_failing = Vec::new();
+        let mut succeeded = 0;
+        for entry in parked {
+            match deliver(&*self.projection, &entry.event, &self.policy).await {
+                Ok(()) => succeeded += 1,
+                Err(again) => still_failing.push(again),
+            }
+        }
+        self.parked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(still_failing);
+        succeeded
+    }
+
+    /// Stops the projection and returns its checkpoint, to resume from `checkpoint + 1`.
+    pub async fn stop(self) -> u64 {
+        self.task.abort();
+        let checkpoint = self.checkpoint.clone();
+        let _aborted = self.task.await;
+        *checkpoint.borrow()
+    }
+}
+
+/// A side effect that fires for an event once a projection stored its state.
+pub trait Reactor: Send + Sync + 'static {
+    /// Performs the side effect. Retried on failure; deduplicated by event id once it succeeds.
+    fn react(&self, event: &RecordedEvent)
+    -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+/// A projection followed by a reactor: the reactor fires only after the projection applied the
+/// event, is retried (with the event) when it fails, and runs once per event id.
+#[derive(Debug)]
+pub struct WithReactor<P, R, D> {
+    projection: P,
+    reactor: R,
+    done: D,
+}
+
+impl<P, R, D> WithReactor<P, R, D> {
+    /// Attaches `reactor` to `projection`; `done` remembers the event ids it already reacted to.
+    pub fn new(projection: P, reactor: R, done: D) -> Self {
+        Self {
+            projection,
+            reactor,
+            done,
+        }
+    }
+
+    /// The projection.
+    pub fn projection(&self) -> &P {
+        &self.projection
+    }
+
+    /// The reactor.
+    pub fn reactor(&self) -> &R {
+        &self.reactor
+    }
+}
+
+impl<P, R, D> Projection for WithReactor<P, R, D>
+where
+    P: Projection,
+    R: Reactor,
+    D: ReadModelStore<()>,
+{
+    fn name(&self) -> &str {
+        self.projection.name()
+    }
+
+    fn filter(&self) -> EventFilter {
+        self.projection.filter()
+    }
+
+    async fn apply(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
+        self.projection.apply(event).await?;
+        let key = event.event_id.to_string();
+        if self.done.get(&key).await?.is_some() {
+            return Ok(());
+        }
+        self.reactor.react(event).await?;
+        match self.done.put(&key, (), event.position, None).await {
+            // Another worker recorded it first: the effect ran at least once, as promised.
+            Ok(_) | Err(ReadModelError::Conflict { .. }) => Ok(()),
+            Err(error) => Err(error.into()),
+        }
+    }
+}

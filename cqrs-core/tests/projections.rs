@@ -1,0 +1,533 @@
+//! Projections, reactors and process managers on the in-memory store.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::items_after_statements,
+    clippy::unnecessary_literal_bound
+)]
+
+mod common;
+
+use common::{Wallet, WalletCommand as Cmd, WalletEvent};
+use cqrs_core::projection::{InMemoryProjectionRunner, catch_up};
+use cqrs_core::read_model::{InMemoryReadModelStore, apply_once};
+use cqrs_core::testing::{EventLog, when_processed, when_projected};
+use cqrs_core::{
+    CommandDispatcher, CommandMetadata, EventFilter, HandlerError, InMemoryEventStore,
+    ProcessManager, ProcessManagerProjection, Projection, Reactor, ReadModelStore, RecordedEvent,
+    Repository, RetryPolicy, StreamId, WithReactor,
+};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const PATIENT: Duration = Duration::from_secs(10);
+
+fn fast_retry(max_attempts: u32) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts,
+        initial_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(5),
+    }
+}
+
+/// Balance per wallet id; fails on purpose for a configured amount (a poison event).
+#[derive(Clone, Default)]
+struct Balances {
+    model: InMemoryReadModelStore<i64>,
+    poison_amount: Option<i64>,
+}
+
+impl Projection for Balances {
+    fn name(&self) -> &str {
+        "balances"
+    }
+
+    fn filter(&self) -> EventFilter {
+        EventFilter::all().aggregate_type("Wallet")
+    }
+
+    async fn apply(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
+        let delta = match event.payload.decode::<WalletEvent>()? {
+            WalletEvent::Credited { amount } if Some(amount) == self.poison_amount => {
+                return Err(HandlerError::new(format!("cannot book {amount}")));
+            }
+            WalletEvent::Credited { amount } => amount,
+            WalletEvent::Debited { amount } => -amount,
+            WalletEvent::FeeCharged { fee } => -fee,
+            WalletEvent::Opened => 0,
+        };
+        apply_once(&self.model, &event.aggregate_id, event.position, |old| {
+            old.unwrap_or(0) + delta
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+impl Balances {
+    async fn snapshot(&self) -> BTreeMap<String, i64> {
+        self.model
+            .entries()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (k, v.value))
+            .collect()
+    }
+}
+
+async fn write_history(
+    repo: &Repository<Wallet, InMemoryEventStore>,
+    wallets: usize,
+    credits: i64,
+) {
+    for w in 0..wallets {
+        repo.execute(&format!("w{w}"), Cmd::Open, CommandMetadata::root())
+            .await
+            .unwrap();
+    }
+    for amount in 1..=credits {
+        for w in 0..wallets {
+            repo.execute(
+                &format!("w{w}"),
+                Cmd::Credit(amount),
+                CommandMetadata::root(),
+            )
+            .await
+            .unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn restarted_projection_resumes_from_its_checkpoint() {
+    let store = InMemoryEventStore::new();
+    let repo = Repository::<Wallet, _>::new(store.clone());
+    write_history(&repo, 3, 10).await;
+
+    // Uninterrupted run.
+    let reference = Balances::default();
+    let outcome = catch_up(&store, &reference, 0, &fast_retry(1))
+        .await
+        .unwrap();
+    assert_eq!(outcome.checkpoint, store.head());
+
+    // A run that hangs on event 16 (a stuck handler), is stopped, and resumes from its
+    // checkpoint.
+    struct HangsAfter(Balances, u64);
+    impl Projection for HangsAfter {
+        fn name(&self) -> &str {
+            "balances"
+        }
+        async fn apply(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
+            if event.position > self.1 {
+                std::future::pending::<()>().await;
+            }
+            self.0.apply(event).await
+        }
+    }
+    let interrupted = Balances::default();
+    let handle = InMemoryProjectionRunner::spawn(
+        &store,
+        HangsAfter(interrupted.clone(), 15),
+        0,
+        fast_retry(1),
+    );
+    handle.wait_for(15, PATIENT).await.unwrap();
+    let checkpoint = handle.stop().await;
+    assert_eq!(checkpoint, 15);
+    let partial = interrupted.snapshot().await;
+    assert_ne!(
+        partial,
+        reference.snapshot().await,
+        "stopped before the end"
+    );
+
+    let resumed =
+        InMemoryProjectionRunner::spawn(&store, interrupted.clone(), checkpoint + 1, fast_retry(1));
+    resumed.wait_for(store.head(), PATIENT).await.unwrap();
+    assert_eq!(interrupted.snapshot().await, reference.snapshot().await);
+
+    // Live appends keep flowing, and read-your-writes sees them.
+    let committed = repo
+        .execute("w0", Cmd::Credit(1000), CommandMetadata::root())
+        .await
+        .unwrap();
+    resumed
+        .wait_for(committed[0].position, PATIENT)
+        .await
+        .unwrap();
+    assert_eq!(interrupted.snapshot().await["w0"], 55 + 1000);
+}
+
+#[tokio::test]
+async fn redelivery_after_a_restart_applies_nothing_twice() {
+    let store = InMemoryEventStore::new();
+    let repo = Repository::<Wallet, _>::new(store.clone());
+    write_history(&repo, 2, 5).await;
+    let balances = Balances::default();
+    catch_up(&store, &balances, 0, &fast_retry(1))
+        .await
+        .unwrap();
+    // Restart from far behind the checkpoint: every event is delivered again.
+    catch_up(&store, &balances, 3, &fast_retry(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        balances.snapshot().await,
+        BTreeMap::from([("w0".into(), 15), ("w1".into(), 15)])
+    );
+}
+
+#[tokio::test]
+async fn poison_event_is_parked_and_later_events_still_project() {
+    let store = InMemoryEventStore::new();
+    let repo = Repository::<Wallet, _>::new(store.clone());
+    repo.execute("w0", Cmd::Open, CommandMetadata::root())
+        .await
+        .unwrap();
+    repo.execute("w0", Cmd::Credit(13), CommandMetadata::root())
+        .await
+        .unwrap();
+    repo.execute("w0", Cmd::Credit(5), CommandMetadata::root())
+        .await
+        .unwrap();
+
+    let attempts = Arc::new(AtomicU32::new(0));
+    struct Counting(Balances, Arc<AtomicU32>);
+    impl Projection for Counting {
+        fn name(&self) -> &str {
+            self.0.name()
+        }
+        async fn apply(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
+            if event.payload.data == b"{\"amount\":13}" {
+                self.1.fetch_add(1, Ordering::SeqCst);
+            }
+            self.0.apply(event).await
+        }
+    }
+    let balances = Balances {
+        poison_amount: Some(13),
+        ..Balances::default()
+    };
+    let handle = InMemoryProjectionRunner::spawn(
+        &store,
+        Counting(balances.clone(), attempts.clone()),
+        0,
+        fast_retry(3),
+    );
+    handle.wait_for(store.head(), PATIENT).await.unwrap();
+    assert_eq!(attempts.load(Ordering::SeqCst), 3);
+    let parked = handle.parked();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].event.position, 2);
+    assert_eq!(parked[0].attempts, 3);
+    assert_eq!(parked[0].error, "cannot book 13");
+    assert_eq!(balances.snapshot().await["w0"], 5);
+
+    // Parked events can be replayed (here: still failing, so they stay parked).
+    assert_eq!(handle.replay_parked().await, 0);
+    assert_eq!(handle.parked().len(), 1);
+}
+
+#[tokio::test]
+async fn rebuild_from_scratch_equals_the_live_read_model() {
+    let store = InMemoryEventStore::new();
+    let repo = Repository::<Wallet, _>::new(store.clone());
+    let live = Balances::default();
+    let handle = InMemoryProjectionRunner::spawn(&store, live.clone(), 0, fast_retry(1));
+    write_history(&repo, 4, 6).await;
+    repo.execute(
+        "w2",
+        Cmd::DebitWithFee { amount: 3, fee: 1 },
+        CommandMetadata::root(),
+    )
+    .await
+    .unwrap();
+    handle.wait_for(store.head(), PATIENT).await.unwrap();
+
+    let rebuilt = Balances::default();
+    let outcome = catch_up(&store, &rebuilt, 0, &fast_retry(1)).await.unwrap();
+    assert!(outcome.parked.is_empty());
+    assert_eq!(rebuilt.snapshot().await, live.snapshot().await);
+    assert_eq!(live.snapshot().await["w2"], 21 - 4);
+}
+
+#[tokio::test]
+async fn read_your_writes_waits_for_the_projection() {
+    let store = InMemoryEventStore::new();
+    let repo = Repository::<Wallet, _>::new(store.clone());
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    struct Gated(Balances, Arc<tokio::sync::Semaphore>);
+    impl Projection for Gated {
+        fn name(&self) -> &str {
+            "gated"
+        }
+        async fn apply(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
+            self.1.acquire().await.unwrap().forget();
+            self.0.apply(event).await
+        }
+    }
+    let balances = Balances::default();
+    let handle = InMemoryProjectionRunner::spawn(
+        &store,
+        Gated(balances.clone(), gate.clone()),
+        0,
+        fast_retry(1),
+    );
+    repo.execute("w0", Cmd::Open, CommandMetadata::root())
+        .await
+        .unwrap();
+    let committed = repo
+        .execute("w0", Cmd::Credit(7), CommandMetadata::root())
+        .await
+        .unwrap();
+    let position = committed[0].position;
+
+    let err = handle
+        .wait_for(position, Duration::from_millis(50))
+        .await
+        .unwrap_err();
+    assert_eq!((err.wanted, err.reached), (position, 0));
+    gate.add_permits(1);
+    let err = handle
+        .wait_for(position, Duration::from_millis(50))
+        .await
+        .unwrap_err();
+    assert_eq!(err.reached, 1);
+    gate.add_permits(1);
+    handle.wait_for(position, PATIENT).await.unwrap();
+    // Once it returns, the read model shows the write.
+    assert_eq!(balances.snapshot().await["w0"], 7);
+}
+
+/// Sends a welcome notice for every opened wallet; fails the first time.
+#[derive(Default)]
+struct Welcome {
+    sent: Mutex<Vec<String>>,
+    failures_left: AtomicU32,
+    balances_seen: Mutex<Vec<Option<i64>>>,
+    model: InMemoryReadModelStore<i64>,
+}
+
+struct WelcomeReactor(Arc<Welcome>);
+
+impl Reactor for WelcomeReactor {
+    async fn react(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
+        if event.payload.event_type != "Opened" {
+            return Ok(());
+        }
+        // The projection's state is already stored when the reactor fires.
+        let seen = self
+            .0
+            .model
+            .get(&event.aggregate_id)
+            .await?
+            .map(|v| v.value);
+        self.0.balances_seen.lock().unwrap().push(seen);
+        if self
+            .0
+            .failures_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(HandlerError::new("mail server down"));
+        }
+        self.0.sent.lock().unwrap().push(event.aggregate_id.clone());
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn reactor_fires_after_the_projection_once_per_event() {
+    let store = InMemoryEventStore::new();
+    let repo = Repository::<Wallet, _>::new(store.clone());
+    let welcome = Arc::new(Welcome {
+        failures_left: AtomicU32::new(1),
+        ..Welcome::default()
+    });
+    let balances = Balances {
+        model: welcome.model.clone(),
+        ..Balances::default()
+    };
+    let reacting = WithReactor::new(
+        balances,
+        WelcomeReactor(welcome.clone()),
+        InMemoryReadModelStore::<()>::new(),
+    );
+    repo.execute("w0", Cmd::Open, CommandMetadata::root())
+        .await
+        .unwrap();
+    repo.execute("w1", Cmd::Open, CommandMetadata::root())
+        .await
+        .unwrap();
+
+    let outcome = catch_up(&store, &reacting, 0, &fast_retry(3))
+        .await
+        .unwrap();
+    assert!(outcome.parked.is_empty());
+    // Delivered again (a restart): no second notice.
+    catch_up(&store, &reacting, 0, &fast_retry(3))
+        .await
+        .unwrap();
+    assert_eq!(
+        *welcome.sent.lock().unwrap(),
+        vec!["w0".to_owned(), "w1".to_owned()]
+    );
+    // w0 was tried twice (one failure), w1 once; each time the read model already had it.
+    assert_eq!(
+        *welcome.balances_seen.lock().unwrap(),
+        vec![Some(0), Some(0), Some(0)]
+    );
+}
+
+/// Welcome bonus workflow: Opened -> Credit(100); Credited(100) -> Debit(10) (a fee).
+struct Bonus;
+
+impl ProcessManager for Bonus {
+    const NAME: &'static str = "welcome-bonus";
+    type State = u32;
+    type Command = (String, Cmd);
+
+    fn filter(&self) -> EventFilter {
+        EventFilter::all().aggregate_type("Wallet")
+    }
+
+    fn react(
+        &self,
+        steps: u32,
+        event: &RecordedEvent,
+    ) -> Result<(u32, Vec<(String, Cmd)>), HandlerError> {
+        let id = event.aggregate_id.clone();
+        Ok(match event.payload.decode::<WalletEvent>()? {
+            WalletEvent::Opened => (steps + 1, vec![(id, Cmd::Credit(100))]),
+            WalletEvent::Credited { amount: 100 } => (steps + 1, vec![(id, Cmd::Debit(10))]),
+            _ => (steps, vec![]),
+        })
+    }
+}
+
+#[tokio::test]
+async fn process_manager_fixture_shows_commands_and_their_causes() {
+    let wallet = StreamId::new("Wallet", "w0");
+    let log = EventLog::new()
+        .append(&wallet, [WalletEvent::Opened])
+        .append(
+            &wallet,
+            [
+                WalletEvent::Credited { amount: 100 },
+                WalletEvent::Credited { amount: 1 },
+            ],
+        );
+    let issued = when_processed(&Bonus, log.events()).then_commands([
+        ("w0".to_owned(), Cmd::Credit(100)),
+        ("w0".to_owned(), Cmd::Debit(10)),
+    ]);
+    let (_, meta, cause) = &issued.commands()[1];
+    assert_eq!(*cause, log.events()[1].event_id);
+    assert_eq!(meta.causation_id, Some(log.events()[1].event_id));
+    assert_eq!(meta.correlation_id, log.events()[1].metadata.correlation_id);
+}
+
+#[tokio::test]
+async fn projection_fixture_applies_every_event_twice() {
+    let wallet = StreamId::new("Wallet", "w9");
+    let log = EventLog::new()
+        .append(
+            &wallet,
+            [WalletEvent::Opened, WalletEvent::Credited { amount: 4 }],
+        )
+        .append(&wallet, [WalletEvent::Debited { amount: 1 }]);
+    let balances = Balances::default();
+    when_projected(&balances, log.events()).await;
+    assert_eq!(balances.snapshot().await["w9"], 3);
+}
+
+/// Sends commands to the wallet repository, in process.
+struct ToRepository(Repository<Wallet, InMemoryEventStore>);
+
+impl CommandDispatcher<(String, Cmd)> for ToRepository {
+    async fn dispatch(
+        &self,
+        (id, command): (String, Cmd),
+        metadata: CommandMetadata,
+    ) -> Result<(), HandlerError> {
+        match self.0.execute(&id, command, metadata).await {
+            Ok(_) | Err(cqrs_core::CommandError::Rejected(_)) => Ok(()),
+            Err(error) => Err(HandlerError::from_error(error)),
+        }
+    }
+}
+
+#[tokio::test]
+async fn saga_commands_carry_correlation_and_causation_across_three_hops() {
+    let store = InMemoryEventStore::new();
+    let repo = Repository::<Wallet, _>::new(store.clone());
+    let saga = ProcessManagerProjection::new(
+        Bonus,
+        InMemoryReadModelStore::new(),
+        ToRepository(repo.clone()),
+    );
+    let handle = InMemoryProjectionRunner::spawn(&store, saga, 0, fast_retry(3));
+
+    let root = CommandMetadata::root()
+        .with_tenant("acme")
+        .with_actor("user:1");
+    repo.execute("w0", Cmd::Open, root.clone()).await.unwrap();
+    // Opened -> Credit(100) -> Credited -> Debit(10) -> Debited: three commands, three events.
+    let deadline = tokio::time::Instant::now() + PATIENT;
+    while store.head() < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the saga did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    handle.wait_for(3, PATIENT).await.unwrap();
+    let stream = StreamId::new("Wallet", "w0").with_tenant("acme");
+    let history = repo.history(&stream, 1).await.unwrap();
+    assert_eq!(
+        history
+            .iter()
+            .map(|e| e.payload.clone())
+            .collect::<Vec<_>>(),
+        vec![
+            WalletEvent::Opened,
+            WalletEvent::Credited { amount: 100 },
+            WalletEvent::Debited { amount: 10 }
+        ]
+    );
+    for event in &history {
+        assert_eq!(event.metadata.correlation_id, root.correlation_id);
+        assert_eq!(event.metadata.tenant.as_deref(), Some("acme"));
+    }
+    assert_eq!(history[0].metadata.causation_id, Some(root.command_id));
+    assert_eq!(history[0].metadata.command_causation_id, None);
+    assert_eq!(
+        history[1].metadata.command_causation_id,
+        Some(history[0].event_id)
+    );
+    assert_eq!(
+        history[2].metadata.command_causation_id,
+        Some(history[1].event_id)
+    );
+    // Each command's id is the deterministic reaction id, so redelivery would be absorbed.
+    assert_eq!(
+        history[1].metadata.command_id,
+        Some(
+            CommandMetadata::reaction(Bonus::NAME, &history[0].metadata, history[0].event_id, 0)
+                .command_id
+        )
+    );
+
+    // Delivering the whole history to the saga again issues the same command ids: nothing new.
+    let again = ProcessManagerProjection::new(
+        Bonus,
+        InMemoryReadModelStore::new(),
+        ToRepository(repo.clone()),
+    );
+    catch_up(&store, &again, 0, &fast_retry(3)).await.unwrap();
+    assert_eq!(store.head(), 3);
+}

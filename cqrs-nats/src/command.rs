@@ -1,0 +1,533 @@
+//! Commands over NATS request/reply: a service that runs commands against a repository, in a
+//! queue group so workers scale out, and a typed client. A web/worker split with no extra broker.
+//!
+//! # Wire format
+//!
+//! Request on `<context>.commands.<AggregateType>`; the body is the command as JSON (serde's
+//! representation of the aggregate's command type), the headers carry its metadata:
+//!
+//! | header | meaning |
+//! | --- | --- |
+//! | `Cqrs-Aggregate-Id` | the target aggregate (required) |
+//! | `Cqrs-Command-Id` | UUID of the command; also the idempotency key unless one is given. Absent: the service makes a root command with a fresh id |
+//! | `Cqrs-Correlation-Id` | UUID of the flow (defaults to the command id) |
+//! | `Cqrs-Causation-Id` | UUID of the event that triggered the command, if any |
+//! | `Cqrs-Tenant`, `Cqrs-Actor`, `traceparent` | tenant, actor and W3C trace context |
+//! | `Cqrs-Expected-Version` | the aggregate version the command is based on |
+//! | `Cqrs-Idempotency-Key` | explicit idempotency key |
+//! | `Cqrs-Extra-<key>` | anything else carried onto the events |
+//!
+//! The reply body is a [`CommandReply`] as JSON: `{"status":"committed", ...}` with the stored
+//! events' ids, versions and positions, or `{"status":"failed","kind":..,"message":..}` with one
+//! of the [`FailureKind`]s.
+
+use async_nats::{HeaderMap, Message};
+use cqrs_core::{Aggregate, CommandError, CommandMetadata, EventStore, Repository};
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+/// Header names of command requests.
+pub mod header {
+    /// Target aggregate id.
+    pub const AGGREGATE_ID: &str = "Cqrs-Aggregate-Id";
+    /// Command id.
+    pub const COMMAND_ID: &str = "Cqrs-Command-Id";
+    /// Correlation id.
+    pub const CORRELATION_ID: &str = "Cqrs-Correlation-Id";
+    /// Causation id.
+    pub const CAUSATION_ID: &str = "Cqrs-Causation-Id";
+    /// Tenant.
+    pub const TENANT: &str = "Cqrs-Tenant";
+    /// Actor.
+    pub const ACTOR: &str = "Cqrs-Actor";
+    /// W3C trace context.
+    pub const TRACEPARENT: &str = "traceparent";
+    /// Expected aggregate version.
+    pub const EXPECTED_VERSION: &str = "Cqrs-Expected-Version";
+    /// Idempotency key.
+    pub const IDEMPOTENCY_KEY: &str = "Cqrs-Idempotency-Key";
+    /// Prefix of extra metadata headers.
+    pub const EXTRA_PREFIX: &str = "Cqrs-Extra-";
+}
+
+/// The subject commands for aggregate type `aggregate_type` of `context` are sent to.
+pub fn command_subject(context: &str, aggregate_type: &str) -> String {
+    format!("{context}.commands.{aggregate_type}")
+}
+
+/// The answer to a command request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum CommandReply {
+    /// The command was applied (or had been: an idempotent retry).
+    Committed(CommandReceipt),
+    /// It was not.
+    Failed {
+        /// What kind of failure.
+        kind: FailureKind,
+        /// A readable explanation.
+        message: String,
+    },
+}
+
+/// What a committed command stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandReceipt {
+    /// The aggregate.
+    pub aggregate_id: String,
+    /// The aggregate version after the command (`None` when it decided no events).
+    pub version: Option<u64>,
+    /// Store position of the last event (`None` when no events).
+    pub position: Option<u64>,
+    /// Ids of the stored events, in order.
+    pub event_ids: Vec<Uuid>,
+}
+
+/// Why a command failed, as a client can act on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// Another writer changed the aggregate: reload and decide whether to resend.
+    Conflict,
+    /// The aggregate refused the command (a business rule).
+    Rejected,
+    /// The command makes no sense in the aggregate's state.
+    InvalidTransition,
+    /// The request itself is malformed: fix the sender.
+    BadRequest,
+    /// The store is unavailable or the outcome is unknown: resend the same command later.
+    Unavailable,
+    /// Anything else on the service side.
+    Internal,
+}
+
+/// Why [`CommandClient::send`] did not get a committed receipt.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandFailure {
+    /// The service answered with a failure.
+    #[error("command {kind:?}: {message}")]
+    Failed {
+        /// What kind of failure.
+        kind: FailureKind,
+        /// The service's explanation.
+        message: String,
+    },
+    /// No command service listens on the subject.
+    #[error("no command service is listening on `{subject}`; start one or check the context")]
+    NoService {
+        /// The request subject.
+        subject: String,
+    },
+    /// No answer in time. The command may or may not have been applied: resend it with the same
+    /// command id and it is applied at most once.
+    #[error("no answer on `{subject}` within {timeout:?}; resend with the same command id")]
+    TimedOut {
+        /// The request subject.
+        subject: String,
+        /// How long the client waited.
+        timeout: Duration,
+    },
+    /// The command could not be serialised.
+    #[error("command could not be serialised as JSON: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// The reply is not a [`CommandReply`].
+    #[error("unreadable reply from the command service: {0}")]
+    BadReply(#[source] serde_json::Error),
+    /// The request could not be sent.
+    #[error("command request on `{subject}` failed: {source}")]
+    Transport {
+        /// The request subject.
+        subject: String,
+        /// The client's error.
+        #[source]
+        source: async_nats::RequestError,
+    },
+}
+
+impl CommandFailure {
+    /// The failure kind, when the service answered.
+    pub fn kind(&self) -> Option<FailureKind> {
+        match self {
+            Self::Failed { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
+}
+
+/// Sends commands to command services.
+#[derive(Debug, Clone)]
+pub struct CommandClient {
+    client: async_nats::Client,
+    context: String,
+    timeout: Duration,
+}
+
+impl CommandClient {
+    /// A client for the services of bounded context `context`, waiting 10 s for answers.
+    pub fn new(client: async_nats::Client, context: impl Into<String>) -> Self {
+        Self {
+            client,
+            context: context.into(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Waits `timeout` for each answer.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sends `command` for aggregate `aggregate_id` with `metadata`, and waits for the outcome.
+    pub async fn send<A>(
+        &self,
+        aggregate_id: &str,
+        command: &A::Command,
+        metadata: &CommandMetadata,
+    ) -> Result<CommandReceipt, CommandFailure>
+    where
+        A: Aggregate,
+        A::Command: Serialize,
+    {
+        let subject = command_subject(&self.context, A::TYPE);
+        let body = serde_json::to_vec(command).map_err(CommandFailure::Encode)?;
+        let request = async_nats::Request::new()
+            .headers(request_headers(aggregate_id, metadata))
+            .payload(body.into())
+            .timeout(Some(self.timeout));
+        let span = tracing::debug_span!(
+            "cqrs.command.send",
+            aggregate_type = A::TYPE,
+            aggregate_id,
+            command_id = %metadata.command_id,
+            correlation_id = %metadata.correlation_id,
+        );
+        let reply = tracing::Instrument::instrument(
+            self.client.send_request(subject.clone(), request),
+            span,
+        )
+        .await
+        .map_err(|source| match source.kind() {
+            async_nats::client::RequestErrorKind::NoResponders => CommandFailure::NoService {
+                subject: subject.clone(),
+            },
+            async_nats::client::RequestErrorKind::TimedOut => CommandFailure::TimedOut {
+                subject: subject.clone(),
+                timeout: self.timeout,
+            },
+            _ => CommandFailure::Transport {
+                subject: subject.clone(),
+                source,
+            },
+        })?;
+        match serde_json::from_slice(&reply.payload).map_err(CommandFailure::BadReply)? {
+            CommandReply::Committed(receipt) => Ok(receipt),
+            CommandReply::Failed { kind, message } => Err(CommandFailure::Failed { kind, message }),
+        }
+    }
+}
+
+/// The headers that carry `metadata` for a command to `aggregate_id`.
+pub fn request_headers(aggregate_id: &str, metadata: &CommandMetadata) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::AGGREGATE_ID, aggregate_id);
+    headers.insert(header::COMMAND_ID, metadata.command_id.to_string());
+    headers.insert(header::CORRELATION_ID, metadata.correlation_id.to_string());
+    if let Some(causation) = metadata.causation_id {
+        headers.insert(header::CAUSATION_ID, causation.to_string());
+    }
+    for (name, value) in [
+        (header::TENANT, &metadata.tenant),
+        (header::ACTOR, &metadata.actor),
+        (header::TRACEPARENT, &metadata.trace),
+        (header::IDEMPOTENCY_KEY, &metadata.idempotency_key),
+    ] {
+        if let Some(value) = value {
+            headers.insert(name, value.as_str());
+        }
+    }
+    if let Some(version) = metadata.expected_version {
+        headers.insert(header::EXPECTED_VERSION, version.to_string());
+    }
+    for (key, value) in &metadata.extra {
+        headers.insert(
+            format!("{}{key}", header::EXTRA_PREFIX).as_str(),
+            value.as_str(),
+        );
+    }
+    headers
+}
+
+/// A malformed command request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadRequest(String);
+
+/// Reads a command request: aggregate id and metadata from the headers, the command from the body.
+pub fn parse_request<C: DeserializeOwned>(
+    headers: Option<&HeaderMap>,
+    body: &[u8],
+) -> Result<(String, C, CommandMetadata), BadRequest> {
+    let empty = HeaderMap::new();
+    let headers = headers.unwrap_or(&empty);
+    let text = |name: &str| headers.get(name).map(|v| v.as_str().to_owned());
+    let uuid = |name: &str| -> Result<Option<Uuid>, BadRequest> {
+        text(name)
+            .map(|v| {
+                Uuid::parse_str(&v)
+                    .map_err(|e| BadRequest(format!("header {name} is not a UUID ({v:?}): {e}")))
+            })
+            .transpose()
+    };
+    let aggregate_id = text(header::AGGREGATE_ID)
+        .ok_or_else(|| BadRequest(format!("header {} is missing", header::AGGREGATE_ID)))?;
+    let command = serde_json::from_slice(body)
+        .map_err(|e| BadRequest(format!("the body is not a valid command: {e}")))?;
+    let mut metadata = match uuid(header::COMMAND_ID)? {
+        Some(id) => CommandMetadata::root_with_id(id),
+        None => CommandMetadata::root(),
+    };
+    if let Some(correlation) = uuid(header::CORRELATION_ID)? {
+        metadata.correlation_id = correlation;
+    }
+    metadata.causation_id = uuid(header::CAUSATION_ID)?;
+    metadata.tenant = text(header::TENANT);
+    metadata.actor = text(header::ACTOR);
+    metadata.trace = text(header::TRACEPARENT);
+    metadata.idempotency_key = text(header::IDEMPOTENCY_KEY);
+    metadata.expected_version = text(header::EXPECTED_VERSION)
+        .map(|v| {
+            v.parse().map_err(|e| {
+                BadRequest(format!(
+                    "header {} is not a version number ({v:?}): {e}",
+                    header::EXPECTED_VERSION
+                ))
+            })
+        })
+        .transpose()?;
+    for (name, values) in headers.iter() {
+        let name: &str = name.as_ref();
+        if let Some(key) = name.strip_prefix(header::EXTRA_PREFIX)
+            && let Some(value) = values.first()
+        {
+            metadata
+                .extra
+                .insert(key.to_owned(), value.as_str().to_owned());
+        }
+    }
+    Ok((aggregate_id, command, metadata))
+}
+
+/// Why a command service could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandServiceError {
+    /// The aggregate type or context cannot be a subject token.
+    #[error(
+        "`{0}` cannot be a subject token: use letters, digits, `-` and `_` for contexts and aggregate types"
+    )]
+    InvalidName(String),
+    /// Subscribing failed.
+    #[error("could not subscribe to `{subject}`: {source}")]
+    Subscribe {
+        /// The subject.
+        subject: String,
+        /// The client's error.
+        #[source]
+        source: async_nats::SubscribeError,
+    },
+    /// The subscription could not be confirmed with the server.
+    #[error("could not confirm the subscription with the server: {0}")]
+    Flush(#[source] async_nats::client::FlushError),
+}
+
+/// Serves commands for aggregate `A` from NATS requests.
+#[derive(Debug)]
+pub struct CommandService<A: Aggregate, S> {
+    repository: Repository<A, S>,
+    client: async_nats::Client,
+    context: String,
+    concurrency: usize,
+}
+
+/// A running command service; dropping it does not stop it, [`stop`](Self::stop) does.
+#[derive(Debug)]
+pub struct ServiceHandle {
+    task: JoinHandle<()>,
+    subject: String,
+}
+
+impl ServiceHandle {
+    /// The subject served.
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// Stops serving (requests in flight are abandoned; their clients time out and may resend).
+    pub async fn stop(self) {
+        self.task.abort();
+        let _aborted = self.task.await;
+    }
+}
+
+fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl<A, S> CommandService<A, S>
+where
+    A: Aggregate,
+    A::Command: DeserializeOwned,
+    S: EventStore + Clone,
+{
+    /// A service for aggregate `A` of bounded context `context`, running commands through
+    /// `repository`; handles up to 64 requests at once.
+    pub fn new(
+        client: async_nats::Client,
+        context: impl Into<String>,
+        repository: Repository<A, S>,
+    ) -> Self {
+        Self {
+            repository,
+            client,
+            context: context.into(),
+            concurrency: 64,
+        }
+    }
+
+    /// Handles up to `concurrency` requests at once.
+    pub fn with_concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
+    }
+
+    /// Subscribes in the queue group `cqrs-<context>-<AggregateType>` and serves in the
+    /// background. Returns once the subscription is confirmed by the server, so requests sent
+    /// afterwards are served.
+    pub async fn spawn(self) -> Result<ServiceHandle, CommandServiceError> {
+        for name in [self.context.as_str(), A::TYPE] {
+            if !is_token(name) {
+                return Err(CommandServiceError::InvalidName(name.to_owned()));
+            }
+        }
+        let subject = command_subject(&self.context, A::TYPE);
+        let queue = format!("cqrs-{}-{}", self.context, A::TYPE);
+        let mut requests = self
+            .client
+            .queue_subscribe(subject.clone(), queue)
+            .await
+            .map_err(|source| CommandServiceError::Subscribe {
+                subject: subject.clone(),
+                source,
+            })?;
+        self.client
+            .flush()
+            .await
+            .map_err(CommandServiceError::Flush)?;
+        let limit = Arc::new(Semaphore::new(self.concurrency));
+        let repository = Arc::new(self.repository);
+        let client = self.client;
+        let task = tokio::spawn(async move {
+            while let Some(request) = requests.next().await {
+                let Ok(permit) = Arc::clone(&limit).acquire_owned().await else {
+                    return;
+                };
+                let repository = Arc::clone(&repository);
+                let client = client.clone();
+                tokio::spawn(async move {
+                    serve_one(&repository, &client, request).await;
+                    drop(permit);
+                });
+            }
+        });
+        Ok(ServiceHandle { task, subject })
+    }
+}
+
+async fn serve_one<A, S>(
+    repository: &Arc<Repository<A, S>>,
+    client: &async_nats::Client,
+    request: Message,
+) where
+    A: Aggregate,
+    A::Command: DeserializeOwned,
+    S: EventStore + Clone,
+{
+    let Some(reply_to) = request.reply.clone() else {
+        tracing::warn!(subject = %request.subject, "command without a reply subject ignored; send commands as requests");
+        return;
+    };
+    // Run the command in its own task so that a panicking handler becomes an error reply and
+    // never takes the service down.
+    let outcome = {
+        let repository = Arc::clone(repository);
+        tokio::spawn(async move { handle(&repository, &request).await }).await
+    };
+    let reply = outcome.unwrap_or_else(|panic| CommandReply::Failed {
+        kind: FailureKind::Internal,
+        message: format!("the command handler panicked: {panic}"),
+    });
+    let body = match serde_json::to_vec(&reply) {
+        Ok(body) => body,
+        Err(error) => {
+            tracing::error!(%error, "command reply does not serialise");
+            return;
+        }
+    };
+    if let Err(error) = client.publish(reply_to, body.into()).await {
+        tracing::warn!(%error, "could not send the command reply");
+    }
+}
+
+async fn handle<A, S>(repository: &Repository<A, S>, request: &Message) -> CommandReply
+where
+    A: Aggregate,
+    A::Command: DeserializeOwned,
+    S: EventStore + Clone,
+{
+    let (aggregate_id, command, metadata) =
+        match parse_request::<A::Command>(request.headers.as_ref(), &request.payload) {
+            Ok(parsed) => parsed,
+            Err(BadRequest(message)) => {
+                tracing::debug!(%message, "bad command request");
+                return CommandReply::Failed {
+                    kind: FailureKind::BadRequest,
+                    message,
+                };
+            }
+        };
+    match repository.execute(&aggregate_id, command, metadata).await {
+        Ok(events) => CommandReply::Committed(CommandReceipt {
+            version: events.last().map(|e| e.version),
+            position: events.last().map(|e| e.position),
+            event_ids: events.iter().map(|e| e.event_id).collect(),
+            aggregate_id,
+        }),
+        Err(error) => {
+            let kind = match &error {
+                CommandError::Rejected(_) => FailureKind::Rejected,
+                CommandError::InvalidTransition(_) => FailureKind::InvalidTransition,
+                CommandError::Store(store) if store.is_conflict() => FailureKind::Conflict,
+                CommandError::Store(store) if store.is_retryable() => FailureKind::Unavailable,
+                CommandError::Store(cqrs_core::StoreError::InvalidInput { .. }) => {
+                    FailureKind::BadRequest
+                }
+                _ => FailureKind::Internal,
+            };
+            CommandReply::Failed {
+                kind,
+                message: error.to_string(),
+            }
+        }
+    }
+}
