@@ -25,4 +25,9 @@ fi
 export NATS_SERVER_BIN="$bin"
 "$NATS_SERVER_BIN" --version >&2
 
-cargo test --workspace "$@"
+# With arguments (`-p cqrs-tests`, a test name, ...) only what they select runs.
+if [ "$#" -gt 0 ]; then
+  cargo test "$@"
+else
+  cargo test --workspace
+fi

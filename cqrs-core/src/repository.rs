@@ -126,14 +126,6 @@ impl<A: Clone> AggregateCache<A> {
             }
         }
     }
-
-    fn forget(&self, stream: &StreamId) {
-        let mut guard = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        let (map, order) = &mut *guard;
-        if map.remove(stream).is_some() {
-            order.retain(|s| s != stream);
-        }
-    }
 }
 
 impl<A: Aggregate, S: EventStore> Repository<A, S> {
@@ -173,8 +165,11 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         self
     }
 
-    /// Keeps up to `capacity` recently used aggregates in memory; a load then reads only the
-    /// events appended since.
+    /// Keeps up to `capacity` recently used aggregates in memory. A load then reads only the
+    /// events appended since, and a command first decides on the cached state without asking
+    /// the store (one round trip per command); should another writer have moved the aggregate
+    /// on, the append's version check catches it and the command is decided again on the newer
+    /// state — this costs no conflict retry, since the caller's expectation was not at fault.
     pub fn with_cache(mut self, capacity: usize) -> Self {
         self.cache = Some(Arc::new(AggregateCache {
             capacity: capacity.max(1),
@@ -282,32 +277,49 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     ) -> Result<Vec<EventEnvelope<A::Event>>, CommandError<A::Error>> {
         let key = metadata.idempotency_key();
         let mut attempt = 0;
+        // The first attempt may decide on a cached state without asking the store: one round
+        // trip per command. The store's version check makes that safe — a stale cache shows up
+        // as a conflict or a refusal, and then the state is brought up to date and the command
+        // decided again, which costs no retry because the caller's expectation was not at fault.
+        let mut trust_cache = true;
         loop {
-            let loaded = self.load(stream).await?;
-            if A::STATE_MACHINE && loaded.state.declared_target(&command).is_none() {
-                // A retry of a command that already succeeded may find the state moved on.
-                if let Some(original) = self.store.find_commit(stream, &key).await? {
-                    return decode_committed::<A>(&original);
-                }
-                return Err(CommandError::InvalidTransition(InvalidTransition {
+            let cached = trust_cache
+                .then(|| self.cached(stream, metadata.expected_version))
+                .flatten();
+            let from_cache = cached.is_some();
+            let loaded = match cached {
+                Some(cached) => cached,
+                None => self.load(stream).await?,
+            };
+            trust_cache = false;
+            let refusal = if A::STATE_MACHINE && loaded.state.declared_target(&command).is_none() {
+                Some(CommandError::InvalidTransition(InvalidTransition {
                     aggregate: A::TYPE,
                     state: loaded.state.state_name(),
                     command: A::command_name(&command),
-                }));
-            }
-            let decided = {
+                }))
+            } else {
+                None
+            };
+            let decided = if let Some(refusal) = refusal {
+                Err(refusal)
+            } else {
                 let _decide =
                     tracing::debug_span!("cqrs.decide", version = loaded.version()).entered();
-                loaded.state.decide(command.clone())
+                loaded
+                    .state
+                    .decide(command.clone())
+                    .map_err(CommandError::Rejected)
             };
             let events = match decided {
                 Ok(events) => events,
+                Err(_) if from_cache => continue,
                 // A retry of a command that already succeeded may be refused by the state it
                 // produced: answer with the original outcome instead.
-                Err(rejection) => {
+                Err(refusal) => {
                     return match self.store.find_commit(stream, &key).await? {
                         Some(original) => decode_committed::<A>(&original),
-                        None => Err(CommandError::Rejected(rejection)),
+                        None => Err(refusal),
                     };
                 }
             };
@@ -345,11 +357,12 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                     return Ok(envelopes);
                 }
                 Err(error) if error.is_conflict() => {
-                    if let Some(cache) = &self.cache {
-                        cache.forget(stream);
-                    }
                     if let Some(original) = self.store.find_commit(stream, &key).await? {
                         return decode_committed::<A>(&original);
+                    }
+                    if from_cache {
+                        tracing::debug!("cached state was stale; loading newer events");
+                        continue;
                     }
                     if metadata.expected_version.is_some() || attempt >= self.conflict_retries {
                         return Err(error.into());
@@ -360,6 +373,14 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 Err(error) => return Err(error.into()),
             }
         }
+    }
+
+    /// The cached state of `stream`, if it can serve a command expecting `expected_version`.
+    fn cached(&self, stream: &StreamId, expected_version: Option<u64>) -> Option<Loaded<A>> {
+        self.cache
+            .as_ref()
+            .and_then(|cache| cache.get(stream))
+            .filter(|cached| expected_version.is_none_or(|v| v == cached.version()))
     }
 
     /// Updates the cache and takes a snapshot when the commit crossed the snapshot interval.

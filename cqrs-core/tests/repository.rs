@@ -13,7 +13,7 @@ use cqrs_core::{
 };
 use futures::{StreamExt, TryStreamExt};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use time::OffsetDateTime;
 
 type Repo = Repository<Wallet, InMemoryEventStore>;
@@ -308,6 +308,7 @@ async fn domain_rejection_is_typed() {
 struct RacingStore {
     inner: InMemoryEventStore,
     raced: Arc<AtomicBool>,
+    loads: Arc<AtomicU32>,
 }
 
 impl EventStore for RacingStore {
@@ -337,6 +338,7 @@ impl EventStore for RacingStore {
         stream: &StreamId,
         from: u64,
     ) -> Result<cqrs_core::EventStream, StoreError> {
+        self.loads.fetch_add(1, Ordering::SeqCst);
         self.inner.load(stream, from).await
     }
     async fn stream_position(
@@ -360,15 +362,17 @@ impl EventStore for RacingStore {
     }
 }
 
-async fn racing_repo(retries: u32) -> Repository<Wallet, RacingStore> {
+async fn racing_repo(retries: u32, cache: bool) -> Repository<Wallet, RacingStore> {
     let inner = InMemoryEventStore::new();
     let store = RacingStore {
         inner: inner.clone(),
         raced: Arc::new(AtomicBool::new(true)),
+        loads: Arc::new(AtomicU32::new(0)),
     };
-    let repo = Repository::new(store.clone())
-        .with_conflict_retries(retries)
-        .with_cache(16);
+    let mut repo = Repository::new(store.clone()).with_conflict_retries(retries);
+    if cache {
+        repo = repo.with_cache(16);
+    }
     repo.execute("w1", Cmd::Open, CommandMetadata::root())
         .await
         .unwrap();
@@ -378,7 +382,7 @@ async fn racing_repo(retries: u32) -> Repository<Wallet, RacingStore> {
 
 #[tokio::test]
 async fn conflict_is_retried_when_allowed() {
-    let repo = racing_repo(1).await;
+    let repo = racing_repo(1, false).await;
     let committed = repo
         .execute("w1", Cmd::Credit(1), CommandMetadata::root())
         .await
@@ -390,14 +394,81 @@ async fn conflict_is_retried_when_allowed() {
 
 #[tokio::test]
 async fn conflict_is_reported_when_retries_are_exhausted() {
-    let repo = racing_repo(0).await;
+    let repo = racing_repo(0, false).await;
     let err = repo
         .execute("w1", Cmd::Credit(1), CommandMetadata::root())
         .await
         .unwrap_err();
     assert!(err.is_conflict(), "{err}");
-    // The cache did not keep the stale state: the racing credit is visible.
     assert_eq!(repo.load(&wallet("w1")).await.unwrap().state.balance, 100);
+}
+
+#[tokio::test]
+async fn warm_cache_decides_without_loading() {
+    let repo = racing_repo(0, true).await;
+    repo.store().raced.store(true, Ordering::SeqCst);
+    let loads_before = repo.store().loads.load(Ordering::SeqCst);
+    repo.execute("w1", Cmd::Credit(1), CommandMetadata::root())
+        .await
+        .unwrap();
+    repo.execute("w1", Cmd::Credit(2), CommandMetadata::root())
+        .await
+        .unwrap();
+    assert_eq!(repo.store().loads.load(Ordering::SeqCst), loads_before);
+    assert_eq!(repo.load(&wallet("w1")).await.unwrap().state.balance, 3);
+}
+
+#[tokio::test]
+async fn stale_cache_is_caught_by_the_store_and_decided_again_without_a_retry() {
+    // No conflict retries allowed, yet the race against the cached state is not the caller's
+    // conflict: the command is decided again on the newer state.
+    let repo = racing_repo(0, true).await;
+    let committed = repo
+        .execute("w1", Cmd::Credit(1), CommandMetadata::root())
+        .await
+        .unwrap();
+    assert_eq!(committed[0].version, 3);
+    assert_eq!(repo.load(&wallet("w1")).await.unwrap().state.balance, 101);
+}
+
+#[tokio::test]
+async fn refusal_on_a_stale_cache_is_checked_against_the_newer_state() {
+    let store = InMemoryEventStore::new();
+    let cached = Repo::new(store.clone()).with_cache(8);
+    let other = Repo::new(store.clone());
+    cached
+        .execute("w1", Cmd::Open, CommandMetadata::root())
+        .await
+        .unwrap();
+    // Another process credits the wallet; the cache still says balance 0.
+    other
+        .execute("w1", Cmd::Credit(50), CommandMetadata::root())
+        .await
+        .unwrap();
+    let debited = cached
+        .execute("w1", Cmd::Debit(30), CommandMetadata::root())
+        .await
+        .unwrap();
+    assert_eq!(debited[0].version, 3);
+    // A genuine refusal is still a refusal.
+    let err = cached
+        .execute("w1", Cmd::Debit(30), CommandMetadata::root())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CommandError::Rejected(WalletError::InsufficientFunds)),
+        "{err}"
+    );
+    // A pinned expected version that the cache does not match is loaded, not guessed.
+    let err = cached
+        .execute(
+            "w1",
+            Cmd::Credit(1),
+            CommandMetadata::root().with_expected_version(2),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.is_conflict(), "{err}");
 }
 
 #[tokio::test]

@@ -343,9 +343,11 @@ pub enum CommandServiceError {
         #[source]
         source: async_nats::SubscribeError,
     },
-    /// The subscription could not be confirmed with the server.
-    #[error("could not confirm the subscription with the server: {0}")]
-    Flush(#[source] async_nats::client::FlushError),
+    /// The server did not confirm the subscription in time.
+    #[error(
+        "the server did not confirm the command subscription within 10 s; check the connection"
+    )]
+    NotConfirmed,
 }
 
 /// Serves commands for aggregate `A` from NATS requests.
@@ -361,6 +363,8 @@ pub struct CommandService<A: Aggregate, S> {
 #[derive(Debug)]
 pub struct ServiceHandle {
     task: JoinHandle<()>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    client: async_nats::Client,
     subject: String,
 }
 
@@ -370,10 +374,14 @@ impl ServiceHandle {
         &self.subject
     }
 
-    /// Stops serving (requests in flight are abandoned; their clients time out and may resend).
+    /// Stops serving, gracefully: leaves the queue group (confirmed by the server, so no new
+    /// request is routed here), answers the requests already received, then returns.
     pub async fn stop(self) {
-        self.task.abort();
-        let _aborted = self.task.await;
+        let _ = self.shutdown.send(true);
+        let _finished = self.task.await;
+        if confirm_with_server(&self.client).await.is_err() {
+            tracing::warn!(subject = %self.subject, "could not confirm leaving the queue group");
+        }
     }
 }
 
@@ -430,27 +438,77 @@ where
                 subject: subject.clone(),
                 source,
             })?;
-        self.client
-            .flush()
-            .await
-            .map_err(CommandServiceError::Flush)?;
+        confirm_with_server(&self.client).await?;
+        let concurrency = u32::try_from(self.concurrency).unwrap_or(u32::MAX);
         let limit = Arc::new(Semaphore::new(self.concurrency));
         let repository = Arc::new(self.repository);
         let client = self.client;
-        let task = tokio::spawn(async move {
-            while let Some(request) = requests.next().await {
-                let Ok(permit) = Arc::clone(&limit).acquire_owned().await else {
-                    return;
-                };
-                let repository = Arc::clone(&repository);
-                let client = client.clone();
-                tokio::spawn(async move {
-                    serve_one(&repository, &client, request).await;
-                    drop(permit);
-                });
-            }
-        });
-        Ok(ServiceHandle { task, subject })
+        let (shutdown, mut stopping) = tokio::sync::watch::channel(false);
+        let task = {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let mut draining = false;
+                loop {
+                    let request = tokio::select! {
+                        request = requests.next() => request,
+                        _ = stopping.changed(), if !draining => {
+                            draining = true;
+                            // Unsubscribe, but still read what the server already sent us.
+                            if let Err(error) = requests.drain().await {
+                                tracing::warn!(%error, "could not leave the command queue group");
+                                break;
+                            }
+                            continue;
+                        }
+                    };
+                    let Some(request) = request else { break };
+                    let Ok(permit) = Arc::clone(&limit).acquire_owned().await else {
+                        break;
+                    };
+                    let repository = Arc::clone(&repository);
+                    let client = client.clone();
+                    tokio::spawn(async move {
+                        serve_one(&repository, &client, request).await;
+                        drop(permit);
+                    });
+                }
+                // Wait for the requests in flight.
+                let _all = limit.acquire_many(concurrency).await;
+            })
+        };
+        Ok(ServiceHandle {
+            task,
+            shutdown,
+            client,
+            subject,
+        })
+    }
+}
+
+/// Returns once the server has processed everything this connection sent before: a message
+/// to our own fresh inbox comes back only after the server handled the earlier subscriptions
+/// (it processes a connection's protocol in order). `flush` alone only empties the socket buffer.
+async fn confirm_with_server(client: &async_nats::Client) -> Result<(), CommandServiceError> {
+    let inbox = client.new_inbox();
+    let mut echo =
+        client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|source| CommandServiceError::Subscribe {
+                subject: inbox.clone(),
+                source,
+            })?;
+    let confirmed = async {
+        client
+            .publish(inbox.clone(), Vec::new().into())
+            .await
+            .ok()?;
+        client.flush().await.ok()?;
+        echo.next().await
+    };
+    match tokio::time::timeout(Duration::from_secs(10), confirmed).await {
+        Ok(Some(_)) => Ok(()),
+        _ => Err(CommandServiceError::NotConfirmed),
     }
 }
 

@@ -59,7 +59,7 @@ pub enum Order {
 }
 
 /// What can be asked of an order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OrderCommand {
     /// Submit the order.
     Submit {
