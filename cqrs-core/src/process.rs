@@ -46,7 +46,9 @@ pub trait CommandDispatcher<C>: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
 }
 
-/// The commands a process manager issues for one event, with their metadata.
+/// The commands a process manager issues for one event, with their metadata: the event's
+/// correlation id and tenant, `causation_id` = the event id, a command id derived from (process
+/// manager, event id, index), and actor `process:<NAME>`.
 pub fn reactions<PM: ProcessManager>(
     event: &RecordedEvent,
     commands: Vec<PM::Command>,
@@ -54,8 +56,10 @@ pub fn reactions<PM: ProcessManager>(
     (0u32..)
         .zip(commands)
         .map(|(index, command)| {
+            // The process manager, not the user behind the triggering event, issues it.
             let metadata =
-                CommandMetadata::reaction(PM::NAME, &event.metadata, event.event_id, index);
+                CommandMetadata::reaction(PM::NAME, &event.metadata, event.event_id, index)
+                    .with_actor(format!("process:{}", PM::NAME));
             (command, metadata)
         })
         .collect()

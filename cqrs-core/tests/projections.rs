@@ -504,6 +504,11 @@ async fn saga_commands_carry_correlation_and_causation_across_three_hops() {
         assert_eq!(event.metadata.tenant.as_deref(), Some("acme"));
     }
     assert_eq!(history[0].metadata.causation_id, Some(root.command_id));
+    assert_eq!(history[0].metadata.actor.as_deref(), Some("user:1"));
+    assert_eq!(
+        history[1].metadata.actor.as_deref(),
+        Some("process:welcome-bonus")
+    );
     assert_eq!(history[0].metadata.command_causation_id, None);
     assert_eq!(
         history[1].metadata.command_causation_id,

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bank_account;
+pub mod order_flow;
 pub mod order_fulfilment;
 
 /// The code blocks of README.md, compiled and run as doctests.
