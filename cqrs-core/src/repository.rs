@@ -356,10 +356,9 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                     self.after_commit(stream, loaded, &envelopes).await;
                     return Ok(envelopes);
                 }
+                // Stores answer a retried append with its original commit even when its expected
+                // version is stale, so a conflict here is a real one.
                 Err(error) if error.is_conflict() => {
-                    if let Some(original) = self.store.find_commit(stream, &key).await? {
-                        return decode_committed::<A>(&original);
-                    }
                     if from_cache {
                         tracing::debug!("cached state was stale; loading newer events");
                         continue;

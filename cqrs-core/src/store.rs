@@ -50,8 +50,10 @@ pub struct Snapshot {
 /// Semantics every implementation keeps (the conformance suite in `tests/` checks them):
 /// - `append` checks `expected` and writes all `events` atomically, or none;
 /// - a conflict is [`StoreError::Conflict`];
-/// - an append repeated with the same idempotency key writes nothing and returns the original
-///   events with `duplicate = true`;
+/// - an append repeated with the same idempotency key (and the same event ids, as the
+///   repository derives them from the key) writes nothing and returns the original events with
+///   `duplicate = true` — also when its expected version has gone stale meanwhile, so that a
+///   retry is never mistaken for a conflict;
 /// - versions are gapless `1..=n` per stream; positions increase store-wide in append order;
 /// - reads are lazy streams that end at the head as of the call.
 pub trait EventStore: Send + Sync + 'static {
