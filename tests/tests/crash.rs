@@ -1,0 +1,165 @@
+//! Crash durability: a nats-server with `sync_interval: always` is killed with SIGKILL in the
+//! middle of a write load and restarted on the same store directory. Writers reconnect by
+//! themselves and finish; nothing acknowledged is lost or doubled, and commands whose outcome
+//! was unknown at the crash are resolved by retrying them with the same command id.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)]
+
+use cqrs_core::{CommandError, CommandMetadata, IdempotencyKey, Repository, StreamId};
+use cqrs_nats::{JetStreamEventStore, StoreConfig};
+use cqrs_test_server::NatsServer;
+use examples::bank_account::{AccountCommand, BankAccount};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const WRITERS: usize = 4;
+const ACCOUNTS_PER_WRITER: usize = 2;
+const COMMANDS_PER_WRITER: usize = 30;
+const KILL_AFTER_ACKS: usize = 40;
+
+/// What a writer learnt: the command id of every acknowledged deposit, per account, and how
+/// many of them went through an unknown outcome or an unavailable store first.
+#[derive(Default)]
+struct Report {
+    acknowledged: BTreeMap<String, Vec<uuid::Uuid>>,
+    resolved_unknowns: usize,
+    errors: BTreeMap<String, usize>,
+}
+
+async fn write(
+    repo: Repository<BankAccount, JetStreamEventStore>,
+    writer: usize,
+    acks: Arc<AtomicUsize>,
+) -> Report {
+    let mut report = Report::default();
+    for c in 0..COMMANDS_PER_WRITER {
+        let account = format!("acc-{writer}-{}", c % ACCOUNTS_PER_WRITER);
+        let command = AccountCommand::Deposit {
+            amount: i64::try_from(c + 1).unwrap(),
+        };
+        // One command id for every attempt: a retry is recognised, never applied twice.
+        let metadata = CommandMetadata::root().with_actor(format!("writer:{writer}"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut troubled = false;
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "command {c} of writer {writer} never resolved"
+            );
+            match repo
+                .execute(&account, command.clone(), metadata.clone())
+                .await
+            {
+                Ok(_) => break,
+                Err(CommandError::Store(error)) => {
+                    // Every failure is typed; store failures during the crash are retried.
+                    troubled |= error.is_retryable();
+                    let kind = format!("{error:?}");
+                    let kind = kind.split([' ', '{', '(']).next().unwrap_or("").to_owned();
+                    *report.errors.entry(kind).or_default() += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(other) => panic!("unexpected refusal: {other}"),
+            }
+        }
+        report.resolved_unknowns += usize::from(troubled);
+        report
+            .acknowledged
+            .entry(account)
+            .or_default()
+            .push(metadata.command_id);
+        acks.fetch_add(1, Ordering::SeqCst);
+    }
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_events_survive_a_sigkill() {
+    let mut server = NatsServer::builder()
+        .config("jetstream { sync_interval: always }\n")
+        .start()
+        .await
+        .unwrap();
+    let config = StoreConfig::new("bank").request_timeout(Duration::from_secs(2));
+    let store = JetStreamEventStore::connect(server.url(), config)
+        .await
+        .unwrap();
+    let setup = Repository::<BankAccount, _>::new(store.clone());
+    for writer in 0..WRITERS {
+        for a in 0..ACCOUNTS_PER_WRITER {
+            let open = AccountCommand::Open {
+                owner: format!("w{writer}"),
+                overdraft_limit: 0,
+            };
+            setup
+                .execute(&format!("acc-{writer}-{a}"), open, CommandMetadata::root())
+                .await
+                .unwrap();
+        }
+    }
+
+    let acks = Arc::new(AtomicUsize::new(0));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let repo = Repository::<BankAccount, _>::new(store.clone())
+                .with_conflict_retries(10)
+                .with_cache(ACCOUNTS_PER_WRITER);
+            tokio::spawn(write(repo, w, Arc::clone(&acks)))
+        })
+        .collect();
+
+    // Crash the server mid-run, then bring it back on the same store directory.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acks.load(Ordering::SeqCst) < KILL_AFTER_ACKS {
+        assert!(Instant::now() < deadline, "the writers made no progress");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    server.kill();
+    let acked_at_crash = acks.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.restart().await.unwrap();
+
+    let mut reports = Vec::new();
+    for writer in writers {
+        reports.push(writer.await.expect("a writer panicked"));
+    }
+
+    let reader = Repository::<BankAccount, _>::new(store.clone());
+    let (mut acknowledged, mut present, mut lost, mut duplicated, mut resolved) = (0, 0, 0, 0, 0);
+    let mut errors: BTreeMap<String, usize> = BTreeMap::new();
+    for report in &reports {
+        resolved += report.resolved_unknowns;
+        for (kind, n) in &report.errors {
+            *errors.entry(kind.clone()).or_default() += n;
+        }
+        for (account, commands) in &report.acknowledged {
+            let history = reader
+                .history(&StreamId::new("BankAccount", account.clone()), 1)
+                .await
+                .unwrap();
+            let versions: Vec<u64> = history.iter().map(|e| e.version).collect();
+            assert_eq!(versions, (1..=history.len() as u64).collect::<Vec<_>>());
+            // The opening event plus one deposit per acknowledged command, nothing else.
+            present += history.len() - 1;
+            duplicated += (history.len() - 1).saturating_sub(commands.len());
+            for command_id in commands {
+                acknowledged += 1;
+                let event_id = IdempotencyKey::new(command_id.to_string()).event_id(0);
+                match history.iter().filter(|e| e.event_id == event_id).count() {
+                    0 => lost += 1,
+                    1 => {}
+                    n => duplicated += n - 1,
+                }
+            }
+        }
+    }
+    println!(
+        "crash: acknowledged={acknowledged} present={present} lost={lost} duplicated={duplicated} resolved_unknowns={resolved} acked_before_kill={acked_at_crash} errors={errors:?}"
+    );
+    assert_eq!(acknowledged, WRITERS * COMMANDS_PER_WRITER);
+    assert_eq!(lost, 0);
+    assert_eq!(duplicated, 0);
+    assert_eq!(present, acknowledged);
+    assert!(acked_at_crash < acknowledged, "the crash happened mid-run");
+}
