@@ -341,3 +341,18 @@ async fn a_panicking_handler_becomes_an_error_reply() {
         .unwrap();
     assert_eq!(receipt.version, Some(1));
 }
+
+#[tokio::test]
+async fn the_bank_account_walkthrough_runs_on_jetstream() {
+    let server = NatsServer::start().await.unwrap();
+    let store = JetStreamEventStore::connect(server.url(), StoreConfig::new("bank"))
+        .await
+        .unwrap();
+    let mut out = String::new();
+    examples::bank_account::demo(store, &mut out).await.unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[3], "balance: Some(-3000)", "{out}");
+    assert_eq!(lines[6], "time travel to v2: balance Some(12000)", "{out}");
+    assert_eq!(lines.len(), 11, "{out}");
+    assert!(lines[10].starts_with("  #3 v3 Withdrawn tenant=acme actor=user:alice"), "{out}");
+}
