@@ -1,25 +1,109 @@
-//! Throughput of the framework against bare async-nats on the same workload.
+//! Throughput of the framework against bare async-nats on the bank-account workload.
 //!
 //! Run with: `cargo run --release -p cqrs-nats --example bench` (needs `nats-server` on PATH or
 //! `NATS_SERVER_BIN`; `bash scripts/test.sh` installs it), or point it at a server with
-//! `NATS_URL=nats://127.0.0.1:4222`. Knobs: `ACCOUNTS` (default 200), `COMMANDS` per account
-//! (default 20), `WRITERS` (comma-separated concurrency levels, default `1,16`).
+//! `NATS_URL=nats://127.0.0.1:4222`. Knobs: `ACCOUNTS` (default 256), `COMMANDS` deposits per
+//! account (default 200), `WRITERS` (comma-separated concurrency levels, default `1,16`),
+//! `ROUNDS` (default 3), `VARIANTS` (comma-separated subset of `repository,store,bare,minimal`, the
+//! default, and `msgid`).
 //!
-//! Workload: N accounts x M deposit commands, C concurrent writers, each writer owning N / C
-//! accounts and running their commands one after another.
-//! - framework: `Repository::execute` (load with the hot-aggregate cache, decide, append with the
-//!   expected version, idempotency key, full metadata headers);
-//! - store.append: `JetStreamEventStore::append` alone (expected version tracked by the writer,
-//!   same headers), which isolates the store from the repository's load-before-decide;
-//! - bare: `jetstream.send_publish` with `Nats-Expected-Last-Subject-Sequence`, awaited ack, the
-//!   writer remembering each account's last sequence.
-#![allow(clippy::print_stdout, clippy::expect_used, clippy::cast_precision_loss)]
+//! Workload: N bank accounts, opened before the clock starts, then M deposits each; C concurrent
+//! writers, writer `w` owning accounts `w, w + C, ...` and cycling through them (one deposit per
+//! account per pass), awaiting each command before the next. Every variant of every round runs on
+//! its own fresh stream with the configuration of [`StoreConfig::stream_config`] and its own
+//! connection; the stream is deleted afterwards. Variants:
+//! - `repository`: `Repository::<BankAccount>::execute(Deposit)` with `with_cache` (decides on
+//!   the cached state, appends with the expected version, idempotency key and metadata headers);
+//! - `store.append`: `JetStreamEventStore::append` of an encoded `Deposited` event (the writer
+//!   tracks the version), i.e. the store without the repository;
+//! - `bare-same-headers`: `jetstream.send_publish` of the same subjects, payload and headers as the
+//!   framework writes (`Nats-Msg-Id`, the `Cqrs-*` headers, `Content-Type`,
+//!   `Nats-Expected-Last-Subject-Sequence`), awaited ack, the writer tracking each account's last
+//!   sequence; checked against a stored framework message before the numbers are printed;
+//! - `bare-minimal`: payload and `Nats-Expected-Last-Subject-Sequence` only, awaited ack;
+//! - `bare-msg-id` (only on request): the minimal one plus `Nats-Msg-Id`, to tell the cost of
+//!   deduplication from the cost of the other headers.
+//!
+//! Each round runs the variants in alternating order; the median round is reported, with the CPU
+//! time the client process and (when the bench started it) the server spent per event, from
+//! `/proc` (10 ms ticks; Linux only).
+#![allow(
+    clippy::print_stdout,
+    clippy::expect_used,
+    clippy::cast_precision_loss,
+    clippy::too_many_lines
+)]
 
-use cqrs_core::doc::{Counter, CounterCommand};
-use cqrs_core::{CommandMetadata, Repository};
-use cqrs_nats::async_nats::jetstream;
-use cqrs_nats::{JetStreamEventStore, StoreConfig};
+use cqrs_core::{
+    CommandMetadata, EventStore, ExpectedVersion, IdempotencyKey, NewEvent, Repository,
+    SerializedEvent, StreamId,
+};
+use cqrs_nats::async_nats::jetstream::{self, message::PublishMessage};
+use cqrs_nats::async_nats::{self, HeaderMap};
+use cqrs_nats::{JetStreamEventStore, StoreConfig, Subjects};
+use examples::bank_account::{AccountCommand, AccountEvent, BankAccount};
+use std::fmt::Write as _;
 use std::time::{Duration, Instant};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use uuid::Uuid;
+
+const ACTOR: &str = "user:bench";
+const AMOUNT: i64 = 10;
+const ACCOUNT: &str = "BankAccount";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    Repository,
+    Store,
+    BareSame,
+    BareMinimal,
+    BareMsgId,
+}
+
+impl Variant {
+    /// The variants run when `VARIANTS` is not set.
+    const DEFAULT: [Self; 4] = [
+        Self::Repository,
+        Self::Store,
+        Self::BareSame,
+        Self::BareMinimal,
+    ];
+    const ALL: [Self; 5] = [
+        Self::Repository,
+        Self::Store,
+        Self::BareSame,
+        Self::BareMinimal,
+        Self::BareMsgId,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Repository => "repository",
+            Self::Store => "store.append",
+            Self::BareSame => "bare-same-headers",
+            Self::BareMinimal => "bare-minimal",
+            Self::BareMsgId => "bare-msg-id",
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Self::Repository => "repository",
+            Self::Store => "store",
+            Self::BareSame => "bare",
+            Self::BareMinimal => "minimal",
+            Self::BareMsgId => "msgid",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Workload {
+    url: String,
+    accounts: usize,
+    commands: usize,
+}
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -28,168 +112,549 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-async fn framework(
-    url: &str,
-    context: &str,
-    accounts: usize,
-    commands: usize,
-    writers: usize,
-) -> Duration {
-    let store = JetStreamEventStore::connect(url, StoreConfig::new(context))
+/// CPU time (user + system) of process `pid` so far, from `/proc/<pid>/stat` (Linux; zero
+/// elsewhere), in clock ticks of 10 ms.
+fn cpu_ticks(pid: &str) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
+}
+
+/// One timed run: the CPU time the client and the server spent in it.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    client_ticks: u64,
+    server_ticks: u64,
+}
+
+fn account_id(account: usize) -> String {
+    format!("acc-{account}")
+}
+
+fn stream_of(account: usize) -> StreamId {
+    StreamId::new(ACCOUNT, account_id(account))
+}
+
+/// Runs `writers` tasks, writer `w` running `writer(accounts of w)`; returns the elapsed time.
+async fn drive<F>(workload: &Workload, writers: usize, writer: impl Fn(Vec<usize>) -> F) -> Duration
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let futures: Vec<F> = (0..writers)
+        .map(|w| writer((w..workload.accounts).step_by(writers).collect()))
+        .collect();
+    let server = SERVER_PID.get().map_or("", String::as_str);
+    let (client_before, server_before) = (cpu_ticks("self"), cpu_ticks(server));
+    let start = Instant::now();
+    let tasks: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    for task in tasks {
+        task.await.expect("writer");
+    }
+    let elapsed = start.elapsed();
+    *LAST_SAMPLE.lock().expect("sample") = Some(Sample {
+        client_ticks: cpu_ticks("self") - client_before,
+        server_ticks: cpu_ticks(server).saturating_sub(server_before),
+    });
+    elapsed
+}
+
+static SERVER_PID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+static LAST_SAMPLE: std::sync::Mutex<Option<Sample>> = std::sync::Mutex::new(None);
+
+async fn drop_context(client: &async_nats::Client, config: &StoreConfig) {
+    let js = jetstream::new(client.clone());
+    let _ = js.delete_stream(config.stream_name()).await;
+    let _ = js
+        .delete_stream(format!("KV_{}", config.bucket_name()))
+        .await;
+}
+
+async fn run_repository(workload: &Workload, context: &str, writers: usize) -> Duration {
+    let config = StoreConfig::new(context);
+    let store = JetStreamEventStore::connect(workload.url.as_str(), config.clone())
         .await
         .expect("connect");
-    let repo = Repository::<Counter, _>::new(store).with_cache(accounts);
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..writers)
-        .map(|w| {
-            let repo = repo.clone();
-            tokio::spawn(async move {
-                for account in (w..accounts).step_by(writers) {
-                    let id = format!("acc-{account}");
-                    for _ in 0..commands {
-                        repo.execute(
-                            &id,
-                            CounterCommand::Add(10),
-                            CommandMetadata::root().with_actor("user:bench"),
+    let repo = Repository::<BankAccount, _>::new(store.clone()).with_cache(workload.accounts);
+    for account in 0..workload.accounts {
+        repo.execute(
+            &account_id(account),
+            AccountCommand::Open {
+                owner: format!("owner {account}"),
+                overdraft_limit: 0,
+            },
+            CommandMetadata::root().with_actor(ACTOR),
+        )
+        .await
+        .expect("open");
+    }
+    let commands = workload.commands;
+    let elapsed = drive(workload, writers, |accounts| {
+        let repo = repo.clone();
+        async move {
+            let ids: Vec<String> = accounts.iter().map(|&a| account_id(a)).collect();
+            for _ in 0..commands {
+                for id in &ids {
+                    repo.execute(
+                        id,
+                        AccountCommand::Deposit { amount: AMOUNT },
+                        CommandMetadata::root().with_actor(ACTOR),
+                    )
+                    .await
+                    .expect("deposit");
+                }
+            }
+        }
+    })
+    .await;
+    drop_context(store.client(), &config).await;
+    elapsed
+}
+
+fn encode(event: &AccountEvent) -> (IdempotencyKey, NewEvent) {
+    let command = CommandMetadata::root().with_actor(ACTOR);
+    let key = command.idempotency_key();
+    let event = NewEvent::encode(event, key.event_id(0), command.event_metadata()).expect("encode");
+    (key, event)
+}
+
+async fn run_store(workload: &Workload, context: &str, writers: usize) -> Duration {
+    let config = StoreConfig::new(context);
+    let store = JetStreamEventStore::connect(workload.url.as_str(), config.clone())
+        .await
+        .expect("connect");
+    for account in 0..workload.accounts {
+        let (key, event) = encode(&AccountEvent::Opened {
+            owner: format!("owner {account}"),
+            overdraft_limit: 0,
+        });
+        store
+            .append(
+                &stream_of(account),
+                ExpectedVersion::NoStream,
+                vec![event],
+                Some(&key),
+            )
+            .await
+            .expect("open");
+    }
+    let commands = workload.commands;
+    let elapsed = drive(workload, writers, |accounts| {
+        let store = store.clone();
+        async move {
+            let streams: Vec<StreamId> = accounts.iter().map(|&a| stream_of(a)).collect();
+            for version in 1..=commands as u64 {
+                for stream in &streams {
+                    let (key, event) = encode(&AccountEvent::Deposited { amount: AMOUNT });
+                    store
+                        .append(
+                            stream,
+                            ExpectedVersion::Exact(version),
+                            vec![event],
+                            Some(&key),
                         )
                         .await
-                        .expect("execute");
-                    }
+                        .expect("append");
                 }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.expect("writer");
-    }
-    start.elapsed()
+            }
+        }
+    })
+    .await;
+    drop_context(store.client(), &config).await;
+    elapsed
 }
 
-async fn store_only(
-    url: &str,
-    context: &str,
-    accounts: usize,
-    commands: usize,
-    writers: usize,
-) -> Duration {
-    use cqrs_core::{EventStore, ExpectedVersion, IdempotencyKey, NewEvent, StreamId};
-    let store = JetStreamEventStore::connect(url, StoreConfig::new(context))
+/// The framework's headers of one event of a root command, written by hand.
+fn same_headers(version: u64, event_type: &str, expected_seq: u64) -> HeaderMap {
+    let command_id = Uuid::now_v7().to_string();
+    let recorded_at = OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .expect("format time");
+    let mut h = HeaderMap::new();
+    h.insert("Nats-Msg-Id", Uuid::now_v7().to_string().as_str());
+    h.insert("Cqrs-Event-Type", event_type);
+    h.insert("Cqrs-Schema-Version", "1");
+    h.insert("Cqrs-Aggregate-Version", version.to_string().as_str());
+    h.insert("Cqrs-Aggregate-Type", ACCOUNT);
+    h.insert("Cqrs-Correlation-Id", command_id.as_str());
+    h.insert("Cqrs-Causation-Id", command_id.as_str());
+    h.insert("Cqrs-Command-Id", command_id.as_str());
+    h.insert("Cqrs-Actor", ACTOR);
+    h.insert("Cqrs-Recorded-At", recorded_at.as_str());
+    h.insert("Content-Type", "application/json");
+    h.insert(
+        "Nats-Expected-Last-Subject-Sequence",
+        expected_seq.to_string().as_str(),
+    );
+    h
+}
+
+/// What the bare publishes carry besides the payload.
+#[derive(Debug, Clone, Copy)]
+enum Wire {
+    /// The framework's headers.
+    Same,
+    /// `Nats-Expected-Last-Subject-Sequence` only.
+    Minimal,
+    /// `Nats-Expected-Last-Subject-Sequence` and `Nats-Msg-Id` (what deduplication costs).
+    MsgId,
+}
+
+async fn run_bare(workload: &Workload, context: &str, writers: usize, wire: Wire) -> Duration {
+    let config = StoreConfig::new(context);
+    let client = async_nats::connect(workload.url.as_str())
         .await
         .expect("connect");
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..writers)
-        .map(|w| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                for account in (w..accounts).step_by(writers) {
-                    let stream = StreamId::new("Counter", format!("acc-{account}"));
-                    for version in 0..commands as u64 {
-                        let command = CommandMetadata::root().with_actor("user:bench");
-                        let key = IdempotencyKey::new(command.command_id.to_string());
-                        let event = NewEvent::encode(
-                            &cqrs_core::doc::CounterEvent::Added { amount: 10 },
-                            key.event_id(0),
-                            command.event_metadata(),
-                        )
-                        .expect("encode");
-                        store
-                            .append(
-                                &stream,
-                                ExpectedVersion::Exact(version),
-                                vec![event],
-                                Some(&key),
-                            )
-                            .await
-                            .expect("append");
-                    }
-                }
-            })
+    let js = jetstream::new(client.clone());
+    js.create_stream(config.stream_config())
+        .await
+        .expect("stream");
+    let subjects = Subjects::new(context).expect("context");
+    let subject_of = |account: usize| -> async_nats::Subject {
+        subjects
+            .aggregate(None, ACCOUNT, &account_id(account))
+            .expect("subject")
+            .into()
+    };
+    let mut heads = vec![0u64; workload.accounts];
+    for (account, head) in heads.iter_mut().enumerate() {
+        let opened = SerializedEvent::encode(&AccountEvent::Opened {
+            owner: format!("owner {account}"),
+            overdraft_limit: 0,
         })
-        .collect();
-    for task in tasks {
-        task.await.expect("writer");
+        .expect("encode");
+        let message = PublishMessage::build()
+            .payload(opened.data.into())
+            .headers(same_headers(1, &opened.event_type, 0));
+        *head = js
+            .send_publish(subject_of(account), message)
+            .await
+            .expect("publish")
+            .await
+            .expect("ack")
+            .sequence;
     }
-    start.elapsed()
+    let deposited =
+        SerializedEvent::encode(&AccountEvent::Deposited { amount: AMOUNT }).expect("encode");
+    let body = bytes::Bytes::from(deposited.data);
+    let commands = workload.commands;
+    let elapsed = drive(workload, writers, |accounts| {
+        let js = js.clone();
+        let body = body.clone();
+        let event_type = deposited.event_type.clone();
+        let subjects: Vec<async_nats::Subject> = accounts.iter().map(|&a| subject_of(a)).collect();
+        let mut last: Vec<u64> = accounts.iter().map(|&a| heads[a]).collect();
+        async move {
+            for version in 2..=commands as u64 + 1 {
+                for (subject, last) in subjects.iter().zip(last.iter_mut()) {
+                    let message = match wire {
+                        Wire::Same => PublishMessage::build()
+                            .payload(body.clone())
+                            .headers(same_headers(version, &event_type, *last)),
+                        Wire::Minimal => PublishMessage::build()
+                            .payload(body.clone())
+                            .expected_last_subject_sequence(*last),
+                        Wire::MsgId => PublishMessage::build()
+                            .payload(body.clone())
+                            .message_id(Uuid::now_v7().to_string())
+                            .expected_last_subject_sequence(*last),
+                    };
+                    *last = js
+                        .send_publish(subject.clone(), message)
+                        .await
+                        .expect("publish")
+                        .await
+                        .expect("ack")
+                        .sequence;
+                }
+            }
+        }
+    })
+    .await;
+    drop_context(&client, &config).await;
+    elapsed
 }
 
-async fn bare(
-    url: &str,
-    context: &str,
-    accounts: usize,
-    commands: usize,
-    writers: usize,
-) -> Duration {
-    let client = cqrs_nats::async_nats::connect(url).await.expect("connect");
+/// Header names and the byte sizes of headers and payload of the last message of account 0.
+async fn wire_shape(url: &str, context: &str) -> (Vec<String>, usize, usize) {
+    let client = async_nats::connect(url).await.expect("connect");
     let js = jetstream::new(client);
-    js.create_stream(jetstream::stream::Config {
-        name: format!("BARE_{}", context.to_uppercase()),
-        subjects: vec![format!("{context}.>")],
-        storage: jetstream::stream::StorageType::File,
-        ..Default::default()
-    })
-    .await
-    .expect("stream");
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..writers)
-        .map(|w| {
-            let js = js.clone();
-            let context = context.to_owned();
-            tokio::spawn(async move {
-                for account in (w..accounts).step_by(writers) {
-                    let subject = format!("{context}.Counter.acc-{account}");
-                    let mut last = 0;
-                    for _ in 0..commands {
-                        let message = jetstream::message::PublishMessage::build()
-                            .payload(br#"{"Added":{"amount":10}}"#.as_slice().into())
-                            .expected_last_subject_sequence(last);
-                        last = js
-                            .send_publish(subject.clone(), message)
-                            .await
-                            .expect("publish")
-                            .await
-                            .expect("ack")
-                            .sequence;
-                    }
-                }
-            })
-        })
+    let stream = js
+        .get_stream(StoreConfig::new(context).stream_name())
+        .await
+        .expect("stream");
+    let subject = Subjects::new(context)
+        .expect("context")
+        .aggregate(None, ACCOUNT, &account_id(0))
+        .expect("subject");
+    let message = stream
+        .get_last_raw_message_by_subject(&subject)
+        .await
+        .expect("message");
+    let mut names: Vec<String> = message
+        .headers
+        .iter()
+        .map(|(name, _)| name.to_string())
+        .filter(|name| !name.starts_with("Nats-Expected"))
         .collect();
-    for task in tasks {
-        task.await.expect("writer");
-    }
-    start.elapsed()
+    names.sort();
+    let size = message
+        .headers
+        .iter()
+        .map(|(name, values)| {
+            values
+                .iter()
+                .map(|v| AsRef::<str>::as_ref(name).len() + v.as_str().len() + 4)
+                .sum::<usize>()
+        })
+        .sum();
+    (names, size, message.payload.len())
+}
+
+/// Writes one deposit through the repository and one bare-same publish, then compares what
+/// the server stored (header names and sizes, payload size).
+async fn check_same_wire_format(url: &str) -> String {
+    let workload = Workload {
+        url: url.to_owned(),
+        accounts: 1,
+        commands: 1,
+    };
+    // Keep the streams for the comparison: run the writes, then read before dropping.
+    let framework = {
+        let config = StoreConfig::new("checkfw");
+        let store = JetStreamEventStore::connect(url, config.clone())
+            .await
+            .expect("connect");
+        let repo = Repository::<BankAccount, _>::new(store.clone());
+        for command in [
+            AccountCommand::Open {
+                owner: "owner 0".to_owned(),
+                overdraft_limit: 0,
+            },
+            AccountCommand::Deposit { amount: AMOUNT },
+        ] {
+            repo.execute(
+                &account_id(0),
+                command,
+                CommandMetadata::root().with_actor(ACTOR),
+            )
+            .await
+            .expect("execute");
+        }
+        let shape = wire_shape(url, "checkfw").await;
+        drop_context(store.client(), &config).await;
+        shape
+    };
+    let bare = {
+        let client = async_nats::connect(url).await.expect("connect");
+        let js = jetstream::new(client.clone());
+        let config = StoreConfig::new("checkbare");
+        js.create_stream(config.stream_config())
+            .await
+            .expect("stream");
+        let _ = &workload;
+        let subject = Subjects::new("checkbare")
+            .expect("context")
+            .aggregate(None, ACCOUNT, &account_id(0))
+            .expect("subject");
+        let mut last = 0;
+        for (version, event) in [
+            AccountEvent::Opened {
+                owner: "owner 0".to_owned(),
+                overdraft_limit: 0,
+            },
+            AccountEvent::Deposited { amount: AMOUNT },
+        ]
+        .iter()
+        .enumerate()
+        {
+            let encoded = SerializedEvent::encode(event).expect("encode");
+            let message = PublishMessage::build()
+                .payload(encoded.data.into())
+                .headers(same_headers(version as u64 + 1, &encoded.event_type, last));
+            last = js
+                .send_publish(subject.clone(), message)
+                .await
+                .expect("publish")
+                .await
+                .expect("ack")
+                .sequence;
+        }
+        let shape = wire_shape(url, "checkbare").await;
+        drop_context(&client, &config).await;
+        shape
+    };
+    // Same header names and payload; the sizes may differ by the RFC 3339 fraction of
+    // `Cqrs-Recorded-At`, which drops trailing zeros.
+    assert!(
+        framework.0 == bare.0 && framework.2 == bare.2 && framework.1.abs_diff(bare.1) <= 9,
+        "bare-same-headers must store what the framework stores: {framework:?} vs {bare:?}"
+    );
+    format!(
+        "{} headers of {} bytes (bare: {}) + {} byte payload per event: {}",
+        framework.0.len() + 1,
+        framework.1,
+        bare.1,
+        framework.2,
+        framework.0.join(", ")
+    )
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
 #[tokio::main]
 async fn main() {
-    let accounts = env_usize("ACCOUNTS", 200);
-    let commands = env_usize("COMMANDS", 20);
+    let accounts = env_usize("ACCOUNTS", 256);
+    let commands = env_usize("COMMANDS", 200);
+    let rounds = env_usize("ROUNDS", 3).max(1);
     let levels: Vec<usize> = std::env::var("WRITERS")
         .unwrap_or_else(|_| "1,16".to_owned())
         .split(',')
         .filter_map(|v| v.trim().parse().ok())
         .collect();
-    let (_server, url) = if let Ok(url) = std::env::var("NATS_URL") {
-        (None, url)
+    let wanted = std::env::var("VARIANTS").unwrap_or_default();
+    let variants: Vec<Variant> = if wanted.is_empty() {
+        Variant::DEFAULT.to_vec()
+    } else {
+        Variant::ALL
+            .into_iter()
+            .filter(|v| wanted.split(',').any(|w| w.trim() == v.key()))
+            .collect()
+    };
+    let (_server, url, server_bin) = if let Ok(url) = std::env::var("NATS_URL") {
+        (None, url, "external (NATS_URL)".to_owned())
     } else {
         let server = cqrs_test_server::NatsServer::start()
             .await
             .expect("start nats-server");
         let url = server.url();
-        (Some(server), url)
+        if let Some(pid) = server.pid() {
+            let _ = SERVER_PID.set(pid.to_string());
+        }
+        let bin = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server on PATH".into());
+        (Some(server), url, bin)
     };
+    let info = async_nats::connect(url.as_str())
+        .await
+        .expect("connect")
+        .server_info();
     let total = (accounts * commands) as f64;
-    println!("{accounts} accounts x {commands} commands = {total} events per run");
-    for (run, writers) in levels.into_iter().enumerate() {
-        let fw = framework(&url, &format!("fw{run}"), accounts, commands, writers).await;
-        let appends = store_only(&url, &format!("st{run}"), accounts, commands, writers).await;
-        let bare_time = bare(&url, &format!("bare{run}"), accounts, commands, writers).await;
-        let rate = |d: Duration| total / d.as_secs_f64();
-        let (fw_rate, st_rate, bare_rate) = (rate(fw), rate(appends), rate(bare_time));
-        println!(
-            "C={writers:>3}: repository {fw_rate:>8.0} cmd/s ({:.2}x)   store.append {st_rate:>8.0} ev/s ({:.2}x)   bare async-nats {bare_rate:>8.0} msg/s",
-            fw_rate / bare_rate,
-            st_rate / bare_rate
+    let stream = StoreConfig::new("<ctx>").stream_config();
+    println!("bank-account benchmark");
+    println!(
+        "  server: nats-server {} ({server_bin}), url {url}",
+        info.version
+    );
+    println!(
+        "  client: async-nats, tokio multi-thread runtime, {} cores available",
+        std::thread::available_parallelism().map_or(0, usize::from)
+    );
+    println!(
+        "  workload: {accounts} accounts opened before timing, then {commands} deposits each = {total} commands per run"
+    );
+    println!(
+        "  writers C: {levels:?}; {rounds} rounds per C, variant order alternating per round, median reported"
+    );
+    println!(
+        "  stream per run: StoreConfig::stream_config() (storage {:?}, replicas {}, allow_atomic {}, allow_direct {}, deny_delete {}, deny_purge {}, duplicate_window {:?}), fresh per variant and round, deleted after",
+        stream.storage,
+        stream.num_replicas,
+        stream.allow_atomic_publish,
+        stream.allow_direct,
+        stream.deny_delete,
+        stream.deny_purge,
+        stream.duplicate_window
+    );
+    println!(
+        "  wire format (framework == bare-same-headers, checked): {} + Nats-Expected-Last-Subject-Sequence",
+        check_same_wire_format(&url).await
+    );
+    let workload = Workload {
+        url: url.clone(),
+        accounts,
+        commands,
+    };
+    let mut run = 0usize;
+    let mut summary = String::new();
+    for &writers in &levels {
+        let mut rates: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+        let mut cpu: Vec<Vec<(f64, f64)>> = vec![Vec::new(); variants.len()];
+        for round in 0..rounds {
+            let mut order: Vec<usize> = (0..variants.len()).collect();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            let mut line = format!("  C={writers:<3} round {}:", round + 1);
+            for index in order {
+                run += 1;
+                let variant = variants[index];
+                let context = format!("bench{run}");
+                let elapsed = match variant {
+                    Variant::Repository => run_repository(&workload, &context, writers).await,
+                    Variant::Store => run_store(&workload, &context, writers).await,
+                    Variant::BareSame => run_bare(&workload, &context, writers, Wire::Same).await,
+                    Variant::BareMinimal => {
+                        run_bare(&workload, &context, writers, Wire::Minimal).await
+                    }
+                    Variant::BareMsgId => run_bare(&workload, &context, writers, Wire::MsgId).await,
+                };
+                let rate = total / elapsed.as_secs_f64();
+                rates[index].push(rate);
+                if let Some(sample) = *LAST_SAMPLE.lock().expect("sample") {
+                    let per_op = |ticks: u64| ticks as f64 * 10_000.0 / total;
+                    cpu[index].push((per_op(sample.client_ticks), per_op(sample.server_ticks)));
+                }
+                let _ = write!(
+                    line,
+                    " {} {rate:.0}/s ({:.2}s)",
+                    variant.name(),
+                    elapsed.as_secs_f64()
+                );
+            }
+            println!("{line}");
+        }
+        let medians: Vec<f64> = rates.iter().cloned().map(median).collect();
+        let index_of = |v: Variant| variants.iter().position(|&x| x == v);
+        let _ = writeln!(
+            summary,
+            "C={writers} (median of {rounds} rounds; ratio = median of the per-round ratios, variants of a round run back to back)"
         );
+        for (index, ((variant, rate), cpu)) in variants.iter().zip(&medians).zip(cpu).enumerate() {
+            let mut ratios = String::new();
+            for reference in [Variant::BareSame, Variant::BareMinimal] {
+                if let Some(r) = index_of(reference)
+                    && *variant != reference
+                {
+                    let per_round = rates[index]
+                        .iter()
+                        .zip(&rates[r])
+                        .map(|(a, b)| a / b)
+                        .collect();
+                    let _ = write!(ratios, "  {:.2}x {}", median(per_round), reference.name());
+                }
+            }
+            let client = median(cpu.iter().map(|c| c.0).collect());
+            let server = median(cpu.iter().map(|c| c.1).collect());
+            let _ = writeln!(
+                summary,
+                "  {:<18} {rate:>9.0} events/s  cpu/event: client {client:>5.1} us, server {server:>5.1} us {ratios}",
+                variant.name()
+            );
+        }
     }
+    println!("{summary}");
 }

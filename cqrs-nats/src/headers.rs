@@ -84,6 +84,60 @@ pub const EXTRA_PREFIX: &str = "Cqrs-Extra-";
 /// The payload's content type.
 pub const JSON: &str = "application/json";
 
+/// Header names as async-nats values, built at compile time (no allocation, no parsing).
+mod name {
+    use async_nats::header::HeaderName;
+
+    pub(super) const MSG_ID: HeaderName = HeaderName::from_static(super::MSG_ID);
+    pub(super) const EXPECTED_LAST_SUBJECT_SEQUENCE: HeaderName =
+        HeaderName::from_static(super::EXPECTED_LAST_SUBJECT_SEQUENCE);
+    pub(super) const BATCH_ID: HeaderName = HeaderName::from_static(super::BATCH_ID);
+    pub(super) const BATCH_SEQUENCE: HeaderName = HeaderName::from_static(super::BATCH_SEQUENCE);
+    pub(super) const BATCH_COMMIT: HeaderName = HeaderName::from_static(super::BATCH_COMMIT);
+    pub(super) const EVENT_TYPE: HeaderName = HeaderName::from_static(super::EVENT_TYPE);
+    pub(super) const SCHEMA_VERSION: HeaderName = HeaderName::from_static(super::SCHEMA_VERSION);
+    pub(super) const AGGREGATE_VERSION: HeaderName =
+        HeaderName::from_static(super::AGGREGATE_VERSION);
+    pub(super) const AGGREGATE_TYPE: HeaderName = HeaderName::from_static(super::AGGREGATE_TYPE);
+    pub(super) const CORRELATION_ID: HeaderName = HeaderName::from_static(super::CORRELATION_ID);
+    pub(super) const CAUSATION_ID: HeaderName = HeaderName::from_static(super::CAUSATION_ID);
+    pub(super) const COMMAND_ID: HeaderName = HeaderName::from_static(super::COMMAND_ID);
+    pub(super) const COMMAND_CAUSATION_ID: HeaderName =
+        HeaderName::from_static(super::COMMAND_CAUSATION_ID);
+    pub(super) const ACTOR: HeaderName = HeaderName::from_static(super::ACTOR);
+    pub(super) const TENANT: HeaderName = HeaderName::from_static(super::TENANT);
+    pub(super) const RECORDED_AT: HeaderName = HeaderName::from_static(super::RECORDED_AT);
+    pub(super) const TRACEPARENT: HeaderName = HeaderName::from_static(super::TRACEPARENT);
+    pub(super) const CONTENT_TYPE: HeaderName = HeaderName::from_static(super::CONTENT_TYPE);
+}
+
+/// The headers a writer adds to an event's own headers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Control {
+    /// `Nats-Expected-Last-Subject-Sequence`.
+    ExpectedLastSubjectSequence,
+    /// `Nats-Batch-Id`.
+    BatchId,
+    /// `Nats-Batch-Sequence`.
+    BatchSequence,
+    /// `Nats-Batch-Commit`.
+    BatchCommit,
+}
+
+impl Control {
+    fn name(self) -> (HeaderName, &'static str) {
+        match self {
+            Self::ExpectedLastSubjectSequence => (
+                name::EXPECTED_LAST_SUBJECT_SEQUENCE,
+                EXPECTED_LAST_SUBJECT_SEQUENCE,
+            ),
+            Self::BatchId => (name::BATCH_ID, BATCH_ID),
+            Self::BatchSequence => (name::BATCH_SEQUENCE, BATCH_SEQUENCE),
+            Self::BatchCommit => (name::BATCH_COMMIT, BATCH_COMMIT),
+        }
+    }
+}
+
 /// Builds headers one by one, refusing values that cannot travel in a NATS header.
 #[derive(Debug, Default)]
 pub(crate) struct HeaderBuilder {
@@ -92,14 +146,42 @@ pub(crate) struct HeaderBuilder {
 }
 
 impl HeaderBuilder {
+    /// Adds a header whose name and value come from the caller: both are checked.
     pub(crate) fn insert(&mut self, name: &str, value: &str) -> Result<(), String> {
         let header_name = HeaderName::from_str(name)
             .map_err(|_| format!("`{name}` cannot be a NATS header name"))?;
-        let header_value = HeaderValue::from_str(value)
-            .map_err(|_| format!("the value of header `{name}` contains CR or LF"))?;
-        self.wire_len += name.len() + value.len() + 4;
-        self.map.insert(header_name, header_value);
+        self.insert_named(header_name, name, value.to_owned())
+    }
+
+    /// Adds a header with a known-good name; the value is checked for CR and LF.
+    fn insert_named(
+        &mut self,
+        name: HeaderName,
+        name_text: &str,
+        value: String,
+    ) -> Result<(), String> {
+        if value.contains(['\r', '\n']) {
+            return Err(format!(
+                "the value of header `{name_text}` contains CR or LF"
+            ));
+        }
+        self.wire_len += name_text.len() + value.len() + 4;
+        self.map.insert(name, HeaderValue::from(value));
         Ok(())
+    }
+
+    /// Adds a header with a known-good name and a value made by the store (a number, a UUID, a
+    /// time, a constant), which cannot contain CR or LF.
+    fn insert_trusted(&mut self, name: HeaderName, name_text: &str, value: String) {
+        debug_assert!(!value.contains(['\r', '\n']));
+        self.wire_len += name_text.len() + value.len() + 4;
+        self.map.insert(name, HeaderValue::from(value));
+    }
+
+    /// Adds one of the writer's control headers (a number or an id made by the store).
+    pub(crate) fn control(&mut self, header: Control, value: String) {
+        let (name, text) = header.name();
+        self.insert_trusted(name, text, value);
     }
 
     /// Bytes the header block takes on the wire.
@@ -113,48 +195,78 @@ impl HeaderBuilder {
     }
 }
 
-/// The headers of one event (without the expectation and batch headers).
+/// The hyphenated lower-case text of `id`, without going through `fmt`.
+fn uuid_text(id: &Uuid) -> String {
+    let mut buffer = Uuid::encode_buffer();
+    id.hyphenated().encode_lower(&mut buffer).to_owned()
+}
+
+/// The headers of one event (without the expectation and batch headers). `recorded_at` is the
+/// RFC 3339 time of the append, formatted once for all its events.
 pub(crate) fn encode(
     event: &NewEvent,
     tenant: Option<&str>,
     aggregate_type: &str,
     version: u64,
-    recorded_at: OffsetDateTime,
+    recorded_at: &str,
 ) -> Result<HeaderBuilder, String> {
     let mut h = HeaderBuilder::default();
     let meta = &event.metadata;
-    h.insert(MSG_ID, &event.event_id.to_string())?;
-    h.insert(EVENT_TYPE, &event.payload.event_type)?;
-    h.insert(SCHEMA_VERSION, &event.payload.schema_version.to_string())?;
-    h.insert(AGGREGATE_VERSION, &version.to_string())?;
-    h.insert(AGGREGATE_TYPE, aggregate_type)?;
-    h.insert(CORRELATION_ID, &meta.correlation_id.to_string())?;
-    if let Some(id) = meta.causation_id {
-        h.insert(CAUSATION_ID, &id.to_string())?;
+    // Values made here (ids, numbers, the time, constants) cannot hold CR or LF; values from
+    // the caller are checked.
+    h.insert_trusted(name::MSG_ID, MSG_ID, uuid_text(&event.event_id));
+    h.insert_named(
+        name::EVENT_TYPE,
+        EVENT_TYPE,
+        event.payload.event_type.clone(),
+    )?;
+    h.insert_trusted(
+        name::SCHEMA_VERSION,
+        SCHEMA_VERSION,
+        event.payload.schema_version.to_string(),
+    );
+    h.insert_trusted(
+        name::AGGREGATE_VERSION,
+        AGGREGATE_VERSION,
+        version.to_string(),
+    );
+    h.insert_named(
+        name::AGGREGATE_TYPE,
+        AGGREGATE_TYPE,
+        aggregate_type.to_owned(),
+    )?;
+    h.insert_trusted(
+        name::CORRELATION_ID,
+        CORRELATION_ID,
+        uuid_text(&meta.correlation_id),
+    );
+    if let Some(id) = &meta.causation_id {
+        h.insert_trusted(name::CAUSATION_ID, CAUSATION_ID, uuid_text(id));
     }
-    if let Some(id) = meta.command_id {
-        h.insert(COMMAND_ID, &id.to_string())?;
+    if let Some(id) = &meta.command_id {
+        h.insert_trusted(name::COMMAND_ID, COMMAND_ID, uuid_text(id));
     }
-    if let Some(id) = meta.command_causation_id {
-        h.insert(COMMAND_CAUSATION_ID, &id.to_string())?;
+    if let Some(id) = &meta.command_causation_id {
+        h.insert_trusted(
+            name::COMMAND_CAUSATION_ID,
+            COMMAND_CAUSATION_ID,
+            uuid_text(id),
+        );
     }
     if let Some(actor) = &meta.actor {
-        h.insert(ACTOR, actor)?;
+        h.insert_named(name::ACTOR, ACTOR, actor.clone())?;
     }
     // Informational only (the subject token is authoritative): left out when it cannot travel.
     if let Some(tenant) = tenant
         && !tenant.contains(['\r', '\n'])
     {
-        h.insert(TENANT, tenant)?;
+        h.insert_trusted(name::TENANT, TENANT, tenant.to_owned());
     }
-    let recorded = recorded_at
-        .format(&Rfc3339)
-        .map_err(|e| format!("recorded-at time cannot be formatted: {e}"))?;
-    h.insert(RECORDED_AT, &recorded)?;
+    h.insert_trusted(name::RECORDED_AT, RECORDED_AT, recorded_at.to_owned());
     if let Some(trace) = &meta.trace {
-        h.insert(TRACEPARENT, trace)?;
+        h.insert_named(name::TRACEPARENT, TRACEPARENT, trace.clone())?;
     }
-    h.insert(CONTENT_TYPE, JSON)?;
+    h.insert_trusted(name::CONTENT_TYPE, CONTENT_TYPE, JSON.to_owned());
     for (key, value) in &meta.extra {
         if key.is_empty() {
             return Err("extra metadata keys cannot be empty".to_owned());
@@ -162,6 +274,13 @@ pub(crate) fn encode(
         h.insert(&format!("{EXTRA_PREFIX}{key}"), value)?;
     }
     Ok(h)
+}
+
+/// `at` in RFC 3339, in UTC. Formatted once per append, not once per event.
+pub(crate) fn rfc3339(at: OffsetDateTime) -> Result<String, String> {
+    at.to_offset(time::UtcOffset::UTC)
+        .format(&Rfc3339)
+        .map_err(|e| format!("recorded-at time cannot be formatted: {e}"))
 }
 
 fn header<'a>(message: &'a StreamMessage, name: &str) -> Option<&'a str> {
@@ -244,4 +363,18 @@ pub(crate) fn decode(
             data: message.payload.to_vec(),
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_refused() {
+        let mut h = HeaderBuilder::default();
+        assert!(h.insert("Cqrs-Extra-x", "a\r\nb").is_err());
+        assert!(h.insert("bad:name", "v").is_err());
+        h.control(Control::BatchCommit, "1".to_owned());
+        assert_eq!(h.wire_len(), 12 + BATCH_COMMIT.len() + 1 + 4);
+    }
 }

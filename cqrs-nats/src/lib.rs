@@ -13,16 +13,24 @@
 //! - [`store`]: the store, its provisioning and its append/load algorithms.
 //! - [`command`]: commands over NATS request/reply — a service in a queue group and a typed
 //!   client.
+//! - [`projection`]: projections on durable pull consumers (checkpoints, retries, parking,
+//!   pinned failover, rebuilds, time travel); [`deadletter`]: the dead-letter stream.
+//! - [`read_model`]: a read-model store on a KV bucket with revision compare-and-set.
 #![forbid(unsafe_code)]
 
 pub mod command;
+pub mod deadletter;
 pub mod error;
 pub mod headers;
+pub mod projection;
+pub mod read_model;
 mod replies;
 pub mod store;
 pub mod subject;
 
 pub use async_nats;
 pub use error::NatsStoreError;
+pub use projection::{JetStreamProjectionHandle, JetStreamProjectionRunner, ProjectionConfig};
+pub use read_model::KvReadModelStore;
 pub use store::{JetStreamEventStore, MAX_BATCH, MIN_SERVER_VERSION, StoreConfig};
 pub use subject::{SubjectError, Subjects};

@@ -39,7 +39,7 @@
 //! [`StoreError::PermissionDenied`].
 
 use crate::error::NatsStoreError;
-use crate::headers::{self, HeaderBuilder};
+use crate::headers::{self, Control, HeaderBuilder};
 use crate::replies::Replies;
 use crate::subject::{SubjectError, Subjects};
 use async_nats::jetstream::{self, kv, stream};
@@ -791,7 +791,7 @@ struct Outgoing {
 
 impl JetStreamEventStore {
     fn check_size(&self, stream: &StreamId, outgoing: &Outgoing) -> Result<(), StoreError> {
-        let max = self.inner.client.server_info().max_payload;
+        let max = self.inner.client.max_payload();
         // Room for the expectation and batch headers added later.
         let size = outgoing.headers.wire_len() + 200 + outgoing.payload.len();
         if max > 0 && size > max {
@@ -818,6 +818,11 @@ impl JetStreamEventStore {
         after_version: u64,
         recorded_at: OffsetDateTime,
     ) -> Result<Vec<Outgoing>, StoreError> {
+        let invalid = |reason| StoreError::InvalidInput {
+            stream: stream.clone(),
+            reason,
+        };
+        let recorded_at = headers::rfc3339(recorded_at).map_err(invalid)?;
         (after_version + 1..)
             .zip(events)
             .map(|(version, event)| {
@@ -826,12 +831,9 @@ impl JetStreamEventStore {
                     stream.tenant.as_deref(),
                     &stream.aggregate_type,
                     version,
-                    recorded_at,
+                    &recorded_at,
                 )
-                .map_err(|reason| StoreError::InvalidInput {
-                    stream: stream.clone(),
-                    reason,
-                })?;
+                .map_err(invalid)?;
                 let outgoing = Outgoing {
                     headers,
                     payload: event.payload.data.clone(),
@@ -851,20 +853,14 @@ impl JetStreamEventStore {
         expected_seq: u64,
     ) -> Result<(u64, bool), Failure> {
         let count = outgoing.len() as u64;
-        let expected = expected_seq.to_string();
-        let with = |h: &mut HeaderBuilder, name: &str, value: &str| {
-            h.insert(name, value)
-                .map_err(|e| Failure::Backend(e.into()))
-        };
         let mut outgoing = outgoing;
         let Some(mut first) = outgoing.first_mut().map(|o| std::mem::take(&mut o.headers)) else {
             return Err(Failure::Backend("empty append".into()));
         };
-        with(
-            &mut first,
-            headers::EXPECTED_LAST_SUBJECT_SEQUENCE,
-            &expected,
-        )?;
+        first.control(
+            Control::ExpectedLastSubjectSequence,
+            expected_seq.to_string(),
+        );
         if count == 1 {
             let payload = outgoing
                 .first_mut()
@@ -875,16 +871,15 @@ impl JetStreamEventStore {
         let batch_id = Uuid::now_v7().simple().to_string();
         let mut last = None;
         for (index, message) in outgoing.into_iter().enumerate() {
-            let sequence = (index + 1).to_string();
             let mut h = if index == 0 {
                 std::mem::take(&mut first)
             } else {
                 message.headers
             };
-            with(&mut h, headers::BATCH_ID, &batch_id)?;
-            with(&mut h, headers::BATCH_SEQUENCE, &sequence)?;
+            h.control(Control::BatchId, batch_id.clone());
+            h.control(Control::BatchSequence, (index + 1).to_string());
             if index as u64 + 1 == count {
-                with(&mut h, headers::BATCH_COMMIT, "1")?;
+                h.control(Control::BatchCommit, "1".to_owned());
                 last = Some((h, message.payload));
             } else if index == 0 {
                 let request = async_nats::Request::new()

@@ -354,5 +354,8 @@ async fn the_bank_account_walkthrough_runs_on_jetstream() {
     assert_eq!(lines[3], "balance: Some(-3000)", "{out}");
     assert_eq!(lines[6], "time travel to v2: balance Some(12000)", "{out}");
     assert_eq!(lines.len(), 11, "{out}");
-    assert!(lines[10].starts_with("  #3 v3 Withdrawn tenant=acme actor=user:alice"), "{out}");
+    assert!(
+        lines[10].starts_with("  #3 v3 Withdrawn tenant=acme actor=user:alice"),
+        "{out}"
+    );
 }

@@ -1,0 +1,238 @@
+//! Projection replay throughput of the framework against a bare async-nats read of the same
+//! stream, in the same run.
+//!
+//! Run with: `cargo run --release -p cqrs-nats --example replay_bench` (needs `nats-server` on
+//! PATH or `NATS_SERVER_BIN`; `bash scripts/test.sh` installs it), or point it at a server with
+//! `NATS_URL=nats://127.0.0.1:4222`. Knobs: `EVENTS` (default 100000), `AGGREGATES` (default
+//! 1000).
+//!
+//! The stream is filled through the store itself: one atomic batch append of `EVENTS /
+//! AGGREGATES` events per aggregate, 16 appends in flight, so every message carries the full
+//! framework headers. Then, each from the first event to the head:
+//! - `catch_up`: `cqrs_core::projection::catch_up` over `read_all` (ordered consumer, decode,
+//!   filter, deliver) into a counting projection;
+//! - `replay`: `cqrs_nats::projection::replay` (ordered consumer, same decode and deliver);
+//! - `runner`: the durable projection runner (pinned pull consumer, explicit ack per event),
+//!   with one event in flight (the default, order-safe across failovers) and with 256;
+//! - bare: an async-nats ordered pull consumer counting messages, no decoding.
+//!
+//! The read-only passes (bare, `catch_up`, `replay`) run twice, interleaved; the best rate of each
+//! is printed, with its ratio to the bare read.
+#![allow(
+    clippy::print_stdout,
+    clippy::expect_used,
+    clippy::cast_precision_loss,
+    clippy::unnecessary_literal_bound
+)]
+
+use cqrs_core::projection::{RetryPolicy, catch_up};
+use cqrs_core::{
+    EventStore, ExpectedVersion, HandlerError, Metadata, NewEvent, Projection, RecordedEvent,
+    SerializedEvent, StreamId,
+};
+use cqrs_nats::async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use cqrs_nats::projection::{ReplayFrom, replay};
+use cqrs_nats::{JetStreamEventStore, JetStreamProjectionRunner, ProjectionConfig, StoreConfig};
+use futures::StreamExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Counts the events it is given.
+struct Count {
+    name: &'static str,
+    seen: Arc<AtomicU64>,
+}
+
+impl Projection for Count {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    async fn apply(&self, _event: &RecordedEvent) -> Result<(), HandlerError> {
+        self.seen.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn count(name: &'static str) -> (Count, Arc<AtomicU64>) {
+    let seen = Arc::new(AtomicU64::new(0));
+    (
+        Count {
+            name,
+            seen: Arc::clone(&seen),
+        },
+        seen,
+    )
+}
+
+async fn fill(store: &JetStreamEventStore, aggregates: usize, per_aggregate: usize) -> u64 {
+    let tasks: Vec<_> = (0..16)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut head = 0;
+                for a in (w..aggregates).step_by(16) {
+                    let events = (0..per_aggregate)
+                        .map(|i| NewEvent {
+                            event_id: cqrs_core::metadata::new_id(),
+                            payload: SerializedEvent {
+                                event_type: "Added".to_owned(),
+                                schema_version: 1,
+                                data: format!("{{\"Added\":{{\"amount\":{i}}}}}").into_bytes(),
+                            },
+                            metadata: Metadata::standalone(),
+                        })
+                        .collect();
+                    let committed = store
+                        .append(
+                            &StreamId::new("Counter", format!("c{a}")),
+                            ExpectedVersion::NoStream,
+                            events,
+                            None,
+                        )
+                        .await
+                        .expect("append");
+                    head = head.max(committed.events.last().map_or(0, |e| e.position));
+                }
+                head
+            })
+        })
+        .collect();
+    let mut head = 0;
+    for task in tasks {
+        head = head.max(task.await.expect("writer"));
+    }
+    head
+}
+
+async fn bare(store: &JetStreamEventStore, head: u64) -> u64 {
+    let stream = store
+        .jetstream()
+        .get_stream(store.stream_name())
+        .await
+        .expect("stream");
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .expect("ordered consumer");
+    let mut messages = consumer.messages().await.expect("messages");
+    let mut n = 0;
+    while let Some(message) = messages.next().await {
+        let message = message.expect("message");
+        n += 1;
+        let info = message.info().expect("info");
+        if info.stream_sequence >= head {
+            break;
+        }
+    }
+    n
+}
+
+async fn runner(
+    store: &JetStreamEventStore,
+    name: &'static str,
+    in_flight: usize,
+    head: u64,
+) -> u64 {
+    let (projection, seen) = count(name);
+    let handle = JetStreamProjectionRunner::spawn(
+        store,
+        projection,
+        ProjectionConfig::new().max_in_flight(in_flight),
+    )
+    .await
+    .expect("spawn");
+    handle
+        .wait_for(head, Duration::from_secs(600))
+        .await
+        .expect("runner reached the head");
+    handle.stop().await.expect("stop");
+    seen.load(Ordering::Relaxed)
+}
+
+#[tokio::main]
+async fn main() {
+    let events = env_usize("EVENTS", 100_000);
+    let aggregates = env_usize("AGGREGATES", 1000).max(1);
+    let per_aggregate = (events / aggregates).clamp(1, 1000);
+    let (_server, url) = if let Ok(url) = std::env::var("NATS_URL") {
+        (None, url)
+    } else {
+        let server = cqrs_test_server::NatsServer::start()
+            .await
+            .expect("start nats-server");
+        let url = server.url();
+        (Some(server), url)
+    };
+    let context = format!("replay{}", std::process::id());
+    let store = JetStreamEventStore::connect(url.as_str(), StoreConfig::new(context))
+        .await
+        .expect("connect");
+    let started = Instant::now();
+    let head = fill(&store, aggregates, per_aggregate).await;
+    println!(
+        "{aggregates} aggregates x {per_aggregate} events = {head} events, filled in {:.2?}",
+        started.elapsed()
+    );
+    let policy = RetryPolicy::default();
+    let rate = |n: u64, d: Duration| n as f64 / d.as_secs_f64();
+
+    // The read-only passes run twice, interleaved, and the best rate of each counts, to damp the
+    // noise of a shared machine.
+    let mut bare_rate: f64 = 0.0;
+    let mut catch_up_rate: f64 = 0.0;
+    let mut replay_rate: f64 = 0.0;
+    for _ in 0..2 {
+        let started = Instant::now();
+        let n = bare(&store, head).await;
+        bare_rate = bare_rate.max(rate(n, started.elapsed()));
+        assert_eq!(n, head, "bare read everything");
+
+        let (projection, seen) = count("catchup");
+        let started = Instant::now();
+        let outcome = catch_up(&store, &projection, 0, &policy)
+            .await
+            .expect("catch_up");
+        catch_up_rate = catch_up_rate.max(rate(seen.load(Ordering::Relaxed), started.elapsed()));
+        assert_eq!(outcome.applied, head);
+
+        let (projection, seen) = count("replay");
+        let started = Instant::now();
+        let outcome = replay(&store, &projection, ReplayFrom::Position(1), &policy)
+            .await
+            .expect("replay");
+        replay_rate = replay_rate.max(rate(seen.load(Ordering::Relaxed), started.elapsed()));
+        assert_eq!(outcome.applied, head);
+    }
+
+    let started = Instant::now();
+    let n = runner(&store, "runner256", 256, head).await;
+    let runner_wide_rate = rate(n, started.elapsed());
+    assert_eq!(n, head);
+
+    let started = Instant::now();
+    let n = runner(&store, "runner1", 1, head).await;
+    let runner_rate = rate(n, started.elapsed());
+    assert_eq!(n, head);
+
+    println!("bare async-nats ordered consumer      {bare_rate:>10.0} ev/s");
+    for (what, r) in [
+        ("catch_up (read_all)", catch_up_rate),
+        ("replay (ordered consumer)", replay_rate),
+        ("runner, 256 in flight", runner_wide_rate),
+        ("runner, 1 in flight (default)", runner_rate),
+    ] {
+        println!("{what:<37} {r:>10.0} ev/s  {:.2}x", r / bare_rate);
+    }
+}

@@ -1,0 +1,956 @@
+//! Projections, process managers and read models on JetStream: checkpoints, parking, malformed
+//! messages, rebuilds and time travel, two workers of one projection, sagas, read-your-writes
+//! and the KV read-model store. Each test starts its own nats-server.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::items_after_statements,
+    clippy::unnecessary_literal_bound
+)]
+
+use cqrs_core::doc::{Counter, CounterCommand, CounterEvent};
+use cqrs_core::projection::catch_up;
+use cqrs_core::read_model::{Applied, InMemoryReadModelStore, ReadModelError, apply_once};
+use cqrs_core::{
+    CommandDispatcher, CommandMetadata, EventFilter, EventStore, ExpectedVersion, HandlerError,
+    ProcessManager, ProcessManagerProjection, Projection, ReadModelStore, RecordedEvent,
+    Repository, RetryPolicy, StoreError, StreamId,
+};
+use cqrs_nats::async_nats::{self, HeaderMap, jetstream};
+use cqrs_nats::projection::{ReplayFrom, StartFrom, replay};
+use cqrs_nats::{
+    JetStreamEventStore, JetStreamProjectionRunner, KvReadModelStore, ProjectionConfig,
+};
+use cqrs_tests::{event, jetstream as fixture};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+const PATIENT: Duration = Duration::from_secs(10);
+
+fn fast_retry(max_attempts: u32) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts,
+        initial_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(5),
+    }
+}
+
+fn config(max_attempts: u32) -> ProjectionConfig {
+    ProjectionConfig::new()
+        .retry(fast_retry(max_attempts))
+        .pull_expiry(Duration::from_millis(500))
+        .priority_timeout(Duration::from_secs(2))
+}
+
+/// The `n` of an event body `{"n": n}`.
+fn amount(event: &RecordedEvent) -> Result<u64, HandlerError> {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        n: u64,
+    }
+    let body: Body =
+        serde_json::from_slice(&event.payload.data).map_err(HandlerError::from_error)?;
+    Ok(body.n)
+}
+
+/// Per aggregate id: the versions applied, with the worker that applied each.
+type Seen = HashMap<String, Vec<(u64, usize)>>;
+
+/// Sum of `n` per counter id; fails on purpose for a configured amount (a poison event) while
+/// `poison_on` is set; records the versions it applied per aggregate and who applied them.
+#[derive(Clone)]
+struct Sums<S> {
+    name: &'static str,
+    model: S,
+    poison: Option<u64>,
+    poison_on: Arc<AtomicBool>,
+    worker: usize,
+    seen: Arc<Mutex<Seen>>,
+    applied: Arc<AtomicU32>,
+}
+
+impl<S> Sums<S> {
+    fn new(name: &'static str, model: S) -> Self {
+        Self {
+            name,
+            model,
+            poison: None,
+            poison_on: Arc::new(AtomicBool::new(true)),
+            worker: 0,
+            seen: Arc::default(),
+            applied: Arc::default(),
+        }
+    }
+}
+
+impl<S: ReadModelStore<u64> + Clone> Projection for Sums<S> {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn filter(&self) -> EventFilter {
+        EventFilter::all().aggregate_type("Counter")
+    }
+
+    async fn apply(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
+        let n = amount(event)?;
+        if Some(n) == self.poison && self.poison_on.load(Ordering::SeqCst) {
+            return Err(HandlerError::new(format!("cannot book {n}")));
+        }
+        if apply_once(&self.model, &event.aggregate_id, event.position, |old| {
+            old.unwrap_or(0) + n
+        })
+        .await?
+            != Applied::AlreadyApplied
+        {
+            self.seen
+                .lock()
+                .unwrap()
+                .entry(event.aggregate_id.clone())
+                .or_default()
+                .push((event.version, self.worker));
+            self.applied.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+}
+
+async fn snapshot<S: ReadModelStore<u64>>(model: &S) -> BTreeMap<String, u64> {
+    model
+        .entries()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (k, v.value))
+        .collect()
+}
+
+/// Appends `rounds` events to each of `counters` counters, `n` = round * 10 + counter index.
+async fn write_history(store: &JetStreamEventStore, counters: usize, rounds: u64) -> u64 {
+    let mut last = 0;
+    for round in 1..=rounds {
+        for c in 0..counters {
+            let committed = store
+                .append(
+                    &StreamId::new("Counter", format!("c{c}")),
+                    ExpectedVersion::Any,
+                    vec![event("Added", round * 10 + c as u64)],
+                    None,
+                )
+                .await
+                .unwrap();
+            last = committed.events[0].position;
+        }
+    }
+    last
+}
+
+#[tokio::test]
+async fn restarted_projection_resumes_from_its_checkpoint() {
+    let f = fixture().await.unwrap();
+    let head = write_history(&f.store, 3, 10).await;
+    assert_eq!(head, 30);
+
+    // Uninterrupted run.
+    let reference = Sums::new("sums", InMemoryReadModelStore::new());
+    let outcome = catch_up(&f.store, &reference, 0, &fast_retry(1))
+        .await
+        .unwrap();
+    assert_eq!(outcome.checkpoint, head);
+
+    // A run whose handler blocks on event 16; it is stopped while it holds it: the stop
+    // finishes and acks that event and pulls no more.
+    struct Blocks {
+        inner: Sums<KvReadModelStore<u64>>,
+        entered: Arc<Semaphore>,
+        gate: Arc<Semaphore>,
+    }
+    impl Projection for Blocks {
+        fn name(&self) -> &str {
+            "sums"
+        }
+        fn filter(&self) -> EventFilter {
+            self.inner.filter()
+        }
+        async fn apply(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
+            if event.position == 16 {
+                self.entered.add_permits(1);
+                self.gate.acquire().await.unwrap().forget();
+            }
+            self.inner.apply(event).await
+        }
+    }
+    let model = KvReadModelStore::<u64>::open(f.store.jetstream(), "sums", 1)
+        .await
+        .unwrap();
+    let interrupted = Sums::new("sums", model.clone());
+    let (entered, gate) = (Arc::new(Semaphore::new(0)), Arc::new(Semaphore::new(0)));
+    let handle = JetStreamProjectionRunner::spawn(
+        &f.store,
+        Blocks {
+            inner: interrupted.clone(),
+            entered: entered.clone(),
+            gate: gate.clone(),
+        },
+        config(1),
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(PATIENT, entered.acquire())
+        .await
+        .unwrap()
+        .unwrap()
+        .forget();
+    assert_eq!(handle.checkpoint(), 15);
+    // `join!` polls the stop first (it signals at once), then opens the gate.
+    let (checkpoint, ()) = tokio::join!(handle.stop(), async { gate.add_permits(1) });
+    assert_eq!(checkpoint.unwrap(), 16);
+    assert_eq!(interrupted.applied.load(Ordering::SeqCst), 16);
+    assert_ne!(snapshot(&model).await, snapshot(&reference.model).await);
+
+    // Resumed: only the events after the checkpoint arrive, and it ends where the reference did.
+    let resumed = Sums::new("sums", model.clone());
+    let handle = JetStreamProjectionRunner::spawn(&f.store, resumed.clone(), config(1))
+        .await
+        .unwrap();
+    assert_eq!(handle.checkpoint(), 16);
+    handle.wait_for(head, PATIENT).await.unwrap();
+    assert_eq!(resumed.applied.load(Ordering::SeqCst), 14);
+    assert_eq!(snapshot(&model).await, snapshot(&reference.model).await);
+
+    // Live appends keep flowing, and read-your-writes sees them.
+    let live = write_history(&f.store, 1, 1).await;
+    handle.wait_for(live, PATIENT).await.unwrap();
+    assert_eq!(
+        snapshot(&model).await["c0"],
+        snapshot(&reference.model).await["c0"] + 10
+    );
+    assert_eq!(handle.stop().await.unwrap(), live);
+}
+
+#[tokio::test]
+async fn poison_event_is_parked_and_later_events_still_project() {
+    let f = fixture().await.unwrap();
+    let append = |id: &'static str, n: u64| {
+        let store = f.store.clone();
+        async move {
+            store
+                .append(
+                    &StreamId::new("Counter", id),
+                    ExpectedVersion::Any,
+                    vec![event("Added", n)],
+                    None,
+                )
+                .await
+                .unwrap()
+                .events[0]
+                .position
+        }
+    };
+    append("c0", 1).await;
+    let poison_position = append("c1", 13).await;
+    append("c0", 5).await;
+    let head = append("c0", 7).await;
+
+    let mut sums = Sums::new("balances", InMemoryReadModelStore::new());
+    sums.poison = Some(13);
+    struct Counting(Sums<InMemoryReadModelStore<u64>>, Arc<AtomicU32>);
+    impl Projection for Counting {
+        fn name(&self) -> &str {
+            self.0.name()
+        }
+        fn filter(&self) -> EventFilter {
+            self.0.filter()
+        }
+        async fn apply(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
+            if amount(event)? == 13 {
+                self.1.fetch_add(1, Ordering::SeqCst);
+            }
+            self.0.apply(event).await
+        }
+    }
+    let attempts = Arc::new(AtomicU32::new(0));
+    let handle = JetStreamProjectionRunner::spawn(
+        &f.store,
+        Counting(sums.clone(), attempts.clone()),
+        config(3),
+    )
+    .await
+    .unwrap();
+    handle.wait_for(head, PATIENT).await.unwrap();
+    assert_eq!(attempts.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        snapshot(&sums.model).await,
+        BTreeMap::from([("c0".into(), 13)])
+    );
+
+    // Listed from the dead-letter stream, with the error, attempts and original position.
+    let parked = handle.parked().await.unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].projection, "balances");
+    assert_eq!(parked[0].event.position, poison_position);
+    assert_eq!(parked[0].event.aggregate_id, "c1");
+    assert_eq!(parked[0].attempts, 3);
+    assert_eq!(parked[0].error, "cannot book 13");
+    let letters = handle.dead_letters().await.unwrap();
+    assert_eq!(letters[0].subject, "test.events._.Counter.c1");
+    // It sits on `<context>.deadletter.<projection>`, as a plain client sees it.
+    let client = async_nats::connect(f.server.url()).await.unwrap();
+    let raw = jetstream::new(client)
+        .get_stream("DEADLETTER_TEST")
+        .await
+        .unwrap()
+        .get_last_raw_message_by_subject("test.deadletter.balances")
+        .await
+        .unwrap();
+    assert_eq!(
+        raw.headers.get("Cqrs-Parked-Error").unwrap().as_str(),
+        "cannot book 13"
+    );
+    assert_eq!(
+        raw.headers.get("Cqrs-Parked-Sequence").unwrap().as_str(),
+        poison_position.to_string()
+    );
+
+    // Replayed while still failing: it stays parked.
+    assert_eq!(handle.replay_parked().await.unwrap(), 0);
+    assert_eq!(handle.parked().await.unwrap().len(), 1);
+    assert_eq!(attempts.load(Ordering::SeqCst), 6);
+    // After the fix it succeeds and leaves the dead-letter stream.
+    sums.poison_on.store(false, Ordering::SeqCst);
+    assert_eq!(handle.replay_parked().await.unwrap(), 1);
+    assert!(handle.parked().await.unwrap().is_empty());
+    assert_eq!(
+        snapshot(&sums.model).await,
+        BTreeMap::from([("c0".into(), 13), ("c1".into(), 13)])
+    );
+    handle.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn malformed_message_is_parked_not_looped_on() {
+    let f = fixture().await.unwrap();
+    // Another client writes garbage headers on an event subject.
+    let client = async_nats::connect(f.server.url()).await.unwrap();
+    let js = jetstream::new(client);
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "not-a-uuid");
+    headers.insert("Cqrs-Aggregate-Version", "zero");
+    let bad = js
+        .publish_with_headers("test.events._.Counter.bad", headers, "{\"n\":1}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence;
+    let head = write_history(&f.store, 2, 1).await;
+
+    let sums = Sums::new("sums", InMemoryReadModelStore::new());
+    let handle = JetStreamProjectionRunner::spawn(&f.store, sums.clone(), config(5))
+        .await
+        .unwrap();
+    handle.wait_for(head, PATIENT).await.unwrap();
+    assert_eq!(sums.applied.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        snapshot(&sums.model).await,
+        BTreeMap::from([("c0".into(), 10), ("c1".into(), 11)])
+    );
+    let letters = handle.dead_letters().await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].position, bad);
+    assert_eq!(letters[0].attempts, 1);
+    assert_eq!(letters[0].subject, "test.events._.Counter.bad");
+    assert!(
+        matches!(letters[0].event, Err(StoreError::MalformedEnvelope { position, .. }) if position == bad),
+        "{:?}",
+        letters[0].event
+    );
+    assert!(
+        letters[0].error.contains("Nats-Msg-Id"),
+        "{}",
+        letters[0].error
+    );
+    // Not a readable event: not among the parked events, and a replay skips it.
+    assert!(handle.parked().await.unwrap().is_empty());
+    assert_eq!(handle.replay_parked().await.unwrap(), 0);
+    // Acked once: nothing pending, nothing redelivered.
+    let info = f
+        .store
+        .jetstream()
+        .get_stream("EVENTS_TEST")
+        .await
+        .unwrap()
+        .consumer_info("sums")
+        .await
+        .unwrap();
+    assert_eq!((info.num_pending, info.num_ack_pending), (0, 0));
+    assert_eq!(info.num_redelivered, 0);
+    handle.stop().await.unwrap();
+
+    // A projection name must be usable as a consumer name and a subject token.
+    let bad = JetStreamProjectionRunner::spawn(
+        &f.store,
+        Sums::new("bad.name", InMemoryReadModelStore::new()),
+        config(1),
+    )
+    .await;
+    assert!(bad.is_err());
+}
+
+#[tokio::test]
+async fn rebuild_from_scratch_equals_the_live_read_model() {
+    let f = fixture().await.unwrap();
+    let live = Sums::new("sums", InMemoryReadModelStore::new());
+    let handle = JetStreamProjectionRunner::spawn(&f.store, live.clone(), config(1))
+        .await
+        .unwrap();
+    let head = write_history(&f.store, 4, 6).await;
+    handle.wait_for(head, PATIENT).await.unwrap();
+    handle.stop().await.unwrap();
+    let live_model = snapshot(&live.model).await;
+    assert_eq!(live_model.len(), 4);
+
+    // Recreate the consumer from the start, into a fresh read model.
+    let rebuilt = Sums::new("sums", InMemoryReadModelStore::new());
+    let handle = JetStreamProjectionRunner::rebuild(&f.store, rebuilt.clone(), config(1))
+        .await
+        .unwrap();
+    assert_eq!(handle.checkpoint(), 0);
+    handle.wait_for(head, PATIENT).await.unwrap();
+    assert_eq!(snapshot(&rebuilt.model).await, live_model);
+    assert_eq!(rebuilt.applied.load(Ordering::SeqCst), 24);
+
+    // Time travel through an ordered consumer leaves the live consumer alone.
+    let before = f
+        .store
+        .jetstream()
+        .get_stream("EVENTS_TEST")
+        .await
+        .unwrap()
+        .consumer_info("sums")
+        .await
+        .unwrap();
+    let from_start = Sums::new("other", InMemoryReadModelStore::new());
+    let outcome = replay(
+        &f.store,
+        &from_start,
+        ReplayFrom::Position(1),
+        &fast_retry(1),
+    )
+    .await
+    .unwrap();
+    assert_eq!((outcome.checkpoint, outcome.applied), (head, 24));
+    assert_eq!(snapshot(&from_start.model).await, live_model);
+    let tail = Sums::new("other", InMemoryReadModelStore::new());
+    let outcome = replay(&f.store, &tail, ReplayFrom::Position(21), &fast_retry(1))
+        .await
+        .unwrap();
+    assert_eq!(outcome.applied, 4);
+    assert_eq!(
+        snapshot(&tail.model).await,
+        (0..4).map(|c| (format!("c{c}"), 60 + c)).collect()
+    );
+    // From a point in time: the server's storage time of position 21.
+    let stored = f
+        .store
+        .jetstream()
+        .get_stream("EVENTS_TEST")
+        .await
+        .unwrap()
+        .get_raw_message(21)
+        .await
+        .unwrap();
+    let since = Sums::new("other", InMemoryReadModelStore::new());
+    let outcome = replay(
+        &f.store,
+        &since,
+        ReplayFrom::Time(stored.time),
+        &fast_retry(1),
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome.checkpoint, head);
+    assert!((4..=24).contains(&outcome.applied), "{}", outcome.applied);
+    let after = f
+        .store
+        .jetstream()
+        .get_stream("EVENTS_TEST")
+        .await
+        .unwrap()
+        .consumer_info("sums")
+        .await
+        .unwrap();
+    assert_eq!(after.delivered, before.delivered);
+    assert_eq!(after.ack_floor, before.ack_floor);
+    handle.stop().await.unwrap();
+
+    // A new projection built from history by a replay goes live where the replay ended.
+    let fresh = Sums::new("fresh", InMemoryReadModelStore::new());
+    let outcome = replay(&f.store, &fresh, ReplayFrom::Position(0), &fast_retry(1))
+        .await
+        .unwrap();
+    let live_from = outcome.checkpoint + 1;
+    let next = write_history(&f.store, 1, 1).await;
+    let going = JetStreamProjectionRunner::spawn(
+        &f.store,
+        fresh.clone(),
+        config(1).start_from(StartFrom::Position(live_from)),
+    )
+    .await
+    .unwrap();
+    going.wait_for(next, PATIENT).await.unwrap();
+    assert_eq!(fresh.applied.load(Ordering::SeqCst), 24 + 1);
+    let mut expected = live_model.clone();
+    *expected.get_mut("c0").unwrap() += 10;
+    assert_eq!(snapshot(&fresh.model).await, expected);
+    going.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn two_workers_never_reorder_one_aggregates_events() {
+    let f = fixture().await.unwrap();
+    let model = InMemoryReadModelStore::<u64>::new();
+    let first = Sums::new("ordered", model.clone());
+    let mut second = first.clone();
+    second.worker = 1;
+    let a = JetStreamProjectionRunner::spawn(&f.store, first.clone(), config(1))
+        .await
+        .unwrap();
+    let b = JetStreamProjectionRunner::spawn(&f.store, second, config(1))
+        .await
+        .unwrap();
+
+    // Concurrent writers on 8 counters.
+    async fn write(store: &JetStreamEventStore, from: u64, to: u64) -> u64 {
+        let writers = (0..8).map(|c| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut last = 0;
+                for n in from..to {
+                    last = store
+                        .append(
+                            &StreamId::new("Counter", format!("c{c}")),
+                            ExpectedVersion::Any,
+                            vec![event("Added", n)],
+                            None,
+                        )
+                        .await
+                        .unwrap()
+                        .events[0]
+                        .position;
+                }
+                last
+            })
+        });
+        let mut head = 0;
+        for writer in writers {
+            head = head.max(writer.await.unwrap());
+        }
+        head
+    }
+    let head = write(&f.store, 0, 10).await;
+    a.wait_for(head, PATIENT).await.unwrap();
+    b.wait_for(head, PATIENT).await.unwrap();
+
+    // Stop whichever worker was active: the other takes over.
+    let by_worker = |worker: usize| {
+        first
+            .seen
+            .lock()
+            .unwrap()
+            .values()
+            .flatten()
+            .filter(|(_, w)| *w == worker)
+            .count()
+    };
+    let (active, standby) = if by_worker(0) > 0 { (a, b) } else { (b, a) };
+    assert!(by_worker(0) == 0 || by_worker(1) == 0, "one active worker");
+    // Stopped while events keep coming: what it received but did not start goes to the other.
+    let writing = {
+        let store = f.store.clone();
+        tokio::spawn(async move { write(&store, 10, 20).await })
+    };
+    active.stop().await.unwrap();
+    writing.await.unwrap();
+    let head = write(&f.store, 20, 30).await;
+    standby.wait_for(head, PATIENT).await.unwrap();
+    standby.stop().await.unwrap();
+
+    let seen = first.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 8);
+    for (counter, applied) in &seen {
+        let versions: Vec<u64> = applied.iter().map(|(v, _)| *v).collect();
+        assert_eq!(
+            versions,
+            (1..=30).collect::<Vec<_>>(),
+            "{counter}: every event once, in order"
+        );
+    }
+    assert!(by_worker(0) > 0 && by_worker(1) > 0, "failover happened");
+    let expected: u64 = (0..30).sum();
+    assert!(
+        snapshot(&model).await.values().all(|v| *v == expected),
+        "{:?}",
+        snapshot(&model).await
+    );
+}
+
+#[tokio::test]
+async fn crashed_worker_fails_over_without_reordering() {
+    let f = fixture().await.unwrap();
+    // Short ack wait and priority timeout, so that the takeover happens within the test.
+    let quick = || {
+        config(1)
+            .ack_wait(Duration::from_millis(500))
+            .pull_expiry(Duration::from_millis(300))
+            .priority_timeout(Duration::from_secs(1))
+    };
+    struct BlocksAt {
+        inner: Sums<InMemoryReadModelStore<u64>>,
+        at: u64,
+        entered: Arc<Semaphore>,
+    }
+    impl Projection for BlocksAt {
+        fn name(&self) -> &str {
+            self.inner.name()
+        }
+        fn filter(&self) -> EventFilter {
+            self.inner.filter()
+        }
+        async fn apply(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
+            if event.position == self.at {
+                self.entered.add_permits(1);
+                std::future::pending::<()>().await;
+            }
+            self.inner.apply(event).await
+        }
+    }
+    let first = Sums::new("failover", InMemoryReadModelStore::new());
+    let mut second = first.clone();
+    second.worker = 1;
+    let head = write_history(&f.store, 3, 2).await;
+    let entered = Arc::new(Semaphore::new(0));
+    let a = JetStreamProjectionRunner::spawn(
+        &f.store,
+        BlocksAt {
+            inner: first.clone(),
+            at: head + 2,
+            entered: entered.clone(),
+        },
+        quick(),
+    )
+    .await
+    .unwrap();
+    a.wait_for(head, PATIENT).await.unwrap();
+    // The standby joins once the first runner holds the pin.
+    let b = JetStreamProjectionRunner::spawn(&f.store, second, quick())
+        .await
+        .unwrap();
+    let head = write_history(&f.store, 3, 2).await;
+    tokio::time::timeout(PATIENT, entered.acquire())
+        .await
+        .unwrap()
+        .unwrap()
+        .forget();
+    // The pinned runner dies holding an unacked event.
+    a.abort();
+    let head = write_history(&f.store, 3, 4).await.max(head);
+    b.wait_for(head, PATIENT).await.unwrap();
+    b.stop().await.unwrap();
+
+    let seen = first.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3);
+    for (counter, applied) in &seen {
+        let versions: Vec<u64> = applied.iter().map(|(v, _)| *v).collect();
+        assert_eq!(
+            versions,
+            (1..=8).collect::<Vec<_>>(),
+            "{counter}: every event once, in order"
+        );
+    }
+    // The held event (the second of the second round) was applied by the standby.
+    let c1 = &seen["c1"];
+    assert_eq!(c1[2], (3, 1));
+    assert_eq!(c1[1], (2, 0));
+}
+
+/// Bonus workflow: Added(1) -> Add(100); Added(100) -> Add(10).
+struct Bonus;
+
+impl ProcessManager for Bonus {
+    const NAME: &'static str = "bonus";
+    type State = u32;
+    type Command = (String, CounterCommand);
+
+    fn filter(&self) -> EventFilter {
+        EventFilter::all().aggregate_type("Counter")
+    }
+
+    fn react(
+        &self,
+        steps: u32,
+        event: &RecordedEvent,
+    ) -> Result<(u32, Vec<(String, CounterCommand)>), HandlerError> {
+        let id = event.aggregate_id.clone();
+        Ok(match event.payload.decode::<CounterEvent>()? {
+            CounterEvent::Added { amount: 1 } => (steps + 1, vec![(id, CounterCommand::Add(100))]),
+            CounterEvent::Added { amount: 100 } => (steps + 1, vec![(id, CounterCommand::Add(10))]),
+            CounterEvent::Added { .. } => (steps, vec![]),
+        })
+    }
+}
+
+/// Sends commands to the counter repository on JetStream.
+struct ToRepository(Repository<Counter, JetStreamEventStore>);
+
+impl CommandDispatcher<(String, CounterCommand)> for ToRepository {
+    async fn dispatch(
+        &self,
+        (id, command): (String, CounterCommand),
+        metadata: CommandMetadata,
+    ) -> Result<(), HandlerError> {
+        match self.0.execute(&id, command, metadata).await {
+            Ok(_) | Err(cqrs_core::CommandError::Rejected(_)) => Ok(()),
+            Err(error) => Err(HandlerError::from_error(error)),
+        }
+    }
+}
+
+#[tokio::test]
+async fn saga_commands_carry_correlation_and_causation_across_three_hops() {
+    let f = fixture().await.unwrap();
+    let repo = Repository::<Counter, _>::new(f.store.clone());
+    let states = KvReadModelStore::<u32>::open(f.store.jetstream(), "bonus-states", 1)
+        .await
+        .unwrap();
+    let saga = ProcessManagerProjection::new(Bonus, states.clone(), ToRepository(repo.clone()));
+    let handle = JetStreamProjectionRunner::spawn(&f.store, saga, config(3))
+        .await
+        .unwrap();
+
+    let root = CommandMetadata::root()
+        .with_tenant("acme")
+        .with_actor("user:1");
+    repo.execute("c0", CounterCommand::Add(1), root.clone())
+        .await
+        .unwrap();
+    // Add(1) -> Added(1) -> Add(100) -> Added(100) -> Add(10) -> Added(10).
+    let stream = StreamId::new("Counter", "c0").with_tenant("acme");
+    let deadline = tokio::time::Instant::now() + PATIENT;
+    let mut history = Vec::new();
+    for _ in 0..1000 {
+        history = repo.history(&stream, 1).await.unwrap();
+        if history.len() >= 3 || tokio::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(history.len(), 3, "the saga did not finish");
+    handle.wait_for(history[2].position, PATIENT).await.unwrap();
+    assert_eq!(
+        history
+            .iter()
+            .map(|e| e.payload.clone())
+            .collect::<Vec<_>>(),
+        [1, 100, 10].map(|amount| CounterEvent::Added { amount })
+    );
+    for event in &history {
+        assert_eq!(event.metadata.correlation_id, root.correlation_id);
+        assert_eq!(event.metadata.tenant.as_deref(), Some("acme"));
+    }
+    assert_eq!(history[0].metadata.causation_id, Some(root.command_id));
+    assert_eq!(history[0].metadata.command_causation_id, None);
+    assert_eq!(
+        history[1].metadata.command_causation_id,
+        Some(history[0].event_id)
+    );
+    assert_eq!(
+        history[2].metadata.command_causation_id,
+        Some(history[1].event_id)
+    );
+    assert_eq!(
+        history[1].metadata.command_id,
+        Some(
+            CommandMetadata::reaction(Bonus::NAME, &history[0].metadata, history[0].event_id, 0)
+                .command_id
+        )
+    );
+    assert_eq!(
+        history[2].metadata.command_id,
+        Some(
+            CommandMetadata::reaction(Bonus::NAME, &history[1].metadata, history[1].event_id, 0)
+                .command_id
+        )
+    );
+    // The flow's state sits in KV under the correlation id.
+    let state = states
+        .get(&root.correlation_id.to_string())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((state.value, state.position), (2, history[2].position));
+    handle.stop().await.unwrap();
+
+    // Delivering the whole history to the saga again (a rebuild) issues the same command ids:
+    // nothing new is written.
+    let again = ProcessManagerProjection::new(
+        Bonus,
+        InMemoryReadModelStore::new(),
+        ToRepository(repo.clone()),
+    );
+    let rebuilt = JetStreamProjectionRunner::rebuild(&f.store, again, config(3))
+        .await
+        .unwrap();
+    rebuilt
+        .wait_for(history[2].position, PATIENT)
+        .await
+        .unwrap();
+    assert_eq!(repo.history(&stream, 1).await.unwrap().len(), 3);
+    rebuilt.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn read_your_writes_waits_for_the_projection() {
+    let f = fixture().await.unwrap();
+    let gate = Arc::new(Semaphore::new(0));
+    struct Gated(Sums<InMemoryReadModelStore<u64>>, Arc<Semaphore>);
+    impl Projection for Gated {
+        fn name(&self) -> &str {
+            "gated"
+        }
+        fn filter(&self) -> EventFilter {
+            self.0.filter()
+        }
+        async fn apply(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
+            self.1.acquire().await.unwrap().forget();
+            self.0.apply(event).await
+        }
+    }
+    let sums = Sums::new("gated", InMemoryReadModelStore::new());
+    let handle =
+        JetStreamProjectionRunner::spawn(&f.store, Gated(sums.clone(), gate.clone()), config(1))
+            .await
+            .unwrap();
+    let first = write_history(&f.store, 1, 1).await;
+    let position = write_history(&f.store, 1, 1).await;
+    assert_eq!((first, position), (1, 2));
+
+    let err = handle
+        .wait_for(position, Duration::from_millis(50))
+        .await
+        .unwrap_err();
+    assert_eq!((err.wanted, err.reached), (position, 0));
+    gate.add_permits(1);
+    handle.wait_for(first, PATIENT).await.unwrap();
+    let err = handle
+        .wait_for(position, Duration::from_millis(50))
+        .await
+        .unwrap_err();
+    assert_eq!(err.reached, 1);
+    assert_eq!(snapshot(&sums.model).await["c0"], 10);
+    gate.add_permits(1);
+    handle.wait_for(position, PATIENT).await.unwrap();
+    // Once it returns, the read model shows the write.
+    assert_eq!(snapshot(&sums.model).await["c0"], 20);
+
+    // A position outside the projection's filter is never delivered to it: waiting for it
+    // returns once the consumer has nothing pending.
+    let other = f
+        .store
+        .append(
+            &StreamId::new("Other", "x"),
+            ExpectedVersion::Any,
+            vec![event("Added", 1)],
+            None,
+        )
+        .await
+        .unwrap()
+        .events[0]
+        .position;
+    handle.wait_for(other, PATIENT).await.unwrap();
+    assert_eq!(handle.checkpoint(), position);
+    handle.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn kv_read_model_store_compare_and_set() {
+    let f = fixture().await.unwrap();
+    let store = KvReadModelStore::<Vec<String>>::open(f.store.jetstream(), "model", 1)
+        .await
+        .unwrap();
+    assert!(store.get("k").await.unwrap().is_none());
+    let r1 = store.put("k", vec!["a".into()], 3, None).await.unwrap();
+    let err = store.put("k", vec![], 4, None).await.unwrap_err();
+    assert!(
+        matches!(err, ReadModelError::Conflict { expected: None, .. }),
+        "{err}"
+    );
+    let err = store.put("k", vec![], 4, Some(r1 + 7)).await.unwrap_err();
+    assert!(matches!(err, ReadModelError::Conflict { .. }), "{err}");
+    let r2 = store
+        .put("k", vec!["a".into(), "b".into()], 4, Some(r1))
+        .await
+        .unwrap();
+    assert!(r2 > r1);
+    let entry = store.get("k").await.unwrap().unwrap();
+    assert_eq!(
+        (entry.value, entry.position, entry.revision),
+        (vec!["a".to_owned(), "b".to_owned()], 4, r2)
+    );
+    // A stale revision after a newer write is refused.
+    let err = store.put("k", vec![], 5, Some(r1)).await.unwrap_err();
+    assert!(matches!(err, ReadModelError::Conflict { expected: Some(r), .. } if r == r1));
+
+    // Keys are arbitrary strings, listed back exactly.
+    let odd = "order.1 *>é";
+    store.put(odd, vec![], 9, None).await.unwrap();
+    store.put("", vec!["empty".into()], 9, None).await.unwrap();
+    let keys: Vec<String> = store
+        .entries()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(keys, vec![String::new(), "k".to_owned(), odd.to_owned()]);
+
+    // `apply_once` on KV: a redelivered position is skipped; racing writers both land.
+    let counts = KvReadModelStore::<u64>::open(f.store.jetstream(), "counts", 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        apply_once(&counts, "c", 1, |old| old.unwrap_or(0) + 1)
+            .await
+            .unwrap(),
+        Applied::Written(1)
+    );
+    assert_eq!(
+        apply_once(&counts, "c", 1, |old| old.unwrap_or(0) + 1)
+            .await
+            .unwrap(),
+        Applied::AlreadyApplied
+    );
+    let racers = (2..=5).map(|position| {
+        let counts = counts.clone();
+        tokio::spawn(async move {
+            apply_once(&counts, "d", position, |old| old.unwrap_or(0) + position).await
+        })
+    });
+    for racer in racers {
+        racer.await.unwrap().unwrap();
+    }
+    let d = counts.get("d").await.unwrap().unwrap();
+    // Each racer either wrote or found a higher position already there.
+    assert!(d.value >= 5 && d.position == 5, "{d:?}");
+    // A value of another shape is a codec error, not a panic.
+    let wrong = KvReadModelStore::<Vec<String>>::open(f.store.jetstream(), "counts", 1)
+        .await
+        .unwrap();
+    assert!(matches!(
+        wrong.get("c").await,
+        Err(ReadModelError::Codec { .. })
+    ));
+}
