@@ -3,15 +3,20 @@
 //! `PaymentValidated` by commanding shipment — with the correlation/causation chain of one flow.
 
 use crate::order_fulfilment::{Channel, Item, Order, OrderCommand, OrderEvent};
-use cqrs_core::projection::{InMemoryProjectionRunner, ProjectionHandle};
+use cqrs_core::projection::InMemoryProjectionRunner;
 use cqrs_core::read_model::{InMemoryReadModelStore, apply_once};
 use cqrs_core::{
     CommandDispatcher, CommandError, CommandMetadata, EventEnvelope, EventFilter, EventStore,
     HandlerError, InMemoryEventStore, ProcessManager, ProcessManagerProjection, Projection,
     ReadModelStore, RecordedEvent, Repository, RetryPolicy,
 };
+use cqrs_nats::command::{CommandClient, CommandFailure, CommandService, FailureKind};
+use cqrs_nats::{
+    JetStreamEventStore, JetStreamProjectionRunner, KvReadModelStore, ProjectionConfig, StoreConfig,
+};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
+use std::future::Future;
 use std::time::Duration;
 
 /// A command addressed to one order.
@@ -152,23 +157,116 @@ pub fn causal_chain(history: &[EventEnvelope<OrderEvent>]) -> String {
     out
 }
 
-/// The whole flow on the in-memory store, written to `out`.
-pub async fn demo(
-    out: &mut impl std::fmt::Write,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let store = InMemoryEventStore::new();
-    let orders = Repository::<Order, _>::new(store.clone()).with_cache(1_000);
-    let commands = LocalOrders(orders.clone());
-    let summaries = OrderSummaries {
-        model: InMemoryReadModelStore::new(),
-    };
-    let summary_view =
-        InMemoryProjectionRunner::spawn(&store, summaries, 0, RetryPolicy::default());
-    let saga =
-        ProcessManagerProjection::new(Shipping, InMemoryReadModelStore::new(), commands.clone());
-    let saga_runner = InMemoryProjectionRunner::spawn(&store, saga, 0, RetryPolicy::default());
+/// Why the front end's command was not applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Whether the order's state has no transition for the command.
+    pub invalid_transition: bool,
+    /// What the worker side said.
+    pub message: String,
+}
 
-    // The web side: a customer checks out.
+/// The web side: sends a command and learns the version it produced and its first event id.
+pub trait Frontend: Send + Sync {
+    /// Sends `command` for order `id`.
+    fn send(
+        &self,
+        id: &str,
+        command: OrderCommand,
+        metadata: CommandMetadata,
+    ) -> impl Future<Output = Result<(u64, uuid::Uuid), Refusal>> + Send;
+}
+
+/// In process, the front end calls the repository itself.
+impl<S: EventStore + Clone> Frontend for Repository<Order, S> {
+    async fn send(
+        &self,
+        id: &str,
+        command: OrderCommand,
+        metadata: CommandMetadata,
+    ) -> Result<(u64, uuid::Uuid), Refusal> {
+        match self.execute(id, command, metadata).await {
+            Ok(events) => match (events.last(), events.first()) {
+                (Some(last), Some(first)) => Ok((last.version, first.event_id)),
+                _ => Err(Refusal {
+                    invalid_transition: false,
+                    message: "no events".to_owned(),
+                }),
+            },
+            Err(error) => Err(Refusal {
+                invalid_transition: matches!(error, CommandError::InvalidTransition(_)),
+                message: error.to_string(),
+            }),
+        }
+    }
+}
+
+/// Over NATS, the front end is a command client and the worker a command service.
+impl Frontend for CommandClient {
+    async fn send(
+        &self,
+        id: &str,
+        command: OrderCommand,
+        metadata: CommandMetadata,
+    ) -> Result<(u64, uuid::Uuid), Refusal> {
+        match self.send::<Order>(id, &command, &metadata).await {
+            Ok(receipt) => match (receipt.version, receipt.event_ids.first()) {
+                (Some(version), Some(&first)) => Ok((version, first)),
+                _ => Err(Refusal {
+                    invalid_transition: false,
+                    message: "no events".to_owned(),
+                }),
+            },
+            Err(failure) => Err(Refusal {
+                invalid_transition: failure.kind() == Some(FailureKind::InvalidTransition),
+                message: match failure {
+                    CommandFailure::Failed { message, .. } => message,
+                    other => other.to_string(),
+                },
+            }),
+        }
+    }
+}
+
+/// The saga's commands over NATS: through the command client, like any other service.
+#[derive(Debug, Clone)]
+pub struct RemoteOrders(pub CommandClient);
+
+impl CommandDispatcher<OrderRequest> for RemoteOrders {
+    async fn dispatch(
+        &self,
+        (id, command): OrderRequest,
+        metadata: CommandMetadata,
+    ) -> Result<(), HandlerError> {
+        match self.0.send::<Order>(&id, &command, &metadata).await {
+            Ok(_) => Ok(()),
+            // Refused commands leave no events; anything else is retried.
+            Err(failure)
+                if matches!(
+                    failure.kind(),
+                    Some(FailureKind::Rejected | FailureKind::InvalidTransition)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(failure) => Err(HandlerError::from_error(failure)),
+        }
+    }
+}
+
+/// The customer's side of the flow and what it shows: checkout, payment, the shipped summary,
+/// a refused cancellation and the causal chain read back from `store`.
+async fn shop<F, M, S>(
+    frontend: &F,
+    summaries: &M,
+    store: S,
+    out: &mut impl std::fmt::Write,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    F: Frontend,
+    M: ReadModelStore<OrderSummary>,
+    S: EventStore + Clone,
+{
     let id = "order-1";
     let checkout = CommandMetadata::root().with_actor("user:ada");
     let submit = OrderCommand::Submit {
@@ -178,23 +276,26 @@ pub async fn demo(
         }],
         channel: Channel::Web,
     };
-    let submitted = orders.execute(id, submit, checkout.clone()).await?;
-    writeln!(out, "web: submitted {id} (v{})", submitted[0].version)?;
+    let (version, submitted) = frontend
+        .send(id, submit, checkout.clone())
+        .await
+        .map_err(|r| r.message)?;
+    writeln!(out, "web: submitted {id} (v{version})")?;
     // The payment step belongs to the same flow, caused by the submission.
-    let pay = CommandMetadata::caused_by(&submitted[0].metadata, submitted[0].event_id);
-    let paid = orders
-        .execute(
-            id,
-            OrderCommand::Pay {
-                payment_id: "pay-7".into(),
-            },
-            pay,
-        )
-        .await?;
-    writeln!(out, "web: payment validated (v{})", paid[0].version)?;
+    let mut pay = CommandMetadata::root().with_actor("user:ada");
+    pay.correlation_id = checkout.correlation_id;
+    pay.causation_id = Some(submitted);
+    let payment = OrderCommand::Pay {
+        payment_id: "pay-7".into(),
+    };
+    let (version, _) = frontend
+        .send(id, payment, pay)
+        .await
+        .map_err(|r| r.message)?;
+    writeln!(out, "web: payment validated (v{version})")?;
 
     // The saga ships; the summary follows. Wait for it, within bounds.
-    let summary = wait_for_status(&summary_view, id, "Shipped").await?;
+    let summary = wait_for_status(summaries, id, "Shipped").await?;
     writeln!(
         out,
         "summary: {id} {} items={} tracking={}",
@@ -204,33 +305,94 @@ pub async fn demo(
     )?;
 
     // A command that no transition allows is refused with a typed error.
-    let refused = orders
-        .execute(
-            id,
-            OrderCommand::Cancel {
-                reason: "too late".into(),
-            },
-            CommandMetadata::root(),
-        )
-        .await;
-    if let Err(CommandError::InvalidTransition(invalid)) = refused {
-        writeln!(out, "refused: {invalid}")?;
+    let cancel = OrderCommand::Cancel {
+        reason: "too late".into(),
+    };
+    match frontend.send(id, cancel, CommandMetadata::root()).await {
+        Err(refusal) if refusal.invalid_transition => {
+            writeln!(out, "refused: {}", refusal.message)?;
+        }
+        other => {
+            return Err(format!("cancelling a shipped order was not refused: {other:?}").into());
+        }
     }
 
-    let stream = Repository::<Order, InMemoryEventStore>::stream_id(id, None);
+    let orders = Repository::<Order, S>::new(store);
+    let stream = Repository::<Order, S>::stream_id(id, None);
     write!(out, "{}", causal_chain(&orders.history(&stream, 1).await?))?;
-    saga_runner.stop().await;
-    summary_view.stop().await;
     Ok(())
 }
 
+/// The whole flow on the in-memory store, written to `out`.
+pub async fn demo(
+    out: &mut impl std::fmt::Write,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let store = InMemoryEventStore::new();
+    let orders = Repository::<Order, _>::new(store.clone()).with_cache(1_000);
+    let summaries = OrderSummaries {
+        model: InMemoryReadModelStore::new(),
+    };
+    let model = summaries.model.clone();
+    let summary_view =
+        InMemoryProjectionRunner::spawn(&store, summaries, 0, RetryPolicy::default());
+    let saga = ProcessManagerProjection::new(
+        Shipping,
+        InMemoryReadModelStore::new(),
+        LocalOrders(orders.clone()),
+    );
+    let saga_runner = InMemoryProjectionRunner::spawn(&store, saga, 0, RetryPolicy::default());
+    let outcome = shop(&orders, &model, store, out).await;
+    saga_runner.stop().await;
+    summary_view.stop().await;
+    outcome
+}
+
+/// The whole flow on JetStream at `url`: the web side is a [`CommandClient`], the worker side a
+/// [`CommandService`], the summary and the saga run on durable consumers with their state in KV
+/// buckets.
+pub async fn demo_nats(
+    url: &str,
+    out: &mut impl std::fmt::Write,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let store = JetStreamEventStore::connect(url, StoreConfig::new("sales")).await?;
+    let client = store.client().clone();
+    // The worker side.
+    let worker = CommandService::new(
+        client.clone(),
+        "sales",
+        Repository::<Order, _>::new(store.clone()).with_cache(1_000),
+    )
+    .spawn()
+    .await?;
+    // The web side.
+    let commands = CommandClient::new(client, "sales");
+    let summaries = OrderSummaries {
+        model: KvReadModelStore::open(store.jetstream(), "SALES_ORDER_SUMMARIES", 1).await?,
+    };
+    let model = summaries.model.clone();
+    let summary_view =
+        JetStreamProjectionRunner::spawn(&store, summaries, ProjectionConfig::new()).await?;
+    let saga = ProcessManagerProjection::new(
+        Shipping,
+        KvReadModelStore::<()>::open(store.jetstream(), "SALES_SHIPPING_SAGA", 1).await?,
+        RemoteOrders(commands.clone()),
+    );
+    let saga_runner =
+        JetStreamProjectionRunner::spawn(&store, saga, ProjectionConfig::new()).await?;
+    let outcome = shop(&commands, &model, store, out).await;
+    saga_runner.stop().await?;
+    summary_view.stop().await?;
+    worker.stop().await;
+    outcome
+}
+
 async fn wait_for_status<S: ReadModelStore<OrderSummary>>(
-    view: &ProjectionHandle<OrderSummaries<S>>,
+    model: &S,
     id: &str,
     status: &str,
 ) -> Result<OrderSummary, Box<dyn std::error::Error + Send + Sync>> {
     for _ in 0..500 {
-        if let Some(line) = view.projection().model.get(id).await?
+        if let Some(line) = model.get(id).await?
             && line.value.status == status
         {
             return Ok(line.value);

@@ -359,3 +359,30 @@ async fn the_bank_account_walkthrough_runs_on_jetstream() {
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn the_order_flow_runs_over_nats() {
+    let server = NatsServer::start().await.unwrap();
+    let mut out = String::new();
+    Box::pin(examples::order_flow::demo_nats(&server.url(), &mut out))
+        .await
+        .unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "web: submitted order-1 (v1)", "{out}");
+    assert_eq!(lines[1], "web: payment validated (v2)", "{out}");
+    assert_eq!(
+        lines[2], "summary: order-1 Shipped items=2 tracking=TRACK-pay-7",
+        "{out}"
+    );
+    assert!(
+        lines[3]
+            .starts_with("refused: Order: no transition for command `Cancel` in state `Shipped`"),
+        "{out}"
+    );
+    assert_eq!(lines.len(), 8, "{out}");
+    assert!(lines[7].contains("(caused by PaymentValidated "), "{out}");
+    assert!(
+        lines[7].contains(", process:shipping) -> Shipped "),
+        "{out}"
+    );
+}
