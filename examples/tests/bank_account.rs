@@ -1,6 +1,9 @@
-//! The `bank_account` example's walkthrough produces the expected story.
+//! The `bank_account` example's walkthrough produces the expected story, on the in-memory store
+//! and on JetStream against a spawned server.
+#![allow(clippy::unwrap_used)]
 
 use cqrs_core::InMemoryEventStore;
+use cqrs_nats::{JetStreamEventStore, StoreConfig};
 
 #[tokio::test]
 async fn walkthrough_tells_the_expected_story() {
@@ -8,6 +11,22 @@ async fn walkthrough_tells_the_expected_story() {
     examples::bank_account::demo(InMemoryEventStore::new(), &mut out)
         .await
         .unwrap();
+    check_story(&out);
+}
+
+#[tokio::test]
+async fn walkthrough_runs_on_jetstream() {
+    let server = cqrs_test_server::NatsServer::start().await.unwrap();
+    let store = JetStreamEventStore::connect(server.url(), StoreConfig::new("bank"))
+        .await
+        .unwrap();
+    let mut out = String::new();
+    examples::bank_account::demo(store, &mut out).await.unwrap();
+    check_story(&out);
+}
+
+/// The story both stores tell.
+fn check_story(out: &str) {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
         lines[0],

@@ -1,9 +1,26 @@
-//! The order fulfilment flow: web side, saga, projection and the causal chain it prints.
+//! The order fulfilment flow: web side, saga, projection and the causal chain it prints, on
+//! the in-memory store and over NATS against a spawned server.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
 
 #[tokio::test]
 async fn the_flow_ships_the_order_and_prints_its_causal_chain() {
     let mut out = String::new();
     examples::order_flow::demo(&mut out).await.unwrap();
+    check_story(&out);
+}
+
+#[tokio::test]
+async fn the_flow_runs_over_nats() {
+    let server = cqrs_test_server::NatsServer::start().await.unwrap();
+    let mut out = String::new();
+    Box::pin(examples::order_flow::demo_nats(&server.url(), &mut out))
+        .await
+        .unwrap();
+    check_story(&out);
+}
+
+/// The story both runs tell: the same lines, the same causal chain.
+fn check_story(out: &str) {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "web: submitted order-1 (v1)", "{out}");
     assert_eq!(lines[1], "web: payment validated (v2)", "{out}");
