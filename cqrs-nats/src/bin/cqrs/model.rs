@@ -1,0 +1,322 @@
+//! The CLI's error type and the documents it prints (serialised as-is with `--json`).
+
+use cqrs_core::{RecordedEvent, StoreError};
+use cqrs_nats::NatsStoreError;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::error::Error as _;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// Everything that can go wrong in the CLI.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CliError {
+    /// The server could not be reached.
+    #[error("cannot connect to {server}")]
+    Connect {
+        /// The URL given.
+        server: String,
+        /// Why.
+        #[source]
+        source: cqrs_nats::async_nats::ConnectError,
+    },
+    /// The server has no JetStream.
+    #[error("JetStream is not enabled on {0}")]
+    NoJetStream(String),
+    /// No `EVENTS_*` stream on the server.
+    #[error("no contexts (streams named EVENTS_*) on the server")]
+    NoContexts,
+    /// Several contexts and no `--context`.
+    #[error("several contexts exist ({0}): choose one with --context")]
+    AmbiguousContext(String),
+    /// `--context` names a context without a stream.
+    #[error("context `{context}` not found: no stream {stream}")]
+    UnknownContext {
+        /// The context given.
+        context: String,
+        /// The stream looked for.
+        stream: String,
+    },
+    /// A JetStream request failed.
+    #[error("{operation} failed")]
+    JetStream {
+        /// What was being done.
+        operation: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Opening the store failed.
+    #[error(transparent)]
+    Store(#[from] NatsStoreError),
+    /// Reading events failed.
+    #[error(transparent)]
+    Read(#[from] StoreError),
+    /// Writing to stdout failed (e.g. a closed pipe).
+    #[error("cannot write the output")]
+    Output(#[source] std::io::Error),
+    /// Encoding the JSON output failed.
+    #[error("cannot encode the JSON output")]
+    Json(#[from] serde_json::Error),
+}
+
+impl CliError {
+    /// A [`CliError::JetStream`] for `operation`.
+    pub(crate) fn jetstream(
+        operation: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self::JetStream {
+            operation: operation.into(),
+            source: source.into(),
+        }
+    }
+}
+
+/// `error` and its sources on one line, `a: b: c`, without repeating a source already contained
+/// in the text before it.
+pub(crate) fn one_line(error: &CliError) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !part.is_empty() && !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = cause.source();
+    }
+    text.replace(['\r', '\n'], " ")
+}
+
+/// One event with its envelope, as printed by `history` and `trace`.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct EventDoc {
+    pub(crate) event_id: Uuid,
+    pub(crate) aggregate_type: String,
+    pub(crate) aggregate_id: String,
+    pub(crate) tenant: Option<String>,
+    pub(crate) version: u64,
+    pub(crate) position: u64,
+    pub(crate) event_type: String,
+    pub(crate) schema_version: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub(crate) recorded_at: OffsetDateTime,
+    pub(crate) correlation_id: Uuid,
+    pub(crate) causation_id: Option<Uuid>,
+    pub(crate) command_id: Option<Uuid>,
+    pub(crate) command_causation_id: Option<Uuid>,
+    pub(crate) actor: Option<String>,
+    pub(crate) trace: Option<String>,
+    pub(crate) extra: BTreeMap<String, String>,
+    pub(crate) body: serde_json::Value,
+}
+
+impl From<RecordedEvent> for EventDoc {
+    fn from(event: RecordedEvent) -> Self {
+        let body = serde_json::from_slice(&event.payload.data).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(&event.payload.data).into_owned())
+        });
+        Self {
+            event_id: event.event_id,
+            aggregate_type: event.aggregate_type,
+            aggregate_id: event.aggregate_id,
+            tenant: event.metadata.tenant,
+            version: event.version,
+            position: event.position,
+            event_type: event.payload.event_type,
+            schema_version: event.payload.schema_version,
+            recorded_at: event.recorded_at,
+            correlation_id: event.metadata.correlation_id,
+            causation_id: event.metadata.causation_id,
+            command_id: event.metadata.command_id,
+            command_causation_id: event.metadata.command_causation_id,
+            actor: event.metadata.actor,
+            trace: event.metadata.trace,
+            extra: event.metadata.extra,
+            body,
+        }
+    }
+}
+
+/// `history`.
+#[derive(Debug, Serialize)]
+pub(crate) struct HistoryDoc {
+    pub(crate) context: String,
+    pub(crate) aggregate_type: String,
+    pub(crate) aggregate_id: String,
+    pub(crate) tenant: Option<String>,
+    pub(crate) events: Vec<EventDoc>,
+}
+
+/// `trace`.
+#[derive(Debug, Serialize)]
+pub(crate) struct TraceDoc {
+    pub(crate) context: String,
+    pub(crate) correlation_id: Uuid,
+    pub(crate) events: usize,
+    pub(crate) roots: Vec<CommandNode>,
+}
+
+/// A command of a flow and the events it wrote.
+#[derive(Debug, Serialize)]
+pub(crate) struct CommandNode {
+    /// `None` for events written without a command (imports, migrations).
+    pub(crate) command_id: Option<Uuid>,
+    /// The event that caused the command, if any.
+    pub(crate) caused_by: Option<Uuid>,
+    pub(crate) actor: Option<String>,
+    pub(crate) events: Vec<EventNode>,
+}
+
+/// An event of a flow and the commands it caused.
+#[derive(Debug, Serialize)]
+pub(crate) struct EventNode {
+    #[serde(flatten)]
+    pub(crate) event: EventDoc,
+    pub(crate) commands: Vec<CommandNode>,
+}
+
+/// Builds the causal tree of the events of one flow (given in position order).
+pub(crate) fn build_trace(
+    context: String,
+    correlation_id: Uuid,
+    events: Vec<EventDoc>,
+) -> TraceDoc {
+    let count = events.len();
+    // Group the events by the command that wrote them, keeping first-seen order; events
+    // without a command each form their own group.
+    let mut groups: Vec<(Option<Uuid>, Vec<EventDoc>)> = Vec::new();
+    let mut index: HashMap<Uuid, usize> = HashMap::new();
+    for event in events {
+        match event.command_id {
+            Some(command) => {
+                if let Some(&at) = index.get(&command) {
+                    groups[at].1.push(event);
+                } else {
+                    index.insert(command, groups.len());
+                    groups.push((Some(command), vec![event]));
+                }
+            }
+            None => groups.push((None, vec![event])),
+        }
+    }
+    let event_ids: HashSet<Uuid> = groups
+        .iter()
+        .flat_map(|(_, events)| events.iter().map(|e| e.event_id))
+        .collect();
+    let cause_of = |events: &[EventDoc]| {
+        events
+            .first()
+            .and_then(|e| e.command_causation_id)
+            .filter(|cause| event_ids.contains(cause))
+    };
+    let mut children: HashMap<Uuid, Vec<usize>> = HashMap::new();
+    let mut roots = Vec::new();
+    for (at, (_, events)) in groups.iter().enumerate() {
+        match cause_of(events) {
+            Some(cause) => children.entry(cause).or_default().push(at),
+            None => roots.push(at),
+        }
+    }
+    let mut slots: Vec<Option<(Option<Uuid>, Vec<EventDoc>)>> =
+        groups.into_iter().map(Some).collect();
+    let roots = roots
+        .into_iter()
+        .filter_map(|at| take_node(at, &mut slots, &children))
+        .collect();
+    TraceDoc {
+        context,
+        correlation_id,
+        events: count,
+        roots,
+    }
+}
+
+fn take_node(
+    at: usize,
+    slots: &mut [Option<(Option<Uuid>, Vec<EventDoc>)>],
+    children: &HashMap<Uuid, Vec<usize>>,
+) -> Option<CommandNode> {
+    // Taking the slot out makes a (corrupt) causal cycle terminate.
+    let (command_id, events) = slots.get_mut(at)?.take()?;
+    let caused_by = events.first().and_then(|e| e.command_causation_id);
+    let actor = events.first().and_then(|e| e.actor.clone());
+    let events = events
+        .into_iter()
+        .map(|event| {
+            let commands = children
+                .get(&event.event_id)
+                .map(|kids| {
+                    kids.iter()
+                        .filter_map(|&kid| take_node(kid, slots, children))
+                        .collect()
+                })
+                .unwrap_or_default();
+            EventNode { event, commands }
+        })
+        .collect();
+    Some(CommandNode {
+        command_id,
+        caused_by,
+        actor,
+        events,
+    })
+}
+
+/// `streams`.
+#[derive(Debug, Serialize)]
+pub(crate) struct StreamsDoc {
+    pub(crate) contexts: Vec<ContextDoc>,
+}
+
+/// One context of `streams`.
+#[derive(Debug, Serialize)]
+pub(crate) struct ContextDoc {
+    pub(crate) context: String,
+    pub(crate) stream: String,
+    pub(crate) events: u64,
+    pub(crate) bytes: u64,
+    pub(crate) first_position: u64,
+    pub(crate) last_position: u64,
+    pub(crate) aggregates: u64,
+    pub(crate) consumers: usize,
+}
+
+/// `stats`.
+#[derive(Debug, Serialize)]
+pub(crate) struct StatsDoc {
+    pub(crate) context: String,
+    pub(crate) by: &'static str,
+    pub(crate) total: u64,
+    pub(crate) buckets: Vec<Bucket>,
+}
+
+/// One bucket of `stats`.
+#[derive(Debug, Serialize)]
+pub(crate) struct Bucket {
+    pub(crate) key: String,
+    pub(crate) count: u64,
+}
+
+/// `projections`.
+#[derive(Debug, Serialize)]
+pub(crate) struct ProjectionsDoc {
+    pub(crate) context: String,
+    pub(crate) stream: String,
+    pub(crate) head: u64,
+    pub(crate) projections: Vec<ProjectionDoc>,
+}
+
+/// One projection of `projections`.
+#[derive(Debug, Serialize)]
+pub(crate) struct ProjectionDoc {
+    pub(crate) name: String,
+    pub(crate) pending: u64,
+    pub(crate) ack_pending: usize,
+    pub(crate) redelivered: usize,
+    pub(crate) delivered_position: u64,
+    pub(crate) acked_position: u64,
+    pub(crate) parked: u64,
+    pub(crate) consumer: bool,
+}

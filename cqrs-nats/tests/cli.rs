@@ -1,0 +1,435 @@
+//! The `cqrs` operator CLI against a spawned nats-server with known events: `--json` documents,
+//! the human views, `--help` and errors.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use cqrs_core::{CommandMetadata, Repository};
+use cqrs_nats::deadletter::DeadLetters;
+use cqrs_nats::{JetStreamEventStore, StoreConfig, Subjects};
+use cqrs_test_server::NatsServer;
+use examples::bank_account::{AccountCommand, BankAccount};
+use serde_json::Value;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const CONTEXT: &str = "bank";
+
+fn cqrs(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cqrs"))
+        .args(args)
+        .env_remove("NATS_URL")
+        .output()
+        .expect("run the cqrs binary")
+}
+
+fn stdout(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "cqrs failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).expect("utf-8 output")
+}
+
+fn json(url: &str, args: &[&str]) -> Value {
+    let mut all = vec!["--server", url, "--json"];
+    all.extend_from_slice(args);
+    serde_json::from_str(&stdout(&cqrs(&all))).expect("--json prints one JSON document")
+}
+
+fn human(url: &str, args: &[&str]) -> String {
+    let mut all = vec!["--server", url];
+    all.extend_from_slice(args);
+    stdout(&cqrs(&all))
+}
+
+/// The ids of a saga-like flow: a root command opens account `a-1`; its event causes a command
+/// that opens `b-1`; that event causes a deposit on `a-1`.
+struct Flow {
+    correlation: String,
+    root_command: String,
+    opened_a: String,
+    second_command: String,
+    opened_b: String,
+    third_command: String,
+    deposited: String,
+}
+
+async fn seed(url: &str) -> Flow {
+    let store = JetStreamEventStore::connect(url, StoreConfig::new(CONTEXT))
+        .await
+        .expect("store");
+    let accounts: Repository<BankAccount, _> = Repository::new(store);
+    let root = CommandMetadata::root().with_actor("alice");
+    let opened_a = accounts
+        .execute(
+            "a-1",
+            AccountCommand::Open {
+                owner: "Alice".into(),
+                overdraft_limit: 100,
+            },
+            root.clone(),
+        )
+        .await
+        .expect("open a-1");
+    let second = CommandMetadata::caused_by(&opened_a[0].metadata, opened_a[0].event_id);
+    let opened_b = accounts
+        .execute(
+            "b-1",
+            AccountCommand::Open {
+                owner: "Bob".into(),
+                overdraft_limit: 0,
+            },
+            second.clone(),
+        )
+        .await
+        .expect("open b-1");
+    let third = CommandMetadata::caused_by(&opened_b[0].metadata, opened_b[0].event_id);
+    let deposited = accounts
+        .execute(
+            "a-1",
+            AccountCommand::Deposit { amount: 250 },
+            third.clone(),
+        )
+        .await
+        .expect("deposit");
+    // An unrelated flow in another tenant.
+    accounts
+        .execute(
+            "c-1",
+            AccountCommand::Open {
+                owner: "Carol".into(),
+                overdraft_limit: 0,
+            },
+            CommandMetadata::root().with_tenant("acme"),
+        )
+        .await
+        .expect("open c-1");
+    Flow {
+        correlation: root.correlation_id.to_string(),
+        root_command: root.command_id.to_string(),
+        opened_a: opened_a[0].event_id.to_string(),
+        second_command: second.command_id.to_string(),
+        opened_b: opened_b[0].event_id.to_string(),
+        third_command: third.command_id.to_string(),
+        deposited: deposited[0].event_id.to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_reads_a_known_store() {
+    let server = NatsServer::start().await.expect("nats-server");
+    let url = server.url();
+    let flow = seed(&url).await;
+    check_history(&url, &flow);
+    check_trace(&url, &flow);
+    check_streams_and_stats(&url);
+    check_projections(&url).await;
+    check_errors(&url);
+    check_tail(&url).await;
+}
+
+/// `tail` from the current end: only the new events matching `--type` are printed, as JSON
+/// lines, and it stops after `--limit`.
+async fn check_tail(url: &str) {
+    let head = json(url, &["streams"])["contexts"][0]["last_position"]
+        .as_u64()
+        .expect("head");
+    let from = (head + 1).to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cqrs"))
+        .args([
+            "--server",
+            url,
+            "--json",
+            "tail",
+            CONTEXT,
+            "--type",
+            "Withdrawn",
+            "--from",
+            &from,
+            "--limit",
+            "2",
+            "--poll-ms",
+            "50",
+        ])
+        .env_remove("NATS_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tail");
+    let store = JetStreamEventStore::connect(url, StoreConfig::new(CONTEXT))
+        .await
+        .expect("store");
+    let accounts: Repository<BankAccount, _> = Repository::new(store);
+    for command in [
+        AccountCommand::Deposit { amount: 5 },
+        AccountCommand::Withdraw { amount: 1 },
+        AccountCommand::Deposit { amount: 7 },
+        AccountCommand::Withdraw { amount: 2 },
+        AccountCommand::Withdraw { amount: 3 },
+    ] {
+        accounts
+            .execute("a-1", command, CommandMetadata::root())
+            .await
+            .expect("command");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            child.kill().expect("kill");
+            panic!("tail did not stop after --limit");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let output = child.wait_with_output().expect("tail output");
+    let text = stdout(&output);
+    let events: Vec<Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON document per line"))
+        .collect();
+    assert_eq!(events.len(), 2, "{text}");
+    assert_eq!(events[0]["event_type"], "Withdrawn");
+    assert_eq!(events[0]["body"]["amount"], 1);
+    assert_eq!(events[0]["position"], head + 2);
+    assert_eq!(events[1]["body"]["amount"], 2);
+    assert_eq!(events[1]["version"], 6);
+}
+
+fn check_history(url: &str, flow: &Flow) {
+    let doc = json(url, &["history", "BankAccount", "a-1"]);
+    assert_eq!(doc["context"], CONTEXT);
+    assert_eq!(doc["aggregate_type"], "BankAccount");
+    assert_eq!(doc["aggregate_id"], "a-1");
+    let events = doc["events"].as_array().expect("events");
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0]["version"], 1);
+    assert_eq!(events[0]["event_type"], "Opened");
+    assert_eq!(events[0]["schema_version"], 1);
+    assert_eq!(events[0]["position"], 1);
+    assert_eq!(events[0]["correlation_id"], flow.correlation.as_str());
+    assert_eq!(events[0]["command_id"], flow.root_command.as_str());
+    assert_eq!(events[0]["causation_id"], flow.root_command.as_str());
+    assert_eq!(events[0]["command_causation_id"], Value::Null);
+    assert_eq!(events[0]["actor"], "alice");
+    assert_eq!(events[0]["tenant"], Value::Null);
+    assert_eq!(events[0]["body"]["owner"], "Alice", "{doc:#}");
+    assert!(events[0]["recorded_at"].as_str().is_some());
+    assert_eq!(events[1]["version"], 2);
+    assert_eq!(events[1]["event_type"], "Deposited");
+    assert_eq!(events[1]["command_causation_id"], flow.opened_b.as_str());
+    assert_eq!(events[1]["body"]["amount"], 250);
+
+    let tenant = json(url, &["history", "BankAccount", "c-1", "--tenant", "acme"]);
+    assert_eq!(tenant["tenant"], "acme");
+    assert_eq!(tenant["events"][0]["tenant"], "acme");
+    let none = json(url, &["history", "BankAccount", "c-1"]);
+    assert_eq!(none["events"].as_array().map(Vec::len), Some(0));
+
+    let text = human(url, &["history", "BankAccount", "a-1"]);
+    for needle in [
+        "BankAccount/a-1",
+        "2 events",
+        "Opened",
+        "Deposited",
+        "schema v1",
+        flow.correlation.as_str(),
+        flow.root_command.as_str(),
+        "alice",
+        "\"owner\":\"Alice\"",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from\n{text}");
+    }
+}
+
+fn check_trace(url: &str, flow: &Flow) {
+    let doc = json(url, &["trace", &flow.correlation]);
+    assert_eq!(doc["events"], 3);
+    let roots = doc["roots"].as_array().expect("roots");
+    assert_eq!(roots.len(), 1, "{doc:#}");
+    let root = &roots[0];
+    assert_eq!(root["command_id"], flow.root_command.as_str());
+    assert_eq!(root["caused_by"], Value::Null);
+    assert_eq!(root["actor"], "alice");
+    let first = &root["events"][0];
+    assert_eq!(first["event_id"], flow.opened_a.as_str());
+    assert_eq!(first["aggregate_id"], "a-1");
+    let second = &first["commands"][0];
+    assert_eq!(second["command_id"], flow.second_command.as_str());
+    assert_eq!(second["caused_by"], flow.opened_a.as_str());
+    let opened_b = &second["events"][0];
+    assert_eq!(opened_b["event_id"], flow.opened_b.as_str());
+    assert_eq!(opened_b["aggregate_id"], "b-1");
+    let third = &opened_b["commands"][0];
+    assert_eq!(third["command_id"], flow.third_command.as_str());
+    let deposited = &third["events"][0];
+    assert_eq!(deposited["event_id"], flow.deposited.as_str());
+    assert_eq!(deposited["event_type"], "Deposited");
+    assert_eq!(deposited["commands"].as_array().map(Vec::len), Some(0));
+
+    let text = human(url, &["trace", &flow.correlation]);
+    assert!(text.contains("3 events, 3 commands"), "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    let at = |needle: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("{needle:?} missing from\n{text}"))
+    };
+    let indent = |line: usize| lines[line].find(|c: char| c.is_alphanumeric()).unwrap();
+    let (c1, e1, c2, e2, c3, e3) = (
+        at(&format!("command {}", flow.root_command)),
+        at(&flow.opened_a),
+        at(&format!("command {}", flow.second_command)),
+        at(&flow.opened_b),
+        at(&format!("command {}", flow.third_command)),
+        at(&flow.deposited),
+    );
+    assert!(
+        c1 < e1 && e1 < c2 && c2 < e2 && e2 < c3 && c3 < e3,
+        "{text}"
+    );
+    assert!(indent(c1) < indent(e1) && indent(e1) < indent(c2), "{text}");
+    assert!(indent(c2) < indent(e2) && indent(e2) < indent(c3) && indent(c3) < indent(e3));
+}
+
+fn check_streams_and_stats(url: &str) {
+    let doc = json(url, &["streams"]);
+    let contexts = doc["contexts"].as_array().expect("contexts");
+    assert_eq!(contexts.len(), 1);
+    assert_eq!(contexts[0]["context"], CONTEXT);
+    assert_eq!(contexts[0]["stream"], "EVENTS_BANK");
+    assert_eq!(contexts[0]["events"], 4);
+    assert_eq!(contexts[0]["aggregates"], 3);
+    let text = human(url, &["streams"]);
+    assert!(
+        text.contains("CONTEXT") && text.contains("EVENTS_BANK"),
+        "{text}"
+    );
+
+    // stats
+    let doc = json(url, &["stats"]);
+    assert_eq!(doc["by"], "type");
+    assert_eq!(doc["total"], 4);
+    assert_eq!(doc["buckets"][0]["key"], "Opened");
+    assert_eq!(doc["buckets"][0]["count"], 3);
+    assert_eq!(doc["buckets"][1]["key"], "Deposited");
+    assert_eq!(doc["buckets"][1]["count"], 1);
+    let doc = json(url, &["stats", "--by", "hour"]);
+    let total: u64 = doc["buckets"]
+        .as_array()
+        .expect("buckets")
+        .iter()
+        .map(|b| b["count"].as_u64().expect("count"))
+        .sum();
+    assert_eq!(total, 4);
+    assert!(
+        doc["buckets"][0]["key"]
+            .as_str()
+            .expect("key")
+            .ends_with(":00Z")
+    );
+    let text = human(url, &["stats"]);
+    assert!(text.contains("Opened") && text.contains('3'), "{text}");
+}
+
+async fn check_projections(url: &str) {
+    // projections: one durable consumer with lag, events parked for it and for a projection
+    // whose consumer is gone.
+    let client = cqrs_nats::async_nats::connect(url).await.expect("connect");
+    let js = cqrs_nats::async_nats::jetstream::new(client);
+    let stream = js.get_stream("EVENTS_BANK").await.expect("stream");
+    stream
+        .create_consumer(cqrs_nats::async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("balances".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let dead = DeadLetters::provision(&js, &Subjects::new(CONTEXT).expect("subjects"), 1)
+        .await
+        .expect("dead letters");
+    let original = stream.get_raw_message(1).await.expect("message 1");
+    dead.park("balances", &original, "boom", 3)
+        .await
+        .expect("park");
+    dead.park("audit", &original, "boom", 3)
+        .await
+        .expect("park");
+    let doc = json(url, &["--context", CONTEXT, "projections"]);
+    assert_eq!(doc["head"], 4);
+    let projections = doc["projections"].as_array().expect("projections");
+    assert_eq!(projections.len(), 2, "{doc:#}");
+    assert_eq!(projections[0]["name"], "audit");
+    assert_eq!(projections[0]["consumer"], false);
+    assert_eq!(projections[0]["parked"], 1);
+    assert_eq!(projections[1]["name"], "balances");
+    assert_eq!(projections[1]["consumer"], true);
+    assert_eq!(projections[1]["pending"], 4);
+    assert_eq!(projections[1]["parked"], 1);
+    let text = human(url, &["projections"]);
+    assert!(
+        text.contains("balances") && text.contains("PARKED"),
+        "{text}"
+    );
+}
+
+fn check_errors(url: &str) {
+    let unknown = cqrs(&["--server", url, "--context", "nope", "stats"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    let message = String::from_utf8_lossy(&unknown.stderr);
+    assert!(message.contains("context `nope` not found"), "{message}");
+    assert_eq!(message.trim_end().lines().count(), 1, "{message}");
+    let bad = cqrs(&["--server", url, "trace", "not-a-uuid"]);
+    assert_eq!(bad.status.code(), Some(2), "clap rejects bad arguments");
+}
+
+#[test]
+fn help_lists_every_command() {
+    let text = stdout(&cqrs(&["--help"]));
+    for command in [
+        "history",
+        "trace",
+        "tail",
+        "streams",
+        "stats",
+        "projections",
+    ] {
+        assert!(text.contains(command), "{command} missing from\n{text}");
+        let help = stdout(&cqrs(&[command, "--help"]));
+        assert!(
+            help.contains("JSON"),
+            "{command} --help documents its JSON:\n{help}"
+        );
+    }
+    for option in ["--server", "--context", "--json", "NATS_URL"] {
+        assert!(text.contains(option), "{option} missing from\n{text}");
+    }
+}
+
+#[test]
+fn unreachable_server_is_a_one_line_error() {
+    // A port nothing listens on: bind one, then free it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let url = format!("nats://127.0.0.1:{port}");
+    for args in [
+        vec!["--server", url.as_str(), "streams"],
+        vec![
+            "--server",
+            url.as_str(),
+            "--json",
+            "history",
+            "BankAccount",
+            "a-1",
+        ],
+    ] {
+        let output = cqrs(&args);
+        assert_eq!(output.status.code(), Some(1));
+        assert!(output.stdout.is_empty());
+        let message = String::from_utf8_lossy(&output.stderr);
+        assert!(message.starts_with("error: cannot connect to"), "{message}");
+        assert!(message.contains(&url), "{message}");
+        assert_eq!(message.trim_end().lines().count(), 1, "{message}");
+    }
+}
