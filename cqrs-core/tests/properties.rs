@@ -76,3 +76,37 @@ proptest! {
         })?;
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+    /// Any stored (type, version, body) decodes into an event or a typed error: garbage bodies,
+    /// wrong shapes, unknown types and future versions never panic.
+    #[test]
+    fn any_stored_body_decodes_or_is_a_typed_error(
+        event_type in prop_oneof![
+            Just("Opened".to_owned()),
+            Just("Credited".to_owned()),
+            Just("FeeCharged".to_owned()),
+            "[A-Za-z]{0,12}",
+        ],
+        version in 0u32..4,
+        body in prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..48),
+            "\\{\"(amount|fee)\":-?[0-9]{1,20}\\}".prop_map(String::into_bytes),
+            Just(b"null".to_vec()),
+        ],
+    ) {
+        use cqrs_core::{DecodeError, DomainEvent};
+        match common::WalletEvent::decode(&event_type, version, &body) {
+            Ok(event) => {
+                prop_assert_eq!(event.event_type(), event_type.as_str());
+                prop_assert_eq!(version, 1);
+            }
+            Err(DecodeError::UnknownEventType { event_type: t }) => prop_assert_eq!(t, event_type),
+            Err(DecodeError::UnsupportedVersion { version: v, .. }) => prop_assert_eq!(v, version),
+            Err(DecodeError::Malformed { version: v, .. }) => prop_assert_eq!(v, version),
+            Err(other) => prop_assert!(false, "unexpected error: {other}"),
+        }
+    }
+}

@@ -377,4 +377,115 @@ mod tests {
         h.control(Control::BatchCommit, "1".to_owned());
         assert_eq!(h.wire_len(), 12 + BATCH_COMMIT.len() + 1 + 4);
     }
+
+    mod hostile {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        const NAMES: &[&str] = &[
+            MSG_ID,
+            EVENT_TYPE,
+            SCHEMA_VERSION,
+            AGGREGATE_VERSION,
+            CORRELATION_ID,
+            CAUSATION_ID,
+            COMMAND_ID,
+            COMMAND_CAUSATION_ID,
+            ACTOR,
+            RECORDED_AT,
+            TRACEPARENT,
+            "Cqrs-Extra-x",
+            "X-Other",
+        ];
+
+        /// Header values: valid-looking ones, near misses and garbage.
+        fn value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just(Uuid::nil().to_string()),
+                Just("01a2191e-50b1-7606-b1ae-cbb292074ef1".to_owned()),
+                Just("1".to_owned()),
+                Just("0".to_owned()),
+                Just("18446744073709551616".to_owned()),
+                Just("-1".to_owned()),
+                Just("2026-11-26T19:00:00Z".to_owned()),
+                Just("2026-13-45T99:00:00Z".to_owned()),
+                "[ -~]{0,40}",
+            ]
+        }
+
+        fn token() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("_".to_owned()),
+                Just("__".to_owned()),
+                Just("_ZZ".to_owned()),
+                Just("_2E".to_owned()),
+                "[A-Za-z0-9_-]{1,12}",
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+            /// Whatever another client writes on an event subject, reading it gives an event or a
+            /// typed error naming its position: never a panic, never a wrong aggregate.
+            #[test]
+            fn any_message_decodes_or_is_a_typed_error(
+                headers in prop::collection::vec((0..NAMES.len(), value()), 0..14),
+                tenant in token(),
+                id in token(),
+                extra_tokens in 0usize..2,
+                payload in prop::collection::vec(any::<u8>(), 0..64),
+                sequence in 1u64..1_000_000,
+                valid_base in any::<bool>(),
+            ) {
+                let subjects = Subjects::new("ctx").unwrap();
+                let mut subject = format!("ctx.events.{tenant}.Order.{id}");
+                for _ in 0..extra_tokens {
+                    subject.push_str(".x");
+                }
+                let mut map = HeaderMap::new();
+                if valid_base {
+                    // A well-formed event that the random headers then partly overwrite.
+                    let id = "01a2191e-50b1-7606-b1ae-cbb292074ef1";
+                    for (name, value) in [
+                        (MSG_ID, id),
+                        (EVENT_TYPE, "Submitted"),
+                        (SCHEMA_VERSION, "1"),
+                        (AGGREGATE_VERSION, "1"),
+                        (CORRELATION_ID, id),
+                    ] {
+                        map.insert(name, value);
+                    }
+                }
+                for (name, value) in &headers {
+                    map.insert(NAMES[*name], value.as_str());
+                }
+                let message = StreamMessage {
+                    subject: subject.clone().into(),
+                    sequence,
+                    headers: map,
+                    payload: payload.clone().into(),
+                    time: OffsetDateTime::UNIX_EPOCH,
+                };
+                match decode(&subjects, &message) {
+                    Ok(event) => {
+                        prop_assert_eq!(event.position, sequence);
+                        prop_assert!(event.version > 0);
+                        prop_assert_eq!(event.aggregate_type.as_str(), "Order");
+                        // The aggregate comes from the subject, and maps back onto it.
+                        let again = subjects
+                            .aggregate(event.metadata.tenant.as_deref(), "Order", &event.aggregate_id)
+                            .unwrap();
+                        prop_assert_eq!(again, subject);
+                        prop_assert_eq!(event.payload.data, payload);
+                    }
+                    Err(StoreError::MalformedEnvelope { position, reason }) => {
+                        prop_assert_eq!(position, sequence);
+                        prop_assert!(!reason.is_empty());
+                    }
+                    Err(other) => prop_assert!(false, "unexpected error kind: {other}"),
+                }
+            }
+        }
+    }
 }
