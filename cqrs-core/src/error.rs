@@ -129,6 +129,14 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The refusal of an append without events, the same on every store.
+    pub fn empty_append(stream: &StreamId) -> Self {
+        Self::InvalidInput {
+            stream: stream.clone(),
+            reason: "an append needs at least one event".to_owned(),
+        }
+    }
+
     /// Whether this is an optimistic-concurrency conflict.
     pub fn is_conflict(&self) -> bool {
         matches!(self, Self::Conflict { .. })

@@ -249,10 +249,7 @@ impl EventStore for InMemoryEventStore {
         idempotency: Option<&IdempotencyKey>,
     ) -> Result<Committed, StoreError> {
         let Some(first) = events.first() else {
-            return Err(StoreError::InvalidInput {
-                stream: stream.clone(),
-                reason: "an append needs at least one event".to_owned(),
-            });
+            return Err(StoreError::empty_append(stream));
         };
         // Without an explicit key the first event id is the key, as `Nats-Msg-Id` is on
         // JetStream: appending the same event twice is a retry, not a second fact.

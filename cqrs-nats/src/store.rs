@@ -1001,10 +1001,7 @@ impl JetStreamEventStore {
         events: Vec<NewEvent>,
     ) -> Result<Committed, StoreError> {
         if events.is_empty() {
-            return Err(StoreError::InvalidInput {
-                stream: stream.clone(),
-                reason: "an append needs at least one event".to_owned(),
-            });
+            return Err(StoreError::empty_append(stream));
         }
         if events.len() > MAX_BATCH {
             return Err(StoreError::TooManyEvents {
