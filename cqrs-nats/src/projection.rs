@@ -4,39 +4,50 @@
 //! [`JetStreamProjectionRunner::spawn`] runs any [`Projection`] (read models, reactors, process
 //! managers) live:
 //!
-//! - **Consumer.** A durable pull consumer named after the projection (1 to 64 characters of
-//!   `[A-Za-z0-9_-]`) on the context's events stream, explicit ack, deliver policy "all" for a
-//!   new consumer (a new projection starts from history; see [`StartFrom`]). Aggregate types and
-//!   tenants of the projection's [`EventFilter`] become filter subjects; the rest of the filter
-//!   (event types, time bounds) is applied on the client, and the events it drops are acked and
-//!   count as processed.
-//! - **Order.** Messages are processed one at a time, in delivery order, and acked after the
-//!   projection handled them: the server's ack floor is the checkpoint, so a restarted runner
-//!   resumes after the last acked event. `max_ack_pending` is 1 by default, so the server never
-//!   has two events of the projection in flight: nothing is reordered even when a message is
-//!   redelivered (lost ack, crashed worker). A larger window
+//! - **Consumers.** One durable pull consumer per partition of the events stream (see
+//!   [`crate::subject`]), named `<projection>_p<k>` ([`consumer_name`]; projection names are 1
+//!   to 64 characters of `[A-Za-z0-9_-]`), filtered on `<context>.events.<k>.>`, explicit ack,
+//!   deliver policy "all" for a new consumer (a new projection starts from history; see
+//!   [`StartFrom`]). Aggregate types and tenants of the projection's [`EventFilter`] narrow the
+//!   filter subjects; the rest of the filter (event types, time bounds) is applied on the
+//!   client, and the events it drops are acked and count as processed.
+//! - **Order.** An aggregate's events all lie in one partition. Each partition's messages are
+//!   processed one at a time, in delivery order, and acked after the projection handled them:
+//!   the server's ack floor is the partition's checkpoint, so a restarted runner resumes after
+//!   the last acked event. `max_ack_pending` is 1 by default, so the server never has two
+//!   events of a partition in flight: nothing is reordered even when a message is redelivered
+//!   (lost ack, crashed worker) or a partition moves to another worker. A larger window
 //!   ([`ProjectionConfig::max_in_flight`]) is faster but a failover may then deliver a younger
 //!   event of an aggregate before an older one that was in flight on the failed worker.
-//! - **Several workers.** Every runner of a projection pulls in the consumer's pinned priority
-//!   group (`PriorityPolicy::PinnedClient`, nats-server 2.11+): the server delivers to one
-//!   pinned runner at a time and moves the pin to a standby runner when the pinned one stops
-//!   pulling for `priority_timeout` (or stops gracefully, which unpins at once). That is
-//!   failover, not scale-out: throughput is one runner's (see `docs/partitioned-projections.md`
-//!   for the partitioned step). Pinning is not a hard exclusivity guarantee, so read-model
-//!   writes stay fenced by [`cqrs_core::read_model::apply_once`].
+//!   Partitions run concurrently, so one worker already has up to one event per partition in
+//!   flight.
+//! - **Several workers.** Every runner of a projection announces itself in the KV bucket
+//!   `PROJECTION_WORKERS_<CONTEXT>` ([`workers_bucket`]) every heartbeat and watches the others;
+//!   partition `k` belongs to the `k mod n`-th of the `n` live workers in start order, so the
+//!   work is shared evenly and each partition has one owner. When a worker joins or stops the
+//!   partitions are handed over (the old owner finishes the event in hand, stops pulling,
+//!   releases the pin, acks); when a worker disappears without stopping, the others take its
+//!   partitions after three missed heartbeats and the server moves the pin after the priority
+//!   timeout. Runners pull in each consumer's pinned priority group
+//!   (`PriorityPolicy::PinnedClient`, nats-server 2.11+), so even two workers that both believe
+//!   they own a partition get its events one at a time, through one of them. Pinning is not a
+//!   hard exclusivity guarantee, so read-model writes stay fenced by
+//!   [`cqrs_core::read_model::apply_once`].
 //! - **Failures.** A failing `apply` is retried in-process with the [`RetryPolicy`]'s backoff
 //!   ([`cqrs_core::projection::deliver`]); while it runs, the runner sends `+WPI` (progress) so
 //!   the server does not redeliver. After `max_attempts` the event is parked on
 //!   `<context>.deadletter.<projection>` ([`crate::deadletter`]), acked, and the projection
 //!   moves on. A message that is not a readable event (garbage headers, a malformed envelope)
 //!   is parked at once, never retried in a loop.
-//! - **Rebuild and time travel.** [`JetStreamProjectionRunner::rebuild`] deletes the consumer and
-//!   starts again from the first event (into a fresh read model); [`replay`] reads from a
+//! - **Rebuild and time travel.** [`JetStreamProjectionRunner::rebuild`] deletes the consumers and
+//!   starts again from the first event (into a fresh read model);
+//!   [`JetStreamProjectionRunner::reset`] moves the checkpoints of running workers; [`replay`] reads from a
 //!   position or a point in time through an ordered consumer, without touching the live
 //!   consumer; [`cqrs_core::projection::catch_up`] works on the store too.
-//! - **Stopping.** [`JetStreamProjectionHandle::stop`] finishes the event in hand, naks what was
-//!   received but not started, drops the pull request, releases the pin and only then acks the
-//!   last event, so the next one goes to a standby or successor at once. A message that is on
+//! - **Stopping.** [`JetStreamProjectionHandle::stop`] finishes the event in hand on every
+//!   partition, naks what was received but not started, drops the pull request, releases the pin
+//!   and only then acks the last event, so the next one goes to a successor at once; then it
+//!   withdraws the worker's announcement. A message that is on
 //!   the wire at that very moment is redelivered after the ack wait.
 //! - **Throughput.** With one event in flight every event costs a round trip (ack, then the
 //!   next delivery): about 10k events/s on loopback (`examples/replay_bench.rs`);
@@ -50,16 +61,19 @@ use crate::store::JetStreamEventStore;
 use crate::subject::{Subjects, validate_name};
 use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, PriorityPolicy, pull};
 use async_nats::jetstream::message::StreamMessage;
-use async_nats::jetstream::{self, AckKind, stream};
+use async_nats::jetstream::{self, AckKind, kv, stream};
 use cqrs_core::projection::{CatchUp, ParkedEvent, RetryPolicy, WaitTimeout, deliver};
 use cqrs_core::{EventFilter, Projection, RecordedEvent, StoreError};
 use futures::StreamExt;
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
+use uuid::Uuid;
 
 const OP: &str = "projection";
 
@@ -106,6 +120,7 @@ pub struct ProjectionConfig {
     priority_timeout: Duration,
     pull_expiry: Duration,
     start: StartFrom,
+    heartbeat: Duration,
 }
 
 impl Default for ProjectionConfig {
@@ -119,14 +134,15 @@ impl Default for ProjectionConfig {
             priority_timeout: Duration::from_secs(60),
             pull_expiry: Duration::from_secs(10),
             start: StartFrom::Beginning,
+            heartbeat: Duration::from_secs(2),
         }
     }
 }
 
 impl ProjectionConfig {
-    /// Defaults: [`RetryPolicy::default`], 30 s ack wait, one event in flight, pinned group
-    /// `cqrs` with a 60 s priority timeout, pulls expiring after 10 s, new consumers from the
-    /// beginning.
+    /// Defaults: [`RetryPolicy::default`], 30 s ack wait, one event in flight per partition,
+    /// pinned group `cqrs` with a 60 s priority timeout, pulls expiring after 10 s, new consumers
+    /// from the beginning, a worker heartbeat every 2 s.
     pub fn new() -> Self {
         Self::default()
     }
@@ -178,6 +194,14 @@ impl ProjectionConfig {
         self
     }
 
+    /// How often a worker announces itself to the projection's other workers. A worker whose
+    /// announcements stop for three heartbeats is gone and its partitions are shared among the
+    /// others (who get them once the server unpins the gone worker after the priority timeout).
+    pub fn heartbeat(mut self, heartbeat: Duration) -> Self {
+        self.heartbeat = heartbeat.max(Duration::from_millis(50));
+        self
+    }
+
     fn effective_priority_timeout(&self) -> Duration {
         self.priority_timeout
             .max(self.pull_expiry.saturating_mul(2))
@@ -185,7 +209,7 @@ impl ProjectionConfig {
     }
 }
 
-/// The context's subjects, recovered from the events stream (`<context>.events.>`).
+/// The context's events stream and subjects.
 async fn context_subjects(
     store: &JetStreamEventStore,
 ) -> Result<(stream::Stream, Subjects), StoreError> {
@@ -194,16 +218,7 @@ async fn context_subjects(
         .get_stream(store.stream_name())
         .await
         .map_err(unavailable)?;
-    let subjects = stream
-        .cached_info()
-        .config
-        .subjects
-        .iter()
-        .find_map(|s| s.strip_suffix(".events.>"))
-        .map(Subjects::new)
-        .ok_or_else(|| unavailable("the events stream has no `<context>.events.>` subject"))?
-        .map_err(unavailable)?;
-    Ok((stream, subjects))
+    Ok((stream, store.subjects().clone()))
 }
 
 /// Most filter subjects one consumer gets; wider filters filter on the client.
@@ -212,6 +227,22 @@ const MAX_FILTER_SUBJECTS: usize = 64;
 /// The consumer filter subjects that narrow `filter` on the server (the runner applies the whole
 /// filter anyway). Empty: the whole context.
 pub fn filter_subjects(subjects: &Subjects, filter: &EventFilter) -> Vec<String> {
+    filter_subjects_in(subjects, filter, None)
+}
+
+/// [`filter_subjects`] within one partition (`Some`): never empty then, the partition's
+/// subjects at the widest.
+pub fn filter_subjects_in(
+    subjects: &Subjects,
+    filter: &EventFilter,
+    partition: Option<u32>,
+) -> Vec<String> {
+    let whole = || {
+        partition
+            .map(|k| subjects.partition_filter(k))
+            .into_iter()
+            .collect()
+    };
     let mut types: Vec<Option<&str>> = filter
         .aggregate_types
         .iter()
@@ -227,7 +258,7 @@ pub fn filter_subjects(subjects: &Subjects, filter: &EventFilter) -> Vec<String>
     tenants.sort_unstable();
     tenants.dedup();
     if types.is_empty() && tenants.is_empty() {
-        return Vec::new();
+        return whole();
     }
     if types.is_empty() {
         types.push(None);
@@ -236,15 +267,15 @@ pub fn filter_subjects(subjects: &Subjects, filter: &EventFilter) -> Vec<String>
         tenants.push(None);
     }
     if types.len() * tenants.len() > MAX_FILTER_SUBJECTS {
-        return Vec::new();
+        return whole();
     }
     let mut out = Vec::with_capacity(types.len() * tenants.len());
     for tenant in &tenants {
         for aggregate_type in &types {
-            match subjects.filter(*tenant, *aggregate_type) {
+            match subjects.filter_in(partition, *tenant, *aggregate_type) {
                 Ok(subject) => out.push(subject),
                 // A name no subject can carry: let the client-side filter decide.
-                Err(_) => return Vec::new(),
+                Err(_) => return whole(),
             }
         }
     }
@@ -256,6 +287,34 @@ fn split_filters(mut filters: Vec<String>) -> (String, Vec<String>) {
         (filters.pop().unwrap_or_default(), Vec::new())
     } else {
         (String::new(), filters)
+    }
+}
+
+/// The durable consumer of `projection` on `partition`: `<projection>_p<partition>`.
+pub fn consumer_name(projection: &str, partition: u32) -> String {
+    format!("{projection}_p{partition}")
+}
+
+/// Consumer metadata key naming the projection a consumer belongs to.
+pub const PROJECTION_METADATA: &str = "cqrs.projection";
+/// Consumer metadata key naming the partition a consumer reads.
+pub const PARTITION_METADATA: &str = "cqrs.partition";
+
+/// The KV bucket where the workers of the context's projections announce themselves:
+/// `PROJECTION_WORKERS_<CONTEXT>`.
+pub fn workers_bucket(subjects: &Subjects) -> String {
+    format!(
+        "PROJECTION_WORKERS_{}",
+        subjects.context().to_ascii_uppercase()
+    )
+}
+
+fn is_consumer_not_found(error: &jetstream::context::ConsumerInfoError) -> bool {
+    use jetstream::context::ConsumerInfoErrorKind as K;
+    match error.kind() {
+        K::NotFound => true,
+        K::JetStream(js) => js.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND,
+        _ => false,
     }
 }
 
@@ -272,12 +331,52 @@ struct Shared<P> {
     dead_letters: DeadLetters,
     config: ProjectionConfig,
     name: String,
+    progress: Progress,
+}
+
+/// What a runner has processed: the highest position overall and per partition.
+#[derive(Debug)]
+struct Progress {
+    highest: watch::Sender<u64>,
+    partitions: Vec<AtomicU64>,
+}
+
+impl Progress {
+    fn record(&self, partition: u32, position: u64) {
+        if let Some(p) = self.partitions.get(partition as usize) {
+            p.fetch_max(position, Ordering::SeqCst);
+        }
+        self.highest.send_if_modified(|c| {
+            let newer = position > *c;
+            if newer {
+                *c = position;
+            }
+            newer
+        });
+    }
+
+    fn of(&self, partition: u32) -> u64 {
+        self.partitions
+            .get(partition as usize)
+            .map_or(0, |p| p.load(Ordering::SeqCst))
+    }
 }
 
 impl JetStreamProjectionRunner {
-    /// Starts `projection` on its durable consumer (created if missing, its configuration
-    /// updated otherwise), resuming after the consumer's last acked event.
+    /// Starts `projection`: creates its durable consumers (one per partition of the stream)
+    /// if missing, updates their configuration otherwise, joins the projection's workers and
+    /// pulls on the partitions this worker is assigned, resuming after each consumer's last
+    /// acked event.
     pub async fn spawn<P: Projection>(
+        store: &JetStreamEventStore,
+        projection: P,
+        config: ProjectionConfig,
+    ) -> Result<JetStreamProjectionHandle<P>, StoreError> {
+        // Provisioning awaits many requests: keep callers' futures small.
+        Box::pin(Self::start(store, projection, config)).await
+    }
+
+    async fn start<P: Projection>(
         store: &JetStreamEventStore,
         projection: P,
         config: ProjectionConfig,
@@ -290,43 +389,22 @@ impl JetStreamProjectionRunner {
         let (stream, subjects) = context_subjects(store).await?;
         let replicas = stream.cached_info().config.num_replicas;
         let dead_letters = DeadLetters::provision(store.jetstream(), &subjects, replicas).await?;
-        let (filter_subject, filter_subjects) =
-            split_filters(filter_subjects(&subjects, &projection.filter()));
-        let mut consumer_config = pull::Config {
-            durable_name: Some(name.clone()),
-            description: Some(format!("cqrs projection {name}")),
-            deliver_policy: config.start.deliver_policy(),
-            ack_policy: AckPolicy::Explicit,
-            ack_wait: config.ack_wait,
-            max_ack_pending: i64::try_from(config.max_in_flight).unwrap_or(i64::MAX),
-            filter_subject,
-            filter_subjects,
-            ..Default::default()
-        };
-        if config.pinned {
-            consumer_config.priority_policy = PriorityPolicy::PinnedClient;
-            consumer_config.priority_groups = vec![config.group.clone()];
-            consumer_config.priority_timeout = config.effective_priority_timeout();
-        }
-        let consumer = match stream.create_consumer(consumer_config.clone()).await {
-            Ok(consumer) => consumer,
-            // An existing consumer keeps its deliver policy; update the rest.
-            Err(create_error) => {
-                let existing = stream
-                    .consumer_info(&name)
-                    .await
-                    .map_err(|_| unavailable(&create_error))?;
-                consumer_config.deliver_policy = existing.config.deliver_policy;
-                stream
-                    .create_consumer(consumer_config)
-                    .await
-                    .map_err(|e| unavailable(format!("{create_error}; then: {e}")))?
-            }
-        };
-        let start = consumer.cached_info().ack_floor.stream_sequence;
-        let (checkpoint_tx, checkpoint) = watch::channel(start);
-        let (stop_tx, stop_rx) = watch::channel(false);
         let filter = projection.filter();
+        let mut start = 0;
+        for partition in 0..subjects.partitions() {
+            let consumer =
+                ensure_consumer(&stream, &subjects, &name, partition, &filter, &config).await?;
+            start = start.max(consumer.cached_info().ack_floor.stream_sequence);
+        }
+        let membership = Membership::join(store, &subjects, &name, &config, replicas).await?;
+        let (highest, checkpoint) = watch::channel(start);
+        let progress = Progress {
+            highest,
+            partitions: (0..subjects.partitions())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        };
+        let (stop_tx, stop_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             projection,
             filter,
@@ -336,8 +414,9 @@ impl JetStreamProjectionRunner {
             dead_letters,
             config,
             name,
+            progress,
         });
-        let task = tokio::spawn(run(Arc::clone(&shared), consumer, checkpoint_tx, stop_rx));
+        let task = tokio::spawn(supervise(Arc::clone(&shared), membership, stop_rx));
         Ok(JetStreamProjectionHandle {
             shared,
             checkpoint,
@@ -346,8 +425,8 @@ impl JetStreamProjectionRunner {
         })
     }
 
-    /// Rebuilds `projection` from the first event: deletes its durable consumer (the old
-    /// checkpoint) and spawns it again. Give it a fresh read model; stop the old runners first.
+    /// Rebuilds `projection` from the first event: deletes its durable consumers (the old
+    /// checkpoints) and spawns it again. Give it a fresh read model; stop the old runners first.
     pub async fn rebuild<P: Projection>(
         store: &JetStreamEventStore,
         projection: P,
@@ -357,22 +436,80 @@ impl JetStreamProjectionRunner {
         Self::spawn(store, projection, config.start_from(StartFrom::Beginning)).await
     }
 
-    /// Deletes the durable consumer of projection `name` (its checkpoint); absent is fine.
+    /// Deletes the durable consumers of projection `name` (its checkpoints); absent is fine.
     pub async fn delete_consumer(
         store: &JetStreamEventStore,
         name: &str,
     ) -> Result<(), StoreError> {
-        let (stream, _) = context_subjects(store).await?;
-        match stream.delete_consumer(name).await {
-            Ok(_) => Ok(()),
-            Err(e)
-                if matches!(e.kind(), stream::ConsumerErrorKind::JetStream(js)
-                    if js.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND) =>
+        let (stream, subjects) = context_subjects(store).await?;
+        for partition in 0..subjects.partitions() {
+            match stream
+                .delete_consumer(&consumer_name(name, partition))
+                .await
             {
-                Ok(())
+                Ok(_) => {}
+                Err(e)
+                    if matches!(e.kind(), stream::ConsumerErrorKind::JetStream(js)
+                        if js.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND) => {}
+                Err(e) => return Err(unavailable(e)),
             }
-            Err(e) => Err(unavailable(e)),
         }
+        Ok(())
+    }
+
+    /// Moves the checkpoints of projection `name` to `from`: each of its consumers is recreated
+    /// with its current configuration and the new start, and running workers carry on from
+    /// there. Read models that apply events once per position (`apply_once`) skip what they
+    /// hold already, so clear them first to rebuild. Returns the number of consumers reset
+    /// (0: the projection has never run).
+    pub async fn reset(
+        store: &JetStreamEventStore,
+        name: &str,
+        from: StartFrom,
+    ) -> Result<usize, StoreError> {
+        let (stream, subjects) = context_subjects(store).await?;
+        let mut reset = 0;
+        for partition in 0..subjects.partitions() {
+            let consumer = consumer_name(name, partition);
+            let existing = match stream.consumer_info(&consumer).await {
+                Ok(info) => info.config.clone(),
+                Err(e) if is_consumer_not_found(&e) => continue,
+                Err(e) => return Err(unavailable(e)),
+            };
+            let mut config = pull::Config {
+                durable_name: existing.durable_name,
+                name: existing.name,
+                description: existing.description,
+                deliver_policy: from.deliver_policy(),
+                ack_policy: existing.ack_policy,
+                ack_wait: existing.ack_wait,
+                max_deliver: existing.max_deliver,
+                backoff: existing.backoff,
+                filter_subject: existing.filter_subject,
+                filter_subjects: existing.filter_subjects,
+                replay_policy: existing.replay_policy,
+                max_ack_pending: existing.max_ack_pending,
+                max_waiting: existing.max_waiting,
+                max_batch: existing.max_batch,
+                max_bytes: existing.max_bytes,
+                max_expires: existing.max_expires,
+                inactive_threshold: existing.inactive_threshold,
+                num_replicas: existing.num_replicas,
+                memory_storage: existing.memory_storage,
+                metadata: existing.metadata,
+                ..Default::default()
+            };
+            config.priority_policy = existing.priority_policy;
+            config.priority_groups = existing.priority_groups;
+            config.priority_timeout = existing.priority_timeout;
+            stream
+                .delete_consumer(&consumer)
+                .await
+                .map_err(unavailable)?;
+            stream.create_consumer(config).await.map_err(unavailable)?;
+            reset += 1;
+        }
+        Ok(reset)
     }
 
     /// The dead-letter stream of the store's context.
@@ -385,6 +522,351 @@ impl JetStreamProjectionRunner {
         )
         .await
     }
+}
+
+/// Creates the durable consumer of `name` on `partition`, or updates its configuration (an
+/// existing consumer keeps its deliver policy and checkpoint).
+async fn ensure_consumer(
+    stream: &stream::Stream,
+    subjects: &Subjects,
+    name: &str,
+    partition: u32,
+    filter: &EventFilter,
+    config: &ProjectionConfig,
+) -> Result<consumer::Consumer<pull::Config>, StoreError> {
+    let consumer = consumer_name(name, partition);
+    let (filter_subject, filter_subjects) =
+        split_filters(filter_subjects_in(subjects, filter, Some(partition)));
+    let mut consumer_config = pull::Config {
+        durable_name: Some(consumer.clone()),
+        description: Some(format!(
+            "cqrs projection {name}, partition {partition} of {}",
+            subjects.partitions()
+        )),
+        deliver_policy: config.start.deliver_policy(),
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: config.ack_wait,
+        max_ack_pending: i64::try_from(config.max_in_flight).unwrap_or(i64::MAX),
+        filter_subject,
+        filter_subjects,
+        metadata: [
+            (PROJECTION_METADATA.to_owned(), name.to_owned()),
+            (PARTITION_METADATA.to_owned(), partition.to_string()),
+        ]
+        .into(),
+        ..Default::default()
+    };
+    if config.pinned {
+        consumer_config.priority_policy = PriorityPolicy::PinnedClient;
+        consumer_config.priority_groups = vec![config.group.clone()];
+        consumer_config.priority_timeout = config.effective_priority_timeout();
+    }
+    match stream.create_consumer(consumer_config.clone()).await {
+        Ok(consumer) => Ok(consumer),
+        // An existing consumer keeps its deliver policy; update the rest.
+        Err(create_error) => {
+            let existing = stream
+                .consumer_info(&consumer)
+                .await
+                .map_err(|_| unavailable(&create_error))?;
+            consumer_config.deliver_policy = existing.config.deliver_policy;
+            stream
+                .create_consumer(consumer_config)
+                .await
+                .map_err(|e| unavailable(format!("{create_error}; then: {e}")))
+        }
+    }
+}
+
+/// The workers of one projection, as announced in the workers bucket: each worker puts
+/// `<projection>.<worker id>` every heartbeat and watches the others'. A worker whose last
+/// heartbeat is older than its time-to-live (measured on the server's clock, against this
+/// worker's own latest heartbeat) is gone. Partition `k` belongs to the `k mod n`-th of the `n`
+/// live workers in id order (ids are UUID v7, so the oldest worker comes first).
+struct Membership {
+    kv: kv::Store,
+    prefix: String,
+    me: String,
+    ttl: Duration,
+    watch: Option<kv::Watch>,
+    /// Worker id -> (time of its last heartbeat, its time-to-live).
+    members: BTreeMap<String, (OffsetDateTime, Duration)>,
+}
+
+/// A heartbeat's value.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Heartbeat {
+    ttl_ms: u64,
+}
+
+/// Heartbeats missed before a worker counts as gone.
+const MISSED_HEARTBEATS: u32 = 3;
+
+impl Membership {
+    async fn join(
+        store: &JetStreamEventStore,
+        subjects: &Subjects,
+        projection: &str,
+        config: &ProjectionConfig,
+        replicas: usize,
+    ) -> Result<Self, StoreError> {
+        let bucket = workers_bucket(subjects);
+        let js = store.jetstream();
+        let kv = match js.get_key_value(&bucket).await {
+            Ok(kv) => kv,
+            Err(_) => match js
+                .create_key_value(kv::Config {
+                    bucket: bucket.clone(),
+                    description: format!(
+                        "Workers of the projections of context {}",
+                        subjects.context()
+                    ),
+                    history: 1,
+                    // Garbage collection of crashed workers' entries.
+                    max_age: Duration::from_secs(3600),
+                    storage: stream::StorageType::File,
+                    num_replicas: replicas,
+                    ..Default::default()
+                })
+                .await
+            {
+                Ok(kv) => kv,
+                Err(create_error) => js
+                    .get_key_value(&bucket)
+                    .await
+                    .map_err(|_| unavailable(format!("bucket {bucket}: {create_error}")))?,
+            },
+        };
+        let mut membership = Self {
+            kv,
+            prefix: format!("{projection}."),
+            me: Uuid::now_v7().simple().to_string(),
+            ttl: config.heartbeat.saturating_mul(MISSED_HEARTBEATS),
+            watch: None,
+            members: BTreeMap::new(),
+        };
+        membership.beat().await;
+        Ok(membership)
+    }
+
+    fn key(&self) -> String {
+        format!("{}{}", self.prefix, self.me)
+    }
+
+    /// Announces this worker (again); a failure is logged and retried at the next beat.
+    async fn beat(&mut self) {
+        let value = serde_json::to_vec(&Heartbeat {
+            ttl_ms: u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX),
+        })
+        .unwrap_or_default();
+        if let Err(error) = self.kv.put(self.key(), value.into()).await {
+            tracing::warn!(%error, "cannot announce the projection worker; retrying");
+        }
+        if self.watch.is_none() {
+            match self
+                .kv
+                .watch_with_history(format!("{}*", self.prefix))
+                .await
+            {
+                Ok(watch) => {
+                    self.members.clear();
+                    self.watch = Some(watch);
+                }
+                Err(error) => tracing::warn!(%error, "cannot watch the projection's workers"),
+            }
+        }
+    }
+
+    /// The next change of membership (pending forever without a watch).
+    async fn changed(&mut self) -> Option<Result<kv::Entry, kv::WatcherError>> {
+        match self.watch.as_mut() {
+            Some(watch) => watch.next().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn apply(&mut self, change: Option<Result<kv::Entry, kv::WatcherError>>) {
+        match change {
+            Some(Ok(entry)) => {
+                let Some(worker) = entry.key.strip_prefix(&self.prefix) else {
+                    return;
+                };
+                if entry.operation == kv::Operation::Put {
+                    let ttl = serde_json::from_slice::<Heartbeat>(&entry.value)
+                        .map_or(self.ttl, |h| Duration::from_millis(h.ttl_ms));
+                    self.members.insert(worker.to_owned(), (entry.created, ttl));
+                } else {
+                    self.members.remove(worker);
+                }
+            }
+            Some(Err(error)) => {
+                tracing::warn!(%error, "watching the projection's workers failed; watching again");
+                self.watch = None;
+            }
+            None => self.watch = None,
+        }
+    }
+
+    /// The partitions (of `partitions`) this worker owns now.
+    fn assignment(&self, partitions: u32) -> Vec<u32> {
+        // The server's clock: this worker's own latest heartbeat.
+        let now = self.members.get(&self.me).map(|(at, _)| *at);
+        let mut alive: Vec<&str> = self
+            .members
+            .iter()
+            .filter(|(worker, (at, ttl))| {
+                *worker == &self.me || now.is_none_or(|now| now - *at <= *ttl)
+            })
+            .map(|(worker, _)| worker.as_str())
+            .collect();
+        if !alive.contains(&self.me.as_str()) {
+            alive.push(&self.me);
+            alive.sort_unstable();
+        }
+        let index = alive.iter().position(|w| *w == self.me).unwrap_or(0);
+        let workers = u32::try_from(alive.len()).unwrap_or(u32::MAX).max(1);
+        (0..partitions)
+            .filter(|k| (k % workers) as usize == index)
+            .collect()
+    }
+
+    /// Leaves: the others take this worker's partitions at once.
+    async fn leave(mut self) {
+        self.watch = None;
+        if let Err(error) = self.kv.purge(self.key()).await {
+            tracing::debug!(%error, "cannot withdraw the worker's announcement; it expires");
+        }
+    }
+}
+
+/// A partition being worked on: its stop switch and task. Dropping it (the runner aborted)
+/// aborts the task.
+struct Lane {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<(), StoreError>>,
+}
+
+impl Lane {
+    /// Waits for the task to end.
+    async fn finish(mut self) -> Result<Result<(), StoreError>, tokio::task::JoinError> {
+        (&mut self.task).await
+    }
+}
+
+impl Drop for Lane {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The runner's main task: keeps the membership current, runs one lane per owned partition,
+/// hands partitions over when the workers change, restarts a lane whose consumer was
+/// recreated ([`JetStreamProjectionRunner::reset`]), and stops all lanes on stop.
+async fn supervise<P: Projection>(
+    shared: Arc<Shared<P>>,
+    mut membership: Membership,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), StoreError> {
+    let mut lanes: BTreeMap<u32, Lane> = BTreeMap::new();
+    let mut releasing: Vec<Lane> = Vec::new();
+    let mut heartbeat = tokio::time::interval(shared.config.heartbeat);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let outcome = loop {
+        tokio::select! {
+            biased;
+            () = stopped(&mut stop) => break Ok(()),
+            _ = heartbeat.tick() => membership.beat().await,
+            change = membership.changed() => membership.apply(change),
+        }
+        let owned = membership.assignment(shared.subjects.partitions());
+        // Hand over what is no longer ours.
+        let gone: Vec<u32> = lanes
+            .keys()
+            .copied()
+            .filter(|k| !owned.contains(k))
+            .collect();
+        for partition in gone {
+            if let Some(lane) = lanes.remove(&partition) {
+                tracing::debug!(projection = %shared.name, partition, "handing the partition over");
+                lane.stop.send_replace(true);
+                releasing.push(lane);
+            }
+        }
+        releasing.retain(|lane| !lane.task.is_finished());
+        // Lanes that ended on their own: their consumer was deleted.
+        let mut failed = None;
+        let ended: Vec<u32> = lanes
+            .iter()
+            .filter(|(_, lane)| lane.task.is_finished())
+            .map(|(k, _)| *k)
+            .collect();
+        for partition in ended {
+            if let Some(lane) = lanes.remove(&partition)
+                && let Ok(Err(error)) = lane.finish().await
+                && !consumer_recreated(&shared, partition).await
+            {
+                failed = Some(error);
+            }
+        }
+        if let Some(error) = failed {
+            break Err(error);
+        }
+        for partition in owned {
+            if lanes.contains_key(&partition) {
+                continue;
+            }
+            match shared
+                .stream
+                .get_consumer::<pull::Config>(&consumer_name(&shared.name, partition))
+                .await
+            {
+                Ok(consumer) => {
+                    let (stop_tx, stop_rx) = watch::channel(false);
+                    let task = tokio::spawn(run(Arc::clone(&shared), partition, consumer, stop_rx));
+                    lanes.insert(
+                        partition,
+                        Lane {
+                            stop: stop_tx,
+                            task,
+                        },
+                    );
+                }
+                Err(error) => {
+                    tracing::warn!(projection = %shared.name, partition, %error, "cannot open the partition's consumer; retrying");
+                }
+            }
+        }
+    };
+    for lane in lanes.values() {
+        lane.stop.send_replace(true);
+    }
+    for lane in lanes.into_values().chain(releasing) {
+        match lane.finish().await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "a partition lane failed"),
+            Err(error) => tracing::warn!(%error, "a partition lane panicked"),
+        }
+    }
+    membership.leave().await;
+    // Acks are fire-and-forget publishes: make sure they left before reporting the checkpoint.
+    let _flushed = shared.store.client().flush().await;
+    outcome
+}
+
+/// Whether the consumer of `partition` exists (again) after its lane saw it deleted: a reset
+/// deletes and recreates it, so it is given a moment to come back.
+async fn consumer_recreated<P>(shared: &Shared<P>, partition: u32) -> bool {
+    let name = consumer_name(&shared.name, partition);
+    for _ in 0..20 {
+        match shared.stream.consumer_info(&name).await {
+            Err(e) if is_consumer_not_found(&e) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            // There, or unknown (the lane's restart will tell).
+            _ => return true,
+        }
+    }
+    false
 }
 
 /// Where a [`replay`] starts.
@@ -470,14 +952,18 @@ pub async fn replay<P: Projection + ?Sized>(
 /// time, but an outstanding request lets it deliver the next one as soon as an ack arrives.
 const PULL_BATCH: usize = 256;
 
-/// The runner's loop: pulls, handles one message at a time, and on stop hands back what it has
-/// not started and releases the pin.
+/// One partition's loop: pulls, handles one message at a time, and on stop hands back what it
+/// has not started and releases the pin.
 async fn run<P: Projection>(
     shared: Arc<Shared<P>>,
+    partition: u32,
     consumer: consumer::Consumer<pull::Config>,
-    checkpoint: watch::Sender<u64>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), StoreError> {
+    let lane = LaneRef {
+        consumer: consumer_name(&shared.name, partition),
+        partition,
+    };
     let mut failures = 0u32;
     'pulling: loop {
         if *stop.borrow() {
@@ -495,7 +981,7 @@ async fn run<P: Projection>(
             Ok(messages) => messages,
             Err(error) => {
                 failures += 1;
-                tracing::warn!(projection = %shared.name, %error, "cannot pull; retrying");
+                tracing::warn!(projection = %shared.name, partition, %error, "cannot pull; retrying");
                 if pause(&mut stop, failures).await {
                     break;
                 }
@@ -509,7 +995,7 @@ async fn run<P: Projection>(
                 next = messages.next() => Some(next),
             };
             let Some(next) = next else {
-                release(&shared, messages, None, &checkpoint).await;
+                release(&shared, &lane, messages, None).await;
                 return Ok(());
             };
             match next {
@@ -517,23 +1003,23 @@ async fn run<P: Projection>(
                     failures = 0;
                     let done = handle(&shared, message, &stop).await;
                     if *stop.borrow() {
-                        release(&shared, messages, done, &checkpoint).await;
+                        release(&shared, &lane, messages, done).await;
                         return Ok(());
                     }
                     if let Some(done) = done {
-                        done.ack(&checkpoint).await;
+                        done.ack(&shared.progress, partition).await;
                     }
                 }
                 Some(Err(error)) if error.kind() == pull::MessagesErrorKind::ConsumerDeleted => {
-                    tracing::warn!(projection = %shared.name, "the consumer was deleted; stopping");
+                    tracing::warn!(projection = %shared.name, partition, "the consumer was deleted");
                     return Err(unavailable(format!(
-                        "the consumer of projection `{}` was deleted",
-                        shared.name
+                        "the consumer `{}` of projection `{}` was deleted",
+                        lane.consumer, shared.name
                     )));
                 }
                 Some(Err(error)) => {
                     failures += 1;
-                    tracing::warn!(projection = %shared.name, %error, "pull failed; pulling again");
+                    tracing::warn!(projection = %shared.name, partition, %error, "pull failed; pulling again");
                     if pause(&mut stop, failures).await {
                         break 'pulling;
                     }
@@ -550,16 +1036,22 @@ async fn run<P: Projection>(
         }
     }
     // Stopped between pull streams.
-    unpin(&shared).await;
+    unpin(&shared, &lane).await;
     Ok(())
 }
 
+/// The consumer and partition a lane works on.
+struct LaneRef {
+    consumer: String,
+    partition: u32,
+}
+
 /// Hands the pin to a standby at once instead of after the priority timeout.
-async fn unpin<P>(shared: &Shared<P>) {
+async fn unpin<P>(shared: &Shared<P>, lane: &LaneRef) {
     if shared.config.pinned {
         let _unpinned = shared
             .stream
-            .unpin_consumer(&shared.name, &shared.config.group)
+            .unpin_consumer(&lane.consumer, &shared.config.group)
             .await;
     }
 }
@@ -572,18 +1064,12 @@ struct Done {
 
 impl Done {
     /// Acks it (the checkpoint on the server) and advances the local checkpoint.
-    async fn ack(self, checkpoint: &watch::Sender<u64>) {
+    async fn ack(self, progress: &Progress, partition: u32) {
         if let Err(error) = self.message.ack().await {
             // Redelivered later; `apply_once` absorbs it.
             tracing::warn!(%error, position = self.sequence, "ack failed");
         }
-        checkpoint.send_if_modified(|c| {
-            let newer = self.sequence > *c;
-            if newer {
-                *c = self.sequence;
-            }
-            newer
-        });
+        progress.record(partition, self.sequence);
     }
 }
 
@@ -598,9 +1084,9 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 /// delivers the next one to another runner rather than to the pull request of this one.
 async fn release<P>(
     shared: &Shared<P>,
+    lane: &LaneRef,
     mut messages: pull::Stream,
     last: Option<Done>,
-    checkpoint: &watch::Sender<u64>,
 ) {
     use futures::FutureExt;
     while let Some(Some(Ok(message))) = messages.next().now_or_never() {
@@ -609,11 +1095,11 @@ async fn release<P>(
         }
     }
     drop(messages);
-    unpin(shared).await;
+    unpin(shared, lane).await;
     if let Some(last) = last {
-        last.ack(checkpoint).await;
+        last.ack(&shared.progress, lane.partition).await;
     }
-    // Acks are fire-and-forget publishes: make sure they left before reporting the checkpoint.
+    // Acks are fire-and-forget publishes: make sure they left before the lane reports done.
     let _flushed = shared.store.client().flush().await;
 }
 
@@ -781,30 +1267,37 @@ impl<P: Projection> JetStreamProjectionHandle<P> {
         &self.shared.projection
     }
 
-    /// The stream position of the last event this runner processed (applied, parked or filtered
-    /// out), or the consumer's ack floor when it started.
+    /// The highest stream position this runner processed (applied, parked or filtered out), or
+    /// the highest ack floor of the projection's consumers when it started. Partitions progress
+    /// independently, so lower positions of other partitions may still be on their way: use
+    /// [`Self::wait_for`] to know that a position was processed.
     pub fn checkpoint(&self) -> u64 {
         *self.checkpoint.borrow()
     }
 
-    /// Read-your-writes: waits until the projection has processed `position` (e.g. the position
-    /// of the last event a command committed), or `timeout` passes. Works on every runner of the
-    /// projection, pinned or standby: besides this runner's checkpoint it asks the server, where
-    /// an ack floor at or beyond `position`, or nothing pending and nothing unacked (a filtered
-    /// consumer never sees positions outside its filter), means done.
+    /// Read-your-writes: waits until the projection has processed every event up to
+    /// `position` (e.g. the position of the last event a command committed), or `timeout`
+    /// passes. Works on every runner of the projection, whichever worker owns which partition:
+    /// a partition this runner works on counts as done when its progress reached `position`;
+    /// for the others the server is asked, where an ack floor at or beyond `position`, or
+    /// nothing unacked with nothing pending or everything up to `position` delivered (a
+    /// filtered consumer never sees positions outside its filter), means done.
     pub async fn wait_for(&self, position: u64, timeout: Duration) -> Result<(), WaitTimeout> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut checkpoint = self.checkpoint.clone();
+        let mut pending: Vec<u32> = (0..self.shared.subjects.partitions()).collect();
         loop {
-            if *checkpoint.borrow_and_update() >= position {
-                return Ok(());
+            checkpoint.borrow_and_update();
+            let mut still = Vec::with_capacity(pending.len());
+            for partition in pending {
+                if self.shared.progress.of(partition) < position
+                    && !self.processed_on_server(partition, position).await
+                {
+                    still.push(partition);
+                }
             }
-            if let Ok(info) = self.shared.stream.consumer_info(&self.shared.name).await
-                && (info.ack_floor.stream_sequence >= position
-                    || (info.num_pending == 0
-                        && info.num_ack_pending == 0
-                        && self.stream_has(position).await))
-            {
+            pending = still;
+            if pending.is_empty() && self.stream_has(position).await {
                 return Ok(());
             }
             let now = tokio::time::Instant::now();
@@ -812,13 +1305,28 @@ impl<P: Projection> JetStreamProjectionHandle<P> {
                 return Err(WaitTimeout {
                     projection: self.shared.name.clone(),
                     wanted: position,
-                    reached: self.checkpoint(),
+                    reached: pending
+                        .iter()
+                        .map(|k| self.shared.progress.of(*k))
+                        .min()
+                        .unwrap_or_else(|| self.checkpoint()),
                     timeout,
                 });
             }
             let nap = (deadline - now).min(Duration::from_millis(20));
             let _changed = tokio::time::timeout(nap, checkpoint.changed()).await;
         }
+    }
+
+    /// Whether the consumer of `partition` has processed every event up to `position`.
+    async fn processed_on_server(&self, partition: u32, position: u64) -> bool {
+        let name = consumer_name(&self.shared.name, partition);
+        let Ok(info) = self.shared.stream.consumer_info(&name).await else {
+            return false;
+        };
+        info.ack_floor.stream_sequence >= position
+            || (info.num_ack_pending == 0
+                && (info.num_pending == 0 || info.delivered.stream_sequence >= position))
     }
 
     /// Whether the events stream holds `position` already (so "nothing pending" covers it).

@@ -1,8 +1,9 @@
 //! [`JetStreamEventStore`]: the [`EventStore`] on NATS JetStream.
 //!
-//! - One stream per bounded context, `EVENTS_<CONTEXT>` on `<context>.events.>` (file storage,
-//!   `allow_atomic`, `allow_direct`, `deny_delete`, `deny_purge`, a duplicate window, no limits),
-//!   one subject per aggregate (see [`crate::subject`]), one message per event (see
+//! - One stream per bounded context, `EVENTS_<CONTEXT>` on `<context>.events.*.*.*` (file
+//!   storage, `allow_atomic`, `allow_direct`, `deny_delete`, `deny_purge`, a duplicate window, no
+//!   limits, and a subject transform that stores every event under a partition token, see
+//!   [`crate::subject`]), one subject per aggregate, one message per event (see
 //!   [`crate::headers`]). An existing stream is verified, never reconfigured.
 //! - **Append.** The expected version is turned into the stream sequence of the aggregate's last
 //!   event, which goes out as `Nats-Expected-Last-Subject-Sequence` on every append (0 for a new
@@ -73,6 +74,7 @@ pub struct StoreConfig {
     any_version_retries: u32,
     load_batch: usize,
     request_timeout: Duration,
+    partitions: u32,
 }
 
 impl StoreConfig {
@@ -86,7 +88,22 @@ impl StoreConfig {
             any_version_retries: 5,
             load_batch: 512,
             request_timeout: Duration::from_secs(5),
+            partitions: crate::subject::DEFAULT_PARTITIONS,
         }
+    }
+
+    /// Partitions of the context's stream (1 to 1024, default
+    /// [`DEFAULT_PARTITIONS`](crate::subject::DEFAULT_PARTITIONS)): the most workers one
+    /// projection can spread over. Fixed when the stream is created; connecting with another
+    /// count to an existing stream is a [`NatsStoreError::StreamConflict`].
+    pub fn partitions(mut self, partitions: u32) -> Self {
+        self.partitions = partitions;
+        self
+    }
+
+    /// The partition count this configuration asks for.
+    pub fn partition_count(&self) -> u32 {
+        self.partitions
     }
 
     /// Stream and bucket replicas (1 locally, 3 in a cluster).
@@ -133,7 +150,13 @@ impl StoreConfig {
     pub fn stream_config(&self) -> stream::Config {
         stream::Config {
             name: self.stream_name(),
-            subjects: vec![format!("{}.events.>", self.context)],
+            subjects: vec![format!("{}.events.*.*.*", self.context)],
+            subject_transform: Some(stream::SubjectTransform {
+                source: format!("{}.events.*.*.*", self.context),
+                destination: Subjects::with_partitions(&self.context, self.partitions)
+                    .map(|s| s.transform_destination())
+                    .unwrap_or_default(),
+            }),
             storage: stream::StorageType::File,
             retention: stream::RetentionPolicy::Limits,
             num_replicas: self.replicas,
@@ -271,6 +294,21 @@ fn config_differences(want: &stream::Config, have: &stream::Config) -> Vec<Strin
         format!("{:?}", have.subjects),
     );
     check(
+        "subject_transform",
+        have.subject_transform
+            .as_ref()
+            .map(|t| (&t.source, &t.destination))
+            == want
+                .subject_transform
+                .as_ref()
+                .map(|t| (&t.source, &t.destination)),
+        format!("{:?}", want.subject_transform),
+        format!(
+            "{:?} (the partition count is fixed when the stream is created)",
+            have.subject_transform
+        ),
+    );
+    check(
         "storage",
         have.storage == want.storage,
         format!("{:?}", want.storage),
@@ -353,7 +391,7 @@ impl JetStreamEventStore {
     /// and snapshot bucket, or verifies them if they exist (a conflicting stream configuration is
     /// an error, never changed silently).
     pub async fn from_client(client: Client, config: StoreConfig) -> Result<Self, NatsStoreError> {
-        let subjects = Subjects::new(&config.context)?;
+        let subjects = Subjects::with_partitions(&config.context, config.partitions)?;
         let info = client.server_info();
         match parse_server_version(&info.version) {
             Some(found) if found >= MIN_SERVER_VERSION => {}
@@ -464,13 +502,33 @@ impl JetStreamEventStore {
         &self.inner.stream_name
     }
 
-    /// The subject of `stream`'s events.
+    /// The subject `stream`'s events are published to:
+    /// `<context>.events.<tenant>.<AggregateType>.<id>`.
     pub fn subject_for(&self, stream: &StreamId) -> Result<String, SubjectError> {
         self.inner.subjects.aggregate(
             stream.tenant.as_deref(),
             &stream.aggregate_type,
             &stream.aggregate_id,
         )
+    }
+
+    /// The subject the stream stores `stream`'s events under (what loads and consumers read):
+    /// `<context>.events.<partition>.<tenant>.<AggregateType>.<id>`.
+    pub fn stored_subject_for(&self, stream: &StreamId) -> Result<String, SubjectError> {
+        self.inner.subjects.stored(&self.subject_for(stream)?)
+    }
+
+    /// The context's subjects (partition count included).
+    pub fn subjects(&self) -> &Subjects {
+        &self.inner.subjects
+    }
+
+    fn stored_subject_or_invalid(&self, stream: &StreamId) -> Result<String, StoreError> {
+        self.stored_subject_for(stream)
+            .map_err(|e| StoreError::InvalidInput {
+                stream: stream.clone(),
+                reason: e.to_string(),
+            })
     }
 
     fn subject_or_invalid(&self, stream: &StreamId) -> Result<String, StoreError> {
@@ -1010,7 +1068,9 @@ impl JetStreamEventStore {
                 max: MAX_BATCH,
             });
         }
-        let subject = self.subject_or_invalid(stream)?;
+        // Published to the aggregate's subject, stored (and read back) under its partitioned form.
+        let publish_to = self.subject_or_invalid(stream)?;
+        let subject = self.stored_subject_or_invalid(stream)?;
         let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
         let mut attempt = 0u32;
         loop {
@@ -1047,7 +1107,7 @@ impl JetStreamEventStore {
             }
             let recorded_at = OffsetDateTime::now_utc();
             let outgoing = self.prepare(stream, &events, last.version, recorded_at)?;
-            match self.publish(&subject, outgoing, last.sequence).await {
+            match self.publish(&publish_to, outgoing, last.sequence).await {
                 Ok((sequence, true)) => {
                     return self
                         .resolve_duplicate(stream, &subject, sequence, &ids)
@@ -1363,7 +1423,7 @@ impl EventStore for JetStreamEventStore {
     }
 
     async fn load(&self, stream: &StreamId, from_version: u64) -> Result<EventStream, StoreError> {
-        let subject = self.subject_or_invalid(stream)?;
+        let subject = self.stored_subject_or_invalid(stream)?;
         tracing::debug!(
             aggregate_type = %stream.aggregate_type,
             aggregate_id = %stream.aggregate_id,
@@ -1378,7 +1438,7 @@ impl EventStore for JetStreamEventStore {
         stream: &StreamId,
         after: StreamPosition,
     ) -> Result<EventStream, StoreError> {
-        let subject = self.subject_or_invalid(stream)?;
+        let subject = self.stored_subject_or_invalid(stream)?;
         tracing::debug!(aggregate_type = %stream.aggregate_type, aggregate_id = %stream.aggregate_id, after_version = after.version, after_position = after.position, "cqrs.nats.load_after");
         Ok(self
             .inner
@@ -1386,7 +1446,7 @@ impl EventStore for JetStreamEventStore {
     }
 
     async fn stream_position(&self, stream: &StreamId) -> Result<StreamPosition, StoreError> {
-        let subject = self.subject_or_invalid(stream)?;
+        let subject = self.stored_subject_or_invalid(stream)?;
         Ok(self
             .inner
             .last(&subject)

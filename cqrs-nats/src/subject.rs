@@ -1,11 +1,27 @@
 //! Subjects of aggregate streams and the token codec that keeps user data out of the subject
 //! syntax.
 //!
-//! Every aggregate instance has its own subject:
+//! Every aggregate instance has its own subject. Writers publish to
 //!
 //! ```text
 //! <context>.events.<tenant>.<AggregateType>.<id>
 //! ```
+//!
+//! and the context's stream stores each event under the same subject with a partition token in
+//! front of the tenant (a `subject_transform` of the stream, applied by the server on ingest):
+//!
+//! ```text
+//! <context>.events.<partition>.<tenant>.<AggregateType>.<id>
+//! ```
+//!
+//! The partition is FNV-1a (32 bit) of the tenant, type and id tokens concatenated, modulo the
+//! stream's partition count — what the server's `{{partition(n,1,2,3)}}` transform computes, so
+//! [`Subjects::stored`] finds an aggregate's stored subject without asking. The partition count
+//! is fixed when the stream is created (changing it would move an aggregate's later events to
+//! another subject). Partitions let several workers share a projection while each aggregate
+//! stays in order (one consumer per partition, see [`crate::projection`]); the
+//! `Nats-Expected-Last-Subject-Sequence` check works on the stored subject, so optimistic
+//! concurrency is unaffected.
 //!
 //! `<context>` and `<AggregateType>` are names chosen by the programmer and must match
 //! `[A-Za-z0-9_-]{1,64}` (checked, see [`validate_name`]). `<tenant>` and `<id>` come from users
@@ -32,6 +48,11 @@ pub const NO_TENANT_TOKEN: &str = "_";
 pub const EMPTY_TOKEN: &str = "__";
 /// Longest context or aggregate type name accepted.
 pub const MAX_NAME_LEN: usize = 64;
+/// Partitions of a new context's stream unless [`crate::StoreConfig::partitions`] says
+/// otherwise: the most workers one projection can spread over.
+pub const DEFAULT_PARTITIONS: u32 = 8;
+/// Most partitions a stream can have.
+pub const MAX_PARTITIONS: u32 = 1024;
 /// Longest subject the store writes. The server's protocol control line (`max_control_line`,
 /// 4096 bytes by default) must hold the subject plus a reply inbox; anything longer is refused
 /// with a typed error before it is sent.
@@ -68,9 +89,13 @@ pub enum SubjectError {
         /// Where decoding failed.
         at: usize,
     },
-    /// A subject does not have the shape `<context>.events.<tenant>.<type>.<id>`.
-    #[error("`{0}` is not an aggregate stream subject")]
+    /// A subject does not have the shape `<context>.events.<partition>.<tenant>.<type>.<id>`
+    /// (with the partition its tokens hash to).
+    #[error("`{0}` is not a stored aggregate subject of this context")]
     NotAnAggregateSubject(String),
+    /// A partition count outside `1..=MAX_PARTITIONS`.
+    #[error("{0} partitions: use 1 to {MAX_PARTITIONS}")]
+    InvalidPartitions(u32),
 }
 
 /// Checks a context or aggregate type name: 1 to 64 characters of `[A-Za-z0-9_-]`.
@@ -174,18 +199,41 @@ pub fn decode_tenant(token: &str) -> Result<Option<String>, SubjectError> {
     }
 }
 
+/// FNV-1a (32 bit) over `tokens` concatenated, as the server's `partition` transform computes it.
+fn fnv1a<'a>(tokens: impl IntoIterator<Item = &'a str>) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for token in tokens {
+        for b in token.bytes() {
+            hash ^= u32::from(b);
+            hash = hash.wrapping_mul(0x0100_0193);
+        }
+    }
+    hash
+}
+
 /// The subjects of one bounded context: `<context>.events.>` and everything under it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subjects {
     context: String,
+    partitions: u32,
 }
 
 impl Subjects {
-    /// The subjects of context `context` (checked with [`validate_name`]).
+    /// The subjects of context `context` (checked with [`validate_name`]) with
+    /// [`DEFAULT_PARTITIONS`].
     pub fn new(context: &str) -> Result<Self, SubjectError> {
+        Self::with_partitions(context, DEFAULT_PARTITIONS)
+    }
+
+    /// The subjects of context `context` on a stream of `partitions` partitions.
+    pub fn with_partitions(context: &str, partitions: u32) -> Result<Self, SubjectError> {
         validate_name("context", context)?;
+        if !(1..=MAX_PARTITIONS).contains(&partitions) {
+            return Err(SubjectError::InvalidPartitions(partitions));
+        }
         Ok(Self {
             context: context.to_owned(),
+            partitions,
         })
     }
 
@@ -194,12 +242,43 @@ impl Subjects {
         &self.context
     }
 
+    /// The stream's partition count.
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
     /// `<context>.events.>`: every event of the context.
     pub fn all_events(&self) -> String {
         format!("{}.events.>", self.context)
     }
 
-    /// The subject of one aggregate instance.
+    /// `<context>.events.*.*.*`: the subjects the context's stream listens on (writers publish
+    /// to these).
+    pub fn stream_subject(&self) -> String {
+        format!("{}.events.*.*.*", self.context)
+    }
+
+    /// The stream's subject transform destination: the published subject with the partition
+    /// token inserted after `events`.
+    pub fn transform_destination(&self) -> String {
+        format!(
+            "{}.events.{{{{partition({},1,2,3)}}}}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}.{{{{wildcard(3)}}}}",
+            self.context, self.partitions
+        )
+    }
+
+    /// The partition count a transform destination made by [`Self::transform_destination`]
+    /// names, if it is one for this context.
+    pub fn partitions_of_destination(context: &str, destination: &str) -> Option<u32> {
+        let rest = destination.strip_prefix(context)?;
+        let rest = rest.strip_prefix(".events.{{partition(")?;
+        let (count, tail) = rest.split_once(',')?;
+        (tail == "1,2,3)}}.{{wildcard(1)}}.{{wildcard(2)}}.{{wildcard(3)}}")
+            .then(|| count.trim().parse().ok())
+            .flatten()
+    }
+
+    /// The subject writers publish one aggregate instance's events to.
     pub fn aggregate(
         &self,
         tenant: Option<&str>,
@@ -214,18 +293,47 @@ impl Subjects {
             aggregate_type,
             encode_token(aggregate_id)
         );
-        if subject.len() > MAX_SUBJECT_LEN {
-            return Err(SubjectError::TooLong { len: subject.len() });
+        // The stored subject is longer by the partition token.
+        let stored_len = subject.len() + 1 + partition_digits(self.partitions);
+        if stored_len > MAX_SUBJECT_LEN {
+            return Err(SubjectError::TooLong { len: stored_len });
         }
         Ok(subject)
     }
 
-    /// A filter for the events of some tenant and aggregate type; `None` is "any" (`*`).
-    pub fn filter(
+    /// The partition of the aggregate with these encoded tokens.
+    fn partition_of_tokens(&self, tenant: &str, aggregate_type: &str, id: &str) -> u32 {
+        fnv1a([tenant, aggregate_type, id]) % self.partitions
+    }
+
+    /// The subject the stream stores the events published to `published` (a subject made by
+    /// [`Self::aggregate`]) under: the partition token inserted after `events`.
+    pub fn stored(&self, published: &str) -> Result<String, SubjectError> {
+        let not_ours = || SubjectError::NotAnAggregateSubject(published.to_owned());
+        let prefix_len = self.context.len() + ".events.".len();
+        let rest = published
+            .strip_prefix(self.context.as_str())
+            .and_then(|r| r.strip_prefix(".events."))
+            .ok_or_else(not_ours)?;
+        let mut tokens = rest.split('.');
+        let (Some(tenant), Some(aggregate_type), Some(id), None) =
+            (tokens.next(), tokens.next(), tokens.next(), tokens.next())
+        else {
+            return Err(not_ours());
+        };
+        let partition = self.partition_of_tokens(tenant, aggregate_type, id);
+        Ok(format!("{}{partition}.{rest}", &published[..prefix_len]))
+    }
+
+    /// A filter for the stored events of some partition, tenant and aggregate type; `None` is
+    /// "any" (`*`).
+    pub fn filter_in(
         &self,
+        partition: Option<u32>,
         tenant: Option<Option<&str>>,
         aggregate_type: Option<&str>,
     ) -> Result<String, SubjectError> {
+        let partition = partition.map_or_else(|| "*".to_owned(), |p| p.to_string());
         let tenant = tenant.map_or_else(|| "*".to_owned(), encode_tenant);
         let aggregate_type = match aggregate_type {
             Some(t) => {
@@ -235,34 +343,75 @@ impl Subjects {
             None => "*",
         };
         Ok(format!(
-            "{}.events.{tenant}.{aggregate_type}.*",
+            "{}.events.{partition}.{tenant}.{aggregate_type}.*",
             self.context
         ))
     }
 
-    /// Splits an aggregate subject of this context into (tenant, aggregate type, id).
+    /// A filter for the stored events of some tenant and aggregate type; `None` is "any" (`*`).
+    pub fn filter(
+        &self,
+        tenant: Option<Option<&str>>,
+        aggregate_type: Option<&str>,
+    ) -> Result<String, SubjectError> {
+        self.filter_in(None, tenant, aggregate_type)
+    }
+
+    /// `<context>.events.<partition>.>`: the stored events of one partition.
+    pub fn partition_filter(&self, partition: u32) -> String {
+        format!("{}.events.{partition}.>", self.context)
+    }
+
+    /// Splits a stored aggregate subject of this context into (tenant, aggregate type, id).
+    /// The partition token must be the one the other tokens hash to.
     pub fn parse(&self, subject: &str) -> Result<(Option<String>, String, String), SubjectError> {
+        self.parse_with_partition(subject)
+            .map(|(_, tenant, aggregate_type, id)| (tenant, aggregate_type, id))
+    }
+
+    /// [`Self::parse`], also returning the partition.
+    pub fn parse_with_partition(
+        &self,
+        subject: &str,
+    ) -> Result<(u32, Option<String>, String, String), SubjectError> {
         let not_ours = || SubjectError::NotAnAggregateSubject(subject.to_owned());
         let mut parts = subject.split('.');
-        let (Some(context), Some("events"), Some(tenant), Some(aggregate_type), Some(id), None) = (
+        let (
+            Some(context),
+            Some("events"),
+            Some(partition),
+            Some(tenant),
+            Some(aggregate_type),
+            Some(id),
+            None,
+        ) = (
             parts.next(),
             parts.next(),
             parts.next(),
             parts.next(),
             parts.next(),
             parts.next(),
-        ) else {
+            parts.next(),
+        )
+        else {
             return Err(not_ours());
         };
         if context != self.context || validate_name("aggregate type", aggregate_type).is_err() {
             return Err(not_ours());
         }
-        Ok((
-            decode_tenant(tenant)?,
-            aggregate_type.to_owned(),
-            decode_token(id)?,
-        ))
+        let tenant_value = decode_tenant(tenant)?;
+        let id_value = decode_token(id)?;
+        let expected = self.partition_of_tokens(tenant, aggregate_type, id);
+        if partition != expected.to_string() {
+            return Err(not_ours());
+        }
+        Ok((expected, tenant_value, aggregate_type.to_owned(), id_value))
     }
+}
+
+/// Decimal digits of the largest partition number.
+fn partition_digits(partitions: u32) -> usize {
+    partitions.saturating_sub(1).max(1).ilog10() as usize + 1
 }
 
 #[cfg(test)]
@@ -320,16 +469,67 @@ mod tests {
     }
 
     #[test]
-    fn parse_inverts_aggregate() {
+    fn parse_inverts_stored() {
         let s = subjects();
-        let subject = s.aggregate(Some("t.1"), "Order", "a>b").unwrap_or_default();
+        let published = s.aggregate(Some("t.1"), "Order", "a>b").unwrap_or_default();
+        let stored = s.stored(&published).unwrap_or_default();
         assert_eq!(
-            s.parse(&subject).ok(),
+            s.parse(&stored).ok(),
             Some((Some("t.1".to_owned()), "Order".to_owned(), "a>b".to_owned()))
         );
-        assert!(s.parse("sales.events._.Order").is_err());
-        assert!(s.parse("other.events._.Order.x").is_err());
-        assert!(s.parse("sales.events._.Order.x.y").is_err());
+        assert!(
+            s.parse(&published).is_err(),
+            "a published subject is not stored"
+        );
+        assert!(s.parse("sales.events.0._.Order").is_err());
+        assert!(s.parse("other.events.0._.Order.x").is_err());
+        assert!(s.parse("sales.events.0._.Order.x.y").is_err());
+        // A partition token the tokens do not hash to.
+        let (partition, ..) = s.parse_with_partition(&stored).unwrap_or_default();
+        let wrong = stored.replacen(
+            &format!(".{partition}."),
+            &format!(".{}.", (partition + 1) % s.partitions()),
+            1,
+        );
+        assert!(s.parse(&wrong).is_err());
+    }
+
+    #[test]
+    fn fnv1a_is_the_standard_hash() {
+        // Reference values of FNV-1a 32.
+        assert_eq!(fnv1a([""]), 0x811c_9dc5);
+        assert_eq!(fnv1a(["a"]), 0xe40c_292c);
+        assert_eq!(fnv1a(["foobar"]), 0xbf9c_f968);
+        assert_eq!(fnv1a(["foo", "bar"]), 0xbf9c_f968);
+    }
+
+    #[test]
+    fn stream_subjects_and_transform() {
+        let s = Subjects::with_partitions("sales", 16).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.stream_subject(), "sales.events.*.*.*");
+        assert_eq!(
+            s.transform_destination(),
+            "sales.events.{{partition(16,1,2,3)}}.{{wildcard(1)}}.{{wildcard(2)}}.{{wildcard(3)}}"
+        );
+        assert_eq!(
+            Subjects::partitions_of_destination("sales", &s.transform_destination()),
+            Some(16)
+        );
+        assert_eq!(
+            Subjects::partitions_of_destination("other", &s.transform_destination()),
+            None
+        );
+        assert_eq!(s.partition_filter(3), "sales.events.3.>");
+        assert_eq!(
+            s.filter(Some(Some("acme")), Some("Order")).ok(),
+            Some("sales.events.*.acme.Order.*".to_owned())
+        );
+        assert!(Subjects::with_partitions("sales", 0).is_err());
+        assert!(Subjects::with_partitions("sales", MAX_PARTITIONS + 1).is_err());
+        assert_eq!(partition_digits(1), 1);
+        assert_eq!(partition_digits(10), 1);
+        assert_eq!(partition_digits(11), 2);
+        assert_eq!(partition_digits(1024), 4);
     }
 
     proptest! {
@@ -359,13 +559,15 @@ mod tests {
         }
 
         #[test]
-        fn aggregate_subject_has_five_tokens(tenant in proptest::option::of(".{0,20}"), id in ".{0,40}") {
+        fn aggregate_subjects_have_five_and_six_tokens(tenant in proptest::option::of(".{0,20}"), id in ".{0,40}") {
             let subject = subjects().aggregate(tenant.as_deref(), "Order", &id);
             prop_assert!(subject.is_ok());
             let subject = subject.unwrap_or_default();
             prop_assert_eq!(subject.split('.').count(), 5);
             prop_assert!(subject.split('.').all(|t| !t.is_empty() && t != "*" && t != ">"));
-            prop_assert_eq!(subjects().parse(&subject).ok(), Some((tenant, "Order".to_owned(), id)));
+            let stored = subjects().stored(&subject).unwrap_or_default();
+            prop_assert_eq!(stored.split('.').count(), 6);
+            prop_assert_eq!(subjects().parse(&stored).ok(), Some((tenant, "Order".to_owned(), id)));
         }
 
         #[test]

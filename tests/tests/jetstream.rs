@@ -144,7 +144,17 @@ async fn appended_events_carry_the_documented_headers() {
             .get_raw_message(recorded.position)
             .await
             .expect("get");
-        assert_eq!(message.subject.as_str(), "test.events.t_2E1.Order.o_201");
+        // Published to `test.events.t_2E1.Order.o_201`, stored with its partition token.
+        assert_eq!(
+            message.subject.as_str(),
+            f.store.stored_subject_for(&stream).unwrap()
+        );
+        assert!(
+            message.subject.starts_with("test.events.")
+                && message.subject.ends_with(".t_2E1.Order.o_201"),
+            "{}",
+            message.subject
+        );
         let h = |name: &str| {
             message
                 .headers
@@ -228,16 +238,18 @@ async fn hostile_ids_land_on_their_own_subject_only() {
     for (subject, count) in &subjects {
         assert_eq!(*count, 1, "{subject} holds one aggregate's single event");
         let tokens: Vec<&str> = subject.split('.').collect();
-        assert_eq!(tokens.len(), 5, "{subject}");
+        assert_eq!(tokens.len(), 6, "{subject}");
         assert!(
             subject
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)),
             "{subject}"
         );
+        // `parse` insists on the partition the client computes: the server's
+        // `{{partition(..)}}` transform put every one of these where the client expects it.
         let (tenant, aggregate_type, id) = codec.parse(subject).expect("parse");
         let stream = StreamId::new(aggregate_type, id).with_optional_tenant(tenant);
-        assert_eq!(f.store.subject_for(&stream).unwrap(), *subject);
+        assert_eq!(f.store.stored_subject_for(&stream).unwrap(), *subject);
     }
 }
 
@@ -486,7 +498,16 @@ async fn provisioning_creates_verifies_and_refuses_conflicts() {
         .await
         .expect("stream");
     let config = &info.cached_info().config;
-    assert_eq!(config.subjects, ["sales.events.>"]);
+    assert_eq!(config.subjects, ["sales.events.*.*.*"]);
+    let transform = config
+        .subject_transform
+        .as_ref()
+        .expect("partition transform");
+    assert_eq!(transform.source, "sales.events.*.*.*");
+    assert_eq!(
+        transform.destination,
+        "sales.events.{{partition(8,1,2,3)}}.{{wildcard(1)}}.{{wildcard(2)}}.{{wildcard(3)}}"
+    );
     assert!(
         config.allow_atomic_publish
             && config.allow_direct
@@ -508,6 +529,19 @@ async fn provisioning_creates_verifies_and_refuses_conflicts() {
         matches!(err, NatsStoreError::StreamConflict { .. }),
         "{err}"
     );
+    // The partition count is fixed at creation: another one is refused, not applied.
+    let err = JetStreamEventStore::connect(server.url(), StoreConfig::new("sales").partitions(16))
+        .await
+        .expect_err("a different partition count conflicts");
+    match &err {
+        NatsStoreError::StreamConflict { differences, .. } => assert!(
+            differences
+                .iter()
+                .any(|d| d.starts_with("subject_transform") && d.contains("fixed")),
+            "{differences:?}"
+        ),
+        other => panic!("expected StreamConflict, got {other}"),
+    }
     // A stream someone created by hand with deletes allowed is refused, and left unchanged.
     first
         .jetstream()
