@@ -3,8 +3,11 @@
 #![forbid(unsafe_code)]
 
 pub mod bank_account;
+pub mod graph_editor;
+pub mod host;
 pub mod order_flow;
 pub mod order_fulfilment;
+pub mod task_tracker;
 
 /// The `--nats <url>` argument of an example, if given: run on JetStream at that URL instead of
 /// the in-memory store.
