@@ -2,6 +2,7 @@
 //! function, and `transition` the two together.
 
 use crate::event::DomainEvent;
+use crate::state_machine::StateMachine;
 use std::fmt::Debug;
 
 /// A consistency boundary whose state is the fold of its events.
@@ -105,6 +106,14 @@ pub trait Aggregate: Default + Clone + Debug + Send + Sync + 'static {
     /// [`state_name`]: Aggregate::state_name
     fn declared_target(&self, command: &Self::Command) -> Option<&'static str> {
         let _ = command;
+        None
+    }
+
+    /// For state-machine aggregates: the transition table as data (states, commands, initial
+    /// state, transitions), the same as the derived `State::state_machine()`, so that generic
+    /// code — the operator CLI's `diagram`, documentation generators — can render and check it
+    /// knowing only the type. `None` for aggregates that declare no transitions.
+    fn transition_table() -> Option<StateMachine> {
         None
     }
 }

@@ -8,7 +8,7 @@ pub use crate::event::{
 pub use crate::state_machine::{State, StateMachine, Transition};
 
 /// The half of an `Aggregate` impl that `#[transitions]` writes: `#[derive(Aggregate)]` delegates
-/// `decide`, `evolve`, `command_name` and `declared_target` to it.
+/// `decide`, `evolve`, `command_name`, `declared_target` and `transition_table` to it.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` derives `Aggregate` but has no `#[transitions]` impl block",
     label = "`Aggregate` is derived here",
@@ -30,6 +30,11 @@ pub trait Transitions: Aggregate {
     /// See [`Aggregate::declared_target`].
     fn declared_target(&self, command: &Self::Command) -> Option<&'static str> {
         let _ = command;
+        None
+    }
+
+    /// See [`Aggregate::transition_table`].
+    fn transition_table() -> Option<StateMachine> {
         None
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! The derive writes the `Aggregate` impl from what the type declares — name, command, event
 //! and error types, and (for an enum) its states — and delegates `decide`, `evolve`,
-//! `command_name` and `declared_target` to the hidden `Transitions` trait, which
-//! `#[transitions]` implements from the impl block holding the handlers.
+//! `command_name`, `declared_target` and `transition_table` to the hidden `Transitions` trait,
+//! which `#[transitions]` implements from the impl block holding the handlers.
 
 use crate::ctxt::{Ctxt, finish};
 use crate::event::path_name;
@@ -292,6 +292,10 @@ fn expand(model: &AggregateInput<'_>) -> TokenStream {
 
             fn declared_target(&self, command: &Self::Command) -> ::core::option::Option<&'static str> {
                 #transitions::declared_target(self, command)
+            }
+
+            fn transition_table() -> ::core::option::Option<::cqrs_core::__private::StateMachine> {
+                #transitions::transition_table()
             }
         }
 

@@ -371,7 +371,7 @@ fn expand_model(model: &Model) -> TokenStream {
     }
 }
 
-/// `decide`, `command_name` and `declared_target` of a state machine.
+/// `decide`, `command_name`, `declared_target` and `transition_table` of a state machine.
 fn state_machine_items(model: &Model, alias: &Ident) -> TokenStream {
     let state_path = &model.state_path;
     let aggregate = quote!(<Self as ::cqrs_core::__private::Aggregate>);
@@ -456,6 +456,10 @@ fn state_machine_items(model: &Model, alias: &Ident) -> TokenStream {
                 #(#target_arms)*
                 _ => ::core::option::Option::None,
             }
+        }
+
+        fn transition_table() -> ::core::option::Option<::cqrs_core::__private::StateMachine> {
+            ::core::option::Option::Some(Self::state_machine())
         }
     }
 }

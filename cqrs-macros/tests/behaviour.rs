@@ -318,3 +318,14 @@ fn the_table_renders_as_dot() {
         "{dot}"
     );
 }
+
+#[test]
+fn the_table_is_reachable_through_the_aggregate_trait() {
+    // Generic code (the operator CLI's `diagram`) knows only `A: Aggregate`.
+    fn table<A: Aggregate>() -> Option<cqrs_core::StateMachine> {
+        A::transition_table()
+    }
+    assert_eq!(table::<Member>(), Some(Member::state_machine()));
+    // A hand-written plain aggregate declares no transitions.
+    assert_eq!(table::<cqrs_core::doc::Counter>(), None);
+}

@@ -16,8 +16,13 @@
 //! - [`projection`]: projections on durable pull consumers (checkpoints, retries, parking,
 //!   pinned failover, rebuilds, time travel); [`deadletter`]: the dead-letter stream.
 //! - [`read_model`]: a read-model store on a KV bucket with revision compare-and-set.
+//! - `cli` (feature `cli`, on by default): the operator command-line interface behind the
+//!   `cqrs` binary, as a library, so that a domain crate builds its own operator binary that
+//!   knows its event types and state machines.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod command;
 pub mod deadletter;
 pub mod error;

@@ -1,5 +1,6 @@
 //! The `cqrs` operator CLI against a spawned nats-server with known events: `--json` documents,
-//! the human views, `--help` and errors.
+//! the human views, progress on stderr, `--help` and errors. (`catalog` and `diagram` of
+//! registered types are tested with the examples' `cqrs-examples` binary.)
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use cqrs_core::{CommandMetadata, Repository};
@@ -123,6 +124,7 @@ async fn cli_reads_a_known_store() {
     check_history(&url, &flow);
     check_trace(&url, &flow);
     check_streams_and_stats(&url);
+    check_progress(&url);
     check_projections(&url).await;
     check_errors(&url);
     check_tail(&url).await;
@@ -331,6 +333,65 @@ fn check_streams_and_stats(url: &str) {
     assert!(text.contains("Opened") && text.contains('3'), "{text}");
 }
 
+/// With `--progress`, the scans report on stderr — a line at 0 and the final count — while
+/// stdout stays one JSON document; without it (stderr is a pipe here) stderr stays empty.
+fn check_progress(url: &str) {
+    let run = |args: &[&str]| {
+        let mut all = vec!["--server", url, "--json"];
+        all.extend_from_slice(args);
+        let output = cqrs(&all);
+        let doc: Value =
+            serde_json::from_str(&stdout(&output)).expect("stdout is one JSON document");
+        (doc, String::from_utf8(output.stderr).expect("utf-8 stderr"))
+    };
+    let (doc, stderr) = run(&["--progress", "stats"]);
+    assert_eq!(doc["total"], 4);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines.first(),
+        Some(&"EVENTS_BANK: scanned 0 / 4 events (0%)"),
+        "{stderr}"
+    );
+    let last = lines.last().expect("a final line");
+    assert!(
+        last.starts_with("EVENTS_BANK: scanned 4 / 4 events (100%), done in "),
+        "{stderr}"
+    );
+    let (doc, stderr) = run(&["trace", "--progress", &uuid_of_nothing()]);
+    assert_eq!(doc["events"], 0);
+    assert!(
+        stderr.contains("EVENTS_BANK: scanned 4 / 4 events (100%), done in"),
+        "{stderr}"
+    );
+    let (doc, stderr) = run(&["--progress", "history", "BankAccount", "a-1"]);
+    assert_eq!(doc["events"].as_array().map(Vec::len), Some(2));
+    assert!(
+        stderr.contains("BankAccount/a-1: loaded 0 / 2 events (0%)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("BankAccount/a-1: loaded 2 / 2 events (100%), done in"),
+        "{stderr}"
+    );
+    for args in [&["stats"][..], &["history", "BankAccount", "a-1"]] {
+        let (_, stderr) = run(args);
+        assert_eq!(stderr, "", "no progress unless asked for or on a terminal");
+    }
+    let text = {
+        let output = cqrs(&["--server", url, "--progress", "stats"]);
+        assert!(String::from_utf8_lossy(&output.stderr).contains("scanned 4 / 4"));
+        stdout(&output)
+    };
+    assert!(
+        !text.contains("scanned"),
+        "progress never goes to stdout: {text}"
+    );
+}
+
+fn uuid_of_nothing() -> String {
+    "00000000-0000-7000-8000-000000000000".to_owned()
+}
+
 async fn check_projections(url: &str) {
     // projections: one durable consumer with lag, events parked for it and for a projection
     // whose consumer is gone.
@@ -385,24 +446,65 @@ fn check_errors(url: &str) {
 #[test]
 fn help_lists_every_command() {
     let text = stdout(&cqrs(&["--help"]));
-    for command in [
+    let commands = [
         "history",
         "trace",
         "tail",
         "streams",
         "stats",
         "projections",
-    ] {
-        assert!(text.contains(command), "{command} missing from\n{text}");
+        "catalog",
+        "diagram",
+    ];
+    // The `Commands:` section names exactly these (and `help`), each with a summary.
+    let listed: Vec<&str> = text
+        .lines()
+        .skip_while(|line| *line != "Commands:")
+        .skip(1)
+        .take_while(|line| !line.trim().is_empty())
+        .map(|line| {
+            let mut words = line.split_whitespace();
+            let name = words.next().expect("a command name");
+            assert!(words.next().is_some(), "{name} has no summary in\n{text}");
+            name
+        })
+        .collect();
+    assert_eq!(listed, [&commands[..], &["help"]].concat(), "{text}");
+    for command in commands {
         let help = stdout(&cqrs(&[command, "--help"]));
         assert!(
             help.contains("JSON"),
             "{command} --help documents its JSON:\n{help}"
         );
     }
-    for option in ["--server", "--context", "--json", "NATS_URL"] {
+    for option in ["--server", "--context", "--json", "--progress", "NATS_URL"] {
         assert!(text.contains(option), "{option} missing from\n{text}");
     }
+    assert!(text.contains("This binary registers no types"), "{text}");
+}
+
+/// The stock binary registers no types: `catalog` says so and how to register them, and
+/// succeeds; `diagram` is a one-line error. Neither needs a server.
+#[test]
+fn the_stock_binary_registers_nothing() {
+    let unreachable = ["--server", "nats://127.0.0.1:1"];
+    let text = stdout(&cqrs(&[&unreachable[..], &["catalog"]].concat()));
+    assert!(text.contains("no event types registered"), "{text}");
+    assert!(text.contains("cqrs_nats::cli::Cli::new()"), "{text}");
+    let doc: Value = serde_json::from_str(&stdout(&cqrs(
+        &[&unreachable[..], &["--json", "catalog"]].concat(),
+    )))
+    .expect("JSON");
+    assert_eq!(doc, serde_json::json!({"aggregates": [], "events": []}));
+    let output = cqrs(&[&unreachable[..], &["diagram", "Order"]].concat());
+    assert_eq!(output.status.code(), Some(1));
+    assert!(output.stdout.is_empty());
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        message.starts_with("error: no aggregates are registered"),
+        "{message}"
+    );
+    assert_eq!(message.trim_end().lines().count(), 1, "{message}");
 }
 
 #[test]

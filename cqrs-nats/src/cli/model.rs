@@ -1,7 +1,7 @@
 //! The CLI's error type and the documents it prints (serialised as-is with `--json`).
 
+use crate::NatsStoreError;
 use cqrs_core::{RecordedEvent, StoreError};
-use cqrs_nats::NatsStoreError;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::error::Error as _;
@@ -18,7 +18,7 @@ pub(crate) enum CliError {
         server: String,
         /// Why.
         #[source]
-        source: cqrs_nats::async_nats::ConnectError,
+        source: crate::async_nats::ConnectError,
     },
     /// The server has no JetStream.
     #[error("JetStream is not enabled on {0}")]
@@ -58,6 +58,50 @@ pub(crate) enum CliError {
     /// Encoding the JSON output failed.
     #[error("cannot encode the JSON output")]
     Json(#[from] serde_json::Error),
+    /// `diagram` in a binary that registers no aggregates.
+    #[error(
+        "no aggregates are registered in this binary{}: `diagram` draws the state machines of \
+         operator binaries that register them, e.g. \
+         `cqrs_nats::cli::Cli::new().aggregate::<Order>().run()`",
+        context_clause(.context.as_deref())
+    )]
+    NothingRegistered {
+        /// The `--context` given.
+        context: Option<String>,
+    },
+    /// `diagram` of an aggregate that is not registered.
+    #[error("aggregate `{name}` is not registered{}; registered: {registered}", context_clause(.context.as_deref()))]
+    UnknownAggregate {
+        /// The name given.
+        name: String,
+        /// The `--context` given.
+        context: Option<String>,
+        /// The registered aggregates, `Order (sales), BankAccount (bank)`.
+        registered: String,
+    },
+    /// `diagram` of an aggregate registered in several contexts, without `--context`.
+    #[error(
+        "aggregate `{name}` is registered in several contexts ({contexts}): choose one with --context"
+    )]
+    AmbiguousAggregate {
+        /// The name given.
+        name: String,
+        /// Its contexts.
+        contexts: String,
+    },
+    /// `diagram` of an aggregate that declares no transitions.
+    #[error(
+        "aggregate `{0}` is not a state machine (it declares no transitions), so it has no diagram"
+    )]
+    NotAStateMachine(String),
+    /// The async runtime could not be started.
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// The words naming context `c` in an error (` in context …`), or nothing.
+fn context_clause(context: Option<&str>) -> String {
+    context.map_or_else(String::new, |c| format!(" in context `{c}`"))
 }
 
 impl CliError {
@@ -319,4 +363,69 @@ pub(crate) struct ProjectionDoc {
     pub(crate) acked_position: u64,
     pub(crate) parked: u64,
     pub(crate) consumer: bool,
+}
+
+/// `catalog`.
+#[derive(Debug, Serialize)]
+pub(crate) struct CatalogDoc {
+    pub(crate) aggregates: Vec<CatalogAggregate>,
+    pub(crate) events: Vec<CatalogEvent>,
+}
+
+/// One aggregate of `catalog`.
+#[derive(Debug, Serialize)]
+pub(crate) struct CatalogAggregate {
+    pub(crate) aggregate_type: &'static str,
+    pub(crate) context: Option<String>,
+    pub(crate) state_machine: bool,
+    pub(crate) event_enum: &'static str,
+    pub(crate) event_types: Vec<&'static str>,
+}
+
+/// One event type of `catalog`.
+#[derive(Debug, Serialize)]
+pub(crate) struct CatalogEvent {
+    pub(crate) context: Option<String>,
+    pub(crate) aggregate_type: Option<&'static str>,
+    pub(crate) event_enum: &'static str,
+    pub(crate) event_type: &'static str,
+    pub(crate) version: u32,
+    pub(crate) readable_versions: &'static [u32],
+    pub(crate) upcasts_from: Vec<u32>,
+}
+
+/// `diagram --json`.
+#[derive(Debug, Serialize)]
+pub(crate) struct DiagramDoc {
+    pub(crate) aggregate_type: &'static str,
+    pub(crate) context: Option<String>,
+    pub(crate) initial: &'static str,
+    pub(crate) states: Vec<StateDoc>,
+    pub(crate) commands: &'static [&'static str],
+    pub(crate) transitions: Vec<TransitionDoc>,
+    pub(crate) analysis: AnalysisDoc,
+}
+
+/// One state of `diagram`.
+#[derive(Debug, Serialize)]
+pub(crate) struct StateDoc {
+    pub(crate) name: &'static str,
+    pub(crate) terminal: bool,
+}
+
+/// One transition of `diagram`.
+#[derive(Debug, Serialize)]
+pub(crate) struct TransitionDoc {
+    pub(crate) from: &'static str,
+    pub(crate) on: &'static str,
+    pub(crate) to: &'static str,
+    pub(crate) handler: &'static str,
+}
+
+/// What `diagram` found wrong with a machine.
+#[derive(Debug, Serialize)]
+pub(crate) struct AnalysisDoc {
+    pub(crate) unreachable: Vec<&'static str>,
+    pub(crate) dead_ends: Vec<&'static str>,
+    pub(crate) clean: bool,
 }

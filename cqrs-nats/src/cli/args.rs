@@ -1,31 +1,23 @@
-//! `cqrs`: the operator CLI of `cqrs-nats`.
-//!
-//! It reads a JetStream event store the way the library writes it — stream `EVENTS_<CONTEXT>`,
-//! subjects `<context>.events.<tenant>.<type>.<id>`, the event envelope in headers — and shows
-//! aggregates' histories, the causal tree of a flow, contexts, statistics and projections.
-//! Every command prints a human-readable, aligned view by default and one JSON document with
-//! `--json` (shapes documented on each command). Errors are one line on stderr, exit code 1.
-#![forbid(unsafe_code)]
-#![allow(clippy::print_stdout, clippy::print_stderr)]
-
-mod commands;
-mod model;
-mod output;
+//! The command line: global options and the commands, documented for `--help`.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use std::process::ExitCode;
-use std::time::Duration;
 
 /// Operator CLI for the cqrs-nats event store on NATS JetStream.
 ///
 /// Reads the event streams `EVENTS_<CONTEXT>` the library writes (never appending or changing
-/// events; reads use short-lived ordered consumers) and decodes the event envelope: versions, positions, types, schema versions, correlation/causation/command
-/// ids, actor, tenant and JSON bodies. Output is human-readable by default; `--json` prints one
-/// stable JSON document per invocation (the shape is documented on each command). Scans of a
-/// whole stream (`trace`, `stats`) show their progress on stderr when it is a terminal.
+/// events; reads use short-lived ordered consumers) and decodes the event envelope: versions,
+/// positions, types, schema versions, correlation/causation/command ids, actor, tenant and JSON
+/// bodies. `catalog` and `diagram` show the event types and state machines a binary registers
+/// (see `cqrs_nats::cli::Cli`); they need no server.
+///
+/// Output is human-readable by default; `--json` prints one stable JSON document per
+/// invocation on stdout (the shape is documented on each command). Commands that scan a whole
+/// stream (`trace`, `stats`) or a long aggregate (`history`) report their progress on stderr
+/// when it is a terminal or with `--progress`, never on stdout. Errors are one line on stderr,
+/// exit code 1; invalid arguments exit with code 2.
 #[derive(Debug, Parser)]
 #[command(name = "cqrs", version, propagate_version = true)]
-struct Cli {
+pub(crate) struct Args {
     /// NATS server URL(s), comma-separated.
     #[arg(
         long,
@@ -33,29 +25,39 @@ struct Cli {
         env = "NATS_URL",
         default_value = "nats://127.0.0.1:4222"
     )]
-    server: String,
+    pub(crate) server: String,
 
-    /// Bounded context (the stream is `EVENTS_<CONTEXT>`); defaults to the only context on the
-    /// server when there is exactly one.
+    /// Bounded context (the stream is `EVENTS_<CONTEXT>`); defaults to the context an aggregate
+    /// is registered in, else to the only context on the server when there is exactly one.
+    /// Restricts `catalog` and `diagram` to the types registered in that context.
     #[arg(long, global = true)]
-    context: Option<String>,
+    pub(crate) context: Option<String>,
 
     /// Print one JSON document instead of the human-readable view.
     #[arg(long, global = true)]
-    json: bool,
+    pub(crate) json: bool,
+
+    /// Report the progress of long reads on stderr even when it is not a terminal (as lines),
+    /// ending with the final count.
+    #[arg(long, global = true)]
+    pub(crate) progress: bool,
 
     /// Seconds to wait for the connection and each JetStream request.
     #[arg(long, global = true, default_value_t = 5)]
-    timeout: u64,
+    pub(crate) timeout: u64,
 
     #[command(subcommand)]
-    command: Command,
+    pub(crate) command: Command,
 }
 
 /// The commands.
 #[derive(Debug, Subcommand)]
-enum Command {
+pub(crate) enum Command {
     /// The events of one aggregate, decoded, with their metadata.
+    ///
+    /// The context defaults to the one the aggregate type is registered in (if this binary
+    /// registers it), else to the only context on the server. Loading a long history reports
+    /// progress (see `--progress`).
     ///
     /// JSON: `{"context", "aggregate_type", "aggregate_id", "tenant", "events": [EVENT]}` where
     /// EVENT is `{"event_id", "aggregate_type", "aggregate_id", "tenant", "version", "position",
@@ -75,9 +77,10 @@ enum Command {
     /// The causal tree of one flow (a correlation id): commands, their events, follow-ups.
     ///
     /// Shows the commands of the flow, the events each wrote, and the commands those events
-    /// caused, nested. Commands are grouped by the `command_id` of their events and attached under the event
-    /// named by their `command_causation_id`; commands whose cause is outside the flow (or
-    /// none) are roots.
+    /// caused, nested. Commands are grouped by the `command_id` of their events and attached
+    /// under the event named by their `command_causation_id`; commands whose cause is outside
+    /// the flow (or none) are roots. Scans the whole stream, reporting progress (see
+    /// `--progress`).
     ///
     /// JSON: `{"context", "correlation_id", "events" (count), "roots":
     /// [COMMAND]}` where COMMAND is `{"command_id", "caused_by", "actor", "events": [EVENT +
@@ -118,12 +121,16 @@ enum Command {
 
     /// The contexts on the server (streams named `EVENTS_*`) with their event counts.
     ///
+    /// Reads the streams' state only (no scan).
+    ///
     /// JSON: `{"contexts": [{"context", "stream", "events", "bytes", "first_position",
     /// "last_position", "aggregates" (distinct subjects), "consumers" (all consumers of the
     /// stream, including short-lived readers)}]}`.
     Streams,
 
     /// Event counts of a context by event type or per time bucket (UTC).
+    ///
+    /// Scans the whole stream, reporting progress (see `--progress`).
     ///
     /// JSON: `{"context", "by" ("type" | "aggregate" | "hour" | "day"), "total", "buckets":
     /// [{"key", "count"}]}`; buckets by type or aggregate are sorted by count (descending),
@@ -144,11 +151,44 @@ enum Command {
     /// (events not yet delivered), "ack_pending", "redelivered", "delivered_position",
     /// "acked_position", "parked", "consumer" (false when only parked events remain)}]}`.
     Projections,
+
+    /// The event types this binary registers, with schema versions and upcasts.
+    ///
+    /// Per aggregate (or event enum registered on its own) and context: each event type's
+    /// current schema version and the older versions it upcasts from. Needs no server. The stock `cqrs` binary registers nothing; an operator binary built with
+    /// `cqrs_nats::cli::Cli` (`Cli::new().aggregate::<Order>().run()`) lists its types.
+    /// `--context` keeps the types registered in that context (and those registered without
+    /// one).
+    ///
+    /// JSON: `{"aggregates": [{"aggregate_type", "context", "state_machine" (bool),
+    /// "event_enum" (Rust type), "event_types": [name]}], "events": [{"context",
+    /// "aggregate_type" (null for an event enum registered on its own), "event_enum",
+    /// "event_type", "version" (current schema version), "readable_versions", "upcasts_from"
+    /// (the older versions it decodes)}]}`; `context` is `null` when registered without one.
+    Catalog,
+
+    /// The state machine of a registered aggregate, as Mermaid (default) or Graphviz DOT.
+    ///
+    /// Needs no server. Prints the diagram only, so that it can be redirected into a file;
+    /// states that cannot be reached and non-terminal states with no way out are reported on
+    /// stderr. The aggregate must be registered by this binary (see `catalog`) and declare its
+    /// transitions.
+    ///
+    /// JSON (ignores `--format`): `{"aggregate_type", "context", "initial", "states": [{"name",
+    /// "terminal"}], "commands": [name], "transitions": [{"from", "on", "to", "handler"}],
+    /// "analysis": {"unreachable": [state], "dead_ends": [state], "clean" (bool)}}`.
+    Diagram {
+        /// The aggregate type, e.g. `Order` (case-insensitive when unambiguous).
+        aggregate: String,
+        /// The diagram language.
+        #[arg(long, value_enum, default_value_t = DiagramFormat::Mermaid)]
+        format: DiagramFormat,
+    },
 }
 
 /// Bucketing of `stats`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum StatsBy {
+pub(crate) enum StatsBy {
     /// By event type name.
     Type,
     /// By aggregate type.
@@ -159,100 +199,11 @@ enum StatsBy {
     Day,
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(&cli)) {
-        Ok(text) => {
-            use std::io::Write as _;
-            let mut out = std::io::stdout().lock();
-            match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {}", model::one_line(&model::CliError::Output(e)));
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Err(e) => {
-            eprintln!("error: {}", model::one_line(&e));
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn run(cli: &Cli) -> Result<String, model::CliError> {
-    let session =
-        commands::Session::connect(&cli.server, Duration::from_secs(cli.timeout.max(1))).await?;
-    let json = cli.json;
-    match &cli.command {
-        Command::History {
-            aggregate_type,
-            id,
-            tenant,
-        } => {
-            let context = session.resolve_context(cli.context.as_deref()).await?;
-            let history = session
-                .history(&context, aggregate_type, id, tenant.as_deref())
-                .await?;
-            output::render(json, &history, output::history)
-        }
-        Command::Trace { correlation_id } => {
-            let context = session.resolve_context(cli.context.as_deref()).await?;
-            let trace = session.trace(&context, *correlation_id).await?;
-            output::render(json, &trace, output::trace)
-        }
-        Command::Tail {
-            context,
-            event_types,
-            aggregate_types,
-            tenants,
-            from,
-            limit,
-            poll_ms,
-        } => {
-            let context = session
-                .resolve_context(context.as_deref().or(cli.context.as_deref()))
-                .await?;
-            let filter = cqrs_core::EventFilter {
-                aggregate_types: aggregate_types.clone(),
-                tenants: tenants.clone(),
-                event_types: event_types.clone(),
-                ..cqrs_core::EventFilter::default()
-            };
-            let tail = commands::Tail {
-                filter,
-                from: *from,
-                limit: *limit,
-                poll: Duration::from_millis((*poll_ms).max(10)),
-            };
-            session
-                .tail(&context, &tail, &mut |event| output::tail_line(json, event))
-                .await?;
-            Ok(String::new())
-        }
-        Command::Streams => {
-            let streams = session.streams().await?;
-            output::render(json, &streams, output::streams)
-        }
-        Command::Stats { by } => {
-            let context = session.resolve_context(cli.context.as_deref()).await?;
-            let stats = session.stats(&context, *by).await?;
-            output::render(json, &stats, output::stats)
-        }
-        Command::Projections => {
-            let context = session.resolve_context(cli.context.as_deref()).await?;
-            let projections = session.projections(&context).await?;
-            output::render(json, &projections, output::projections)
-        }
-    }
+/// The language of `diagram`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum DiagramFormat {
+    /// A Mermaid `stateDiagram-v2`.
+    Mermaid,
+    /// A Graphviz DOT digraph.
+    Dot,
 }

@@ -1,17 +1,17 @@
 //! The commands: each reads the server and returns the document it prints.
 
-use crate::StatsBy;
-use crate::model::{
+use super::args::StatsBy;
+use super::model::{
     Bucket, CliError, ContextDoc, EventDoc, HistoryDoc, ProjectionDoc, ProjectionsDoc, StatsDoc,
     StreamsDoc, TraceDoc, build_trace,
 };
-use cqrs_core::{EventFilter, EventStore, EventStream, StreamId};
-use cqrs_nats::async_nats::{self, jetstream};
-use cqrs_nats::deadletter::DeadLetters;
-use cqrs_nats::{JetStreamEventStore, StoreConfig};
-use futures::{StreamExt, TryStreamExt};
+use super::progress::Progress;
+use crate::async_nats::{self, jetstream};
+use crate::deadletter::DeadLetters;
+use crate::{JetStreamEventStore, StoreConfig, Subjects};
+use cqrs_core::{EventFilter, EventStore, StreamId};
+use futures::TryStreamExt;
 use std::collections::HashMap;
-use std::io::IsTerminal as _;
 use std::time::Duration;
 use time::UtcOffset;
 use uuid::Uuid;
@@ -35,11 +35,17 @@ pub(crate) struct Session {
     client: async_nats::Client,
     js: jetstream::Context,
     timeout: Duration,
+    /// `--progress`: report the progress of long reads even when stderr is not a terminal.
+    progress: bool,
 }
 
 impl Session {
     /// Connects to `server` (failing fast if it is unreachable) and checks for JetStream.
-    pub(crate) async fn connect(server: &str, timeout: Duration) -> Result<Self, CliError> {
+    pub(crate) async fn connect(
+        server: &str,
+        timeout: Duration,
+        progress: bool,
+    ) -> Result<Self, CliError> {
         let client = async_nats::ConnectOptions::new()
             .name("cqrs-cli")
             .connection_timeout(timeout)
@@ -59,6 +65,7 @@ impl Session {
             client,
             js,
             timeout,
+            progress,
         })
     }
 
@@ -143,7 +150,24 @@ impl Session {
         let store = self.store(context).await?;
         let stream =
             StreamId::new(aggregate_type, id).with_optional_tenant(tenant.map(str::to_owned));
-        let events = collect(store.load(&stream, 1).await?).await?;
+        let mut events = Vec::new();
+        let mut read = store.load(&stream, 1).await?;
+        let mut progress = Progress::stderr(
+            format!("{aggregate_type}/{id}"),
+            "loaded",
+            if Progress::wanted(self.progress) {
+                self.aggregate_length(context, tenant, aggregate_type, id)
+                    .await
+            } else {
+                None
+            },
+            self.progress,
+        );
+        while let Some(event) = read.try_next().await? {
+            progress.tick();
+            events.push(EventDoc::from(event));
+        }
+        progress.finish();
         Ok(HistoryDoc {
             context: context.to_owned(),
             aggregate_type: aggregate_type.to_owned(),
@@ -160,15 +184,16 @@ impl Session {
         correlation_id: Uuid,
     ) -> Result<TraceDoc, CliError> {
         let store = self.store(context).await?;
-        let mut progress = Progress::new("scanning", self.head(context).await?);
+        let mut progress = self.scan_progress(context).await?;
         let mut all = store.read_all(&EventFilter::all(), 1).await?;
         let mut events = Vec::new();
         while let Some(event) = all.try_next().await? {
-            progress.at(event.position);
+            progress.tick();
             if event.metadata.correlation_id == correlation_id {
                 events.push(EventDoc::from(event));
             }
         }
+        progress.finish();
         Ok(build_trace(context.to_owned(), correlation_id, events))
     }
 
@@ -203,20 +228,67 @@ impl Session {
         }
     }
 
-    /// The last position of the context's stream.
-    async fn head(&self, context: &str) -> Result<u64, CliError> {
+    /// The state of the context's stream.
+    async fn stream_state(
+        &self,
+        context: &str,
+    ) -> Result<(String, jetstream::stream::State), CliError> {
         let name = StoreConfig::new(context).stream_name();
         let mut stream = self
             .js
             .get_stream(&name)
             .await
             .map_err(|e| CliError::jetstream(format!("reading stream {name}"), e))?;
-        Ok(stream
+        let state = stream
             .info()
             .await
             .map_err(|e| CliError::jetstream(format!("reading stream {name}"), e))?
             .state
-            .last_sequence)
+            .clone();
+        Ok((name, state))
+    }
+
+    /// The last position of the context's stream.
+    async fn head(&self, context: &str) -> Result<u64, CliError> {
+        Ok(self.stream_state(context).await?.1.last_sequence)
+    }
+
+    /// The progress of a scan of the context's whole stream.
+    async fn scan_progress(&self, context: &str) -> Result<Progress, CliError> {
+        let (name, state) = self.stream_state(context).await?;
+        Ok(Progress::stderr(
+            name,
+            "scanned",
+            Some(state.messages),
+            self.progress,
+        ))
+    }
+
+    /// How many events one aggregate has (its subject's message count), if the server says.
+    async fn aggregate_length(
+        &self,
+        context: &str,
+        tenant: Option<&str>,
+        aggregate_type: &str,
+        id: &str,
+    ) -> Option<u64> {
+        let subject = Subjects::new(context)
+            .ok()?
+            .aggregate(tenant, aggregate_type, id)
+            .ok()?;
+        let stream = self
+            .js
+            .get_stream(StoreConfig::new(context).stream_name())
+            .await
+            .ok()?;
+        let counts: Vec<(String, usize)> = stream
+            .info_with_subjects(subject)
+            .await
+            .ok()?
+            .try_collect()
+            .await
+            .ok()?;
+        Some(counts.iter().map(|(_, n)| *n as u64).sum())
     }
 
     /// `streams`.
@@ -242,12 +314,12 @@ impl Session {
     /// `stats`.
     pub(crate) async fn stats(&self, context: &str, by: StatsBy) -> Result<StatsDoc, CliError> {
         let store = self.store(context).await?;
-        let mut progress = Progress::new("counting", self.head(context).await?);
+        let mut progress = self.scan_progress(context).await?;
         let mut all = store.read_all(&EventFilter::all(), 1).await?;
         let mut counts: HashMap<String, u64> = HashMap::new();
         let mut total = 0;
         while let Some(event) = all.try_next().await? {
-            progress.at(event.position);
+            progress.tick();
             let at = event.recorded_at.to_offset(UtcOffset::UTC);
             let key = match by {
                 StatsBy::Type => event.payload.event_type,
@@ -271,6 +343,7 @@ impl Session {
             *counts.entry(key).or_default() += 1;
             total += 1;
         }
+        progress.finish();
         let mut buckets: Vec<Bucket> = counts
             .into_iter()
             .map(|(key, count)| Bucket { key, count })
@@ -377,45 +450,6 @@ impl Session {
     }
 }
 
-/// Progress of a scan of the whole stream, shown on stderr only when it is a terminal and the
-/// scan is long enough to be worth it; cleared when dropped.
-struct Progress {
-    what: &'static str,
-    head: u64,
-    shown: bool,
-    enabled: bool,
-}
-
-impl Progress {
-    /// Positions between two updates.
-    const EVERY: u64 = 5_000;
-
-    fn new(what: &'static str, head: u64) -> Self {
-        Self {
-            what,
-            head,
-            shown: false,
-            enabled: head >= Self::EVERY && std::io::stderr().is_terminal(),
-        }
-    }
-
-    fn at(&mut self, position: u64) {
-        if self.enabled && position % Self::EVERY == 0 {
-            let percent = position.saturating_mul(100) / self.head.max(1);
-            eprint!("\r{} {position}/{} ({percent}%)", self.what, self.head);
-            self.shown = true;
-        }
-    }
-}
-
-impl Drop for Progress {
-    fn drop(&mut self) {
-        if self.shown {
-            eprint!("\r\x1b[2K");
-        }
-    }
-}
-
 /// The context of an `EVENTS_*` stream: the prefix of its `<context>.events.>` subject, else
 /// the lower-cased stream name suffix.
 fn context_of(info: &jetstream::stream::Info) -> String {
@@ -432,11 +466,4 @@ fn context_of(info: &jetstream::stream::Info) -> String {
             },
             str::to_owned,
         )
-}
-
-async fn collect(stream: EventStream) -> Result<Vec<EventDoc>, CliError> {
-    Ok(stream
-        .map(|event| event.map(EventDoc::from))
-        .try_collect()
-        .await?)
 }

@@ -1,7 +1,8 @@
 //! Human-readable views of the documents, and the `--json` switch.
 
-use crate::model::{
-    CliError, CommandNode, EventDoc, HistoryDoc, ProjectionsDoc, StatsDoc, StreamsDoc, TraceDoc,
+use super::model::{
+    CatalogDoc, CliError, CommandNode, EventDoc, HistoryDoc, ProjectionsDoc, StatsDoc, StreamsDoc,
+    TraceDoc,
 };
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -296,6 +297,87 @@ pub(crate) fn projections(doc: &ProjectionsDoc) -> String {
         .collect();
     out.push_str(&table(
         &["PROJECTION", "LAG", "IN-FLIGHT", "ACKED", "PARKED", ""],
+        &rows,
+    ));
+    out
+}
+
+/// What `catalog` prints when nothing is registered (in the `--context` given).
+pub(crate) fn nothing_registered(context: Option<&str>) -> String {
+    if let Some(context) = context {
+        return format!("no event types registered in context {context}\n");
+    }
+    "no event types registered in this binary.\n\n\
+     It knows no domain types (the stock `cqrs` binary registers none). To list your event types\n\
+     here, and draw your aggregates' state machines with `diagram`, build an operator binary that\n\
+     registers them, with the `cli` feature of cqrs-nats:\n\n    \
+     fn main() -> std::process::ExitCode {\n        \
+     cqrs_nats::cli::Cli::new()\n            \
+     .aggregate_in::<Order>(\"sales\")   // its events come with it\n            \
+     .events::<PaymentEvent>()         // an event enum of its own\n            \
+     .run()\n    \
+     }\n"
+    .to_owned()
+}
+
+/// `catalog`: the aggregates, then one row per event type.
+pub(crate) fn catalog(doc: &CatalogDoc) -> String {
+    let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+    let mut out = format!(
+        "{}, {}\n",
+        plural(doc.aggregates.len(), "aggregate"),
+        plural(doc.events.len(), "event type")
+    );
+    let dash = |value: Option<&str>| value.unwrap_or("-").to_owned();
+    if !doc.aggregates.is_empty() {
+        let rows: Vec<Vec<String>> = doc
+            .aggregates
+            .iter()
+            .map(|a| {
+                vec![
+                    a.aggregate_type.to_owned(),
+                    dash(a.context.as_deref()),
+                    if a.state_machine { "yes" } else { "no" }.to_owned(),
+                    a.event_enum.to_owned(),
+                ]
+            })
+            .collect();
+        out.push('\n');
+        out.push_str(&table(
+            &["AGGREGATE", "CONTEXT", "STATE MACHINE", "EVENT ENUM"],
+            &rows,
+        ));
+    }
+    let rows: Vec<Vec<String>> = doc
+        .events
+        .iter()
+        .map(|e| {
+            vec![
+                dash(e.context.as_deref()),
+                dash(e.aggregate_type),
+                e.event_type.to_owned(),
+                format!("v{}", e.version),
+                if e.upcasts_from.is_empty() {
+                    "-".to_owned()
+                } else {
+                    e.upcasts_from
+                        .iter()
+                        .map(|v| format!("v{v}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+            ]
+        })
+        .collect();
+    out.push('\n');
+    out.push_str(&table(
+        &[
+            "CONTEXT",
+            "AGGREGATE",
+            "EVENT TYPE",
+            "VERSION",
+            "UPCASTS FROM",
+        ],
         &rows,
     ));
     out

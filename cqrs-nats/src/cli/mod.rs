@@ -1,0 +1,315 @@
+//! The operator command-line interface, as a library (feature `cli`).
+//!
+//! The stock `cqrs` binary is `Cli::new().run()`: it reads any JetStream event store the way the
+//! library writes it — stream `EVENTS_<CONTEXT>`, subjects `<context>.events.<tenant>.<type>.<id>`,
+//! the event envelope in headers — and shows aggregates' histories, the causal tree of a flow,
+//! contexts, statistics and projections. Every command prints a human-readable view by default
+//! and one stable JSON document with `--json` (shapes documented in `--help` of each command).
+//!
+//! A crate that registers its types gets two more commands that need no server: `catalog` (the
+//! event types with their schema versions and upcasts) and `diagram <AGGREGATE>` (a state
+//! machine as Mermaid or Graphviz DOT, or its table and analysis as JSON). An operator binary
+//! for a domain is a few lines:
+//!
+//! ```no_run
+//! # use cqrs_core::doc::{Counter as Order, CounterEvent as PaymentEvent};
+//! use cqrs_nats::cli::Cli;
+//!
+//! fn main() -> std::process::ExitCode {
+//!     Cli::new()
+//!         .aggregate_in::<Order>("sales") // its transition table and event catalog come with it
+//!         .events_in::<PaymentEvent>("sales") // an event enum no registered aggregate records
+//!         .run()
+//! }
+//! ```
+//!
+//! Registered aggregates also give `history` its default context. Errors are one line on stderr
+//! with exit code 1; invalid arguments exit with code 2 (clap's usage message).
+
+mod args;
+mod commands;
+mod local;
+mod model;
+mod output;
+mod progress;
+mod registry;
+
+pub use registry::{AggregateEntry, EventSet, Registry};
+
+use args::{Args, Command, DiagramFormat};
+use clap::{CommandFactory as _, FromArgMatches as _};
+use cqrs_core::{Aggregate, DomainEvent};
+use model::CliError;
+use std::ffi::OsString;
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// The operator CLI: a [`Registry`] of the types the binary knows, and the commands.
+///
+/// Build it, register types, then [`run`](Cli::run) it from `main`:
+///
+/// ```no_run
+/// # use cqrs_core::doc::Counter;
+/// fn main() -> std::process::ExitCode {
+///     cqrs_nats::cli::Cli::new().aggregate::<Counter>().run()
+/// }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Cli {
+    registry: Registry,
+}
+
+impl Cli {
+    /// The CLI with nothing registered (the stock `cqrs` binary).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The CLI with the types of `registry` (e.g. one a domain crate builds for several
+    /// binaries).
+    pub fn with_registry(registry: Registry) -> Self {
+        Self { registry }
+    }
+
+    /// Registers aggregate `A` without a context: see [`Registry::aggregate`].
+    pub fn aggregate<A: Aggregate>(self) -> Self {
+        Self::with_registry(self.registry.aggregate::<A>())
+    }
+
+    /// Registers aggregate `A` in bounded context `context`: see [`Registry::aggregate_in`].
+    pub fn aggregate_in<A: Aggregate>(self, context: impl Into<String>) -> Self {
+        Self::with_registry(self.registry.aggregate_in::<A>(context))
+    }
+
+    /// Registers an event enum on its own, without a context: see [`Registry::events`].
+    pub fn events<E: DomainEvent>(self) -> Self {
+        Self::with_registry(self.registry.events::<E>())
+    }
+
+    /// Registers an event enum on its own in bounded context `context`: see
+    /// [`Registry::events_in`].
+    pub fn events_in<E: DomainEvent>(self, context: impl Into<String>) -> Self {
+        Self::with_registry(self.registry.events_in::<E>(context))
+    }
+
+    /// What is registered.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Parses the process's arguments and runs the command: the body of an operator binary's
+    /// `main`. Blocks on its own single-threaded Tokio runtime (inside a Tokio runtime it uses a
+    /// helper thread; async code may call [`run_from_async`](Cli::run_from_async) instead).
+    pub fn run(&self) -> ExitCode {
+        self.run_from(std::env::args_os())
+    }
+
+    /// Like [`run`](Cli::run) with the given arguments; the first is the program name.
+    pub fn run_from<I, T>(&self, args: I) -> ExitCode
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let block = move || match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime.block_on(self.run_from_async(args)),
+            Err(e) => fail(&CliError::Runtime(e)),
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // A runtime cannot block inside another one: run on a thread of our own.
+            std::thread::scope(|scope| scope.spawn(block).join().unwrap_or(ExitCode::FAILURE))
+        } else {
+            block()
+        }
+    }
+
+    /// Like [`run_from`](Cli::run_from), on the caller's Tokio runtime.
+    pub async fn run_from_async<I, T>(&self, args: I) -> ExitCode
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let parsed = Args::command()
+            .after_help(self.registry.summary())
+            .try_get_matches_from(args)
+            .and_then(|matches| Args::from_arg_matches(&matches));
+        let args = match parsed {
+            Ok(args) => args,
+            Err(e) => {
+                // `--help` and `--version` print to stdout and succeed; usage errors exit 2.
+                let _ = e.print();
+                return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+            }
+        };
+        match self.execute(&args).await {
+            Ok(text) => {
+                let mut out = std::io::stdout().lock();
+                match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => fail(&CliError::Output(e)),
+                }
+            }
+            Err(e) => fail(&e),
+        }
+    }
+
+    /// Runs one command; returns what it prints on stdout.
+    async fn execute(&self, cli: &Args) -> Result<String, CliError> {
+        match &cli.command {
+            Command::Catalog => self.catalog(cli),
+            Command::Diagram { aggregate, format } => self.diagram(cli, aggregate, *format),
+            _ => self.remote(cli).await,
+        }
+    }
+
+    /// `catalog`.
+    fn catalog(&self, cli: &Args) -> Result<String, CliError> {
+        let context = cli.context.as_deref();
+        let doc = local::catalog(&self.registry, context);
+        if !cli.json && doc.events.is_empty() && doc.aggregates.is_empty() {
+            return Ok(output::nothing_registered(
+                context.filter(|_| !self.registry.is_empty()),
+            ));
+        }
+        output::render(cli.json, &doc, output::catalog)
+    }
+
+    /// `diagram`: the rendering on stdout, what the analysis found on stderr.
+    fn diagram(
+        &self,
+        cli: &Args,
+        aggregate: &str,
+        format: DiagramFormat,
+    ) -> Result<String, CliError> {
+        let entry = local::find(&self.registry, aggregate, cli.context.as_deref())?;
+        let machine = local::machine(entry)?;
+        if cli.json {
+            return output::render(true, &local::diagram(entry, machine), |_| String::new());
+        }
+        let analysis = machine.analyze();
+        if !analysis.is_clean() {
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(err, "note: {}: {analysis}", entry.aggregate_type());
+        }
+        Ok(match format {
+            DiagramFormat::Mermaid => machine.to_mermaid(),
+            DiagramFormat::Dot => machine.to_dot(),
+        })
+    }
+
+    /// The commands that read the server.
+    async fn remote(&self, cli: &Args) -> Result<String, CliError> {
+        let json = cli.json;
+        let context = cli.context.as_deref();
+        let session = commands::Session::connect(
+            &cli.server,
+            Duration::from_secs(cli.timeout.max(1)),
+            cli.progress,
+        )
+        .await?;
+        match &cli.command {
+            Command::History {
+                aggregate_type,
+                id,
+                tenant,
+            } => {
+                let context = session
+                    .resolve_context(context.or_else(|| self.registry.context_of(aggregate_type)))
+                    .await?;
+                let history = session
+                    .history(&context, aggregate_type, id, tenant.as_deref())
+                    .await?;
+                output::render(json, &history, output::history)
+            }
+            Command::Trace { correlation_id } => {
+                let context = session.resolve_context(context).await?;
+                let trace = session.trace(&context, *correlation_id).await?;
+                output::render(json, &trace, output::trace)
+            }
+            Command::Tail {
+                context: tail_context,
+                event_types,
+                aggregate_types,
+                tenants,
+                from,
+                limit,
+                poll_ms,
+            } => {
+                let context = session
+                    .resolve_context(tail_context.as_deref().or(context))
+                    .await?;
+                let filter = cqrs_core::EventFilter {
+                    aggregate_types: aggregate_types.clone(),
+                    tenants: tenants.clone(),
+                    event_types: event_types.clone(),
+                    ..cqrs_core::EventFilter::default()
+                };
+                let tail = commands::Tail {
+                    filter,
+                    from: *from,
+                    limit: *limit,
+                    poll: Duration::from_millis((*poll_ms).max(10)),
+                };
+                session
+                    .tail(&context, &tail, &mut |event| output::tail_line(json, event))
+                    .await?;
+                Ok(String::new())
+            }
+            Command::Streams => {
+                let streams = session.streams().await?;
+                output::render(json, &streams, output::streams)
+            }
+            Command::Stats { by } => {
+                let context = session.resolve_context(context).await?;
+                let stats = session.stats(&context, *by).await?;
+                output::render(json, &stats, output::stats)
+            }
+            Command::Projections => {
+                let context = session.resolve_context(context).await?;
+                let projections = session.projections(&context).await?;
+                output::render(json, &projections, output::projections)
+            }
+            Command::Catalog | Command::Diagram { .. } => Ok(String::new()),
+        }
+    }
+}
+
+/// Prints `error` as one line on stderr; exit code 1.
+fn fail(error: &CliError) -> ExitCode {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "error: {}", model::one_line(error));
+    ExitCode::FAILURE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_command_and_option_is_documented() {
+        let command = Args::command();
+        command.clone().debug_assert();
+        for sub in command.get_subcommands() {
+            assert!(
+                sub.get_about().is_some() && sub.get_long_about().is_some(),
+                "{} has no help",
+                sub.get_name()
+            );
+            for arg in sub.get_arguments() {
+                assert!(
+                    arg.get_help().is_some(),
+                    "{} {} has no help",
+                    sub.get_name(),
+                    arg.get_id()
+                );
+            }
+        }
+        for arg in command.get_arguments() {
+            assert!(arg.get_help().is_some(), "{} has no help", arg.get_id());
+        }
+    }
+}

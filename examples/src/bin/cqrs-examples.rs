@@ -1,0 +1,16 @@
+//! `cqrs-examples`: the operator CLI with the example domains registered, so that `catalog` and
+//! `diagram` have something to show.
+//!
+//! Run with: `cargo run -p examples --bin cqrs-examples -- catalog` (or `diagram Order`,
+//! `diagram BankAccount --format dot`, `--json catalog`; every `cqrs` command works too).
+#![forbid(unsafe_code)]
+
+use examples::bank_account::BankAccount;
+use examples::order_fulfilment::Order;
+
+fn main() -> std::process::ExitCode {
+    cqrs_nats::cli::Cli::new()
+        .aggregate_in::<BankAccount>("bank")
+        .aggregate_in::<Order>("sales")
+        .run()
+}
