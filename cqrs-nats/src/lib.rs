@@ -16,12 +16,14 @@
 //! - [`projection`]: projections on durable pull consumers (checkpoints, retries, parking,
 //!   pinned failover, rebuilds, time travel); [`deadletter`]: the dead-letter stream.
 //! - [`read_model`]: a read-model store on a KV bucket with revision compare-and-set.
+//! - [`permissions`]: permission violations reported as typed errors at once, not as timeouts.
 #![forbid(unsafe_code)]
 
 pub mod command;
 pub mod deadletter;
 pub mod error;
 pub mod headers;
+pub mod permissions;
 pub mod projection;
 pub mod read_model;
 mod replies;
@@ -30,6 +32,7 @@ pub mod subject;
 
 pub use async_nats;
 pub use error::NatsStoreError;
+pub use permissions::PermissionWatch;
 pub use projection::{JetStreamProjectionHandle, JetStreamProjectionRunner, ProjectionConfig};
 pub use read_model::KvReadModelStore;
 pub use store::{JetStreamEventStore, MAX_BATCH, MIN_SERVER_VERSION, StoreConfig};
