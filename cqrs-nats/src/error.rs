@@ -13,6 +13,25 @@ pub enum NatsStoreError {
     /// The NATS connection could not be established.
     #[error("cannot connect to NATS: {0}")]
     Connect(#[source] async_nats::ConnectError),
+    /// The server refused the credentials (wrong user or password, token, nkey or credentials
+    /// file). Nothing was retried: the same credentials would be refused again.
+    #[error(
+        "nats-server refused the credentials ({0}); check the user and password (or token, nkey, credentials file) in the ConnectOptions against the server's `authorization`/`accounts` configuration"
+    )]
+    Unauthorized(#[source] async_nats::ConnectError),
+    /// The TLS handshake failed, or TLS was required on one side only.
+    #[error(
+        "TLS with nats-server failed ({0}); check that the client trusts the server certificate's CA (ConnectOptions::add_root_certificates), that the certificate names the host or IP address in the server URL, and that both sides agree on TLS (ConnectOptions::require_tls)"
+    )]
+    Tls(#[source] async_nats::ConnectError),
+    /// The connection's NATS user may not do what provisioning needs.
+    #[error("permission denied while provisioning {what}: {reason}")]
+    PermissionDenied {
+        /// What was being provisioned.
+        what: String,
+        /// What the server refused and what to check.
+        reason: String,
+    },
     /// The server is older than the store needs.
     #[error(
         "nats-server {found} is too old: the event store needs nats-server {required} or newer (atomic batch publish with message ids); upgrade the server"
@@ -55,4 +74,41 @@ pub enum NatsStoreError {
         #[source]
         source: BoxError,
     },
+}
+
+impl NatsStoreError {
+    /// The error for a failed connect: credentials and TLS problems get their own variants.
+    pub fn from_connect(error: async_nats::ConnectError) -> Self {
+        use async_nats::ConnectErrorKind as K;
+        match error.kind() {
+            K::AuthorizationViolation | K::Authentication => Self::Unauthorized(error),
+            K::Tls => Self::Tls(error),
+            // A failed handshake arrives as an I/O error whose source is the TLS library's.
+            K::Io if tls_in_chain(&error) => Self::Tls(error),
+            _ => Self::Connect(error),
+        }
+    }
+
+    pub(crate) fn denied(what: String, violation: &crate::permissions::Violation) -> Self {
+        let mut reason = violation.to_string();
+        if violation.subject.contains(".CREATE.") {
+            reason.push_str(
+                "; creating needs a user that may create streams: provision the context once as such a user, after which this one needs only `$JS.API.STREAM.INFO.<stream>`",
+            );
+        }
+        Self::PermissionDenied { what, reason }
+    }
+}
+
+/// Whether `error`'s sources speak of certificates or TLS (rustls errors, wrapped in I/O errors).
+fn tls_in_chain(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = error.source();
+    while let Some(e) = current {
+        let text = format!("{e} {e:?}").to_lowercase();
+        if text.contains("certificate") || text.contains("tls") || text.contains("handshake") {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }

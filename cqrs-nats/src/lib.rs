@@ -19,6 +19,7 @@
 //! - `cli` (feature `cli`, on by default): the operator command-line interface behind the
 //!   `cqrs` binary, as a library, so that a domain crate builds its own operator binary that
 //!   knows its event types and state machines.
+//! - [`permissions`]: permission violations reported as typed errors at once, not as timeouts.
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "cli")]
@@ -27,6 +28,7 @@ pub mod command;
 pub mod deadletter;
 pub mod error;
 pub mod headers;
+pub mod permissions;
 pub mod projection;
 pub mod read_model;
 mod replies;
@@ -35,6 +37,7 @@ pub mod subject;
 
 pub use async_nats;
 pub use error::NatsStoreError;
+pub use permissions::PermissionWatch;
 pub use projection::{JetStreamProjectionHandle, JetStreamProjectionRunner, ProjectionConfig};
 pub use read_model::KvReadModelStore;
 pub use store::{JetStreamEventStore, MAX_BATCH, MIN_SERVER_VERSION, StoreConfig};

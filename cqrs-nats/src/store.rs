@@ -34,13 +34,18 @@
 //! (2 minutes by default). Appends with an expected version find their original commit at any
 //! age; an [`ExpectedVersion::Any`] append retried after the window is written again. On
 //! replicated streams direct gets may be served by a follower that lags: a stale load leads to a
-//! conflict on the next append, never to a lost update. Permission violations reach async-nats
-//! only as asynchronous server errors, so a denied publish surfaces as a timeout
-//! ([`StoreError::OutcomeUnknown`] or [`StoreError::Unavailable`]), not as
-//! [`StoreError::PermissionDenied`].
+//! conflict on the next append, never to a lost update.
+//!
+//! **Permissions.** A request the server's permissions refuse is
+//! [`StoreError::PermissionDenied`] at once, naming the subject (see [`crate::permissions`]);
+//! on a store made with [`JetStreamEventStore::from_client`] it is a timeout instead. Loads and
+//! head reads name the aggregate's subject in a JSON body by default, which per-tenant
+//! permissions cannot scope; [`StoreConfig::tenant_scoped_reads`] reads through subject-scoped
+//! API subjects instead.
 
 use crate::error::NatsStoreError;
 use crate::headers::{self, Control, HeaderBuilder};
+use crate::permissions::{Guard, PermissionWatch, api};
 use crate::replies::Replies;
 use crate::subject::{SubjectError, Subjects};
 use async_nats::jetstream::{self, kv, stream};
@@ -75,6 +80,7 @@ pub struct StoreConfig {
     load_batch: usize,
     request_timeout: Duration,
     partitions: u32,
+    scoped_reads: bool,
 }
 
 impl StoreConfig {
@@ -89,6 +95,7 @@ impl StoreConfig {
             load_batch: 512,
             request_timeout: Duration::from_secs(5),
             partitions: crate::subject::DEFAULT_PARTITIONS,
+            scoped_reads: false,
         }
     }
 
@@ -189,7 +196,10 @@ struct Inner {
     config: StoreConfig,
     known: Mutex<KnownHeads>,
     replies: tokio::sync::OnceCell<Replies>,
+    guard: Guard,
 }
+
+mod scoped;
 
 /// Recently seen heads of aggregates: "version `v` of subject `s` is at stream sequence `q`".
 /// These are immutable facts, so a cached entry is never wrong, at most old: an append with
@@ -375,22 +385,55 @@ impl JetStreamEventStore {
     }
 
     /// Connects with the given options (credentials, TLS, name, ...) and provisions the context.
+    ///
+    /// The store installs an event callback on `options` (replacing one set before) that
+    /// records the server's permission violations, so that a denied request fails at once with
+    /// [`StoreError::PermissionDenied`] instead of timing out (see [`crate::permissions`]). To
+    /// keep a callback of your own, feed a [`PermissionWatch`] from it and use
+    /// [`from_client_with_watch`](Self::from_client_with_watch).
     pub async fn connect_with_options(
         servers: impl ToServerAddrs,
         options: ConnectOptions,
         config: StoreConfig,
     ) -> Result<Self, NatsStoreError> {
-        let client = options
+        let watch = PermissionWatch::new();
+        let client = watch
+            .install(options)
             .connect(servers)
             .await
-            .map_err(NatsStoreError::Connect)?;
-        Self::from_client(client, config).await
+            .map_err(NatsStoreError::from_connect)?;
+        Self::from_client_with_watch(client, config, watch).await
     }
 
     /// Uses an existing connection: checks the server version, then creates the context's stream
     /// and snapshot bucket, or verifies them if they exist (a conflicting stream configuration is
     /// an error, never changed silently).
+    ///
+    /// The store cannot see the connection's events here: a request the server's permissions
+    /// refuse ends in a timeout ([`StoreError::Unavailable`], [`StoreError::OutcomeUnknown`] for
+    /// an append), not in [`StoreError::PermissionDenied`]. Prefer
+    /// [`from_client_with_watch`](Self::from_client_with_watch).
     pub async fn from_client(client: Client, config: StoreConfig) -> Result<Self, NatsStoreError> {
+        Self::with_guard(client, config, None).await
+    }
+
+    /// [`from_client`](Self::from_client) on a connection whose event callback feeds `watch`
+    /// ([`PermissionWatch::install`] or [`PermissionWatch::observe`]): permission violations
+    /// fail the requests they concern at once, with [`StoreError::PermissionDenied`].
+    pub async fn from_client_with_watch(
+        client: Client,
+        config: StoreConfig,
+        watch: PermissionWatch,
+    ) -> Result<Self, NatsStoreError> {
+        Self::with_guard(client, config, Some(watch)).await
+    }
+
+    async fn with_guard(
+        client: Client,
+        config: StoreConfig,
+        watch: Option<PermissionWatch>,
+    ) -> Result<Self, NatsStoreError> {
+        let guard = Guard::new(watch, &client);
         let subjects = Subjects::with_partitions(&config.context, config.partitions)?;
         let info = client.server_info();
         match parse_server_version(&info.version) {
@@ -409,8 +452,8 @@ impl JetStreamEventStore {
         }
         let mut js = jetstream::new(client.clone());
         js.set_timeout(config.request_timeout);
-        let stream = Self::provision_stream(&js, &config).await?;
-        let snapshots = Self::provision_bucket(&js, &config).await?;
+        let stream = Self::provision_stream(&js, &config, &guard).await?;
+        let snapshots = Self::provision_bucket(&js, &config, &guard).await?;
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
@@ -422,6 +465,7 @@ impl JetStreamEventStore {
                 config,
                 known: Mutex::new(KnownHeads::default()),
                 replies: tokio::sync::OnceCell::new(),
+                guard,
             }),
         })
     }
@@ -429,6 +473,7 @@ impl JetStreamEventStore {
     async fn provision_stream(
         js: &jetstream::Context,
         config: &StoreConfig,
+        guard: &Guard,
     ) -> Result<stream::Stream, NatsStoreError> {
         let want = config.stream_config();
         let name = want.name.clone();
@@ -443,14 +488,19 @@ impl JetStreamEventStore {
                 })
             }
         };
-        match js.get_stream(&name).await {
+        let what = || format!("stream {name}");
+        let info = api::stream_info(&name);
+        let found = guard.run(&[&info], js.get_stream(&name)).await;
+        match found.map_err(|v| NatsStoreError::denied(what(), &v))? {
             Ok(stream) => return verify(stream),
             Err(e)
                 if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(js)
                     if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) => {}
             Err(e) => return Err(provision_error(format!("stream {name}"), e)),
         }
-        match js.create_stream(want.clone()).await {
+        let create = api::stream_create(&name);
+        let created = guard.run(&[&create], js.create_stream(want.clone())).await;
+        match created.map_err(|v| NatsStoreError::denied(what(), &v))? {
             Ok(stream) => verify(stream),
             Err(create_error) => match js.get_stream(&name).await {
                 // Another process created it in between: verify theirs.
@@ -463,22 +513,26 @@ impl JetStreamEventStore {
     async fn provision_bucket(
         js: &jetstream::Context,
         config: &StoreConfig,
+        guard: &Guard,
     ) -> Result<kv::Store, NatsStoreError> {
         let bucket = config.bucket_name();
-        if let Ok(store) = js.get_key_value(&bucket).await {
+        let what = || format!("snapshot bucket {bucket}");
+        let info = api::stream_info(&format!("KV_{bucket}"));
+        let found = guard.run(&[&info], js.get_key_value(&bucket)).await;
+        if let Ok(store) = found.map_err(|v| NatsStoreError::denied(what(), &v))? {
             return Ok(store);
         }
-        let created = js
-            .create_key_value(kv::Config {
-                bucket: bucket.clone(),
-                description: format!("Aggregate snapshots of context {}", config.context),
-                history: 1,
-                storage: stream::StorageType::File,
-                num_replicas: config.replicas,
-                ..Default::default()
-            })
-            .await;
-        match created {
+        let create = api::stream_create(&format!("KV_{bucket}"));
+        let created = js.create_key_value(kv::Config {
+            bucket: bucket.clone(),
+            description: format!("Aggregate snapshots of context {}", config.context),
+            history: 1,
+            storage: stream::StorageType::File,
+            num_replicas: config.replicas,
+            ..Default::default()
+        });
+        let created = guard.run(&[&create, "$JS.API.INFO"], created).await;
+        match created.map_err(|v| NatsStoreError::denied(what(), &v))? {
             Ok(store) => Ok(store),
             Err(create_error) => js
                 .get_key_value(&bucket)
@@ -657,16 +711,12 @@ impl Inner {
 
     /// The aggregate's last message, read from the stream leader.
     async fn last(&self, subject: &str) -> Result<Option<RecordedEvent>, StoreError> {
-        use jetstream::stream::LastRawMessageErrorKind as K;
-        match self.stream.get_last_raw_message_by_subject(subject).await {
-            Ok(message) => {
-                let event = headers::decode(&self.subjects, &message)?;
-                self.remember(subject, &event);
-                Ok(Some(event))
-            }
-            Err(e) if matches!(e.kind(), K::NoMessageFound) => Ok(None),
-            Err(e) => Err(unavailable("read last event", chain_text(&e))),
-        }
+        let Some(message) = self.last_message(subject).await? else {
+            return Ok(None);
+        };
+        let event = headers::decode(&self.subjects, &message)?;
+        self.remember(subject, &event);
+        Ok(Some(event))
     }
 
     /// One batched direct get: up to `batch` messages of `subject` from `from_seq` on, and how
@@ -774,7 +824,7 @@ impl Inner {
                     return Ok(None);
                 }
                 let (messages, pending) = inner
-                    .direct_batch(&subject, page.next_seq, inner.config.load_batch)
+                    .page(&subject, page.next_seq, inner.config.load_batch)
                     .await?;
                 tracing::Span::current()
                     .record("events", messages.len())
@@ -1024,12 +1074,29 @@ impl JetStreamEventStore {
         sequence: u64,
         ids: &[Uuid],
     ) -> Result<Committed, StoreError> {
-        let message = self
-            .inner
-            .stream
-            .get_raw_message(sequence)
-            .await
-            .map_err(|e| unavailable("append", chain_text(&e)))?;
+        let scoped = self.inner.config.scoped_reads;
+        if scoped && let Some(committed) = self.original(subject, ids).await? {
+            return Ok(committed);
+        }
+        let api = api::msg_get(&self.inner.stream_name);
+        let read = self.inner.stream.get_raw_message(sequence);
+        let message = match self.inner.guard.run(&[&api], read).await {
+            Ok(read) => read.map_err(|e| unavailable("append", chain_text(&e))),
+            Err(violation) => Err(self.inner.denied("append", subject, &violation)),
+        };
+        let message = match message {
+            Ok(message) => message,
+            // The message is not on this aggregate's subject, and a tenant may not read by
+            // sequence (it may be another tenant's): the key was used elsewhere.
+            Err(_) if scoped => {
+                return Err(StoreError::IdempotencyKeyReused {
+                    key: ids.first().map(Uuid::to_string).unwrap_or_default(),
+                    stream: stream.clone(),
+                    original: StreamId::new("?", format!("stream sequence {sequence}")),
+                });
+            }
+            Err(e) => return Err(e),
+        };
         if message.subject.as_str() != subject {
             let original = match self.inner.subjects.parse(message.subject.as_str()) {
                 Ok((tenant, aggregate_type, aggregate_id)) => {
@@ -1107,7 +1174,9 @@ impl JetStreamEventStore {
             }
             let recorded_at = OffsetDateTime::now_utc();
             let outgoing = self.prepare(stream, &events, last.version, recorded_at)?;
-            match self.publish(&publish_to, outgoing, last.sequence).await {
+            let publish = self.publish(&publish_to, outgoing, last.sequence);
+            let published = self.inner.guard.run(&[&publish_to], publish).await;
+            match published.unwrap_or_else(|v| Err(Failure::PermissionDenied(v.to_string()))) {
                 Ok((sequence, true)) => {
                     return self
                         .resolve_duplicate(stream, &subject, sequence, &ids)
@@ -1297,11 +1366,17 @@ impl JetStreamEventStore {
     ) -> Result<EventStream, StoreError> {
         use jetstream::consumer::{DeliverPolicy, pull};
         const OP: &str = "read all";
+        let all = StreamId::new("*", "*");
+        let info = [api::stream_info(&self.inner.stream_name)];
         let stream = self
             .inner
-            .js
-            .get_stream(&self.inner.stream_name)
-            .await
+            .guarded(
+                OP,
+                &all,
+                &info,
+                self.inner.js.get_stream(&self.inner.stream_name),
+            )
+            .await?
             .map_err(|e| unavailable(OP, chain_text(&e)))?;
         let head = stream.cached_info().state.last_sequence;
         let start = from_position.max(1);
@@ -1314,16 +1389,26 @@ impl JetStreamEventStore {
         } else {
             (String::new(), filters)
         };
-        let consumer = stream
-            .create_consumer(pull::OrderedConfig {
-                filter_subject,
-                filter_subjects,
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: start,
-                },
-                ..Default::default()
-            })
-            .await
+        // Named, so that a single filter subject is part of the create's API subject, where
+        // per-tenant permissions can allow it.
+        let name = format!("cqrs-read-{}", Uuid::now_v7().simple());
+        let create = [
+            api::consumer_create(&self.inner.stream_name, &name, &filter_subject),
+            format!("$JS.API.CONSUMER.CREATE.{}.{name}", self.inner.stream_name),
+        ];
+        let config = pull::OrderedConfig {
+            name: Some(name),
+            filter_subject,
+            filter_subjects,
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: start,
+            },
+            ..Default::default()
+        };
+        let consumer = self
+            .inner
+            .guarded(OP, &all, &create, stream.create_consumer(config))
+            .await?
             .map_err(|e| unavailable(OP, chain_text(&e)))?;
         if consumer.cached_info().num_pending == 0 {
             return Ok(fstream::empty().boxed());
@@ -1466,11 +1551,16 @@ impl EventStore for JetStreamEventStore {
 
     async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
         let key = self.snapshot_key(stream)?;
+        let subjects = self.inner.snapshot_subjects(&key);
         let entry = self
             .inner
-            .snapshots
-            .entry(&key)
-            .await
+            .guarded(
+                "load snapshot",
+                stream,
+                &subjects,
+                self.inner.snapshots.entry(&key),
+            )
+            .await?
             .map_err(|e| unavailable("load snapshot", chain_text(&e)))?;
         let Some(entry) = entry else {
             return Ok(None);
@@ -1492,10 +1582,12 @@ impl EventStore for JetStreamEventStore {
         let key = self.snapshot_key(stream)?;
         let value = serde_json::to_vec(&snapshot).map_err(|e| backend(OP, e))?;
         let kv = &self.inner.snapshots;
+        let subjects = self.inner.snapshot_subjects(&key);
+        let inner = &self.inner;
         for _ in 0..8 {
-            let entry = kv
-                .entry(&key)
-                .await
+            let entry = inner
+                .guarded(OP, stream, &subjects, kv.entry(&key))
+                .await?
                 .map_err(|e| unavailable(OP, chain_text(&e)))?;
             let written = match entry {
                 Some(entry) => {
@@ -1507,14 +1599,16 @@ impl EventStore for JetStreamEventStore {
                     if newer {
                         return Ok(());
                     }
-                    kv.update(&key, value.clone().into(), entry.revision)
-                        .await
+                    let update = kv.update(&key, value.clone().into(), entry.revision);
+                    inner
+                        .guarded(OP, stream, &subjects, update)
+                        .await?
                         .map(|_| ())
                         .map_err(|e| chain_text(&e))
                 }
-                None => kv
-                    .create(&key, value.clone().into())
-                    .await
+                None => inner
+                    .guarded(OP, stream, &subjects, kv.create(&key, value.clone().into()))
+                    .await?
                     .map(|_| ())
                     .map_err(|e| chain_text(&e)),
             };

@@ -21,8 +21,13 @@ pub struct JetStreamFixture {
 
 /// Starts a server and connects a store for context `test` to it.
 pub async fn jetstream() -> Result<JetStreamFixture, BoxError> {
+    jetstream_with(StoreConfig::new("test")).await
+}
+
+/// Starts a server and connects a store with `config` to it.
+pub async fn jetstream_with(config: StoreConfig) -> Result<JetStreamFixture, BoxError> {
     let server = NatsServer::start().await?;
-    let store = JetStreamEventStore::connect(server.url(), StoreConfig::new("test")).await?;
+    let store = JetStreamEventStore::connect(server.url(), config).await?;
     Ok(JetStreamFixture { server, store })
 }
 

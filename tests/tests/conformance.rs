@@ -34,6 +34,23 @@ macro_rules! conformance {
                 }
             )*
         }
+        /// The JetStream store reading through subject-scoped API subjects only (the read path
+        /// for per-tenant permissions), with small pages so that loads span several.
+        mod jetstream_scoped {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let config = cqrs_nats::StoreConfig::new("test")
+                        .tenant_scoped_reads(true)
+                        .load_batch(2);
+                    let fixture = cqrs_tests::jetstream_with(config)
+                        .await
+                        .expect("start nats-server and connect");
+                    super::$name(fixture.store.clone()).await;
+                    drop(fixture);
+                }
+            )*
+        }
     };
 }
 

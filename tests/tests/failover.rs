@@ -3,7 +3,10 @@
 //! leader is killed with SIGKILL; writes resume after the election. Every error the callers see
 //! is typed and retryable (never a wrong `Conflict`, never a panic), retries reuse the command id,
 //! and in the end nothing acknowledged is lost or doubled, versions are gapless, and loads and
-//! rebuilt projections through clients on each surviving node agree.
+//! rebuilt projections through clients on each surviving node agree. A balance projection runs
+//! live on the JetStream runner (its own client, on its durable R3 consumer) through the kill and
+//! ends equal to a rebuild from scratch and to the acknowledged deposits, with every event
+//! written to the read model exactly once.
 #![allow(
     clippy::expect_used,
     clippy::unwrap_used,
@@ -12,12 +15,16 @@
 )]
 
 use cqrs_core::projection::{HandlerError, RetryPolicy, catch_up};
-use cqrs_core::read_model::{InMemoryReadModelStore, ReadModelStore, apply_once};
+use cqrs_core::read_model::{Applied, InMemoryReadModelStore, ReadModelStore, apply_once};
 use cqrs_core::{
     CommandError, CommandMetadata, EventFilter, IdempotencyKey, Projection, RecordedEvent,
     Repository, StoreError, StreamId,
 };
-use cqrs_nats::{JetStreamEventStore, StoreConfig};
+use cqrs_nats::async_nats::ConnectOptions;
+use cqrs_nats::{
+    JetStreamEventStore, JetStreamProjectionHandle, JetStreamProjectionRunner, ProjectionConfig,
+    StoreConfig,
+};
 use cqrs_test_server::NatsServer;
 use examples::bank_account::{AccountCommand, AccountEvent, BankAccount};
 use std::collections::BTreeMap;
@@ -65,9 +72,22 @@ async fn stream_leader(store: &JetStreamEventStore) -> Option<String> {
     stream.info().await.ok()?.cluster.as_ref()?.leader.clone()
 }
 
-/// Balance per account, applied once per event position.
+/// Balance per account, applied once per event position; counts the events it wrote and the
+/// redeliveries it skipped.
 struct Balances {
     model: InMemoryReadModelStore<i64>,
+    written: Arc<AtomicUsize>,
+    skipped: Arc<AtomicUsize>,
+}
+
+impl Balances {
+    fn new() -> Self {
+        Self {
+            model: InMemoryReadModelStore::new(),
+            written: Arc::default(),
+            skipped: Arc::default(),
+        }
+    }
 }
 
 impl Projection for Balances {
@@ -85,10 +105,15 @@ impl Projection for Balances {
             AccountEvent::Withdrawn { amount } => -amount,
             AccountEvent::Opened { .. } | AccountEvent::Closed => 0,
         };
-        apply_once(&self.model, &event.aggregate_id, event.position, |old| {
+        let applied = apply_once(&self.model, &event.aggregate_id, event.position, |old| {
             old.unwrap_or(0) + amount
         })
         .await?;
+        let counter = match applied {
+            Applied::Written(_) => &self.written,
+            Applied::AlreadyApplied => &self.skipped,
+        };
+        counter.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 }
@@ -201,9 +226,7 @@ async fn rebuilt_balances(store: &JetStreamEventStore) -> (BTreeMap<String, i64>
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut failures = Vec::new();
     let (projection, outcome) = loop {
-        let projection = Balances {
-            model: InMemoryReadModelStore::new(),
-        };
+        let projection = Balances::new();
         match catch_up(store, &projection, 0, &RetryPolicy::default()).await {
             Ok(outcome) => break (projection, outcome),
             Err(error) => {
@@ -217,15 +240,30 @@ async fn rebuilt_balances(store: &JetStreamEventStore) -> (BTreeMap<String, i64>
         }
     };
     assert!(outcome.parked.is_empty(), "{:?}", outcome.parked);
-    let balances = projection
-        .model
+    (model_balances(&projection.model).await, failures)
+}
+
+async fn model_balances(model: &InMemoryReadModelStore<i64>) -> BTreeMap<String, i64> {
+    model
         .entries()
         .await
         .unwrap()
         .into_iter()
         .map(|(k, v)| (k, v.value))
-        .collect();
-    (balances, failures)
+        .collect()
+}
+
+/// The balances the acknowledged deposits make.
+fn expected_balances() -> BTreeMap<String, i64> {
+    let mut expected: BTreeMap<String, i64> = BTreeMap::new();
+    for c in 0..COMMANDS_PER_WRITER {
+        for writer in 0..WRITERS {
+            *expected
+                .entry(format!("acc-{writer}-{}", c % ACCOUNTS_PER_WRITER))
+                .or_default() += i64::try_from(c + 1).unwrap();
+        }
+    }
+    expected
 }
 
 /// The writers' reports against what the store holds.
@@ -279,21 +317,16 @@ async fn tally(store: &JetStreamEventStore, reports: &[Report]) -> Tally {
 
 /// Loads and a rebuilt projection through a client on each surviving node agree with the
 /// writers' client and the acknowledged deposits (a follower may lag an instant: give it a
-/// moment). Returns how many nodes agreed, and the rebuild attempts that failed first.
+/// moment). Returns how many nodes agreed, the rebuild attempts that failed first, and the
+/// rebuilt balances.
 async fn check_survivors(
     store: &JetStreamEventStore,
     accounts: &[String],
     survivors: &[String],
-) -> (usize, Vec<String>) {
+) -> (usize, Vec<String>, BTreeMap<String, i64>) {
     let expected = snapshot(store, accounts).await.unwrap();
-    let mut expected_balances: BTreeMap<String, i64> = BTreeMap::new();
-    for c in 0..COMMANDS_PER_WRITER {
-        for writer in 0..WRITERS {
-            *expected_balances
-                .entry(format!("acc-{writer}-{}", c % ACCOUNTS_PER_WRITER))
-                .or_default() += i64::try_from(c + 1).unwrap();
-        }
-    }
+    let expected_balances = expected_balances();
+    let mut rebuilt = BTreeMap::new();
     let (mut nodes_agree, mut rebuild_failures) = (0, Vec::new());
     for url in survivors {
         let node = connect(vec![url.clone()]).await;
@@ -311,10 +344,139 @@ async fn check_survivors(
         }
         let (balances, failures) = rebuilt_balances(&node).await;
         assert_eq!(balances, expected_balances, "{url}");
+        rebuilt = balances;
         rebuild_failures.extend(failures);
         nodes_agree += 1;
     }
-    (nodes_agree, rebuild_failures)
+    (nodes_agree, rebuild_failures, rebuilt)
+}
+
+/// Starts the live balance projection on its own client, connected to `urls[first]` (the node
+/// the test is going to kill) and reconnecting to the others in order. Applies that fail during
+/// the election are retried patiently, not parked.
+async fn spawn_live_projection(
+    urls: &[String],
+    first: usize,
+) -> (JetStreamEventStore, JetStreamProjectionHandle<Balances>) {
+    let mut ordered = urls.to_vec();
+    ordered.rotate_left(first);
+    let options = ConnectOptions::new().retain_servers_order();
+    let store = JetStreamEventStore::connect_with_options(ordered, options, config())
+        .await
+        .unwrap();
+    let config = ProjectionConfig::new()
+        .retry(RetryPolicy {
+            max_attempts: 60,
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(500),
+        })
+        .ack_wait(Duration::from_secs(2))
+        .pull_expiry(Duration::from_secs(1))
+        .priority_timeout(Duration::from_secs(2));
+    // Creating the R3 dead-letter stream and consumer can time out while the cluster settles.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match JetStreamProjectionRunner::spawn(&store, Balances::new(), config.clone()).await {
+            Ok(runner) => return (store, runner),
+            Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("the projection runner never started: {e}"),
+        }
+    }
+}
+
+/// How the live projection ended against the rebuild and the acknowledged deposits.
+struct LiveOutcome {
+    summary: String,
+    alive: bool,
+    parked: usize,
+    head_events: usize,
+    written: usize,
+    live: BTreeMap<String, i64>,
+}
+
+impl LiveOutcome {
+    fn assert_ok(&self, projected_at_kill: u64, rebuilt: &BTreeMap<String, i64>) {
+        assert!(self.alive, "the projection runner died in the failover");
+        assert_eq!(self.parked, 0, "no event was parked");
+        assert!(
+            projected_at_kill < u64::try_from(self.head_events).unwrap(),
+            "the projection had work left after the kill"
+        );
+        // Every event of the stream (all are bank accounts) written to the read model once.
+        assert_eq!(self.written, self.head_events, "events written once each");
+        assert_eq!(self.live, *rebuilt, "live projection = rebuild");
+        assert_eq!(self.live, expected_balances(), "live projection = acks");
+    }
+}
+
+/// How long after `killed_at` a stream leader other than `leader` is reported by `observer`.
+async fn await_election(
+    observer: &JetStreamEventStore,
+    leader: &str,
+    killed_at: Instant,
+) -> Duration {
+    loop {
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(30),
+            "no new stream leader was elected"
+        );
+        // Bounded, so that a request stuck on the election does not blur the figure.
+        match tokio::time::timeout(Duration::from_millis(250), stream_leader(observer)).await {
+            Ok(Some(new)) if new != leader => return killed_at.elapsed(),
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// Waits until the live projection has processed the stream's head, then stops it.
+async fn finish_live_projection(
+    store: &JetStreamEventStore,
+    runner: JetStreamProjectionHandle<Balances>,
+    rebuilt: &BTreeMap<String, i64>,
+    checkpoint_at_kill: u64,
+) -> LiveOutcome {
+    let head = store
+        .jetstream()
+        .get_stream(store.stream_name())
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .last_sequence;
+    let since = Instant::now();
+    let alive = !runner.is_finished();
+    runner
+        .wait_for(head, Duration::from_secs(30))
+        .await
+        .expect("the live projection never reached the head after the failover");
+    let caught_up = since.elapsed();
+    let parked = runner.parked().await.unwrap().len();
+    let server = store.client().server_info().server_name;
+    let (written, skipped) = (
+        runner.projection().written.load(Ordering::SeqCst),
+        runner.projection().skipped.load(Ordering::SeqCst),
+    );
+    let live = model_balances(&runner.projection().model).await;
+    let checkpoint = runner.stop().await.expect("the projection runner failed");
+    let head_events = usize::try_from(head).unwrap();
+    let summary = format!(
+        "projection: checkpoint_at_kill={checkpoint_at_kill} head={head} checkpoint={checkpoint} written={written} redelivered_skipped={skipped} parked={parked} alive={alive} equal_to_rebuild={} equal_to_acks={} caught_up_after_ms={} runner_node_at_end={server}",
+        live == *rebuilt,
+        live == expected_balances(),
+        caught_up.as_millis(),
+    );
+    LiveOutcome {
+        summary,
+        alive,
+        parked,
+        head_events,
+        written,
+        live,
+    }
 }
 
 /// Opens every writer's accounts; returns their ids.
@@ -352,6 +514,12 @@ async fn acknowledged_events_survive_the_stream_leader_dying() {
     let urls: Vec<String> = servers.iter().map(NatsServer::url).collect();
     let store = connect(urls.clone()).await;
     let accounts = open_accounts(&store).await;
+    // The projection's client starts on the stream leader's node, which is killed below.
+    let leader_at_start = stream_leader(&store)
+        .await
+        .expect("the stream has a leader");
+    let (projection_store, runner) =
+        spawn_live_projection(&urls, server_index(&leader_at_start, urls.len())).await;
 
     // One observer per node: a survivor's watches the election.
     let mut observers = Vec::new();
@@ -387,20 +555,12 @@ async fn acknowledged_events_survive_the_stream_leader_dying() {
         .map(|(_, u)| u.clone())
         .collect();
     let observer = &observers[(victim + 1) % observers.len()];
+    let runner_node = projection_store.client().server_info().server_name;
     servers[victim].kill();
     let killed_at = Instant::now();
     let acked_at_kill = acks.load(Ordering::SeqCst);
-    let election = loop {
-        assert!(
-            killed_at.elapsed() < Duration::from_secs(30),
-            "no new stream leader was elected"
-        );
-        // Bounded, so that a request stuck on the election does not blur the figure.
-        match tokio::time::timeout(Duration::from_millis(250), stream_leader(observer)).await {
-            Ok(Some(new)) if new != leader => break killed_at.elapsed(),
-            _ => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    };
+    let projected_at_kill = runner.checkpoint();
+    let election = await_election(observer, &leader, killed_at).await;
 
     let mut reports = Vec::new();
     for writer in writers {
@@ -426,14 +586,17 @@ async fn acknowledged_events_survive_the_stream_leader_dying() {
         ref wrong,
     } = tally;
 
-    let (nodes_agree, rebuild_failures) = check_survivors(&store, &accounts, &survivors).await;
+    let (nodes_agree, rebuild_failures, rebuilt) =
+        check_survivors(&store, &accounts, &survivors).await;
+    let live = finish_live_projection(&projection_store, runner, &rebuilt, projected_at_kill).await;
 
     println!(
-        "failover: acknowledged={acknowledged} present={present} lost={lost} duplicated={duplicated} resolved_unknowns={resolved} retried_commands={retried} acked_before_kill={acked_at_kill} errors={errors:?} wrong_errors={} killed_leader={leader} election_ms={} writes_resumed_after_ms={} surviving_nodes_agreeing={nodes_agree} failed_rebuild_attempts={rebuild_failures:?} total_ms={}",
+        "failover: acknowledged={acknowledged} present={present} lost={lost} duplicated={duplicated} resolved_unknowns={resolved} retried_commands={retried} acked_before_kill={acked_at_kill} errors={errors:?} wrong_errors={} killed_leader={leader} election_ms={} writes_resumed_after_ms={} surviving_nodes_agreeing={nodes_agree} failed_rebuild_attempts={rebuild_failures:?} total_ms={} {} runner_node_at_kill={runner_node}",
         wrong.len(),
         election.as_millis(),
         resumed_after.map_or_else(|| "never".to_owned(), |d| d.as_millis().to_string()),
         started.elapsed().as_millis(),
+        live.summary,
     );
     assert!(
         wrong.is_empty(),
@@ -446,4 +609,5 @@ async fn acknowledged_events_survive_the_stream_leader_dying() {
     assert!(acked_at_kill < acknowledged, "the leader died mid-run");
     assert!(resumed_after.is_some(), "writes resumed after the election");
     assert_eq!(nodes_agree, survivors.len());
+    live.assert_ok(projected_at_kill, &rebuilt);
 }

@@ -1,0 +1,418 @@
+//! Tenant isolation with NATS permissions: a server with an `admin` user, which provisions the
+//! context, and users `t1` and `t2`, whose permissions allow only their own tenant's subjects
+//! (see [`tenant_permissions`]). Through the framework each tenant appends, loads and snapshots
+//! its own aggregates; each gets a typed `StoreError::PermissionDenied` — at once, not after a
+//! timeout — for the other's appends, loads, head reads and snapshots; and the admin, reading the
+//! whole stream, finds nothing written across tenants.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use cqrs_core::{
+    CommandError, CommandMetadata, EventFilter, EventStore, ExpectedVersion, RecordedEvent,
+    Repository, StoreError, StreamId,
+};
+use cqrs_nats::async_nats::ConnectOptions;
+use cqrs_nats::{JetStreamEventStore, NatsStoreError, StoreConfig};
+use cqrs_test_server::NatsServer;
+use cqrs_tests::event;
+use examples::bank_account::{AccountCommand, BankAccount};
+use futures::TryStreamExt;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+const CONTEXT: &str = "bank";
+/// A denial must come from the server's violation report, not from this timeout.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+const FAST: Duration = Duration::from_secs(1);
+const TENANTS: [&str; 2] = ["t1", "t2"];
+const ACCOUNTS_PER_TENANT: usize = 2;
+const DEPOSITS: usize = 3;
+
+/// The inbox prefix of a tenant's connections. Replies (JetStream acks, API responses, pulled
+/// messages) go to the client's inbox; a shared `_INBOX.>` would let every tenant subscribe to
+/// the others' replies.
+fn inbox(tenant: &str) -> String {
+    format!("_INBOX_{tenant}")
+}
+
+// ---------------------------------------------------------------------------------------------
+// THE PERMISSIONS — adapt here when the subject layout changes.
+//
+// What each store operation of a tenant needs (stream EVENTS_BANK, bucket SNAPSHOTS_BANK,
+// tenant token T, inbox prefix P), with `StoreConfig::tenant_scoped_reads(true)`:
+//   connect      pub $JS.API.STREAM.INFO.EVENTS_BANK, $JS.API.STREAM.INFO.KV_SNAPSHOTS_BANK
+//   every reply  sub P.>
+//   append       pub bank.events.T.>                                  (the events)
+//                pub $JS.API.DIRECT.GET.EVENTS_BANK.bank.events.T.>   (head, when not cached)
+//   load         pub $JS.API.CONSUMER.CREATE.EVENTS_BANK.*.bank.events.T.>
+//                pub $JS.API.CONSUMER.MSG.NEXT.EVENTS_BANK.*
+//                (appends use these too, to resolve conflicts, duplicates and lost acks)
+//   read_all     (filtered to tenant T) the load subjects above, with filter bank.events.T.>
+//   snapshots    pub $JS.API.DIRECT.GET.KV_SNAPSHOTS_BANK.$KV.SNAPSHOTS_BANK.T.>  (load)
+//                pub $KV.SNAPSHOTS_BANK.T.>                                       (save)
+// Never grant a tenant $JS.API.DIRECT.GET.EVENTS_BANK or $JS.API.STREAM.MSG.GET.EVENTS_BANK
+// (the aggregate is in the request body: any tenant's could be read) nor
+// $JS.API.CONSUMER.CREATE.EVENTS_BANK (a consumer with any filter).
+// ---------------------------------------------------------------------------------------------
+fn tenant_permissions(tenant: &str) -> String {
+    // Writers publish to `<context>.events.<tenant>.<type>.<id>`; the stream stores that under
+    // `<context>.events.<partition>.<tenant>.<type>.<id>`, which reads name.
+    let events = format!("{CONTEXT}.events.{tenant}.>");
+    let stored = format!("{CONTEXT}.events.*.{tenant}.>");
+    let publish = [
+        events.clone(),
+        "$JS.API.STREAM.INFO.EVENTS_BANK".to_owned(),
+        "$JS.API.STREAM.INFO.KV_SNAPSHOTS_BANK".to_owned(),
+        format!("$JS.API.DIRECT.GET.EVENTS_BANK.{stored}"),
+        format!("$JS.API.CONSUMER.CREATE.EVENTS_BANK.*.{stored}"),
+        "$JS.API.CONSUMER.MSG.NEXT.EVENTS_BANK.*".to_owned(),
+        format!("$JS.API.DIRECT.GET.KV_SNAPSHOTS_BANK.$KV.SNAPSHOTS_BANK.{tenant}.>"),
+        format!("$KV.SNAPSHOTS_BANK.{tenant}.>"),
+    ];
+    let quoted: Vec<String> = publish.iter().map(|s| format!("\"{s}\"")).collect();
+    format!(
+        "{{ publish: {{ allow: [{}] }}, subscribe: {{ allow: [\"{}.>\"] }} }}",
+        quoted.join(", "),
+        inbox(tenant)
+    )
+}
+
+fn server_config() -> String {
+    let tenants: Vec<String> = TENANTS
+        .iter()
+        .map(|t| {
+            format!(
+                "      {{ user: {t}, password: \"{t}-pass\", permissions: {} }}",
+                tenant_permissions(t)
+            )
+        })
+        .collect();
+    format!(
+        "accounts {{\n  APP {{\n    jetstream: enabled\n    users: [\n      {{ user: admin, password: \"admin-pass\" }}\n{}\n    ]\n  }}\n}}\n",
+        tenants.join("\n")
+    )
+}
+
+fn config() -> StoreConfig {
+    StoreConfig::new(CONTEXT).request_timeout(REQUEST_TIMEOUT)
+}
+
+async fn connect_tenant(url: &str, tenant: &str, scoped: bool) -> JetStreamEventStore {
+    let options = ConnectOptions::new()
+        .user_and_password(tenant.to_owned(), format!("{tenant}-pass"))
+        .custom_inbox_prefix(inbox(tenant));
+    // Small pages: a load of an account spans two.
+    let config = config().tenant_scoped_reads(scoped).load_batch(3);
+    JetStreamEventStore::connect_with_options(url, options, config)
+        .await
+        .unwrap()
+}
+
+fn account(tenant: &str, a: usize) -> StreamId {
+    Repository::<BankAccount, JetStreamEventStore>::stream_id(&format!("acc-{a}"), Some(tenant))
+}
+
+/// What the denials looked like: the operations, and the slowest.
+#[derive(Default)]
+struct Denials {
+    operations: BTreeMap<String, usize>,
+    slowest: Duration,
+    example: String,
+}
+
+impl Denials {
+    /// Asserts `result` is a permission denial that came fast, and records it.
+    #[track_caller]
+    fn check<T: std::fmt::Debug>(
+        &mut self,
+        what: &str,
+        took: Duration,
+        result: Result<T, StoreError>,
+    ) {
+        match result {
+            Err(StoreError::PermissionDenied {
+                operation, reason, ..
+            }) => {
+                assert!(
+                    reason.contains("check the publish/subscribe permissions"),
+                    "{what}: {reason}"
+                );
+                assert!(took < FAST, "{what} was denied only after {took:?}");
+                *self.operations.entry(operation.to_owned()).or_default() += 1;
+                self.slowest = self.slowest.max(took);
+                if self.example.is_empty() {
+                    self.example = reason;
+                }
+            }
+            other => panic!("{what}: expected PermissionDenied, got {other:?}"),
+        }
+    }
+}
+
+/// Tenant `tenant` tries everything on `victim`'s aggregate; every attempt is denied.
+async fn trespass(store: &JetStreamEventStore, tenant: &str, victim: &str, denials: &mut Denials) {
+    let target = account(victim, 0);
+    let intruder = || {
+        let mut e = event("Deposited", 1);
+        e.metadata.actor = Some(format!("user:{tenant}"));
+        vec![e]
+    };
+
+    // An append that needs no read first: refused at the publish.
+    let since = Instant::now();
+    let result = store
+        .append(&target, ExpectedVersion::NoStream, intruder(), None)
+        .await;
+    denials.check("append (new aggregate)", since.elapsed(), result);
+
+    // An append on an existing version: refused at the head read.
+    let since = Instant::now();
+    let result = store
+        .append(&target, ExpectedVersion::Exact(1), intruder(), None)
+        .await;
+    denials.check("append (expected version)", since.elapsed(), result);
+
+    let since = Instant::now();
+    let result = match store.load(&target, 1).await {
+        Ok(events) => events.try_collect::<Vec<_>>().await,
+        Err(e) => Err(e),
+    };
+    denials.check("load", since.elapsed(), result);
+
+    let since = Instant::now();
+    let result = store.stream_position(&target).await;
+    denials.check("stream position", since.elapsed(), result);
+
+    let since = Instant::now();
+    let result = store.load_snapshot(&target).await;
+    denials.check("load snapshot", since.elapsed(), result);
+
+    let since = Instant::now();
+    let result = match store.read_all(&EventFilter::all().tenant(victim), 0).await {
+        Ok(events) => events.try_collect::<Vec<_>>().await,
+        Err(e) => Err(e),
+    };
+    denials.check("read all", since.elapsed(), result);
+
+    // Through the repository, as an application would.
+    let repo = Repository::<BankAccount, _>::new(store.clone()).with_snapshots_every(2);
+    let since = Instant::now();
+    let result = repo
+        .execute(
+            "acc-0",
+            AccountCommand::Deposit { amount: 5 },
+            CommandMetadata::root().with_tenant(victim),
+        )
+        .await
+        .map_err(|e| match e {
+            CommandError::Store(e) => e,
+            other => panic!("repository: {other}"),
+        });
+    denials.check("repository command", since.elapsed(), result);
+}
+
+/// Opens and funds the tenant's accounts through its own store; returns the balances it loads.
+async fn work(store: &JetStreamEventStore, tenant: &str) -> Vec<i64> {
+    let repo = Repository::<BankAccount, _>::new(store.clone()).with_snapshots_every(2);
+    let metadata = || {
+        CommandMetadata::root()
+            .with_tenant(tenant)
+            .with_actor(format!("user:{tenant}"))
+    };
+    let mut balances = Vec::new();
+    for a in 0..ACCOUNTS_PER_TENANT {
+        let id = format!("acc-{a}");
+        let open = AccountCommand::Open {
+            owner: tenant.to_owned(),
+            overdraft_limit: 0,
+        };
+        repo.execute(&id, open, metadata()).await.unwrap();
+        for d in 0..DEPOSITS {
+            let amount = i64::try_from(d + 1).unwrap();
+            repo.execute(&id, AccountCommand::Deposit { amount }, metadata())
+                .await
+                .unwrap();
+        }
+        // A load from scratch, a head read and a snapshot read, all of its own tenant.
+        let stream = account(tenant, a);
+        let history: Vec<RecordedEvent> = store
+            .load(&stream, 1)
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(history.len(), 1 + DEPOSITS);
+        let position = store.stream_position(&stream).await.unwrap();
+        assert_eq!(position.version, (1 + DEPOSITS) as u64);
+        assert!(store.load_snapshot(&stream).await.unwrap().is_some());
+        let loaded = Repository::<BankAccount, _>::new(store.clone())
+            .load(&stream)
+            .await
+            .unwrap();
+        match loaded.state {
+            BankAccount::Open { balance, .. } => balances.push(balance),
+            other => panic!("{stream}: {other:?}"),
+        }
+    }
+    balances
+}
+
+/// Tenants cannot create the stream: told so at once, naming the refused subject.
+async fn refused_provisioning(url: &str) -> Duration {
+    let since = Instant::now();
+    let options = ConnectOptions::new()
+        .user_and_password("t1".to_owned(), "t1-pass".to_owned())
+        .custom_inbox_prefix(inbox("t1"));
+    let refused = JetStreamEventStore::connect_with_options(url, options, config())
+        .await
+        .unwrap_err();
+    let took = since.elapsed();
+    let message = refused.to_string();
+    assert!(
+        matches!(refused, NatsStoreError::PermissionDenied { .. }),
+        "{refused:?}"
+    );
+    assert!(
+        message.contains("$JS.API.STREAM.CREATE.EVENTS_BANK"),
+        "{message}"
+    );
+    assert!(took < FAST, "provisioning was refused after {took:?}");
+    took
+}
+
+/// Without scoped reads a tenant cannot even load its own aggregates, and is told why.
+async fn unscoped_load(url: &str, denials: &mut Denials) {
+    let unscoped = connect_tenant(url, "t1", false).await;
+    let since = Instant::now();
+    let result = match unscoped.load(&account("t1", 0), 1).await {
+        Ok(events) => events.try_collect::<Vec<_>>().await,
+        Err(e) => Err(e),
+    };
+    let hint = match &result {
+        Err(StoreError::PermissionDenied { reason, .. }) => reason.clone(),
+        other => panic!("unscoped load: {other:?}"),
+    };
+    assert!(hint.contains("tenant_scoped_reads(true)"), "{hint}");
+    denials.check("unscoped load", since.elapsed(), result);
+}
+
+/// A store made with `from_client` cannot see the connection's events: a denied append is not
+/// typed as such and waits for its timeout, but it is refused all the same. Returns the error's
+/// kind and how long it took.
+async fn blind_denial(url: &str) -> (String, Duration) {
+    let client = ConnectOptions::new()
+        .user_and_password("t1".to_owned(), "t1-pass".to_owned())
+        .custom_inbox_prefix(inbox("t1"))
+        .connect(url)
+        .await
+        .unwrap();
+    let config = config()
+        .tenant_scoped_reads(true)
+        .request_timeout(Duration::from_millis(300));
+    let blind = JetStreamEventStore::from_client(client, config)
+        .await
+        .unwrap();
+    let since = Instant::now();
+    let error = blind
+        .append(
+            &account("t2", 0),
+            ExpectedVersion::NoStream,
+            vec![event("Deposited", 1)],
+            None,
+        )
+        .await
+        .unwrap_err();
+    let took = since.elapsed();
+    assert!(
+        matches!(
+            error,
+            StoreError::OutcomeUnknown { .. } | StoreError::Unavailable { .. }
+        ),
+        "{error:?}"
+    );
+    let kind = format!("{error:?}");
+    (
+        kind.split([' ', '{']).next().unwrap_or_default().to_owned(),
+        took,
+    )
+}
+
+#[tokio::test]
+async fn tenants_are_isolated_by_nats_permissions() {
+    let started = Instant::now();
+    let server = NatsServer::builder()
+        .config(server_config())
+        .start()
+        .await
+        .unwrap();
+    let url = server.url();
+
+    let provision_ms = refused_provisioning(&url).await;
+
+    // The admin provisions the stream and the snapshot bucket; then tenants only verify them.
+    let admin_options =
+        ConnectOptions::new().user_and_password("admin".to_owned(), "admin-pass".to_owned());
+    let admin = JetStreamEventStore::connect_with_options(&url, admin_options, config())
+        .await
+        .unwrap();
+
+    let t1 = connect_tenant(&url, "t1", true).await;
+    let t2 = connect_tenant(&url, "t2", true).await;
+    let expected_balance = i64::try_from((1..=DEPOSITS).sum::<usize>()).unwrap();
+    for (store, tenant) in [(&t1, "t1"), (&t2, "t2")] {
+        let balances = work(store, tenant).await;
+        assert_eq!(balances, vec![expected_balance; ACCOUNTS_PER_TENANT]);
+    }
+
+    // `read_all` filtered to its own tenant works too (a named, filtered consumer).
+    let own: Vec<RecordedEvent> = t1
+        .read_all(&EventFilter::all().tenant("t1"), 0)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(own.len(), ACCOUNTS_PER_TENANT * (1 + DEPOSITS));
+
+    let mut denials = Denials::default();
+    trespass(&t1, "t1", "t2", &mut denials).await;
+    trespass(&t2, "t2", "t1", &mut denials).await;
+
+    unscoped_load(&url, &mut denials).await;
+
+    let (blind_kind, blind_ms) = blind_denial(&url).await;
+
+    // The admin reads everything: each tenant's events are its own, nothing crossed over.
+    let all: Vec<RecordedEvent> = admin
+        .read_all(&EventFilter::all(), 0)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let mut per_tenant: BTreeMap<String, usize> = BTreeMap::new();
+    let mut crossed = 0;
+    for e in &all {
+        let tenant = e.metadata.tenant.clone().unwrap_or_default();
+        if e.metadata.actor.as_deref() != Some(format!("user:{tenant}").as_str()) {
+            crossed += 1;
+        }
+        *per_tenant.entry(tenant).or_default() += 1;
+    }
+    let each = ACCOUNTS_PER_TENANT * (1 + DEPOSITS);
+    println!(
+        "tenancy: events_per_tenant={per_tenant:?} cross_tenant_events={crossed} denials={:?} slowest_denial_ms={} provisioning_refused_ms={} from_client_denial={blind_kind} from_client_denial_ms={} total_ms={}\n  example: {}",
+        denials.operations,
+        denials.slowest.as_millis(),
+        provision_ms.as_millis(),
+        blind_ms.as_millis(),
+        started.elapsed().as_millis(),
+        denials.example,
+    );
+    assert_eq!(crossed, 0, "events written across tenants: {all:#?}");
+    assert_eq!(
+        per_tenant,
+        BTreeMap::from([("t1".to_owned(), each), ("t2".to_owned(), each)])
+    );
+    assert_eq!(denials.operations.values().sum::<usize>(), 15);
+}
