@@ -414,7 +414,7 @@ impl JetStreamEventStore {
     /// an append), not in [`StoreError::PermissionDenied`]. Prefer
     /// [`from_client_with_watch`](Self::from_client_with_watch).
     pub async fn from_client(client: Client, config: StoreConfig) -> Result<Self, NatsStoreError> {
-        Self::with_guard(client, config, None).await
+        Box::pin(Self::with_guard(client, config, None)).await
     }
 
     /// [`from_client`](Self::from_client) on a connection whose event callback feeds `watch`
@@ -425,7 +425,7 @@ impl JetStreamEventStore {
         config: StoreConfig,
         watch: PermissionWatch,
     ) -> Result<Self, NatsStoreError> {
-        Self::with_guard(client, config, Some(watch)).await
+        Box::pin(Self::with_guard(client, config, Some(watch))).await
     }
 
     async fn with_guard(

@@ -5,7 +5,8 @@
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::items_after_statements,
-    clippy::unnecessary_literal_bound
+    clippy::unnecessary_literal_bound,
+    clippy::too_many_lines
 )]
 
 use cqrs_core::doc::{Counter, CounterCommand, CounterEvent};
@@ -720,13 +721,13 @@ async fn crashed_worker_fails_over_without_reordering() {
     let mut second = first.clone();
     second.worker = 1;
     let head = write_concurrently(&f.store, 0, 2).await;
-    let (entered, held) = (Arc::new(Semaphore::new(0)), Arc::new(Mutex::new(None)));
+    let (entered, blocked_on) = (Arc::new(Semaphore::new(0)), Arc::new(Mutex::new(None)));
     let a = JetStreamProjectionRunner::spawn(
         &f.store,
         BlocksAfter {
             inner: first.clone(),
             after: head,
-            held: held.clone(),
+            held: blocked_on.clone(),
             entered: entered.clone(),
         },
         quick(),
@@ -752,7 +753,7 @@ async fn crashed_worker_fails_over_without_reordering() {
 
     assert_in_order(&first.seen, 8, 8);
     // The held event was applied by the survivor, after the versions before it.
-    let (counter, version) = held.lock().unwrap().clone().unwrap();
+    let (counter, version) = blocked_on.lock().unwrap().clone().unwrap();
     let applied = first.seen.lock().unwrap()[&counter].clone();
     assert_eq!(applied[usize::try_from(version).unwrap() - 1], (version, 1));
 }
