@@ -54,7 +54,7 @@ fn offline_error(args: &[&str]) -> String {
 fn catalog_lists_the_registered_event_types() {
     let doc = offline_json(&["catalog"]);
     let aggregates = doc["aggregates"].as_array().expect("aggregates");
-    assert_eq!(aggregates.len(), 2, "{doc:#}");
+    assert_eq!(aggregates.len(), 4, "{doc:#}");
     assert_eq!(aggregates[0]["aggregate_type"], "BankAccount");
     assert_eq!(aggregates[0]["context"], "bank");
     assert_eq!(aggregates[0]["state_machine"], true);
@@ -69,7 +69,10 @@ fn catalog_lists_the_registered_event_types() {
     );
 
     let events = doc["events"].as_array().expect("events");
-    assert_eq!(events.len(), 8, "{doc:#}");
+    assert_eq!(events.len(), 18, "{doc:#}");
+    // A plain (not state-machine) aggregate is listed too.
+    assert_eq!(aggregates[3]["aggregate_type"], "Graph");
+    assert_eq!(aggregates[3]["state_machine"], false);
     let find = |name: &str| {
         events
             .iter()
@@ -90,7 +93,7 @@ fn catalog_lists_the_registered_event_types() {
     assert_eq!(find("Opened")["context"], "bank");
 
     let text = offline(&["catalog"]);
-    assert!(text.starts_with("2 aggregates, 8 event types\n"), "{text}");
+    assert!(text.starts_with("4 aggregates, 18 event types\n"), "{text}");
     let row = |cells: &[&str]| {
         text.lines()
             .any(|line| line.split_whitespace().collect::<Vec<_>>() == cells)
@@ -200,7 +203,7 @@ fn diagram_of_an_unregistered_aggregate_names_the_registered_ones() {
     let message = offline_error(&["diagram", "Invoice"]);
     assert_eq!(
         message,
-        "error: aggregate `Invoice` is not registered; registered: BankAccount (bank), Order (sales)\n"
+        "error: aggregate `Invoice` is not registered; registered: BankAccount (bank), Order (sales), Task (tasks), Graph (graphs)\n"
     );
     let message = offline_error(&["--context", "bank", "diagram", "Order"]);
     assert!(
@@ -221,7 +224,7 @@ fn help_names_the_registered_types() {
     let text = offline(&["--help"]);
     assert!(
         text.contains(
-            "Registered aggregates: BankAccount (bank), Order (sales); 8 event types. \
+            "Registered aggregates: BankAccount (bank), Order (sales), Task (tasks), Graph (graphs); 18 event types. \
              `catalog` lists them, `diagram <AGGREGATE>` draws a state machine."
         ),
         "{text}"

@@ -6,11 +6,15 @@
 #![forbid(unsafe_code)]
 
 use examples::bank_account::BankAccount;
+use examples::graph_editor::Graph;
 use examples::order_fulfilment::Order;
+use examples::task_tracker::Task;
 
 fn main() -> std::process::ExitCode {
     cqrs_nats::cli::Cli::new()
         .aggregate_in::<BankAccount>("bank")
         .aggregate_in::<Order>("sales")
+        .aggregate_in::<Task>("tasks")
+        .aggregate_in::<Graph>("graphs")
         .run()
 }
