@@ -12,8 +12,9 @@
 //! - `catch_up`: `cqrs_core::projection::catch_up` over `read_all` (ordered consumer, decode,
 //!   filter, deliver) into a counting projection;
 //! - `replay`: `cqrs_nats::projection::replay` (ordered consumer, same decode and deliver);
-//! - `runner`: the durable projection runner (pinned pull consumer, explicit ack per event),
-//!   with one event in flight (the default, order-safe across failovers) and with 256;
+//! - `runner`: the durable projection runner (one pinned pull consumer per partition, explicit
+//!   ack per event), with one event in flight per partition (the default, order-safe across
+//!   failovers) and with 256, and two default runners sharing the partitions;
 //! - bare: an async-nats ordered pull consumer counting messages, no decoding.
 //!
 //! The read-only passes (bare, `catch_up`, `replay`) run twice, interleaved; the best rate of each
@@ -139,25 +140,41 @@ async fn bare(store: &JetStreamEventStore, head: u64) -> u64 {
     n
 }
 
+/// Runs projection `name` on `workers` runners sharing its partitions until together they
+/// applied everything up to `head`; returns how many events they applied.
 async fn runner(
     store: &JetStreamEventStore,
     name: &'static str,
     in_flight: usize,
+    workers: usize,
     head: u64,
 ) -> u64 {
-    let (projection, seen) = count(name);
-    let handle = JetStreamProjectionRunner::spawn(
-        store,
-        projection,
-        ProjectionConfig::new().max_in_flight(in_flight),
-    )
-    .await
-    .expect("spawn");
-    handle
-        .wait_for(head, Duration::from_secs(600))
-        .await
-        .expect("runner reached the head");
-    handle.stop().await.expect("stop");
+    let seen = Arc::new(AtomicU64::new(0));
+    let mut handles = Vec::new();
+    for _ in 0..workers {
+        let projection = Count {
+            name,
+            seen: Arc::clone(&seen),
+        };
+        handles.push(
+            JetStreamProjectionRunner::spawn(
+                store,
+                projection,
+                ProjectionConfig::new().max_in_flight(in_flight),
+            )
+            .await
+            .expect("spawn"),
+        );
+    }
+    for handle in &handles {
+        handle
+            .wait_for(head, Duration::from_secs(600))
+            .await
+            .expect("runner reached the head");
+    }
+    for handle in handles {
+        handle.stop().await.expect("stop");
+    }
     seen.load(Ordering::Relaxed)
 }
 
@@ -217,14 +234,23 @@ async fn main() {
     }
 
     let started = Instant::now();
-    let n = runner(&store, "runner256", 256, head).await;
+    let n = runner(&store, "runner256", 256, 1, head).await;
     let runner_wide_rate = rate(n, started.elapsed());
     assert_eq!(n, head);
 
     let started = Instant::now();
-    let n = runner(&store, "runner1", 1, head).await;
+    let n = runner(&store, "runner1", 1, 1, head).await;
     let runner_rate = rate(n, started.elapsed());
     assert_eq!(n, head);
+
+    let started = Instant::now();
+    let n = runner(&store, "runner1x2", 1, 2, head).await;
+    let runner_pair_rate = rate(head, started.elapsed());
+    // At least once: an event on the wire during a handover may be redelivered.
+    assert!(n >= head);
+    if n > head {
+        println!("2 workers: {} redelivered during handovers", n - head);
+    }
 
     println!("bare async-nats ordered consumer      {bare_rate:>10.0} ev/s");
     for (what, r) in [
@@ -232,6 +258,7 @@ async fn main() {
         ("replay (ordered consumer)", replay_rate),
         ("runner, 256 in flight", runner_wide_rate),
         ("runner, 1 in flight (default)", runner_rate),
+        ("runner, default, 2 workers sharing", runner_pair_rate),
     ] {
         println!("{what:<37} {r:>10.0} ev/s  {:.2}x", r / bare_rate);
     }

@@ -99,12 +99,12 @@ impl StoreConfig {
         }
     }
 
-    /// Partitions of the context's stream (1 to 1024, default
+    /// Partitions of the context's stream (clamped to 1 to 1024, default
     /// [`DEFAULT_PARTITIONS`](crate::subject::DEFAULT_PARTITIONS)): the most workers one
     /// projection can spread over. Fixed when the stream is created; connecting with another
     /// count to an existing stream is a [`NatsStoreError::StreamConflict`].
     pub fn partitions(mut self, partitions: u32) -> Self {
-        self.partitions = partitions;
+        self.partitions = partitions.clamp(1, crate::subject::MAX_PARTITIONS);
         self
     }
 
