@@ -22,7 +22,8 @@
 //!   Partitions run concurrently, so one worker already has up to one event per partition in
 //!   flight.
 //! - **Several workers.** Every runner of a projection announces itself in the KV bucket
-//!   `PROJECTION_WORKERS_<CONTEXT>` ([`workers_bucket`]) every heartbeat and watches the others;
+//!   `PROJECTION_WORKERS_<CONTEXT>` ([`workers_bucket`]; [`live_workers`] counts them) every
+//!   heartbeat and watches the others;
 //!   partition `k` belongs to the `k mod n`-th of the `n` live workers in start order, so the
 //!   work is shared evenly and each partition has one owner. When a worker joins or stops the
 //!   partitions are handed over (the old owner finishes the event in hand, stops pulling,
@@ -41,7 +42,8 @@
 //!   is parked at once, never retried in a loop.
 //! - **Rebuild and time travel.** [`JetStreamProjectionRunner::rebuild`] deletes the consumers and
 //!   starts again from the first event (into a fresh read model);
-//!   [`JetStreamProjectionRunner::reset`] moves the checkpoints of running workers; [`replay`] reads from a
+//!   [`JetStreamProjectionRunner::reset`] (or [`reset_consumers`], without a store: the CLI's
+//!   `replay`) moves the checkpoints of running workers; [`replay`] reads from a
 //!   position or a point in time through an ordered consumer, without touching the live
 //!   consumer; [`cqrs_core::projection::catch_up`] works on the store too.
 //! - **Stopping.** [`JetStreamProjectionHandle::stop`] finishes the event in hand on every
@@ -64,7 +66,7 @@ use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::{self, AckKind, kv, stream};
 use cqrs_core::projection::{CatchUp, ParkedEvent, RetryPolicy, WaitTimeout, deliver};
 use cqrs_core::{EventFilter, Projection, RecordedEvent, StoreError};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -461,55 +463,14 @@ impl JetStreamProjectionRunner {
     /// with its current configuration and the new start, and running workers carry on from
     /// there. Read models that apply events once per position (`apply_once`) skip what they
     /// hold already, so clear them first to rebuild. Returns the number of consumers reset
-    /// (0: the projection has never run).
+    /// (0: the projection has never run). [`reset_consumers`] does the same without a store.
     pub async fn reset(
         store: &JetStreamEventStore,
         name: &str,
         from: StartFrom,
     ) -> Result<usize, StoreError> {
         let (stream, subjects) = context_subjects(store).await?;
-        let mut reset = 0;
-        for partition in 0..subjects.partitions() {
-            let consumer = consumer_name(name, partition);
-            let existing = match stream.consumer_info(&consumer).await {
-                Ok(info) => info.config.clone(),
-                Err(e) if is_consumer_not_found(&e) => continue,
-                Err(e) => return Err(unavailable(e)),
-            };
-            let mut config = pull::Config {
-                durable_name: existing.durable_name,
-                name: existing.name,
-                description: existing.description,
-                deliver_policy: from.deliver_policy(),
-                ack_policy: existing.ack_policy,
-                ack_wait: existing.ack_wait,
-                max_deliver: existing.max_deliver,
-                backoff: existing.backoff,
-                filter_subject: existing.filter_subject,
-                filter_subjects: existing.filter_subjects,
-                replay_policy: existing.replay_policy,
-                max_ack_pending: existing.max_ack_pending,
-                max_waiting: existing.max_waiting,
-                max_batch: existing.max_batch,
-                max_bytes: existing.max_bytes,
-                max_expires: existing.max_expires,
-                inactive_threshold: existing.inactive_threshold,
-                num_replicas: existing.num_replicas,
-                memory_storage: existing.memory_storage,
-                metadata: existing.metadata,
-                ..Default::default()
-            };
-            config.priority_policy = existing.priority_policy;
-            config.priority_groups = existing.priority_groups;
-            config.priority_timeout = existing.priority_timeout;
-            stream
-                .delete_consumer(&consumer)
-                .await
-                .map_err(unavailable)?;
-            stream.create_consumer(config).await.map_err(unavailable)?;
-            reset += 1;
-        }
-        Ok(reset)
+        reset_on(&stream, &subjects, name, from).await
     }
 
     /// The dead-letter stream of the store's context.
@@ -522,6 +483,169 @@ impl JetStreamProjectionRunner {
         )
         .await
     }
+}
+
+/// Moves the checkpoints of projection `name` in bounded context `context` to `from`, as
+/// [`JetStreamProjectionRunner::reset`] does, from a bare JetStream context (the operator CLI's
+/// `replay`): each of the projection's consumers is recreated with its current configuration and
+/// the new start, and its running workers carry on from there. Works on the context's existing
+/// events stream only and creates no stream, bucket or other consumer: a context without a
+/// stream is an error. Returns the number of consumers reset (0: the projection has no
+/// consumers in this context).
+pub async fn reset_consumers(
+    js: &jetstream::Context,
+    context: &str,
+    name: &str,
+    from: StartFrom,
+) -> Result<usize, StoreError> {
+    let (stream, subjects) = existing_stream(js, context).await?;
+    reset_on(&stream, &subjects, name, from).await
+}
+
+/// The events stream of `context` and its subjects, if the stream exists (never creates it).
+async fn existing_stream(
+    js: &jetstream::Context,
+    context: &str,
+) -> Result<(stream::Stream, Subjects), StoreError> {
+    let backend = |reason: String| StoreError::Backend {
+        operation: OP,
+        source: reason.into(),
+    };
+    let name = crate::StoreConfig::new(context).stream_name();
+    let stream = match js.get_stream(&name).await {
+        Ok(stream) => stream,
+        Err(e)
+            if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(js)
+                if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            return Err(backend(format!(
+                "context `{context}` has no events stream (no stream {name})"
+            )));
+        }
+        Err(e) => return Err(unavailable(e)),
+    };
+    let subjects = Subjects::from_stream_config(&stream.cached_info().config).ok_or_else(|| {
+        backend(format!(
+            "stream {name} is not a partitioned events stream of this library"
+        ))
+    })?;
+    Ok((stream, subjects))
+}
+
+/// Recreates the existing consumers of projection `name` on `stream` with start `from`.
+async fn reset_on(
+    stream: &stream::Stream,
+    subjects: &Subjects,
+    name: &str,
+    from: StartFrom,
+) -> Result<usize, StoreError> {
+    let mut reset = 0;
+    for partition in 0..subjects.partitions() {
+        let consumer = consumer_name(name, partition);
+        let existing = match stream.consumer_info(&consumer).await {
+            Ok(info) => info.config.clone(),
+            Err(e) if is_consumer_not_found(&e) => continue,
+            Err(e) => return Err(unavailable(e)),
+        };
+        let mut config = pull::Config {
+            durable_name: existing.durable_name,
+            name: existing.name,
+            description: existing.description,
+            deliver_policy: from.deliver_policy(),
+            ack_policy: existing.ack_policy,
+            ack_wait: existing.ack_wait,
+            max_deliver: existing.max_deliver,
+            backoff: existing.backoff,
+            filter_subject: existing.filter_subject,
+            filter_subjects: existing.filter_subjects,
+            replay_policy: existing.replay_policy,
+            max_ack_pending: existing.max_ack_pending,
+            max_waiting: existing.max_waiting,
+            max_batch: existing.max_batch,
+            max_bytes: existing.max_bytes,
+            max_expires: existing.max_expires,
+            inactive_threshold: existing.inactive_threshold,
+            num_replicas: existing.num_replicas,
+            memory_storage: existing.memory_storage,
+            metadata: existing.metadata,
+            ..Default::default()
+        };
+        config.priority_policy = existing.priority_policy;
+        config.priority_groups = existing.priority_groups;
+        config.priority_timeout = existing.priority_timeout;
+        stream
+            .delete_consumer(&consumer)
+            .await
+            .map_err(unavailable)?;
+        stream.create_consumer(config).await.map_err(unavailable)?;
+        reset += 1;
+    }
+    Ok(reset)
+}
+
+/// How long past its time-to-live, by this machine's clock, a heartbeat still counts in
+/// [`live_workers`]: room for clock skew between this machine and the server.
+const CLOCK_SLACK: Duration = Duration::from_secs(60);
+
+/// The live workers of the projections of a context, by projection name, as they announce
+/// themselves in [`workers_bucket`] (`<projection>.<worker id>`, put every heartbeat): a worker
+/// is live while its last heartbeat is within its time-to-live of the newest heartbeat in the
+/// bucket (both times are the server's), and not older than its time-to-live plus a minute by
+/// this machine's clock (so that the announcements of workers that all crashed a while ago do
+/// not count). Projections without live workers are absent; no bucket (no projection has run
+/// in this context) is an empty map. Only reads.
+pub async fn live_workers(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+) -> Result<BTreeMap<String, usize>, StoreError> {
+    let bucket = workers_bucket(subjects);
+    match js.get_stream(format!("KV_{bucket}")).await {
+        Ok(_) => {}
+        Err(e)
+            if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(js)
+                if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            return Ok(BTreeMap::new());
+        }
+        Err(e) => return Err(unavailable(e)),
+    }
+    let kv = js.get_key_value(&bucket).await.map_err(unavailable)?;
+    let keys: Vec<String> = kv
+        .keys()
+        .await
+        .map_err(unavailable)?
+        .try_collect()
+        .await
+        .map_err(unavailable)?;
+    let default_ttl = ProjectionConfig::default()
+        .heartbeat
+        .saturating_mul(MISSED_HEARTBEATS);
+    let mut beats = Vec::with_capacity(keys.len());
+    for key in keys {
+        let Some((projection, _worker)) = key.split_once('.') else {
+            continue;
+        };
+        let Some(entry) = kv.entry(key.as_str()).await.map_err(unavailable)? else {
+            continue;
+        };
+        if entry.operation != kv::Operation::Put {
+            continue;
+        }
+        let ttl = serde_json::from_slice::<Heartbeat>(&entry.value)
+            .map_or(default_ttl, |h| Duration::from_millis(h.ttl_ms));
+        beats.push((projection.to_owned(), entry.created, ttl));
+    }
+    let mut live = BTreeMap::new();
+    let Some(newest) = beats.iter().map(|(_, at, _)| *at).max() else {
+        return Ok(live);
+    };
+    let now = OffsetDateTime::now_utc();
+    for (projection, at, ttl) in beats {
+        if newest - at <= ttl && now - at <= ttl.saturating_add(CLOCK_SLACK) {
+            *live.entry(projection).or_insert(0) += 1;
+        }
+    }
+    Ok(live)
 }
 
 /// Creates the durable consumer of `name` on `partition`, or updates its configuration (an

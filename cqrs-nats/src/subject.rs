@@ -278,6 +278,21 @@ impl Subjects {
             .flatten()
     }
 
+    /// The subjects of the context whose events stream has configuration `config` (as made by
+    /// [`crate::StoreConfig::stream_config`]): the context from the subject the stream listens
+    /// on, `<context>.events.*.*.*`, and the partition count from its subject transform. `None`
+    /// for any other stream, including the unpartitioned `<context>.events.>` layout of earlier
+    /// versions.
+    pub fn from_stream_config(config: &async_nats::jetstream::stream::Config) -> Option<Self> {
+        let transform = config.subject_transform.as_ref()?;
+        let context = transform.source.strip_suffix(".events.*.*.*")?;
+        if !config.subjects.contains(&transform.source) {
+            return None;
+        }
+        let partitions = Self::partitions_of_destination(context, &transform.destination)?;
+        Self::with_partitions(context, partitions).ok()
+    }
+
     /// The subject writers publish one aggregate instance's events to.
     pub fn aggregate(
         &self,
@@ -530,6 +545,38 @@ mod tests {
         assert_eq!(partition_digits(10), 1);
         assert_eq!(partition_digits(11), 2);
         assert_eq!(partition_digits(1024), 4);
+    }
+
+    #[test]
+    fn subjects_from_the_stream_config() {
+        let config = crate::StoreConfig::new("Sales")
+            .partitions(16)
+            .stream_config();
+        assert_eq!(
+            Subjects::from_stream_config(&config),
+            Subjects::with_partitions("Sales", 16).ok()
+        );
+        let default = crate::StoreConfig::new("bank").stream_config();
+        assert_eq!(
+            Subjects::from_stream_config(&default).map(|s| s.partitions()),
+            Some(DEFAULT_PARTITIONS)
+        );
+        // The unpartitioned layout of earlier versions, and streams of something else.
+        let old = async_nats::jetstream::stream::Config {
+            name: "EVENTS_SALES".to_owned(),
+            subjects: vec!["sales.events.>".to_owned()],
+            ..Default::default()
+        };
+        assert_eq!(Subjects::from_stream_config(&old), None);
+        let mut other = config.clone();
+        other.subjects = vec!["orders.>".to_owned()];
+        assert_eq!(Subjects::from_stream_config(&other), None);
+        let mut bad = config;
+        if let Some(t) = bad.subject_transform.as_mut() {
+            t.destination =
+                "Sales.events.{{wildcard(1)}}.{{wildcard(2)}}.{{wildcard(3)}}".to_owned();
+        }
+        assert_eq!(Subjects::from_stream_config(&bad), None);
     }
 
     proptest! {

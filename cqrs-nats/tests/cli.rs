@@ -1,16 +1,27 @@
 //! The `cqrs` operator CLI against a spawned nats-server with known events: `--json` documents,
-//! the human views, progress on stderr, `--help` and errors. (`catalog` and `diagram` of
-//! registered types are tested with the examples' `cqrs-examples` binary.)
-#![allow(clippy::expect_used, clippy::unwrap_used)]
+//! the human views, progress on stderr, `replay` of a running projection, `--help` and errors.
+//! (`catalog` and `diagram` of registered types are tested with the examples' `cqrs-examples`
+//! binary.)
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::unnecessary_literal_bound
+)]
 
-use cqrs_core::{CommandMetadata, Repository};
+use cqrs_core::{CommandMetadata, HandlerError, Projection, RecordedEvent, Repository};
+use cqrs_nats::async_nats::jetstream::{self, consumer::DeliverPolicy};
 use cqrs_nats::deadletter::DeadLetters;
-use cqrs_nats::{JetStreamEventStore, StoreConfig, Subjects};
+use cqrs_nats::projection::consumer_name;
+use cqrs_nats::{
+    JetStreamEventStore, JetStreamProjectionRunner, ProjectionConfig, StoreConfig, Subjects,
+};
 use cqrs_test_server::NatsServer;
 use examples::bank_account::{AccountCommand, BankAccount};
 use serde_json::Value;
 use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use time::format_description::well_known::Rfc3339;
 
 const CONTEXT: &str = "bank";
 
@@ -422,15 +433,313 @@ async fn check_projections(url: &str) {
     assert_eq!(projections[0]["name"], "audit");
     assert_eq!(projections[0]["consumer"], false);
     assert_eq!(projections[0]["parked"], 1);
+    assert_eq!(projections[0]["partitions"], 0);
+    assert_eq!(projections[0]["workers"], 0);
+    // A durable consumer that is not a projection's partition: listed as it is.
     assert_eq!(projections[1]["name"], "balances");
     assert_eq!(projections[1]["consumer"], true);
+    assert_eq!(projections[1]["partitions"], 1);
+    assert_eq!(projections[1]["workers"], 0, "no workers bucket");
     assert_eq!(projections[1]["pending"], 4);
     assert_eq!(projections[1]["parked"], 1);
     let text = human(url, &["projections"]);
     assert!(
-        text.contains("balances") && text.contains("PARKED"),
+        text.contains("balances") && text.contains("PARKED") && text.contains("WORKERS"),
         "{text}"
     );
+}
+
+/// A context with a mixed-case name and 3 partitions: the CLI takes both from the stream (the
+/// store opens without a conflict, an aggregate's length is counted on its stored subject).
+#[tokio::test(flavor = "multi_thread")]
+async fn contexts_keep_their_name_and_partition_count() {
+    let server = NatsServer::start().await.expect("nats-server");
+    let url = server.url();
+    let store = JetStreamEventStore::connect(&url, StoreConfig::new("Ops").partitions(3))
+        .await
+        .expect("store");
+    let accounts: Repository<BankAccount, _> = Repository::new(store);
+    for command in [
+        AccountCommand::Open {
+            owner: "Olga".into(),
+            overdraft_limit: 0,
+        },
+        AccountCommand::Deposit { amount: 3 },
+    ] {
+        accounts
+            .execute("x-1", command, CommandMetadata::root())
+            .await
+            .expect("command");
+    }
+    let doc = json(&url, &["streams"]);
+    assert_eq!(doc["contexts"][0]["context"], "Ops", "{doc:#}");
+    assert_eq!(doc["contexts"][0]["stream"], "EVENTS_OPS");
+    let output = cqrs(&[
+        "--server",
+        &url,
+        "--json",
+        "--progress",
+        "history",
+        "BankAccount",
+        "x-1",
+    ]);
+    let doc: Value = serde_json::from_str(&stdout(&output)).expect("JSON");
+    assert_eq!(doc["context"], "Ops");
+    assert_eq!(doc["events"].as_array().map(Vec::len), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("BankAccount/x-1: loaded 0 / 2 events (0%)"),
+        "{stderr}"
+    );
+    let doc = json(&url, &["--context", "ops", "stats"]);
+    assert_eq!(doc["context"], "Ops");
+    assert_eq!(doc["total"], 2);
+}
+
+/// Counts what it applies: the positions, in the order applied.
+#[derive(Clone, Default)]
+struct Counter {
+    positions: Arc<Mutex<Vec<u64>>>,
+}
+
+impl Counter {
+    fn applied(&self) -> Vec<u64> {
+        self.positions.lock().unwrap().clone()
+    }
+
+    /// Waits until it has applied `n` events in all; returns the positions of those after the
+    /// first `seen`, sorted.
+    async fn wait_for_count(&self, n: usize, seen: usize) -> Vec<u64> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let applied = self.applied();
+            if applied.len() >= n {
+                assert_eq!(applied.len(), n, "applied more than expected: {applied:?}");
+                let mut new = applied[seen..].to_vec();
+                new.sort_unstable();
+                return new;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "applied {applied:?}, waiting for {n} events"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Projection for Counter {
+    fn name(&self) -> &str {
+        "counter"
+    }
+
+    async fn apply(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
+        self.positions.lock().unwrap().push(event.position);
+        Ok(())
+    }
+}
+
+/// The deliver policy of each consumer of projection `counter`.
+async fn deliver_policies(js: &jetstream::Context) -> Vec<DeliverPolicy> {
+    let stream = js.get_stream("EVENTS_BANK").await.expect("stream");
+    let mut policies = Vec::new();
+    for partition in 0..8 {
+        let info = stream
+            .consumer_info(consumer_name("counter", partition))
+            .await
+            .expect("consumer");
+        policies.push(info.config.deliver_policy);
+    }
+    policies
+}
+
+/// `replay` moves the checkpoints of a running projection: its worker processes the events
+/// again, from the beginning, a position or a time. Without `--yes` it only says what it would
+/// do (exit code 2); an unknown projection or context is an error that creates nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn replay_moves_a_running_projection_back() {
+    let server = NatsServer::start().await.expect("nats-server");
+    let url = server.url();
+    seed(&url).await;
+    let store = JetStreamEventStore::connect(&url, StoreConfig::new(CONTEXT))
+        .await
+        .expect("store");
+    let js = store.jetstream().clone();
+    let counter = Counter::default();
+    let handle = JetStreamProjectionRunner::spawn(
+        &store,
+        counter.clone(),
+        ProjectionConfig::new()
+            .pull_expiry(Duration::from_millis(500))
+            .priority_timeout(Duration::from_secs(2))
+            .heartbeat(Duration::from_millis(200)),
+    )
+    .await
+    .expect("spawn");
+    handle
+        .wait_for(4, Duration::from_secs(20))
+        .await
+        .expect("caught up");
+    assert_eq!(counter.wait_for_count(4, 0).await, [1, 2, 3, 4]);
+    check_grouped_projections(&url);
+    check_replay_refusals(&url, &js, &counter).await;
+    check_replays(&url, &js, &counter).await;
+
+    // Caught up again; the checkpoints are where they were.
+    handle
+        .wait_for(4, Duration::from_secs(20))
+        .await
+        .expect("caught up");
+    let row = &json(&url, &["projections"])["projections"][0];
+    assert_eq!(row["acked_position"], 4, "{row:#}");
+    assert_eq!(row["pending"], 0, "{row:#}");
+    assert_eq!(counter.applied().len(), 11);
+    handle.stop().await.expect("stop");
+}
+
+/// `projections`: the 8 partition consumers of `counter` as one row, with the live worker.
+fn check_grouped_projections(url: &str) {
+    let doc = json(url, &["projections"]);
+    let projections = doc["projections"].as_array().expect("projections");
+    assert_eq!(projections.len(), 1, "{doc:#}");
+    let row = &projections[0];
+    assert_eq!(row["name"], "counter");
+    assert_eq!(row["partitions"], 8);
+    assert_eq!(row["workers"], 1);
+    assert_eq!(row["pending"], 0);
+    assert_eq!(row["ack_pending"], 0);
+    assert_eq!(row["delivered_position"], 4);
+    assert_eq!(row["acked_position"], 4);
+    assert_eq!(row["consumer"], true);
+    let text = human(url, &["projections"]);
+    assert!(
+        text.lines()
+            .any(|line| line.split_whitespace().collect::<Vec<_>>()
+                == ["counter", "8", "1", "0", "0", "4", "0"]),
+        "{text}"
+    );
+}
+
+/// Without `--yes`, `replay` says what it would do (exit code 2) and changes nothing; an
+/// unknown projection or context is an error that creates nothing; bad arguments are usage
+/// errors.
+async fn check_replay_refusals(url: &str, js: &jetstream::Context, counter: &Counter) {
+    let refused = cqrs(&["--server", url, "replay", "counter"]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(refused.stdout.is_empty());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    for needle in [
+        "without --yes",
+        "projection `counter`",
+        "8 consumers",
+        "the beginning",
+        "1 live worker",
+    ] {
+        assert!(
+            message.contains(needle),
+            "{needle:?} missing from {message}"
+        );
+    }
+    assert_eq!(message.trim_end().lines().count(), 1, "{message}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(counter.applied().len(), 4, "nothing replayed without --yes");
+    assert_eq!(deliver_policies(js).await, [DeliverPolicy::All; 8]);
+
+    // An unknown projection, an unknown context: errors, and nothing is created.
+    for (args, expected) in [
+        (
+            vec!["replay", "nope", "--yes"],
+            "projection `nope` has no consumers in context `bank`",
+        ),
+        (
+            vec!["--context", "bnak", "replay", "counter", "--yes"],
+            "context `bnak` not found",
+        ),
+    ] {
+        let output = cqrs(&[&["--server", url][..], &args].concat());
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        let message = String::from_utf8_lossy(&output.stderr);
+        assert!(message.contains(expected), "{message}");
+        assert_eq!(message.trim_end().lines().count(), 1, "{message}");
+    }
+    assert_eq!(
+        json(url, &["streams"])["contexts"].as_array().map(Vec::len),
+        Some(1)
+    );
+    assert!(js.get_stream("EVENTS_BNAK").await.is_err());
+    assert!(js.get_key_value("PROJECTION_WORKERS_BNAK").await.is_err());
+
+    let both = cqrs(&[
+        "--server",
+        url,
+        "replay",
+        "counter",
+        "--from-position",
+        "1",
+        "--from-time",
+        "2026-01-01T00:00:00Z",
+    ]);
+    assert_eq!(both.status.code(), Some(2));
+    let bad_time = cqrs(&[
+        "--server",
+        url,
+        "replay",
+        "counter",
+        "--from-time",
+        "yesterday",
+    ]);
+    assert_eq!(bad_time.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad_time.stderr).contains("RFC 3339"));
+    assert_eq!(counter.applied().len(), 4, "nothing replayed");
+}
+
+/// `replay` from the beginning, a position and a time: the consumers are recreated with that
+/// start and the running worker applies the events from there again.
+async fn check_replays(url: &str, js: &jetstream::Context, counter: &Counter) {
+    // From the beginning: the running worker applies all 4 events again.
+    let doc = json(url, &["replay", "counter", "--yes"]);
+    assert_eq!(doc["projection"], "counter");
+    assert_eq!(doc["context"], CONTEXT);
+    assert_eq!(doc["consumers_reset"], 8);
+    assert_eq!(doc["workers"], 1);
+    assert_eq!(
+        doc["from"],
+        serde_json::json!({"kind": "beginning", "position": null, "time": null})
+    );
+    assert_eq!(deliver_policies(js).await, [DeliverPolicy::All; 8]);
+    assert_eq!(counter.wait_for_count(8, 4).await, [1, 2, 3, 4]);
+
+    // From a position: the consumers start at 3; events 3 and 4 are applied again.
+    let text = human(url, &["replay", "counter", "--from-position", "3", "--yes"]);
+    assert_eq!(
+        text,
+        "projection counter (context bank): 8 consumers reset to position 3; \
+         1 live worker processes the events again\n"
+    );
+    assert_eq!(
+        deliver_policies(js).await,
+        [DeliverPolicy::ByStartSequence { start_sequence: 3 }; 8]
+    );
+    assert_eq!(counter.wait_for_count(10, 8).await, [3, 4]);
+
+    // From a time: the time event 4 was stored at.
+    let stream = js.get_stream("EVENTS_BANK").await.expect("stream");
+    let at = stream.get_raw_message(4).await.expect("message 4").time;
+    let at_text = at.format(&Rfc3339).expect("RFC 3339");
+    let doc = json(
+        url,
+        &["replay", "counter", "--from-time", &at_text, "--yes"],
+    );
+    assert_eq!(doc["from"]["kind"], "time");
+    assert_eq!(doc["from"]["position"], Value::Null);
+    let shown = time::OffsetDateTime::parse(doc["from"]["time"].as_str().expect("time"), &Rfc3339)
+        .expect("an RFC 3339 time");
+    assert_eq!(shown, at);
+    assert_eq!(
+        deliver_policies(js).await,
+        [DeliverPolicy::ByStartTime { start_time: at }; 8]
+    );
+    assert_eq!(counter.wait_for_count(11, 10).await, [4]);
 }
 
 fn check_errors(url: &str) {
@@ -453,6 +762,7 @@ fn help_lists_every_command() {
         "streams",
         "stats",
         "projections",
+        "replay",
         "catalog",
         "diagram",
     ];

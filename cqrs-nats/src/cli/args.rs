@@ -1,20 +1,23 @@
 //! The command line: global options and the commands, documented for `--help`.
 
 use clap::{Parser, Subcommand, ValueEnum};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 /// Operator CLI for the cqrs-nats event store on NATS JetStream.
 ///
 /// Reads the event streams `EVENTS_<CONTEXT>` the library writes (never appending or changing
 /// events; reads use short-lived ordered consumers) and decodes the event envelope: versions,
 /// positions, types, schema versions, correlation/causation/command ids, actor, tenant and JSON
-/// bodies. `catalog` and `diagram` show the event types and state machines a binary registers
-/// (see `cqrs_nats::cli::Cli`); they need no server.
+/// bodies. `replay` is the one command that changes something (a projection's checkpoints),
+/// and only with `--yes`. `catalog` and `diagram` show the event types and state machines a
+/// binary registers (see `cqrs_nats::cli::Cli`); they need no server.
 ///
 /// Output is human-readable by default; `--json` prints one stable JSON document per
 /// invocation on stdout (the shape is documented on each command). Commands that scan a whole
 /// stream (`trace`, `stats`) or a long aggregate (`history`) report their progress on stderr
 /// when it is a terminal or with `--progress`, never on stdout. Errors are one line on stderr,
-/// exit code 1; invalid arguments exit with code 2.
+/// exit code 1; invalid arguments, and `replay` without `--yes`, exit with code 2.
 #[derive(Debug, Parser)]
 #[command(name = "cqrs", version, propagate_version = true)]
 pub(crate) struct Args {
@@ -141,16 +144,53 @@ pub(crate) enum Command {
         by: StatsBy,
     },
 
-    /// The projections of a context with their lag and parked events.
+    /// The projections of a context with their workers, lag and parked events.
     ///
-    /// Projections are the durable consumers of the context's event stream; the lag is the
-    /// consumer's pending count, parked events are counted on the dead-letter stream
+    /// A projection has one durable consumer per partition of the context's event stream
+    /// (`<projection>_p<k>`, named by their `cqrs.projection` metadata), shown as one row:
+    /// counts summed over its consumers, positions the highest of them. Other durable consumers
+    /// are listed on their own. Live workers are read from the KV bucket
+    /// `PROJECTION_WORKERS_<CONTEXT>` (a worker counts while its heartbeat is recent); the lag
+    /// is the pending count; parked events are counted on the dead-letter stream
     /// `DEADLETTER_<CONTEXT>` (subject `<context>.deadletter.<projection>`).
     ///
-    /// JSON: `{"context", "stream", "head" (last position), "projections": [{"name", "pending"
-    /// (events not yet delivered), "ack_pending", "redelivered", "delivered_position",
-    /// "acked_position", "parked", "consumer" (false when only parked events remain)}]}`.
+    /// JSON: `{"context", "stream", "head" (last position), "projections": [{"name",
+    /// "partitions" (its consumers), "workers" (live workers; 0 without a workers bucket),
+    /// "pending" (events not yet delivered), "ack_pending", "redelivered",
+    /// "delivered_position", "acked_position" (the highest over its consumers), "parked",
+    /// "consumer" (false when only parked events remain)}]}`.
     Projections,
+
+    /// Move a projection's checkpoints back so that its running workers process events again.
+    ///
+    /// Recreates each of the projection's durable consumers (`<projection>_p<k>`, one per
+    /// partition) with a new start — the first event (default), `--from-position` or
+    /// `--from-time` — keeping the rest of their configuration. Its running workers re-bind to
+    /// the recreated consumers and process the events from there again (as will workers
+    /// started later). A read model fenced by `apply_once` skips the positions it already holds,
+    /// so clear it first to rebuild. Creates nothing: an unknown context, or a projection with
+    /// no consumers in the context, is an error (exit code 1).
+    ///
+    /// Without `--yes` nothing is changed: it says on stderr what it would do (consumers, live
+    /// workers, start) and exits with code 2.
+    ///
+    /// JSON: `{"projection", "context", "consumers_reset", "workers" (live workers of the
+    /// projection, which process the events again), "from": {"kind" ("beginning" | "position" |
+    /// "time"), "position", "time" (RFC 3339)}}`; absent values are `null`.
+    Replay {
+        /// The projection's name, as `projections` lists it.
+        projection: String,
+        /// Start at this store position (inclusive; 0 and 1 are the beginning).
+        #[arg(long, value_name = "POSITION", conflicts_with = "from_time")]
+        from_position: Option<u64>,
+        /// Start at the first event stored at or after this time (RFC 3339, e.g.
+        /// `2026-11-26T18:00:00Z`).
+        #[arg(long, value_name = "TIME", value_parser = parse_time)]
+        from_time: Option<OffsetDateTime>,
+        /// Do it: without, `replay` only says what it would do.
+        #[arg(long)]
+        yes: bool,
+    },
 
     /// The event types this binary registers, with schema versions and upcasts.
     ///
@@ -206,4 +246,10 @@ pub(crate) enum DiagramFormat {
     Mermaid,
     /// A Graphviz DOT digraph.
     Dot,
+}
+
+/// Parses an RFC 3339 time for `--from-time`.
+fn parse_time(text: &str) -> Result<OffsetDateTime, String> {
+    OffsetDateTime::parse(text, &Rfc3339)
+        .map_err(|e| format!("not an RFC 3339 time such as 2026-11-26T18:00:00Z: {e}"))
 }

@@ -2,16 +2,19 @@
 
 use super::args::StatsBy;
 use super::model::{
-    Bucket, CliError, ContextDoc, EventDoc, HistoryDoc, ProjectionDoc, ProjectionsDoc, StatsDoc,
-    StreamsDoc, TraceDoc, build_trace,
+    Bucket, CliError, ContextDoc, EventDoc, HistoryDoc, ProjectionDoc, ProjectionsDoc, ReplayDoc,
+    ReplayFromDoc, StatsDoc, StreamsDoc, TraceDoc, build_trace,
 };
 use super::progress::Progress;
 use crate::async_nats::{self, jetstream};
 use crate::deadletter::DeadLetters;
+use crate::projection::{
+    PROJECTION_METADATA, StartFrom, consumer_name, live_workers, reset_consumers,
+};
 use crate::{JetStreamEventStore, StoreConfig, Subjects};
 use cqrs_core::{EventFilter, EventStore, StreamId};
 use futures::TryStreamExt;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 use time::UtcOffset;
 use uuid::Uuid;
@@ -80,7 +83,7 @@ impl Session {
         let mut out: Vec<(String, jetstream::stream::Info)> = infos
             .into_iter()
             .filter(|info| info.config.name.starts_with(STREAM_PREFIX))
-            .map(|info| (context_of(&info), info))
+            .map(|info| (context_of(&info.config), info))
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
@@ -96,7 +99,7 @@ impl Session {
                         .info()
                         .await
                         .map_err(|e| CliError::jetstream(format!("reading stream {stream}"), e))?;
-                    Ok(context_of(info))
+                    Ok(context_of(&info.config))
                 }
                 Err(e)
                     if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(js)
@@ -124,18 +127,17 @@ impl Session {
         }
     }
 
-    /// Opens the store of `context` with its stream's existing settings, so that opening
-    /// verifies rather than conflicts (the stream exists: `resolve_context` checked it).
+    /// Opens the store of `context` with its stream's existing settings (partitions, replicas,
+    /// duplicate window), so that opening verifies rather than conflicts (the stream exists:
+    /// `resolve_context` checked it).
     async fn store(&self, context: &str) -> Result<JetStreamEventStore, CliError> {
-        let mut config = StoreConfig::new(context).request_timeout(self.timeout);
-        let name = config.stream_name();
-        if let Ok(mut stream) = self.js.get_stream(&name).await
-            && let Ok(info) = stream.info().await
-        {
-            config = config
-                .replicas(info.config.num_replicas)
-                .duplicate_window(info.config.duplicate_window);
-        }
+        let (_, info) = self.stream_info(context).await?;
+        let subjects = subjects_of(&info.config)?;
+        let config = StoreConfig::new(subjects.context())
+            .partitions(subjects.partitions())
+            .request_timeout(self.timeout)
+            .replicas(info.config.num_replicas)
+            .duplicate_window(info.config.duplicate_window);
         Ok(JetStreamEventStore::from_client(self.client.clone(), config).await?)
     }
 
@@ -228,24 +230,41 @@ impl Session {
         }
     }
 
-    /// The state of the context's stream.
-    async fn stream_state(
+    /// The context's stream and its info.
+    async fn stream(
         &self,
         context: &str,
-    ) -> Result<(String, jetstream::stream::State), CliError> {
+    ) -> Result<(String, jetstream::stream::Stream, jetstream::stream::Info), CliError> {
         let name = StoreConfig::new(context).stream_name();
         let mut stream = self
             .js
             .get_stream(&name)
             .await
             .map_err(|e| CliError::jetstream(format!("reading stream {name}"), e))?;
-        let state = stream
+        let info = stream
             .info()
             .await
             .map_err(|e| CliError::jetstream(format!("reading stream {name}"), e))?
-            .state
             .clone();
-        Ok((name, state))
+        Ok((name, stream, info))
+    }
+
+    /// The info of the context's stream.
+    async fn stream_info(
+        &self,
+        context: &str,
+    ) -> Result<(String, jetstream::stream::Info), CliError> {
+        let (name, _, info) = self.stream(context).await?;
+        Ok((name, info))
+    }
+
+    /// The state of the context's stream.
+    async fn stream_state(
+        &self,
+        context: &str,
+    ) -> Result<(String, jetstream::stream::State), CliError> {
+        let (name, info) = self.stream_info(context).await?;
+        Ok((name, info.state))
     }
 
     /// The last position of the context's stream.
@@ -264,7 +283,8 @@ impl Session {
         ))
     }
 
-    /// How many events one aggregate has (its subject's message count), if the server says.
+    /// How many events one aggregate has (its stored subject's message count), if the server
+    /// says.
     async fn aggregate_length(
         &self,
         context: &str,
@@ -272,14 +292,10 @@ impl Session {
         aggregate_type: &str,
         id: &str,
     ) -> Option<u64> {
-        let subject = Subjects::new(context)
-            .ok()?
-            .aggregate(tenant, aggregate_type, id)
-            .ok()?;
-        let stream = self
-            .js
-            .get_stream(StoreConfig::new(context).stream_name())
-            .await
+        let (_, stream, info) = self.stream(context).await.ok()?;
+        let subjects = subjects_of(&info.config).ok()?;
+        let subject = subjects
+            .stored(&subjects.aggregate(tenant, aggregate_type, id).ok()?)
             .ok()?;
         let counts: Vec<(String, usize)> = stream
             .info_with_subjects(subject)
@@ -367,62 +383,127 @@ impl Session {
         })
     }
 
-    /// `projections`.
+    /// `projections`: the durable consumers of the stream, those of one projection (one per
+    /// partition, named by their `cqrs.projection` metadata) as one row.
     pub(crate) async fn projections(&self, context: &str) -> Result<ProjectionsDoc, CliError> {
-        let name = StoreConfig::new(context).stream_name();
-        let mut stream = self
-            .js
-            .get_stream(&name)
-            .await
-            .map_err(|e| CliError::jetstream(format!("reading stream {name}"), e))?;
-        let head = stream
-            .info()
-            .await
-            .map_err(|e| CliError::jetstream(format!("reading stream {name}"), e))?
-            .state
-            .last_sequence;
+        let (name, stream, info) = self.stream(context).await?;
         let consumers: Vec<jetstream::consumer::Info> = stream
             .consumers()
             .try_collect()
             .await
             .map_err(|e| CliError::jetstream(format!("listing the consumers of {name}"), e))?;
         let parked = self.parked(context).await?;
-        let mut projections: Vec<ProjectionDoc> = consumers
-            .into_iter()
-            .filter_map(|info| {
-                let durable = info.config.durable_name.clone()?;
-                Some(ProjectionDoc {
-                    parked: parked.get(&durable).copied().unwrap_or(0),
-                    name: durable,
-                    pending: info.num_pending,
-                    ack_pending: info.num_ack_pending,
-                    redelivered: info.num_redelivered,
-                    delivered_position: info.delivered.stream_sequence,
-                    acked_position: info.ack_floor.stream_sequence,
-                    consumer: true,
-                })
+        let workers = match Subjects::from_stream_config(&info.config) {
+            Some(subjects) => live_workers(&self.js, &subjects).await?,
+            None => BTreeMap::new(),
+        };
+        let mut groups: BTreeMap<String, ProjectionDoc> = BTreeMap::new();
+        for consumer in consumers {
+            let Some(durable) = consumer.config.durable_name.clone() else {
+                // An ephemeral reader, not a projection.
+                continue;
+            };
+            let projection = consumer
+                .config
+                .metadata
+                .get(PROJECTION_METADATA)
+                .cloned()
+                .unwrap_or(durable);
+            let doc = groups
+                .entry(projection.clone())
+                .or_insert_with(|| ProjectionDoc::empty(projection));
+            doc.consumer = true;
+            doc.partitions += 1;
+            doc.pending += consumer.num_pending;
+            doc.ack_pending += consumer.num_ack_pending;
+            doc.redelivered += consumer.num_redelivered;
+            doc.delivered_position = doc
+                .delivered_position
+                .max(consumer.delivered.stream_sequence);
+            doc.acked_position = doc.acked_position.max(consumer.ack_floor.stream_sequence);
+        }
+        for (projection, count) in parked {
+            groups
+                .entry(projection.clone())
+                .or_insert_with(|| ProjectionDoc::empty(projection))
+                .parked = count;
+        }
+        let projections = groups
+            .into_values()
+            .map(|mut doc| {
+                doc.workers = workers.get(&doc.name).copied().unwrap_or(0);
+                doc
             })
             .collect();
-        for (projection, count) in parked {
-            if !projections.iter().any(|p| p.name == projection) {
-                projections.push(ProjectionDoc {
-                    name: projection,
-                    pending: 0,
-                    ack_pending: 0,
-                    redelivered: 0,
-                    delivered_position: 0,
-                    acked_position: 0,
-                    parked: count,
-                    consumer: false,
-                });
-            }
-        }
-        projections.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(ProjectionsDoc {
             context: context.to_owned(),
             stream: name,
-            head,
+            head: info.state.last_sequence,
             projections,
+        })
+    }
+
+    /// `replay`: recreates the consumers of `projection` starting at `from`; without `yes` only
+    /// says what it would do (an error with exit code 2).
+    pub(crate) async fn replay(
+        &self,
+        context: &str,
+        projection: &str,
+        from: ReplayFromDoc,
+        yes: bool,
+    ) -> Result<ReplayDoc, CliError> {
+        let (name, stream, info) = self.stream(context).await?;
+        let subjects = subjects_of(&info.config)?;
+        let names: HashSet<String> = stream
+            .consumer_names()
+            .try_collect()
+            .await
+            .map_err(|e| CliError::jetstream(format!("listing the consumers of {name}"), e))?;
+        let consumers = (0..subjects.partitions())
+            .filter(|k| names.contains(&consumer_name(projection, *k)))
+            .count();
+        let unknown = || CliError::UnknownProjection {
+            projection: projection.to_owned(),
+            context: context.to_owned(),
+        };
+        if consumers == 0 {
+            return Err(unknown());
+        }
+        let workers = live_workers(&self.js, &subjects)
+            .await?
+            .get(projection)
+            .copied()
+            .unwrap_or(0);
+        if !yes {
+            return Err(CliError::NotConfirmed(format!(
+                "replay would move the checkpoints of projection `{projection}` in context \
+                 `{context}` ({consumers} consumer{}) to {}, and {}",
+                plural(consumers),
+                from.describe(),
+                match workers {
+                    0 => "no worker is running it now".to_owned(),
+                    n => format!(
+                        "its {n} live worker{} would process the events again",
+                        plural(n)
+                    ),
+                }
+            )));
+        }
+        let start = match (from.position, from.time) {
+            (Some(position), _) => StartFrom::Position(position),
+            (None, Some(time)) => StartFrom::Time(time),
+            (None, None) => StartFrom::Beginning,
+        };
+        let consumers_reset = reset_consumers(&self.js, context, projection, start).await?;
+        if consumers_reset == 0 {
+            return Err(unknown());
+        }
+        Ok(ReplayDoc {
+            projection: projection.to_owned(),
+            context: context.to_owned(),
+            consumers_reset,
+            workers,
+            from,
         })
     }
 
@@ -450,20 +531,58 @@ impl Session {
     }
 }
 
-/// The context of an `EVENTS_*` stream: the prefix of its `<context>.events.>` subject, else
-/// the lower-cased stream name suffix.
-fn context_of(info: &jetstream::stream::Info) -> String {
-    info.config
+/// `s` after a count `n` of something.
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// The subjects (partition count included) of the events stream with `config`.
+fn subjects_of(config: &jetstream::stream::Config) -> Result<Subjects, CliError> {
+    Subjects::from_stream_config(config).ok_or_else(|| CliError::NotAnEventStream {
+        stream: config.name.clone(),
+        subjects: config.subjects.join(", "),
+    })
+}
+
+/// The context of an `EVENTS_*` stream: the prefix of the subject it listens on,
+/// `<context>.events.*.*.*` (or `<context>.events.>`, the unpartitioned layout of earlier
+/// versions), else the lower-cased stream name suffix.
+fn context_of(config: &jetstream::stream::Config) -> String {
+    config
         .subjects
         .iter()
-        .find_map(|s| s.strip_suffix(".events.>"))
+        .find_map(|s| {
+            s.strip_suffix(".events.*.*.*")
+                .or_else(|| s.strip_suffix(".events.>"))
+        })
         .map_or_else(
-            || {
-                info.config
-                    .name
-                    .trim_start_matches(STREAM_PREFIX)
-                    .to_lowercase()
-            },
+            || config.name.trim_start_matches(STREAM_PREFIX).to_lowercase(),
             str::to_owned,
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jetstream::stream::Config;
+
+    #[test]
+    fn contexts_of_streams() {
+        let partitioned = StoreConfig::new("Sales").stream_config();
+        assert_eq!(context_of(&partitioned), "Sales");
+        assert_eq!(subjects_of(&partitioned).ok(), Subjects::new("Sales").ok());
+        let old = Config {
+            name: "EVENTS_BANK".to_owned(),
+            subjects: vec!["bank.events.>".to_owned()],
+            ..Default::default()
+        };
+        assert_eq!(context_of(&old), "bank");
+        assert!(subjects_of(&old).is_err());
+        let other = Config {
+            name: "EVENTS_MISC".to_owned(),
+            subjects: vec!["misc.>".to_owned()],
+            ..Default::default()
+        };
+        assert_eq!(context_of(&other), "misc");
+    }
 }

@@ -1,10 +1,12 @@
 //! The operator command-line interface, as a library (feature `cli`).
 //!
 //! The stock `cqrs` binary is `Cli::new().run()`: it reads any JetStream event store the way the
-//! library writes it — stream `EVENTS_<CONTEXT>`, subjects `<context>.events.<tenant>.<type>.<id>`,
-//! the event envelope in headers — and shows aggregates' histories, the causal tree of a flow,
-//! contexts, statistics and projections. Every command prints a human-readable view by default
-//! and one stable JSON document with `--json` (shapes documented in `--help` of each command).
+//! library writes it — stream `EVENTS_<CONTEXT>`, events stored under
+//! `<context>.events.<partition>.<tenant>.<type>.<id>`, the event envelope in headers — and shows
+//! aggregates' histories, the causal tree of a flow, contexts, statistics and projections (with
+//! their partitions and live workers); `replay` moves a projection's checkpoints back (with
+//! `--yes`). Every command prints a human-readable view by default and one stable JSON document
+//! with `--json` (shapes documented in `--help` of each command).
 //!
 //! A crate that registers its types gets two more commands that need no server: `catalog` (the
 //! event types with their schema versions and upcasts) and `diagram <AGGREGATE>` (a state
@@ -24,7 +26,8 @@
 //! ```
 //!
 //! Registered aggregates also give `history` its default context. Errors are one line on stderr
-//! with exit code 1; invalid arguments exit with code 2 (clap's usage message).
+//! with exit code 1; invalid arguments exit with code 2 (clap's usage message), as does `replay`
+//! without `--yes` (saying what it would do).
 
 mod args;
 mod commands;
@@ -273,16 +276,27 @@ impl Cli {
                 let projections = session.projections(&context).await?;
                 output::render(json, &projections, output::projections)
             }
+            Command::Replay {
+                projection,
+                from_position,
+                from_time,
+                yes,
+            } => {
+                let context = session.resolve_context(context).await?;
+                let from = model::ReplayFromDoc::new(*from_position, *from_time);
+                let replay = session.replay(&context, projection, from, *yes).await?;
+                output::render(json, &replay, output::replay)
+            }
             Command::Catalog | Command::Diagram { .. } => Ok(String::new()),
         }
     }
 }
 
-/// Prints `error` as one line on stderr; exit code 1.
+/// Prints `error` as one line on stderr; exit code 1 (2 for a change not confirmed).
 fn fail(error: &CliError) -> ExitCode {
     let mut err = std::io::stderr().lock();
     let _ = writeln!(err, "error: {}", model::one_line(error));
-    ExitCode::FAILURE
+    ExitCode::from(error.exit_code())
 }
 
 #[cfg(test)]

@@ -37,6 +37,30 @@ pub(crate) enum CliError {
         /// The stream looked for.
         stream: String,
     },
+    /// The context's stream is not an events stream of this library's layout.
+    #[error(
+        "stream {stream} is not a partitioned events stream (it listens on {subjects}, not \
+         <context>.events.*.*.* with a partition transform)"
+    )]
+    NotAnEventStream {
+        /// The stream.
+        stream: String,
+        /// The subjects it listens on.
+        subjects: String,
+    },
+    /// `replay` of a projection without consumers in the context.
+    #[error(
+        "projection `{projection}` has no consumers in context `{context}` (see `projections`)"
+    )]
+    UnknownProjection {
+        /// The name given.
+        projection: String,
+        /// The context.
+        context: String,
+    },
+    /// A command that changes something, run without `--yes`: what it would do (exit code 2).
+    #[error("not done without --yes: {0}")]
+    NotConfirmed(String),
     /// A JetStream request failed.
     #[error("{operation} failed")]
     JetStream {
@@ -105,6 +129,15 @@ fn context_clause(context: Option<&str>) -> String {
 }
 
 impl CliError {
+    /// The process exit code: 2 for a change not confirmed with `--yes` (as for invalid
+    /// arguments), 1 for everything else.
+    pub(crate) fn exit_code(&self) -> u8 {
+        match self {
+            Self::NotConfirmed(_) => 2,
+            _ => 1,
+        }
+    }
+
     /// A [`CliError::JetStream`] for `operation`.
     pub(crate) fn jetstream(
         operation: impl Into<String>,
@@ -352,10 +385,14 @@ pub(crate) struct ProjectionsDoc {
     pub(crate) projections: Vec<ProjectionDoc>,
 }
 
-/// One projection of `projections`.
+/// One projection of `projections`: its consumers (one per partition) summed up.
 #[derive(Debug, Serialize)]
 pub(crate) struct ProjectionDoc {
     pub(crate) name: String,
+    /// Its consumers.
+    pub(crate) partitions: usize,
+    /// Its live workers.
+    pub(crate) workers: usize,
     pub(crate) pending: u64,
     pub(crate) ack_pending: usize,
     pub(crate) redelivered: usize,
@@ -363,6 +400,74 @@ pub(crate) struct ProjectionDoc {
     pub(crate) acked_position: u64,
     pub(crate) parked: u64,
     pub(crate) consumer: bool,
+}
+
+impl ProjectionDoc {
+    /// A projection with no consumer (yet): nothing counted.
+    pub(crate) fn empty(name: String) -> Self {
+        Self {
+            name,
+            partitions: 0,
+            workers: 0,
+            pending: 0,
+            ack_pending: 0,
+            redelivered: 0,
+            delivered_position: 0,
+            acked_position: 0,
+            parked: 0,
+            consumer: false,
+        }
+    }
+}
+
+/// `replay`.
+#[derive(Debug, Serialize)]
+pub(crate) struct ReplayDoc {
+    pub(crate) projection: String,
+    pub(crate) context: String,
+    pub(crate) consumers_reset: usize,
+    /// The projection's live workers (that process the events again now).
+    pub(crate) workers: usize,
+    pub(crate) from: ReplayFromDoc,
+}
+
+/// Where `replay` moves the checkpoints: `kind` is `beginning`, `position` or `time`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub(crate) struct ReplayFromDoc {
+    pub(crate) kind: &'static str,
+    pub(crate) position: Option<u64>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub(crate) time: Option<OffsetDateTime>,
+}
+
+impl ReplayFromDoc {
+    /// From `--from-position` or `--from-time` (at most one is given), else the beginning.
+    pub(crate) fn new(position: Option<u64>, time: Option<OffsetDateTime>) -> Self {
+        let kind = match (position, time) {
+            (Some(_), _) => "position",
+            (None, Some(_)) => "time",
+            (None, None) => "beginning",
+        };
+        Self {
+            kind,
+            position,
+            time: if position.is_some() { None } else { time },
+        }
+    }
+
+    /// `the beginning`, `position 42`, `the first event at or after 2026-…Z`.
+    pub(crate) fn describe(&self) -> String {
+        match (self.position, self.time) {
+            (Some(position), _) => format!("position {position}"),
+            (None, Some(time)) => format!(
+                "the first event stored at or after {}",
+                time.to_offset(time::UtcOffset::UTC)
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_else(|_| time.to_string())
+            ),
+            (None, None) => "the beginning".to_owned(),
+        }
+    }
 }
 
 /// `catalog`.

@@ -1,8 +1,8 @@
 //! Human-readable views of the documents, and the `--json` switch.
 
 use super::model::{
-    CatalogDoc, CliError, CommandNode, EventDoc, HistoryDoc, ProjectionsDoc, StatsDoc, StreamsDoc,
-    TraceDoc,
+    CatalogDoc, CliError, CommandNode, EventDoc, HistoryDoc, ProjectionsDoc, ReplayDoc, StatsDoc,
+    StreamsDoc, TraceDoc,
 };
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -277,17 +277,16 @@ pub(crate) fn projections(doc: &ProjectionsDoc) -> String {
         doc.projections.len(),
         if doc.projections.len() == 1 { "" } else { "s" }
     );
+    let dash = |shown: bool, value: String| if shown { value } else { "-".to_owned() };
     let rows: Vec<Vec<String>> = doc
         .projections
         .iter()
         .map(|p| {
             vec![
                 p.name.clone(),
-                if p.consumer {
-                    p.pending.to_string()
-                } else {
-                    "-".to_owned()
-                },
+                dash(p.consumer, p.partitions.to_string()),
+                p.workers.to_string(),
+                dash(p.consumer, p.pending.to_string()),
                 p.ack_pending.to_string(),
                 p.acked_position.to_string(),
                 p.parked.to_string(),
@@ -296,10 +295,40 @@ pub(crate) fn projections(doc: &ProjectionsDoc) -> String {
         })
         .collect();
     out.push_str(&table(
-        &["PROJECTION", "LAG", "IN-FLIGHT", "ACKED", "PARKED", ""],
+        &[
+            "PROJECTION",
+            "PARTITIONS",
+            "WORKERS",
+            "LAG",
+            "IN-FLIGHT",
+            "ACKED",
+            "PARKED",
+            "",
+        ],
         &rows,
     ));
     out
+}
+
+/// `replay`: one line saying what was done.
+pub(crate) fn replay(doc: &ReplayDoc) -> String {
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
+    let workers = match doc.workers {
+        0 => "no live worker: the events are processed again when one starts".to_owned(),
+        n => format!(
+            "{n} live worker{} process{} the events again",
+            plural(n),
+            if n == 1 { "es" } else { "" }
+        ),
+    };
+    format!(
+        "projection {} (context {}): {} consumer{} reset to {}; {workers}\n",
+        doc.projection,
+        doc.context,
+        doc.consumers_reset,
+        plural(doc.consumers_reset),
+        doc.from.describe(),
+    )
 }
 
 /// What `catalog` prints when nothing is registered (in the `--context` given).
