@@ -28,7 +28,7 @@
 //!   work is shared evenly and each partition has one owner. When a worker joins or stops the
 //!   partitions are handed over (the old owner finishes the event in hand, stops pulling,
 //!   releases the pin, acks); when a worker disappears without stopping, the others take its
-//!   partitions after three missed heartbeats and the server moves the pin after the priority
+//!   partitions after five missed heartbeats and the server moves the pin after the priority
 //!   timeout. Runners pull in each consumer's pinned priority group
 //!   (`PriorityPolicy::PinnedClient`, nats-server 2.11+), so even two workers that both believe
 //!   they own a partition get its events one at a time, through one of them. Pinning is not a
@@ -49,8 +49,9 @@
 //! - **Stopping.** [`JetStreamProjectionHandle::stop`] finishes the event in hand on every
 //!   partition, naks what was received but not started, drops the pull request, releases the pin
 //!   and only then acks the last event, so the next one goes to a successor at once; then it
-//!   withdraws the worker's announcement. A message that is on
-//!   the wire at that very moment is redelivered after the ack wait.
+//!   withdraws the worker's announcement. A message that is on the wire at that very moment
+//!   (the partition was idle when the stop came) is redelivered after the ack wait, 5 s by
+//!   default, during which that partition waits.
 //! - **Throughput.** With one event in flight every event costs a round trip (ack, then the
 //!   next delivery): about 10k events/s on loopback (`examples/replay_bench.rs`);
 //!   `max_in_flight(256)` is several times faster. For a large history, replay it with [`replay`]
@@ -129,7 +130,7 @@ impl Default for ProjectionConfig {
     fn default() -> Self {
         Self {
             retry: RetryPolicy::default(),
-            ack_wait: Duration::from_secs(30),
+            ack_wait: Duration::from_secs(5),
             max_in_flight: 1,
             pinned: true,
             group: "cqrs".to_owned(),
@@ -142,7 +143,7 @@ impl Default for ProjectionConfig {
 }
 
 impl ProjectionConfig {
-    /// Defaults: [`RetryPolicy::default`], 30 s ack wait, one event in flight per partition,
+    /// Defaults: [`RetryPolicy::default`], 5 s ack wait, one event in flight per partition,
     /// pinned group `cqrs` with a 60 s priority timeout, pulls expiring after 10 s, new consumers
     /// from the beginning, a worker heartbeat every 2 s.
     pub fn new() -> Self {
@@ -155,8 +156,10 @@ impl ProjectionConfig {
         self
     }
 
-    /// How long the server waits for an ack before redelivering (progress is sent while a
-    /// handler runs, so a slow handler is not redelivered).
+    /// How long the server waits for an ack before redelivering (progress is sent every third of
+    /// it while a handler runs, so a slow handler is not redelivered). It bounds how long a
+    /// partition stalls when a worker crashes holding an event, or when a handover meets an
+    /// event already on its way to the worker that let the partition go.
     pub fn ack_wait(mut self, ack_wait: Duration) -> Self {
         self.ack_wait = ack_wait.max(Duration::from_millis(100));
         self
@@ -197,7 +200,7 @@ impl ProjectionConfig {
     }
 
     /// How often a worker announces itself to the projection's other workers. A worker whose
-    /// announcements stop for three heartbeats is gone and its partitions are shared among the
+    /// announcements stop for five heartbeats is gone and its partitions are shared among the
     /// others (who get them once the server unpins the gone worker after the priority timeout).
     pub fn heartbeat(mut self, heartbeat: Duration) -> Self {
         self.heartbeat = heartbeat.max(Duration::from_millis(50));
@@ -724,7 +727,7 @@ struct Heartbeat {
 }
 
 /// Heartbeats missed before a worker counts as gone.
-const MISSED_HEARTBEATS: u32 = 3;
+const MISSED_HEARTBEATS: u32 = 5;
 
 impl Membership {
     async fn join(

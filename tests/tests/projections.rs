@@ -45,6 +45,8 @@ fn config(max_attempts: u32) -> ProjectionConfig {
         .pull_expiry(Duration::from_millis(500))
         .priority_timeout(Duration::from_secs(2))
         .heartbeat(Duration::from_millis(200))
+        // Bounds the stall of a partition whose event was on its way to a worker letting go.
+        .ack_wait(Duration::from_secs(1))
 }
 
 /// The `n` of an event body `{"n": n}`.
@@ -654,7 +656,10 @@ async fn two_workers_share_the_work_and_never_reorder_one_aggregates_events() {
     let by_a_at_stop = applied_by(&first.seen, 0);
     writing.await.unwrap();
     let head = write_concurrently(&f.store, 20, 30).await;
-    b.wait_for(head, PATIENT).await.unwrap();
+    if let Err(e) = b.wait_for(head, PATIENT).await {
+        let info = consumers(&f.store, "ordered").await;
+        panic!("{e:?}; (delivered, acked, pending, unacked, redelivered) per partition: {info:?}");
+    }
     b.stop().await.unwrap();
     c.stop().await.unwrap();
 
