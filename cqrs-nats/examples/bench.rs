@@ -394,10 +394,12 @@ async fn wire_shape(url: &str, context: &str) -> (Vec<String>, usize, usize) {
         .get_stream(StoreConfig::new(context).stream_name())
         .await
         .expect("stream");
-    let subject = Subjects::new(context)
-        .expect("context")
+    let subjects = Subjects::new(context).expect("context");
+    let published = subjects
         .aggregate(None, ACCOUNT, &account_id(0))
         .expect("subject");
+    // Stored under the partitioned subject.
+    let subject = subjects.stored(&published).expect("stored subject");
     let message = stream
         .get_last_raw_message_by_subject(&subject)
         .await
