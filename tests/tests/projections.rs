@@ -617,10 +617,16 @@ async fn two_workers_share_the_work_and_never_reorder_one_aggregates_events() {
     let first = Sums::new("ordered", model.clone());
     let mut second = first.clone();
     second.worker = 1;
-    let a = JetStreamProjectionRunner::spawn(&f.store, first.clone(), config(1))
+    // Each worker on its own connection, as separate processes would be.
+    let worker_store = || async {
+        JetStreamEventStore::connect(f.server.url(), cqrs_nats::StoreConfig::new("test"))
+            .await
+            .unwrap()
+    };
+    let a = JetStreamProjectionRunner::spawn(&worker_store().await, first.clone(), config(1))
         .await
         .unwrap();
-    let b = JetStreamProjectionRunner::spawn(&f.store, second, config(1))
+    let b = JetStreamProjectionRunner::spawn(&worker_store().await, second, config(1))
         .await
         .unwrap();
     // Both have seen each other: each owns half of the partitions.
@@ -648,7 +654,7 @@ async fn two_workers_share_the_work_and_never_reorder_one_aggregates_events() {
     };
     let mut third = first.clone();
     third.worker = 2;
-    let c = JetStreamProjectionRunner::spawn(&f.store, third, config(1))
+    let c = JetStreamProjectionRunner::spawn(&worker_store().await, third, config(1))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
