@@ -64,7 +64,9 @@ use crate::deadletter::{DeadLetter, DeadLetters};
 use crate::headers;
 use crate::store::JetStreamEventStore;
 use crate::subject::{Subjects, validate_name};
-use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, PriorityPolicy, pull};
+use async_nats::jetstream::consumer::{
+    self, AckPolicy, DeliverPolicy, FromConsumer, PriorityPolicy, pull,
+};
 use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::{self, AckKind, kv, stream};
 use cqrs_core::projection::{CatchUp, ParkedEvent, RetryPolicy, WaitTimeout, deliver};
@@ -552,32 +554,10 @@ async fn reset_on(
             Err(e) if is_consumer_not_found(&e) => continue,
             Err(e) => return Err(unavailable(e)),
         };
-        let mut config = pull::Config {
-            durable_name: existing.durable_name,
-            name: existing.name,
-            description: existing.description,
-            deliver_policy: from.deliver_policy(),
-            ack_policy: existing.ack_policy,
-            ack_wait: existing.ack_wait,
-            max_deliver: existing.max_deliver,
-            backoff: existing.backoff,
-            filter_subject: existing.filter_subject,
-            filter_subjects: existing.filter_subjects,
-            replay_policy: existing.replay_policy,
-            max_ack_pending: existing.max_ack_pending,
-            max_waiting: existing.max_waiting,
-            max_batch: existing.max_batch,
-            max_bytes: existing.max_bytes,
-            max_expires: existing.max_expires,
-            inactive_threshold: existing.inactive_threshold,
-            num_replicas: existing.num_replicas,
-            memory_storage: existing.memory_storage,
-            metadata: existing.metadata,
-            ..Default::default()
-        };
-        config.priority_policy = existing.priority_policy;
-        config.priority_groups = existing.priority_groups;
-        config.priority_timeout = existing.priority_timeout;
+        // The consumer as it is (filters, ack wait, pin group, metadata...), with the new start.
+        let mut config = pull::Config::try_from_consumer_config(existing)
+            .map_err(|e| unavailable(format!("consumer `{consumer}`: {e}")))?;
+        config.deliver_policy = from.deliver_policy();
         stream
             .delete_consumer(&consumer)
             .await
