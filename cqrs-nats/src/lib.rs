@@ -22,6 +22,7 @@
 //! - [`permissions`]: permission violations reported as typed errors at once, not as timeouts.
 #![forbid(unsafe_code)]
 
+mod bucket;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod command;

@@ -721,31 +721,24 @@ impl Membership {
     ) -> Result<Self, StoreError> {
         let bucket = workers_bucket(subjects);
         let js = store.jetstream();
-        let kv = match js.get_key_value(&bucket).await {
-            Ok(kv) => kv,
-            Err(_) => match js
-                .create_key_value(kv::Config {
-                    bucket: bucket.clone(),
-                    description: format!(
-                        "Workers of the projections of context {}",
-                        subjects.context()
-                    ),
-                    history: 1,
-                    // Garbage collection of crashed workers' entries.
-                    max_age: Duration::from_secs(3600),
-                    storage: stream::StorageType::File,
-                    num_replicas: replicas,
-                    ..Default::default()
-                })
-                .await
-            {
-                Ok(kv) => kv,
-                Err(create_error) => js
-                    .get_key_value(&bucket)
-                    .await
-                    .map_err(|_| unavailable(format!("bucket {bucket}: {create_error}")))?,
+        let kv = crate::bucket::open_or_create(
+            js,
+            kv::Config {
+                bucket: bucket.clone(),
+                description: format!(
+                    "Workers of the projections of context {}",
+                    subjects.context()
+                ),
+                history: 1,
+                // Garbage collection of crashed workers' entries.
+                max_age: Duration::from_secs(3600),
+                storage: stream::StorageType::File,
+                num_replicas: replicas,
+                ..Default::default()
             },
-        };
+        )
+        .await
+        .map_err(|e| unavailable(format!("bucket {bucket}: {e}")))?;
         let mut membership = Self {
             kv,
             prefix: format!("{projection}."),

@@ -94,30 +94,19 @@ impl<V> KvReadModelStore<V> {
             key: bucket.to_owned(),
             reason: e.to_string(),
         })?;
-        let kv = if let Ok(kv) = js.get_key_value(bucket).await {
-            kv
-        } else {
-            {
-                let created = js
-                    .create_key_value(kv::Config {
-                        bucket: bucket.to_owned(),
-                        description: "cqrs read model".to_owned(),
-                        history: 1,
-                        storage: stream::StorageType::File,
-                        num_replicas: replicas.max(1),
-                        ..Default::default()
-                    })
-                    .await;
-                match created {
-                    Ok(kv) => kv,
-                    // Another process created it in between.
-                    Err(error) => js
-                        .get_key_value(bucket)
-                        .await
-                        .map_err(|_| backend("create bucket", error))?,
-                }
-            }
-        };
+        let kv = crate::bucket::open_or_create(
+            js,
+            kv::Config {
+                bucket: bucket.to_owned(),
+                description: "cqrs read model".to_owned(),
+                history: 1,
+                storage: stream::StorageType::File,
+                num_replicas: replicas.max(1),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|error| backend("create bucket", error))?;
         Ok(Self {
             bucket: bucket.to_owned(),
             kv,

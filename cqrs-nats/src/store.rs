@@ -518,27 +518,23 @@ impl JetStreamEventStore {
         let bucket = config.bucket_name();
         let what = || format!("snapshot bucket {bucket}");
         let info = api::stream_info(&format!("KV_{bucket}"));
-        let found = guard.run(&[&info], js.get_key_value(&bucket)).await;
-        if let Ok(store) = found.map_err(|v| NatsStoreError::denied(what(), &v))? {
-            return Ok(store);
-        }
         let create = api::stream_create(&format!("KV_{bucket}"));
-        let created = js.create_key_value(kv::Config {
-            bucket: bucket.clone(),
-            description: format!("Aggregate snapshots of context {}", config.context),
-            history: 1,
-            storage: stream::StorageType::File,
-            num_replicas: config.replicas,
-            ..Default::default()
-        });
-        let created = guard.run(&[&create, "$JS.API.INFO"], created).await;
-        match created.map_err(|v| NatsStoreError::denied(what(), &v))? {
-            Ok(store) => Ok(store),
-            Err(create_error) => js
-                .get_key_value(&bucket)
-                .await
-                .map_err(|_| provision_error(format!("snapshot bucket {bucket}"), create_error)),
-        }
+        let opened = crate::bucket::open_or_create(
+            js,
+            kv::Config {
+                bucket: bucket.clone(),
+                description: format!("Aggregate snapshots of context {}", config.context),
+                history: 1,
+                storage: stream::StorageType::File,
+                num_replicas: config.replicas,
+                ..Default::default()
+            },
+        );
+        guard
+            .run(&[&info, &create, "$JS.API.INFO"], opened)
+            .await
+            .map_err(|v| NatsStoreError::denied(what(), &v))?
+            .map_err(|create_error| provision_error(what(), create_error))
     }
 
     /// The underlying NATS connection.
