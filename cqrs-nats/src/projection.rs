@@ -616,8 +616,7 @@ pub async fn live_workers(
         if entry.operation != kv::Operation::Put {
             continue;
         }
-        let ttl = serde_json::from_slice::<Heartbeat>(&entry.value)
-            .map_or(default_ttl, |h| Duration::from_millis(h.ttl_ms));
+        let ttl = Heartbeat::ttl(&entry.value, default_ttl);
         beats.push((projection.to_owned(), entry.created, ttl));
     }
     let mut live = BTreeMap::new();
@@ -708,6 +707,21 @@ struct Heartbeat {
     ttl_ms: u64,
 }
 
+impl Heartbeat {
+    /// The value announcing a worker with time-to-live `ttl`.
+    fn encode(ttl: Duration) -> Vec<u8> {
+        serde_json::to_vec(&Self {
+            ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+        })
+        .unwrap_or_default()
+    }
+
+    /// The time-to-live a heartbeat value announces (`default` for one it cannot read).
+    fn ttl(value: &[u8], default: Duration) -> Duration {
+        serde_json::from_slice::<Self>(value).map_or(default, |h| Duration::from_millis(h.ttl_ms))
+    }
+}
+
 /// Heartbeats missed before a worker counts as gone.
 const MISSED_HEARTBEATS: u32 = 5;
 
@@ -757,10 +771,7 @@ impl Membership {
 
     /// Announces this worker (again); a failure is logged and retried at the next beat.
     async fn beat(&mut self) {
-        let value = serde_json::to_vec(&Heartbeat {
-            ttl_ms: u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX),
-        })
-        .unwrap_or_default();
+        let value = Heartbeat::encode(self.ttl);
         if let Err(error) = self.kv.put(self.key(), value.into()).await {
             tracing::warn!(%error, "cannot announce the projection worker; retrying");
         }
@@ -794,8 +805,7 @@ impl Membership {
                     return;
                 };
                 if entry.operation == kv::Operation::Put {
-                    let ttl = serde_json::from_slice::<Heartbeat>(&entry.value)
-                        .map_or(self.ttl, |h| Duration::from_millis(h.ttl_ms));
+                    let ttl = Heartbeat::ttl(&entry.value, self.ttl);
                     self.members.insert(worker.to_owned(), (entry.created, ttl));
                 } else {
                     self.members.remove(worker);
