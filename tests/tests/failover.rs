@@ -220,25 +220,40 @@ async fn snapshot(
     Ok(all)
 }
 
-/// A rebuild from scratch through `store`, and the failed attempts before it went through:
-/// right after the failover, creating the rebuild's consumer can time out (typed `Unavailable`).
-async fn rebuilt_balances(store: &JetStreamEventStore) -> (BTreeMap<String, i64>, Vec<String>) {
+/// Runs `attempt` until it succeeds: right after the failover, a stream whose leader died (the
+/// events', the dead letters') answers with a typed, retryable `Unavailable` until it elected a
+/// new one. Returns the result and the kinds of the failed attempts; any other error, or still
+/// failing after 20 s, fails the test.
+async fn until_available<T, F, Fut>(what: &str, mut attempt: F) -> (T, Vec<String>)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut failures = Vec::new();
-    let (projection, outcome) = loop {
-        let projection = Balances::new();
-        match catch_up(store, &projection, 0, &RetryPolicy::default()).await {
-            Ok(outcome) => break (projection, outcome),
+    loop {
+        match attempt().await {
+            Ok(value) => return (value, failures),
             Err(error) => {
                 assert!(
                     error.is_retryable() && !error.is_conflict() && Instant::now() < deadline,
-                    "the rebuild failed: {error}"
+                    "{what} failed: {error}"
                 );
                 failures.push(kind(&error));
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
-    };
+    }
+}
+
+/// A rebuild from scratch through `store`, and the failed attempts before it went through.
+async fn rebuilt_balances(store: &JetStreamEventStore) -> (BTreeMap<String, i64>, Vec<String>) {
+    let ((projection, outcome), failures) = until_available("the rebuild", || async {
+        let projection = Balances::new();
+        let outcome = catch_up(store, &projection, 0, &RetryPolicy::default()).await?;
+        Ok((projection, outcome))
+    })
+    .await;
     assert!(outcome.parked.is_empty(), "{:?}", outcome.parked);
     (model_balances(&projection.model).await, failures)
 }
@@ -454,7 +469,8 @@ async fn finish_live_projection(
         .await
         .expect("the live projection never reached the head after the failover");
     let caught_up = since.elapsed();
-    let parked = runner.parked().await.unwrap().len();
+    let (parked, _) = until_available("listing parked events", || runner.parked()).await;
+    let parked = parked.len();
     let server = store.client().server_info().server_name;
     let (written, skipped) = (
         runner.projection().written.load(Ordering::SeqCst),
