@@ -1,6 +1,10 @@
-//! Opening a KV bucket that several processes may be creating at the same time.
+//! Opening a KV bucket that several processes may be creating at the same time, or only one
+//! that exists.
 
-use async_nats::jetstream::{self, context::CreateKeyValueError, kv};
+use async_nats::jetstream::context::{
+    CreateKeyValueError, GetStreamError, KeyValueError, KeyValueErrorKind,
+};
+use async_nats::jetstream::{self, kv};
 
 /// The bucket `config.bucket`: the existing one, else a new one with `config`. When the create
 /// fails because another process created the bucket in between, that bucket is used; otherwise
@@ -18,4 +22,25 @@ pub(crate) async fn open_or_create(
         Ok(store) => Ok(store),
         Err(create_error) => js.get_key_value(&bucket).await.map_err(|_| create_error),
     }
+}
+
+/// The bucket `bucket` if it exists, `None` if it does not; never creates anything.
+pub(crate) async fn open_existing(
+    js: &jetstream::Context,
+    bucket: &str,
+) -> Result<Option<kv::Store>, KeyValueError> {
+    match Box::pin(js.get_key_value(bucket)).await {
+        Ok(store) => Ok(Some(store)),
+        Err(error) if error.kind() == KeyValueErrorKind::GetBucket && bucket_missing(&error) => {
+            Ok(None)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Whether getting a bucket failed because its stream does not exist.
+fn bucket_missing(error: &KeyValueError) -> bool {
+    std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<GetStreamError>())
+        .is_some_and(crate::error::is_stream_not_found)
 }

@@ -133,12 +133,7 @@ impl DeadLetters {
         let wanted = format!("{}.deadletter.>", subjects.context());
         let existing = match js.get_stream(&name).await {
             Ok(stream) => Some(stream),
-            Err(e)
-                if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(js)
-                    if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
-            {
-                None
-            }
+            Err(e) if crate::error::is_stream_not_found(&e) => None,
             Err(e) => return Err(unavailable(e)),
         };
         let stream = if let Some(stream) = existing {

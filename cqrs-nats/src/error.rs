@@ -65,6 +65,17 @@ pub enum NatsStoreError {
         /// What differs, as "field: expected X, found Y".
         differences: Vec<String>,
     },
+    /// The context's stream does not exist, and the store was told not to create it
+    /// ([`StoreConfig::create_missing`](crate::StoreConfig::create_missing)`(false)`).
+    #[error(
+        "context `{context}` has no stream `{stream}` on this server and this store does not create it (create_missing is false); check the context name and the server, or provision the context once by opening it with create_missing(true) as a user that may create streams"
+    )]
+    ContextNotFound {
+        /// The context.
+        context: String,
+        /// The stream it would live in.
+        stream: String,
+    },
     /// Creating or inspecting the stream or the snapshot bucket failed.
     #[error("cannot provision {what}: {source}")]
     Provision {
@@ -98,6 +109,14 @@ impl NatsStoreError {
         }
         Self::PermissionDenied { what, reason }
     }
+}
+
+/// Whether getting a stream failed because it does not exist (rather than for a timeout, a
+/// permission or another server error).
+pub(crate) fn is_stream_not_found(error: &async_nats::jetstream::context::GetStreamError) -> bool {
+    use async_nats::jetstream::{ErrorCode, context::GetStreamErrorKind};
+    matches!(error.kind(), GetStreamErrorKind::JetStream(js)
+        if js.error_code() == ErrorCode::STREAM_NOT_FOUND)
 }
 
 /// Whether `error`'s sources speak of certificates or TLS (rustls errors, wrapped in I/O errors).

@@ -521,10 +521,7 @@ async fn existing_stream(
     let name = crate::StoreConfig::new(context).stream_name();
     let stream = match js.get_stream(&name).await {
         Ok(stream) => stream,
-        Err(e)
-            if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(js)
-                if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
-        {
+        Err(e) if crate::error::is_stream_not_found(&e) => {
             return Err(backend(format!(
                 "context `{context}` has no events stream (no stream {name})"
             )));
@@ -586,10 +583,7 @@ pub async fn live_workers(
     let bucket = workers_bucket(subjects);
     match js.get_stream(format!("KV_{bucket}")).await {
         Ok(_) => {}
-        Err(e)
-            if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(js)
-                if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
-        {
+        Err(e) if crate::error::is_stream_not_found(&e) => {
             return Ok(BTreeMap::new());
         }
         Err(e) => return Err(unavailable(e)),

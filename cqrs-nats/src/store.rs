@@ -81,6 +81,7 @@ pub struct StoreConfig {
     request_timeout: Duration,
     partitions: u32,
     scoped_reads: bool,
+    create_missing: bool,
 }
 
 impl StoreConfig {
@@ -96,7 +97,19 @@ impl StoreConfig {
             request_timeout: Duration::from_secs(5),
             partitions: crate::subject::DEFAULT_PARTITIONS,
             scoped_reads: false,
+            create_missing: true,
         }
+    }
+
+    /// Whether opening the store creates the context's stream and snapshot bucket when they are
+    /// missing (the default). With `false` the store only attaches to what exists, which suits
+    /// tools that must not change a server by looking at it (the `cqrs` CLI opens stores this
+    /// way): a missing stream is [`NatsStoreError::ContextNotFound`], and a missing snapshot
+    /// bucket means no snapshots (loading finds none, saving fails with a typed error, which a
+    /// [`Repository`](cqrs_core::Repository) only logs).
+    pub fn create_missing(mut self, create: bool) -> Self {
+        self.create_missing = create;
+        self
     }
 
     /// Partitions of the context's stream (clamped to 1 to 1024, default
@@ -192,7 +205,8 @@ struct Inner {
     stream: stream::Stream,
     stream_name: String,
     subjects: Subjects,
-    snapshots: kv::Store,
+    /// `None` when the bucket is missing and the store may not create it.
+    snapshots: Option<kv::Store>,
     config: StoreConfig,
     known: Mutex<KnownHeads>,
     replies: tokio::sync::OnceCell<Replies>,
@@ -493,10 +507,14 @@ impl JetStreamEventStore {
         let found = guard.run(&[&info], js.get_stream(&name)).await;
         match found.map_err(|v| NatsStoreError::denied(what(), &v))? {
             Ok(stream) => return verify(stream),
-            Err(e)
-                if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(js)
-                    if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) => {}
+            Err(e) if crate::error::is_stream_not_found(&e) => {}
             Err(e) => return Err(provision_error(format!("stream {name}"), e)),
+        }
+        if !config.create_missing {
+            return Err(NatsStoreError::ContextNotFound {
+                context: config.context.clone(),
+                stream: name,
+            });
         }
         let create = api::stream_create(&name);
         let created = guard.run(&[&create], js.create_stream(want.clone())).await;
@@ -510,14 +528,26 @@ impl JetStreamEventStore {
         }
     }
 
+    /// The snapshot bucket: created if missing, unless `create_missing` is false, in which case a
+    /// missing bucket is `None` (no snapshots).
     async fn provision_bucket(
         js: &jetstream::Context,
         config: &StoreConfig,
         guard: &Guard,
-    ) -> Result<kv::Store, NatsStoreError> {
+    ) -> Result<Option<kv::Store>, NatsStoreError> {
         let bucket = config.bucket_name();
         let what = || format!("snapshot bucket {bucket}");
         let info = api::stream_info(&format!("KV_{bucket}"));
+        if !config.create_missing {
+            return guard
+                .run(
+                    &[&info, "$JS.API.INFO"],
+                    crate::bucket::open_existing(js, &bucket),
+                )
+                .await
+                .map_err(|v| NatsStoreError::denied(what(), &v))?
+                .map_err(|error| provision_error(what(), error));
+        }
         let create = api::stream_create(&format!("KV_{bucket}"));
         let opened = crate::bucket::open_or_create(
             js,
@@ -534,6 +564,7 @@ impl JetStreamEventStore {
             .run(&[&info, &create, "$JS.API.INFO"], opened)
             .await
             .map_err(|v| NatsStoreError::denied(what(), &v))?
+            .map(Some)
             .map_err(|create_error| provision_error(what(), create_error))
     }
 
@@ -1547,15 +1578,13 @@ impl EventStore for JetStreamEventStore {
 
     async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
         let key = self.snapshot_key(stream)?;
+        let Some(kv) = &self.inner.snapshots else {
+            return Ok(None);
+        };
         let subjects = self.inner.snapshot_subjects(&key);
         let entry = self
             .inner
-            .guarded(
-                "load snapshot",
-                stream,
-                &subjects,
-                self.inner.snapshots.entry(&key),
-            )
+            .guarded("load snapshot", stream, &subjects, kv.entry(&key))
             .await?
             .map_err(|e| unavailable("load snapshot", chain_text(&e)))?;
         let Some(entry) = entry else {
@@ -1577,7 +1606,16 @@ impl EventStore for JetStreamEventStore {
         const OP: &str = "save snapshot";
         let key = self.snapshot_key(stream)?;
         let value = serde_json::to_vec(&snapshot).map_err(|e| backend(OP, e))?;
-        let kv = &self.inner.snapshots;
+        let Some(kv) = &self.inner.snapshots else {
+            return Err(StoreError::Backend {
+                operation: OP,
+                source: format!(
+                    "snapshot bucket {} does not exist and this store was opened with create_missing(false); open the context once with create_missing(true) to create it",
+                    self.inner.config.bucket_name()
+                )
+                .into(),
+            });
+        };
         let subjects = self.inner.snapshot_subjects(&key);
         let inner = &self.inner;
         for _ in 0..8 {

@@ -9,6 +9,7 @@
 )]
 
 use cqrs_core::{CommandMetadata, HandlerError, Projection, RecordedEvent, Repository};
+use cqrs_nats::async_nats;
 use cqrs_nats::async_nats::jetstream::{self, consumer::DeliverPolicy};
 use cqrs_nats::deadletter::DeadLetters;
 use cqrs_nats::projection::consumer_name;
@@ -132,12 +133,24 @@ async fn cli_reads_a_known_store() {
     let server = NatsServer::start().await.expect("nats-server");
     let url = server.url();
     let flow = seed(&url).await;
+    // Reading must not change the server: with the snapshot bucket gone, no command brings it
+    // back.
+    let js = jetstream::new(async_nats::connect(&url).await.expect("connect"));
+    js.delete_key_value("SNAPSHOTS_BANK")
+        .await
+        .expect("delete the snapshot bucket");
     check_history(&url, &flow);
     check_trace(&url, &flow);
     check_streams_and_stats(&url);
     check_progress(&url);
     check_projections(&url).await;
     check_errors(&url);
+    let bucket = js.get_key_value("SNAPSHOTS_BANK").await;
+    assert!(
+        bucket.is_err(),
+        "a reading command created the snapshot bucket"
+    );
+    // (`tail` is checked against a writer that provisions the context again.)
     check_tail(&url).await;
 }
 

@@ -587,6 +587,104 @@ async fn provisioning_creates_verifies_and_refuses_conflicts() {
     assert!(matches!(err, NatsStoreError::InvalidConfig(_)), "{err}");
 }
 
+/// Stream names on the server, sorted.
+async fn stream_names(js: &jetstream::Context) -> Vec<String> {
+    let mut names: Vec<String> = js.stream_names().try_collect().await.expect("stream names");
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn attaching_with_create_missing_false_never_creates_anything() {
+    let server = NatsServer::start().await.expect("server");
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    let attach = || StoreConfig::new("sales").create_missing(false);
+
+    // Nothing there: a typed error naming the context and stream, and still nothing there.
+    let err = JetStreamEventStore::from_client(client.clone(), attach())
+        .await
+        .expect_err("no stream to attach to");
+    match &err {
+        NatsStoreError::ContextNotFound { context, stream } => {
+            assert_eq!(
+                (context.as_str(), stream.as_str()),
+                ("sales", "EVENTS_SALES")
+            );
+        }
+        other => panic!("expected ContextNotFound, got {other}"),
+    }
+    assert!(err.to_string().contains("create_missing(true)"), "{err}");
+    assert!(stream_names(&js).await.is_empty());
+
+    // Provisioned once, then the snapshot bucket removed: attaching reads events and has no
+    // snapshots, and does not bring the bucket back.
+    let owner = JetStreamEventStore::from_client(client.clone(), StoreConfig::new("sales"))
+        .await
+        .expect("provision");
+    let repo = Repository::<Counter, _>::new(owner.clone()).with_snapshots_every(1);
+    repo.execute("c-1", CounterCommand::Add(3), CommandMetadata::root())
+        .await
+        .expect("execute");
+    let stream = StreamId::new("Counter", "c-1");
+    assert!(owner.load_snapshot(&stream).await.expect("load").is_some());
+    assert_eq!(
+        stream_names(&js).await,
+        ["EVENTS_SALES", "KV_SNAPSHOTS_SALES"]
+    );
+    js.delete_key_value("SNAPSHOTS_SALES")
+        .await
+        .expect("delete bucket");
+    let reader = JetStreamEventStore::from_client(client.clone(), attach())
+        .await
+        .expect("attach");
+    assert_eq!(load_all(&reader, &stream).await.expect("load").len(), 1);
+    assert!(reader.load_snapshot(&stream).await.expect("load").is_none());
+    let snapshot = Snapshot {
+        stream_position: StreamPosition {
+            version: 1,
+            position: 1,
+        },
+        state_version: 1,
+        state: b"3".to_vec(),
+        taken_at: OffsetDateTime::now_utc(),
+    };
+    let err = reader
+        .save_snapshot(&stream, snapshot.clone())
+        .await
+        .expect_err("no bucket to save into");
+    assert!(
+        matches!(
+            &err,
+            StoreError::Backend {
+                operation: "save snapshot",
+                ..
+            }
+        ) && err.to_string().contains("SNAPSHOTS_SALES"),
+        "{err}"
+    );
+    // Commands still work (a snapshot is an optimisation the repository only logs).
+    Repository::<Counter, _>::new(reader.clone())
+        .with_snapshots_every(1)
+        .execute("c-1", CounterCommand::Add(1), CommandMetadata::root())
+        .await
+        .expect("execute without a snapshot bucket");
+    assert_eq!(stream_names(&js).await, ["EVENTS_SALES"]);
+
+    // An existing bucket is used when attaching.
+    JetStreamEventStore::from_client(client.clone(), StoreConfig::new("sales"))
+        .await
+        .expect("provision the bucket again");
+    let reader = JetStreamEventStore::from_client(client, attach())
+        .await
+        .expect("attach");
+    reader
+        .save_snapshot(&stream, snapshot)
+        .await
+        .expect("save into the existing bucket");
+    assert!(reader.load_snapshot(&stream).await.expect("load").is_some());
+}
+
 #[tokio::test]
 async fn a_server_without_jetstream_is_refused() {
     let server = NatsServer::builder()

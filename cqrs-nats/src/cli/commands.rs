@@ -101,15 +101,10 @@ impl Session {
                         .map_err(|e| CliError::jetstream(format!("reading stream {stream}"), e))?;
                     Ok(context_of(&info.config))
                 }
-                Err(e)
-                    if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(js)
-                        if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
-                {
-                    Err(CliError::UnknownContext {
-                        context: context.to_owned(),
-                        stream,
-                    })
-                }
+                Err(e) if crate::error::is_stream_not_found(&e) => Err(CliError::UnknownContext {
+                    context: context.to_owned(),
+                    stream,
+                }),
                 Err(e) => Err(CliError::jetstream(format!("reading stream {stream}"), e)),
             };
         }
@@ -129,7 +124,8 @@ impl Session {
 
     /// Opens the store of `context` with its stream's existing settings (partitions, replicas,
     /// duplicate window), so that opening verifies rather than conflicts (the stream exists:
-    /// `resolve_context` checked it).
+    /// `resolve_context` checked it). Reading never creates anything, not even the snapshot
+    /// bucket.
     async fn store(&self, context: &str) -> Result<JetStreamEventStore, CliError> {
         let (_, info) = self.stream_info(context).await?;
         let subjects = subjects_of(&info.config)?;
@@ -137,7 +133,8 @@ impl Session {
             .partitions(subjects.partitions())
             .request_timeout(self.timeout)
             .replicas(info.config.num_replicas)
-            .duplicate_window(info.config.duplicate_window);
+            .duplicate_window(info.config.duplicate_window)
+            .create_missing(false);
         Ok(JetStreamEventStore::from_client(self.client.clone(), config).await?)
     }
 
