@@ -1,6 +1,8 @@
 //! Shared fixtures of the cross-crate test suites.
 #![forbid(unsafe_code)]
 
+pub mod balances;
+
 use cqrs_core::metadata::new_id;
 use cqrs_core::{Metadata, NewEvent, SerializedEvent};
 use cqrs_nats::{JetStreamEventStore, StoreConfig};

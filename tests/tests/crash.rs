@@ -11,18 +11,17 @@
     clippy::unnecessary_literal_bound
 )]
 
-use cqrs_core::projection::{HandlerError, RetryPolicy, catch_up};
-use cqrs_core::read_model::{InMemoryReadModelStore, ReadModelStore, apply_once};
-use cqrs_core::{
-    CommandError, CommandMetadata, EventFilter, IdempotencyKey, Projection, RecordedEvent,
-    Repository, StreamId,
-};
+use cqrs_core::projection::{RetryPolicy, catch_up};
+use cqrs_core::{CommandError, CommandMetadata, IdempotencyKey, Repository, StreamId};
 use cqrs_nats::{
     JetStreamEventStore, JetStreamProjectionHandle, JetStreamProjectionRunner, KvReadModelStore,
-    ProjectionConfig, StoreConfig,
+    StoreConfig,
 };
 use cqrs_test_server::NatsServer;
-use examples::bank_account::{AccountCommand, AccountEvent, BankAccount};
+use cqrs_tests::balances::{
+    Balances, CaughtUp, expected_balances, patient_config, wait_until_caught_up,
+};
+use examples::bank_account::{AccountCommand, BankAccount};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -33,70 +32,17 @@ const ACCOUNTS_PER_WRITER: usize = 2;
 const COMMANDS_PER_WRITER: usize = 30;
 const KILL_AFTER_ACKS: usize = 40;
 
-/// Balance per account, applied once per event position.
-struct Balances<S> {
-    model: S,
-}
-
-impl<S: ReadModelStore<i64>> Projection for Balances<S> {
-    fn name(&self) -> &str {
-        "balances"
-    }
-
-    fn filter(&self) -> EventFilter {
-        EventFilter::all().aggregate_type("BankAccount")
-    }
-
-    async fn apply(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
-        let amount = match event.decode::<AccountEvent>()?.payload {
-            AccountEvent::Deposited { amount } => amount,
-            AccountEvent::Withdrawn { amount } => -amount,
-            AccountEvent::Opened { .. } | AccountEvent::Closed => 0,
-        };
-        apply_once(&self.model, &event.aggregate_id, event.position, |old| {
-            old.unwrap_or(0) + amount
-        })
-        .await?;
-        Ok(())
-    }
-}
-
-async fn balances<S: ReadModelStore<i64>>(model: &S) -> BTreeMap<String, i64> {
-    model
-        .entries()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(key, entry)| (key, entry.value))
-        .collect()
-}
-
 type LiveRunner = JetStreamProjectionHandle<Balances<KvReadModelStore<i64>>>;
 
 /// Starts the balance projection. It runs through the crash: its consumer and its KV read model
 /// live on the crashing server; applies that fail meanwhile are retried patiently, not parked.
-async fn spawn_balances(store: &JetStreamEventStore) -> (KvReadModelStore<i64>, LiveRunner) {
+async fn spawn_balances(store: &JetStreamEventStore) -> LiveRunner {
     let live = KvReadModelStore::<i64>::open(store.jetstream(), "balances", 1)
         .await
         .unwrap();
-    let runner = JetStreamProjectionRunner::spawn(
-        store,
-        Balances {
-            model: live.clone(),
-        },
-        ProjectionConfig::new()
-            .retry(RetryPolicy {
-                max_attempts: 60,
-                initial_backoff: Duration::from_millis(50),
-                max_backoff: Duration::from_millis(500),
-            })
-            .ack_wait(Duration::from_secs(2))
-            .pull_expiry(Duration::from_secs(1))
-            .priority_timeout(Duration::from_secs(2)),
-    )
-    .await
-    .unwrap();
-    (live, runner)
+    JetStreamProjectionRunner::spawn(store, Balances::with_model(live), patient_config())
+        .await
+        .unwrap()
 }
 
 /// How the live projection ended, next to a rebuild from scratch and the acknowledged deposits.
@@ -126,51 +72,24 @@ impl ProjectionResult {
 
 /// Waits until the live projection has processed the head, stops it, and rebuilds it from
 /// scratch into a fresh in-memory read model.
-async fn check_projection(
-    store: &JetStreamEventStore,
-    runner: LiveRunner,
-    live: &KvReadModelStore<i64>,
-) -> ProjectionResult {
-    let head = store
-        .jetstream()
-        .get_stream(store.stream_name())
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .last_sequence;
-    let since = Instant::now();
-    let alive = !runner.is_finished();
-    runner
-        .wait_for(head, Duration::from_secs(30))
-        .await
-        .expect("the projection never reached the head after the crash");
-    let caught_up_ms = since.elapsed().as_millis();
+async fn check_projection(store: &JetStreamEventStore, runner: LiveRunner) -> ProjectionResult {
+    let CaughtUp { head, alive, after } = wait_until_caught_up(store, &runner).await.unwrap();
     let parked = runner.parked().await.unwrap().len();
+    let live = runner.projection().balances().await.unwrap();
     let checkpoint = runner.stop().await.expect("the projection runner failed");
-    let fresh = Balances {
-        model: InMemoryReadModelStore::<i64>::new(),
-    };
+    let fresh = Balances::in_memory();
     let from_scratch = catch_up(store, &fresh, 0, &RetryPolicy::default())
         .await
         .unwrap();
-    let mut expected: BTreeMap<String, i64> = BTreeMap::new();
-    for c in 0..COMMANDS_PER_WRITER {
-        for writer in 0..WRITERS {
-            *expected
-                .entry(format!("acc-{writer}-{}", c % ACCOUNTS_PER_WRITER))
-                .or_default() += i64::try_from(c + 1).unwrap();
-        }
-    }
-    let (live, rebuilt) = (balances(live).await, balances(&fresh.model).await);
+    let expected = expected_balances(WRITERS, ACCOUNTS_PER_WRITER, COMMANDS_PER_WRITER);
+    let rebuilt = fresh.balances().await.unwrap();
     let summary = format!(
-        "head={head} checkpoint={checkpoint} alive_after_restart={alive} parked={parked} accounts={} rebuilt_events={} equal_to_rebuild={} equal_to_acks={} caught_up_after_ms={caught_up_ms}",
+        "head={head} checkpoint={checkpoint} alive_after_restart={alive} parked={parked} accounts={} rebuilt_events={} equal_to_rebuild={} equal_to_acks={} caught_up_after_ms={}",
         live.len(),
         from_scratch.applied,
         live == rebuilt,
         live == expected,
+        after.as_millis(),
     );
     ProjectionResult {
         head,
@@ -265,7 +184,7 @@ async fn acknowledged_events_survive_a_sigkill() {
         }
     }
 
-    let (live, runner) = spawn_balances(&store).await;
+    let runner = spawn_balances(&store).await;
 
     let acks = Arc::new(AtomicUsize::new(0));
     let writers: Vec<_> = (0..WRITERS)
@@ -323,7 +242,7 @@ async fn acknowledged_events_survive_a_sigkill() {
             }
         }
     }
-    let projection = check_projection(&store, runner, &live).await;
+    let projection = check_projection(&store, runner).await;
 
     println!(
         "crash: acknowledged={acknowledged} present={present} lost={lost} duplicated={duplicated} resolved_unknowns={resolved} acked_before_kill={acked_at_crash} errors={errors:?} projection: checkpoint_at_kill={projected_at_crash} {}",

@@ -14,23 +14,24 @@
     clippy::unnecessary_literal_bound
 )]
 
-use cqrs_core::projection::{HandlerError, RetryPolicy, catch_up};
-use cqrs_core::read_model::{Applied, InMemoryReadModelStore, ReadModelStore, apply_once};
-use cqrs_core::{
-    CommandError, CommandMetadata, EventFilter, IdempotencyKey, Projection, RecordedEvent,
-    Repository, StoreError, StreamId,
-};
+use cqrs_core::projection::{RetryPolicy, catch_up};
+use cqrs_core::read_model::InMemoryReadModelStore;
+use cqrs_core::{CommandError, CommandMetadata, IdempotencyKey, Repository, StoreError, StreamId};
 use cqrs_nats::async_nats::ConnectOptions;
 use cqrs_nats::{
-    JetStreamEventStore, JetStreamProjectionHandle, JetStreamProjectionRunner, ProjectionConfig,
-    StoreConfig,
+    JetStreamEventStore, JetStreamProjectionHandle, JetStreamProjectionRunner, StoreConfig,
 };
 use cqrs_test_server::NatsServer;
-use examples::bank_account::{AccountCommand, AccountEvent, BankAccount};
+use cqrs_tests::balances::{
+    Balances, CaughtUp, expected_balances, patient_config, wait_until_caught_up,
+};
+use examples::bank_account::{AccountCommand, BankAccount};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+type LiveRunner = JetStreamProjectionHandle<Balances<InMemoryReadModelStore<i64>>>;
 
 const WRITERS: usize = 4;
 const ACCOUNTS_PER_WRITER: usize = 2;
@@ -70,52 +71,6 @@ async fn stream_leader(store: &JetStreamEventStore) -> Option<String> {
         .await
         .ok()?;
     stream.info().await.ok()?.cluster.as_ref()?.leader.clone()
-}
-
-/// Balance per account, applied once per event position; counts the events it wrote and the
-/// redeliveries it skipped.
-struct Balances {
-    model: InMemoryReadModelStore<i64>,
-    written: Arc<AtomicUsize>,
-    skipped: Arc<AtomicUsize>,
-}
-
-impl Balances {
-    fn new() -> Self {
-        Self {
-            model: InMemoryReadModelStore::new(),
-            written: Arc::default(),
-            skipped: Arc::default(),
-        }
-    }
-}
-
-impl Projection for Balances {
-    fn name(&self) -> &str {
-        "balances"
-    }
-
-    fn filter(&self) -> EventFilter {
-        EventFilter::all().aggregate_type("BankAccount")
-    }
-
-    async fn apply(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
-        let amount = match event.decode::<AccountEvent>()?.payload {
-            AccountEvent::Deposited { amount } => amount,
-            AccountEvent::Withdrawn { amount } => -amount,
-            AccountEvent::Opened { .. } | AccountEvent::Closed => 0,
-        };
-        let applied = apply_once(&self.model, &event.aggregate_id, event.position, |old| {
-            old.unwrap_or(0) + amount
-        })
-        .await?;
-        let counter = match applied {
-            Applied::Written(_) => &self.written,
-            Applied::AlreadyApplied => &self.skipped,
-        };
-        counter.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
 }
 
 /// What a writer learnt: the command id of every acknowledged deposit, per account, how many
@@ -249,36 +204,18 @@ where
 /// A rebuild from scratch through `store`, and the failed attempts before it went through.
 async fn rebuilt_balances(store: &JetStreamEventStore) -> (BTreeMap<String, i64>, Vec<String>) {
     let ((projection, outcome), failures) = until_available("the rebuild", || async {
-        let projection = Balances::new();
+        let projection = Balances::in_memory();
         let outcome = catch_up(store, &projection, 0, &RetryPolicy::default()).await?;
         Ok((projection, outcome))
     })
     .await;
     assert!(outcome.parked.is_empty(), "{:?}", outcome.parked);
-    (model_balances(&projection.model).await, failures)
-}
-
-async fn model_balances(model: &InMemoryReadModelStore<i64>) -> BTreeMap<String, i64> {
-    model
-        .entries()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(k, v)| (k, v.value))
-        .collect()
+    (projection.balances().await.unwrap(), failures)
 }
 
 /// The balances the acknowledged deposits make.
-fn expected_balances() -> BTreeMap<String, i64> {
-    let mut expected: BTreeMap<String, i64> = BTreeMap::new();
-    for c in 0..COMMANDS_PER_WRITER {
-        for writer in 0..WRITERS {
-            *expected
-                .entry(format!("acc-{writer}-{}", c % ACCOUNTS_PER_WRITER))
-                .or_default() += i64::try_from(c + 1).unwrap();
-        }
-    }
-    expected
+fn acknowledged_balances() -> BTreeMap<String, i64> {
+    expected_balances(WRITERS, ACCOUNTS_PER_WRITER, COMMANDS_PER_WRITER)
 }
 
 /// The writers' reports against what the store holds.
@@ -340,7 +277,7 @@ async fn check_survivors(
     survivors: &[String],
 ) -> (usize, Vec<String>, BTreeMap<String, i64>) {
     let expected = snapshot(store, accounts).await.unwrap();
-    let expected_balances = expected_balances();
+    let expected_balances = acknowledged_balances();
     let mut rebuilt = BTreeMap::new();
     let (mut nodes_agree, mut rebuild_failures) = (0, Vec::new());
     for url in survivors {
@@ -369,29 +306,19 @@ async fn check_survivors(
 /// Starts the live balance projection on its own client, connected to `urls[first]` (the node
 /// the test is going to kill) and reconnecting to the others in order. Applies that fail during
 /// the election are retried patiently, not parked.
-async fn spawn_live_projection(
-    urls: &[String],
-    first: usize,
-) -> (JetStreamEventStore, JetStreamProjectionHandle<Balances>) {
+async fn spawn_live_projection(urls: &[String], first: usize) -> (JetStreamEventStore, LiveRunner) {
     let mut ordered = urls.to_vec();
     ordered.rotate_left(first);
     let options = ConnectOptions::new().retain_servers_order();
     let store = JetStreamEventStore::connect_with_options(ordered, options, config())
         .await
         .unwrap();
-    let config = ProjectionConfig::new()
-        .retry(RetryPolicy {
-            max_attempts: 60,
-            initial_backoff: Duration::from_millis(50),
-            max_backoff: Duration::from_millis(500),
-        })
-        .ack_wait(Duration::from_secs(2))
-        .pull_expiry(Duration::from_secs(1))
-        .priority_timeout(Duration::from_secs(2));
+    let config = patient_config();
     // Creating the R3 dead-letter stream and consumer can time out while the cluster settles.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match JetStreamProjectionRunner::spawn(&store, Balances::new(), config.clone()).await {
+        match JetStreamProjectionRunner::spawn(&store, Balances::in_memory(), config.clone()).await
+        {
             Ok(runner) => return (store, runner),
             Err(e) if e.is_retryable() && Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -422,7 +349,7 @@ impl LiveOutcome {
         // Every event of the stream (all are bank accounts) written to the read model once.
         assert_eq!(self.written, self.head_events, "events written once each");
         assert_eq!(self.live, *rebuilt, "live projection = rebuild");
-        assert_eq!(self.live, expected_balances(), "live projection = acks");
+        assert_eq!(self.live, acknowledged_balances(), "live projection = acks");
     }
 }
 
@@ -448,42 +375,23 @@ async fn await_election(
 /// Waits until the live projection has processed the stream's head, then stops it.
 async fn finish_live_projection(
     store: &JetStreamEventStore,
-    runner: JetStreamProjectionHandle<Balances>,
+    runner: LiveRunner,
     rebuilt: &BTreeMap<String, i64>,
     checkpoint_at_kill: u64,
 ) -> LiveOutcome {
-    let head = store
-        .jetstream()
-        .get_stream(store.stream_name())
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .last_sequence;
-    let since = Instant::now();
-    let alive = !runner.is_finished();
-    runner
-        .wait_for(head, Duration::from_secs(30))
-        .await
-        .expect("the live projection never reached the head after the failover");
-    let caught_up = since.elapsed();
+    let CaughtUp { head, alive, after } = wait_until_caught_up(store, &runner).await.unwrap();
     let (parked, _) = until_available("listing parked events", || runner.parked()).await;
     let parked = parked.len();
     let server = store.client().server_info().server_name;
-    let (written, skipped) = (
-        runner.projection().written.load(Ordering::SeqCst),
-        runner.projection().skipped.load(Ordering::SeqCst),
-    );
-    let live = model_balances(&runner.projection().model).await;
+    let (written, skipped) = (runner.projection().written(), runner.projection().skipped());
+    let live = runner.projection().balances().await.unwrap();
     let checkpoint = runner.stop().await.expect("the projection runner failed");
     let head_events = usize::try_from(head).unwrap();
     let summary = format!(
         "projection: checkpoint_at_kill={checkpoint_at_kill} head={head} checkpoint={checkpoint} written={written} redelivered_skipped={skipped} parked={parked} alive={alive} equal_to_rebuild={} equal_to_acks={} caught_up_after_ms={} runner_node_at_end={server}",
         live == *rebuilt,
-        live == expected_balances(),
-        caught_up.as_millis(),
+        live == acknowledged_balances(),
+        after.as_millis(),
     );
     LiveOutcome {
         summary,

@@ -1,0 +1,164 @@
+//! The bank-account balance projection that the fault tests (crash, failover) run through a
+//! fault and then compare with a rebuild and with the acknowledged deposits.
+
+use cqrs_core::projection::RetryPolicy;
+use cqrs_core::read_model::{
+    Applied, InMemoryReadModelStore, ReadModelError, ReadModelStore, apply_once,
+};
+use cqrs_core::{EventFilter, HandlerError, Projection, RecordedEvent};
+use cqrs_nats::{JetStreamEventStore, JetStreamProjectionHandle, ProjectionConfig};
+use examples::bank_account::AccountEvent;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// Balance per account, applied once per event position; counts the events it wrote and the
+/// redeliveries it skipped.
+#[derive(Debug)]
+pub struct Balances<S> {
+    /// The read model: balance per account id.
+    pub model: S,
+    written: Arc<AtomicUsize>,
+    skipped: Arc<AtomicUsize>,
+}
+
+impl<S: ReadModelStore<i64>> Balances<S> {
+    /// The projection into `model`.
+    pub fn with_model(model: S) -> Self {
+        Self {
+            model,
+            written: Arc::default(),
+            skipped: Arc::default(),
+        }
+    }
+
+    /// Events written to the model so far.
+    pub fn written(&self) -> usize {
+        self.written.load(Ordering::SeqCst)
+    }
+
+    /// Redelivered events skipped because their position was already applied.
+    pub fn skipped(&self) -> usize {
+        self.skipped.load(Ordering::SeqCst)
+    }
+
+    /// The model as a map, for comparing.
+    pub async fn balances(&self) -> Result<BTreeMap<String, i64>, ReadModelError> {
+        Ok(self
+            .model
+            .entries()
+            .await?
+            .into_iter()
+            .map(|(key, entry)| (key, entry.value))
+            .collect())
+    }
+}
+
+impl Balances<InMemoryReadModelStore<i64>> {
+    /// The projection into a fresh in-memory model.
+    pub fn in_memory() -> Self {
+        Self::with_model(InMemoryReadModelStore::new())
+    }
+}
+
+impl<S: ReadModelStore<i64>> Projection for Balances<S> {
+    fn name(&self) -> &'static str {
+        "balances"
+    }
+
+    fn filter(&self) -> EventFilter {
+        EventFilter::all().aggregate_type("BankAccount")
+    }
+
+    async fn apply(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
+        let amount = match event.decode::<AccountEvent>()?.payload {
+            AccountEvent::Deposited { amount } => amount,
+            AccountEvent::Withdrawn { amount } => -amount,
+            AccountEvent::Opened { .. } | AccountEvent::Closed => 0,
+        };
+        let applied = apply_once(&self.model, &event.aggregate_id, event.position, |old| {
+            old.unwrap_or(0) + amount
+        })
+        .await?;
+        let counter = match applied {
+            Applied::Written(_) => &self.written,
+            Applied::AlreadyApplied => &self.skipped,
+        };
+        counter.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// A runner configuration that rides out a fault: applies that fail while the server is down or
+/// electing are retried for about half a minute instead of parked, and short ack, pull and pin
+/// timeouts let the runner move on quickly once the server is back.
+pub fn patient_config() -> ProjectionConfig {
+    ProjectionConfig::new()
+        .retry(RetryPolicy {
+            max_attempts: 60,
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(500),
+        })
+        .ack_wait(Duration::from_secs(2))
+        .pull_expiry(Duration::from_secs(1))
+        .priority_timeout(Duration::from_secs(2))
+}
+
+/// The balances that the fault tests' writers' deposits make: writer `w`'s command `c` (from 0)
+/// deposits `c + 1` on account `acc-<w>-<c mod accounts_per_writer>`.
+pub fn expected_balances(
+    writers: usize,
+    accounts_per_writer: usize,
+    commands_per_writer: usize,
+) -> BTreeMap<String, i64> {
+    let mut expected: BTreeMap<String, i64> = BTreeMap::new();
+    for c in 0..commands_per_writer {
+        for writer in 0..writers {
+            *expected
+                .entry(format!("acc-{writer}-{}", c % accounts_per_writer))
+                .or_default() += i64::try_from(c + 1).unwrap_or(i64::MAX);
+        }
+    }
+    expected
+}
+
+/// How a live projection reached the stream's head after a fault.
+#[derive(Debug, Clone, Copy)]
+pub struct CaughtUp {
+    /// The stream's last sequence when the wait began.
+    pub head: u64,
+    /// Whether the runner was still running when the wait began (it survived the fault).
+    pub alive: bool,
+    /// How long reaching the head took.
+    pub after: Duration,
+}
+
+/// Reads the stream's head, then waits (up to 30 s) until `runner` has processed it.
+pub async fn wait_until_caught_up<P: Projection>(
+    store: &JetStreamEventStore,
+    runner: &JetStreamProjectionHandle<P>,
+) -> Result<CaughtUp, String> {
+    let mut stream = store
+        .jetstream()
+        .get_stream(store.stream_name())
+        .await
+        .map_err(|e| format!("reading the stream: {e}"))?;
+    let head = stream
+        .info()
+        .await
+        .map_err(|e| format!("reading the stream's head: {e}"))?
+        .state
+        .last_sequence;
+    let since = Instant::now();
+    let alive = !runner.is_finished();
+    runner
+        .wait_for(head, Duration::from_secs(30))
+        .await
+        .map_err(|e| format!("the live projection never reached the head {head}: {e}"))?;
+    Ok(CaughtUp {
+        head,
+        alive,
+        after: since.elapsed(),
+    })
+}
