@@ -13,44 +13,69 @@ const WRITERS: usize = 64;
 const ACCOUNTS: usize = 8;
 const COMMANDS_PER_WRITER: usize = 5;
 
-/// What one writer saw: deposits acknowledged per account, failures by kind.
+/// What one writer saw: deposits acknowledged per account, commands acknowledged only after
+/// an unknown outcome was resolved by retrying them, failures by kind.
 #[derive(Default)]
 struct Outcome {
     acknowledged: BTreeMap<usize, Vec<i64>>,
+    resolved_unknowns: usize,
     failures: BTreeMap<&'static str, usize>,
 }
 
 fn kind<E>(error: &CommandError<E>) -> &'static str {
     match error {
-        CommandError::Store(StoreError::Conflict { .. }) => "conflict",
-        CommandError::Store(StoreError::Unavailable { .. }) => "unavailable",
-        CommandError::Store(StoreError::OutcomeUnknown { .. }) => "outcome-unknown",
-        CommandError::Store(_) => "store",
+        CommandError::Store(error) => store_kind(error),
         CommandError::Rejected(_) => "rejected",
         CommandError::InvalidTransition(_) => "invalid-transition",
         _ => "other",
     }
 }
 
-/// One writer: deposits spread over the hot accounts, each bounded in time.
+fn store_kind(error: &StoreError) -> &'static str {
+    match error {
+        StoreError::Conflict { .. } => "conflict",
+        StoreError::Unavailable { .. } => "unavailable",
+        StoreError::OutcomeUnknown { .. } => "outcome-unknown",
+        _ => "store",
+    }
+}
+
+/// One writer: deposits spread over the hot accounts, each bounded in time. A command whose
+/// outcome is unknown (or that met an unavailable store) is sent again with the same command id,
+/// which resolves it without doubling it.
 async fn write(repo: Repository<BankAccount, JetStreamEventStore>, writer: usize) -> Outcome {
     let mut outcome = Outcome::default();
     for c in 0..COMMANDS_PER_WRITER {
         let account = (writer + c) % ACCOUNTS;
         let amount = i64::try_from(writer * 100 + c + 1).unwrap();
         let command = AccountCommand::Deposit { amount };
-        let result = tokio::time::timeout(
-            Duration::from_secs(60),
-            repo.execute(&format!("acc-{account}"), command, CommandMetadata::root()),
-        )
-        .await
-        .expect("a command took over 60 s");
+        let metadata = CommandMetadata::root();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut unknown = false;
+        let result = loop {
+            let result = tokio::time::timeout_at(
+                deadline.into(),
+                repo.execute(&format!("acc-{account}"), command.clone(), metadata.clone()),
+            )
+            .await
+            .expect("a command took over 60 s");
+            match result {
+                Err(CommandError::Store(error)) if error.is_retryable() && !error.is_conflict() => {
+                    unknown = true;
+                    *outcome.failures.entry(store_kind(&error)).or_default() += 1;
+                }
+                other => break other,
+            }
+        };
         match result {
-            Ok(_) => outcome
-                .acknowledged
-                .entry(account)
-                .or_default()
-                .push(amount),
+            Ok(_) => {
+                outcome.resolved_unknowns += usize::from(unknown);
+                outcome
+                    .acknowledged
+                    .entry(account)
+                    .or_default()
+                    .push(amount);
+            }
             Err(error) => *outcome.failures.entry(kind(&error)).or_default() += 1,
         }
     }
@@ -88,8 +113,10 @@ async fn hot_accounts_under_64_writers_lose_and_double_nothing() {
 
     let mut acknowledged: BTreeMap<usize, Vec<i64>> = BTreeMap::new();
     let mut failures: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut resolved = 0;
     for writer in writers {
         let outcome = writer.await.expect("a writer panicked");
+        resolved += outcome.resolved_unknowns;
         for (account, amounts) in outcome.acknowledged {
             acknowledged.entry(account).or_default().extend(amounts);
         }
@@ -137,16 +164,18 @@ async fn hot_accounts_under_64_writers_lose_and_double_nothing() {
     }
     let acked_total: usize = acknowledged.values().map(Vec::len).sum();
     println!(
-        "contention: writers={WRITERS} accounts={ACCOUNTS} commands={} acknowledged={acked_total} present={present} lost={lost} duplicated={duplicated} failures={failures:?} elapsed={:?}",
+        "contention: writers={WRITERS} accounts={ACCOUNTS} commands={} acknowledged={acked_total} present={present} lost={lost} duplicated={duplicated} resolved_unknowns={resolved} failures={failures:?} elapsed={:?}",
         WRITERS * COMMANDS_PER_WRITER,
         started.elapsed()
     );
     assert_eq!(lost, 0);
     assert_eq!(duplicated, 0);
-    // With 200 retries per command, contention alone never exhausts them.
+    // With 200 conflict retries per command, contention alone never exhausts them, and every
+    // unknown outcome was resolved by the retry.
     assert_eq!(
         acked_total,
         WRITERS * COMMANDS_PER_WRITER,
         "failures: {failures:?}"
     );
+    assert_eq!(present, acked_total);
 }
