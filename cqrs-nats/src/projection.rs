@@ -400,10 +400,12 @@ impl JetStreamProjectionRunner {
         let dead_letters = DeadLetters::provision(store.jetstream(), &subjects, replicas).await?;
         let filter = projection.filter();
         let mut start = 0;
+        let mut consumers = BTreeMap::new();
         for partition in 0..subjects.partitions() {
             let consumer =
                 ensure_consumer(&stream, &subjects, &name, partition, &filter, &config).await?;
             start = start.max(consumer.cached_info().ack_floor.stream_sequence);
+            consumers.insert(partition, consumer);
         }
         let membership = Membership::join(store, &subjects, &name, &config, replicas).await?;
         let (highest, checkpoint) = watch::channel(start);
@@ -425,7 +427,12 @@ impl JetStreamProjectionRunner {
             name,
             progress,
         });
-        let task = tokio::spawn(supervise(Arc::clone(&shared), membership, stop_rx));
+        let task = tokio::spawn(supervise(
+            Arc::clone(&shared),
+            membership,
+            consumers,
+            stop_rx,
+        ));
         Ok(JetStreamProjectionHandle {
             shared,
             checkpoint,
@@ -868,9 +875,13 @@ impl Drop for Lane {
 /// The runner's main task: keeps the membership current, runs one lane per owned partition,
 /// hands partitions over when the workers change, restarts a lane whose consumer was
 /// recreated ([`JetStreamProjectionRunner::reset`]), and stops all lanes on stop.
+///
+/// `created` holds the consumers just created or updated at start, so that the first lanes
+/// need not ask for them again; later lanes look their consumer up.
 async fn supervise<P: Projection>(
     shared: Arc<Shared<P>>,
     mut membership: Membership,
+    mut created: BTreeMap<u32, consumer::Consumer<pull::Config>>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), StoreError> {
     let mut lanes: BTreeMap<u32, Lane> = BTreeMap::new();
@@ -921,11 +932,16 @@ async fn supervise<P: Projection>(
             if lanes.contains_key(&partition) {
                 continue;
             }
-            match shared
-                .stream
-                .get_consumer::<pull::Config>(&consumer_name(&shared.name, partition))
-                .await
-            {
+            let consumer = match created.remove(&partition) {
+                Some(consumer) => Ok(consumer),
+                None => {
+                    shared
+                        .stream
+                        .get_consumer::<pull::Config>(&consumer_name(&shared.name, partition))
+                        .await
+                }
+            };
+            match consumer {
                 Ok(consumer) => {
                     let (stop_tx, stop_rx) = watch::channel(false);
                     let task = tokio::spawn(run(Arc::clone(&shared), partition, consumer, stop_rx));
@@ -942,6 +958,8 @@ async fn supervise<P: Projection>(
                 }
             }
         }
+        // Partitions that become ours later (after a reset, perhaps) look their consumer up.
+        created.clear();
     };
     for lane in lanes.values() {
         lane.stop.send_replace(true);
