@@ -5,14 +5,17 @@
 //! event log with its correlation and causation metadata.
 
 use cqrs_core::InMemoryEventStore;
-use cqrs_nats::{JetStreamEventStore, StoreConfig};
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+async fn main() -> std::process::ExitCode {
+    examples::exit_code(run().await)
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut out = String::new();
     match examples::nats_url_from_args()? {
         Some(url) => {
-            let store = JetStreamEventStore::connect(&url, StoreConfig::new("bank")).await?;
+            let store = examples::connect_fresh(&url, "bank").await?;
             examples::bank_account::demo(store, &mut out).await?;
         }
         None => examples::bank_account::demo(InMemoryEventStore::new(), &mut out).await?,

@@ -11,7 +11,11 @@
 use examples::order_fulfilment::Order;
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+async fn main() -> std::process::ExitCode {
+    examples::exit_code(run().await)
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut out = String::new();
     match examples::nats_url_from_args()? {
         Some(url) => Box::pin(examples::order_flow::demo_nats(&url, &mut out)).await?,

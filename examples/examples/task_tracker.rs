@@ -1,6 +1,6 @@
 //! Run with: `cargo run -p examples --example task_tracker` (in-memory store), or
 //! `cargo run -p examples --example task_tracker -- --nats nats://127.0.0.1:4222` (JetStream,
-//! bounded context `tasks`; use a fresh server, a second run finds the first run's tasks).
+//! bounded context `tasks`; use a fresh server: a second run on the same one stops and says so).
 //!
 //! A multi-tenant task tracker: a task state machine (`Active`, `Completed`, `Deleted`, with
 //! restore) shared by two tenants; a version 1 event stored raw and read back upcast to
@@ -12,11 +12,15 @@ use examples::host::{InMemoryHost, JetStreamHost};
 use examples::task_tracker::Task;
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+async fn main() -> std::process::ExitCode {
+    examples::exit_code(run().await)
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut out = String::new();
     match examples::nats_url_from_args()? {
         Some(url) => {
-            let host = JetStreamHost::connect(&url, "tasks").await?;
+            let host = JetStreamHost::new(examples::connect_fresh(&url, "tasks").await?);
             Box::pin(examples::task_tracker::demo(&host, &mut out)).await?;
         }
         None => {

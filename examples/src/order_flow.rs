@@ -11,9 +11,7 @@ use cqrs_core::{
     ReadModelStore, RecordedEvent, Repository, RetryPolicy,
 };
 use cqrs_nats::command::{CommandClient, CommandFailure, CommandService, FailureKind};
-use cqrs_nats::{
-    JetStreamEventStore, JetStreamProjectionRunner, KvReadModelStore, ProjectionConfig, StoreConfig,
-};
+use cqrs_nats::{JetStreamProjectionRunner, KvReadModelStore, ProjectionConfig};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::future::Future;
@@ -354,7 +352,7 @@ pub async fn demo_nats(
     url: &str,
     out: &mut impl std::fmt::Write,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let store = JetStreamEventStore::connect(url, StoreConfig::new("sales")).await?;
+    let store = crate::connect_fresh(url, "sales").await?;
     let client = store.client().clone();
     // The worker side.
     let worker = CommandService::new(

@@ -1,6 +1,6 @@
 //! The `bank_account` example's walkthrough produces the expected story, on the in-memory store
 //! and on JetStream against a spawned server.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use cqrs_core::InMemoryEventStore;
 use cqrs_nats::{JetStreamEventStore, StoreConfig};
@@ -23,6 +23,29 @@ async fn walkthrough_runs_on_jetstream() {
     let mut out = String::new();
     examples::bank_account::demo(store, &mut out).await.unwrap();
     check_story(&out);
+}
+
+#[tokio::test]
+async fn a_second_run_on_the_same_server_stops_and_says_why() {
+    let server = cqrs_test_server::NatsServer::start().await.unwrap();
+    let store = examples::connect_fresh(&server.url(), "bank")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    examples::bank_account::demo(store, &mut out).await.unwrap();
+    let error = examples::connect_fresh(&server.url(), "bank")
+        .await
+        .expect_err("the context holds the first run's events");
+    let used = error
+        .downcast_ref::<examples::UsedContext>()
+        .unwrap_or_else(|| panic!("expected UsedContext, got {error}"));
+    assert_eq!(used.context, "bank");
+    assert!(used.events > 0);
+    assert!(error.to_string().contains("fresh server"), "{error}");
+    // Another context on the same server is still fresh.
+    examples::connect_fresh(&server.url(), "graphs")
+        .await
+        .unwrap();
 }
 
 /// The story both stores tell.
