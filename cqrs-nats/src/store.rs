@@ -421,7 +421,8 @@ impl JetStreamEventStore {
 
     /// Uses an existing connection: checks the server version, then creates the context's stream
     /// and snapshot bucket, or verifies them if they exist (a conflicting stream configuration is
-    /// an error, never changed silently).
+    /// an error, never changed silently). With
+    /// [`StoreConfig::create_missing`]`(false)` nothing is created.
     ///
     /// The store cannot see the connection's events here: a request the server's permissions
     /// refuse ends in a timeout ([`StoreError::Unavailable`], [`StoreError::OutcomeUnknown`] for
