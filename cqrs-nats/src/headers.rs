@@ -283,7 +283,9 @@ pub(crate) fn rfc3339(at: OffsetDateTime) -> Result<String, String> {
         .map_err(|e| format!("recorded-at time cannot be formatted: {e}"))
 }
 
-fn header<'a>(message: &'a StreamMessage, name: &str) -> Option<&'a str> {
+/// The last value of header `name` (a [`name`] constant: looking up by `&str` would copy and
+/// check the name on every lookup).
+fn header(message: &StreamMessage, name: HeaderName) -> Option<&str> {
     message.headers.get_last(name).map(HeaderValue::as_str)
 }
 
@@ -294,27 +296,32 @@ pub(crate) fn decode(
 ) -> Result<RecordedEvent, StoreError> {
     let position = message.sequence;
     let malformed = |reason: String| StoreError::MalformedEnvelope { position, reason };
-    let required = |name: &str| {
-        header(message, name).ok_or_else(|| malformed(format!("header `{name}` is missing")))
+    let required = |name: HeaderName| {
+        let missing = || malformed(format!("header `{name}` is missing"));
+        header(message, name.clone()).ok_or_else(missing)
     };
-    let uuid = |name: &str, value: &str| {
+    let uuid = |name: HeaderName, value: &str| {
         Uuid::parse_str(value)
             .map_err(|e| malformed(format!("header `{name}` is not a UUID ({value:?}): {e}")))
     };
-    let optional_uuid = |name: &str| header(message, name).map(|v| uuid(name, v)).transpose();
+    let optional_uuid = |name: HeaderName| {
+        header(message, name.clone())
+            .map(|v| uuid(name, v))
+            .transpose()
+    };
 
     let (tenant, aggregate_type, aggregate_id) = subjects
         .parse(message.subject.as_str())
         .map_err(|e| malformed(e.to_string()))?;
-    let event_id = uuid(MSG_ID, required(MSG_ID)?)?;
-    let event_type = required(EVENT_TYPE)?.to_owned();
-    let schema_version = required(SCHEMA_VERSION)?;
+    let event_id = uuid(name::MSG_ID, required(name::MSG_ID)?)?;
+    let event_type = required(name::EVENT_TYPE)?.to_owned();
+    let schema_version = required(name::SCHEMA_VERSION)?;
     let schema_version: u32 = schema_version.parse().map_err(|_| {
         malformed(format!(
             "header `{SCHEMA_VERSION}` is not a version number ({schema_version:?})"
         ))
     })?;
-    let version = required(AGGREGATE_VERSION)?;
+    let version = required(name::AGGREGATE_VERSION)?;
     let version: u64 = match version.parse() {
         Ok(v) if v > 0 => v,
         _ => {
@@ -323,8 +330,8 @@ pub(crate) fn decode(
             )));
         }
     };
-    let correlation_id = uuid(CORRELATION_ID, required(CORRELATION_ID)?)?;
-    let recorded_at = match header(message, RECORDED_AT) {
+    let correlation_id = uuid(name::CORRELATION_ID, required(name::CORRELATION_ID)?)?;
+    let recorded_at = match header(message, name::RECORDED_AT) {
         Some(value) => OffsetDateTime::parse(value, &Rfc3339).map_err(|e| {
             malformed(format!(
                 "header `{RECORDED_AT}` is not an RFC 3339 time ({value:?}): {e}"
@@ -349,12 +356,12 @@ pub(crate) fn decode(
         recorded_at,
         metadata: Metadata {
             correlation_id,
-            causation_id: optional_uuid(CAUSATION_ID)?,
-            command_id: optional_uuid(COMMAND_ID)?,
-            command_causation_id: optional_uuid(COMMAND_CAUSATION_ID)?,
+            causation_id: optional_uuid(name::CAUSATION_ID)?,
+            command_id: optional_uuid(name::COMMAND_ID)?,
+            command_causation_id: optional_uuid(name::COMMAND_CAUSATION_ID)?,
             tenant,
-            actor: header(message, ACTOR).map(str::to_owned),
-            trace: header(message, TRACEPARENT).map(str::to_owned),
+            actor: header(message, name::ACTOR).map(str::to_owned),
+            trace: header(message, name::TRACEPARENT).map(str::to_owned),
             extra,
         },
         payload: SerializedEvent {
