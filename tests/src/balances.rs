@@ -5,13 +5,16 @@ use cqrs_core::projection::RetryPolicy;
 use cqrs_core::read_model::{
     Applied, InMemoryReadModelStore, ReadModelError, ReadModelStore, apply_once,
 };
-use cqrs_core::{EventFilter, HandlerError, Projection, RecordedEvent};
+use cqrs_core::{
+    EventFilter, HandlerError, IdempotencyKey, Projection, RecordedEvent, Repository, StreamId,
+};
 use cqrs_nats::{JetStreamEventStore, JetStreamProjectionHandle, ProjectionConfig};
-use examples::bank_account::AccountEvent;
+use examples::bank_account::{AccountEvent, BankAccount};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use uuid::Uuid;
 
 /// Balance per account, applied once per event position; counts the events it wrote and the
 /// redeliveries it skipped.
@@ -161,4 +164,56 @@ pub async fn wait_until_caught_up<P: Projection>(
         alive,
         after: since.elapsed(),
     })
+}
+
+/// The acknowledged deposits of the fault tests' writers against what the store holds.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DepositTally {
+    /// Deposits whose command was acknowledged.
+    pub acknowledged: usize,
+    /// Deposits stored (every event of the accounts but their opening).
+    pub present: usize,
+    /// Acknowledged deposits missing from the store.
+    pub lost: usize,
+    /// Deposits stored more than once, or stored without an acknowledged command.
+    pub duplicated: usize,
+}
+
+impl DepositTally {
+    /// Counts `acknowledged` (the command ids of the acknowledged deposits, per account id of a
+    /// `BankAccount` opened by one event) against the accounts' histories in `store`: each
+    /// deposit is found by the event id derived from its command id. Versions must be gapless.
+    pub async fn count(
+        &mut self,
+        store: &JetStreamEventStore,
+        acknowledged: &BTreeMap<String, Vec<Uuid>>,
+    ) -> Result<(), String> {
+        let reader = Repository::<BankAccount, _>::new(store.clone());
+        for (account, commands) in acknowledged {
+            let history = reader
+                .history(&StreamId::new("BankAccount", account.clone()), 1)
+                .await
+                .map_err(|e| format!("loading {account}: {e}"))?;
+            let versions: Vec<u64> = history.iter().map(|e| e.version).collect();
+            let gapless: Vec<u64> = (1..=versions.len() as u64).collect();
+            if versions != gapless {
+                return Err(format!(
+                    "versions of {account} are not gapless: {versions:?}"
+                ));
+            }
+            // The opening event plus one deposit per acknowledged command, nothing else.
+            self.present += history.len() - 1;
+            self.duplicated += (history.len() - 1).saturating_sub(commands.len());
+            for command_id in commands {
+                self.acknowledged += 1;
+                let event_id = IdempotencyKey::new(command_id.to_string()).event_id(0);
+                match history.iter().filter(|e| e.event_id == event_id).count() {
+                    0 => self.lost += 1,
+                    1 => {}
+                    n => self.duplicated += n - 1,
+                }
+            }
+        }
+        Ok(())
+    }
 }

@@ -12,14 +12,14 @@
 )]
 
 use cqrs_core::projection::{RetryPolicy, catch_up};
-use cqrs_core::{CommandError, CommandMetadata, IdempotencyKey, Repository, StreamId};
+use cqrs_core::{CommandError, CommandMetadata, Repository};
 use cqrs_nats::{
     JetStreamEventStore, JetStreamProjectionHandle, JetStreamProjectionRunner, KvReadModelStore,
     StoreConfig,
 };
 use cqrs_test_server::NatsServer;
 use cqrs_tests::balances::{
-    Balances, CaughtUp, expected_balances, patient_config, wait_until_caught_up,
+    Balances, CaughtUp, DepositTally, expected_balances, patient_config, wait_until_caught_up,
 };
 use examples::bank_account::{AccountCommand, BankAccount};
 use std::collections::BTreeMap;
@@ -213,35 +213,22 @@ async fn acknowledged_events_survive_a_sigkill() {
         reports.push(writer.await.expect("a writer panicked"));
     }
 
-    let reader = Repository::<BankAccount, _>::new(store.clone());
-    let (mut acknowledged, mut present, mut lost, mut duplicated, mut resolved) = (0, 0, 0, 0, 0);
+    let mut deposits = DepositTally::default();
+    let mut resolved = 0;
     let mut errors: BTreeMap<String, usize> = BTreeMap::new();
     for report in &reports {
         resolved += report.resolved_unknowns;
         for (kind, n) in &report.errors {
             *errors.entry(kind.clone()).or_default() += n;
         }
-        for (account, commands) in &report.acknowledged {
-            let history = reader
-                .history(&StreamId::new("BankAccount", account.clone()), 1)
-                .await
-                .unwrap();
-            let versions: Vec<u64> = history.iter().map(|e| e.version).collect();
-            assert_eq!(versions, (1..=history.len() as u64).collect::<Vec<_>>());
-            // The opening event plus one deposit per acknowledged command, nothing else.
-            present += history.len() - 1;
-            duplicated += (history.len() - 1).saturating_sub(commands.len());
-            for command_id in commands {
-                acknowledged += 1;
-                let event_id = IdempotencyKey::new(command_id.to_string()).event_id(0);
-                match history.iter().filter(|e| e.event_id == event_id).count() {
-                    0 => lost += 1,
-                    1 => {}
-                    n => duplicated += n - 1,
-                }
-            }
-        }
+        deposits.count(&store, &report.acknowledged).await.unwrap();
     }
+    let DepositTally {
+        acknowledged,
+        present,
+        lost,
+        duplicated,
+    } = deposits;
     let projection = check_projection(&store, runner).await;
 
     println!(

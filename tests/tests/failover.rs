@@ -16,14 +16,14 @@
 
 use cqrs_core::projection::{RetryPolicy, catch_up};
 use cqrs_core::read_model::InMemoryReadModelStore;
-use cqrs_core::{CommandError, CommandMetadata, IdempotencyKey, Repository, StoreError, StreamId};
+use cqrs_core::{CommandError, CommandMetadata, Repository, StoreError, StreamId};
 use cqrs_nats::async_nats::ConnectOptions;
 use cqrs_nats::{
     JetStreamEventStore, JetStreamProjectionHandle, JetStreamProjectionRunner, StoreConfig,
 };
 use cqrs_test_server::NatsServer;
 use cqrs_tests::balances::{
-    Balances, CaughtUp, expected_balances, patient_config, wait_until_caught_up,
+    Balances, CaughtUp, DepositTally, expected_balances, patient_config, wait_until_caught_up,
 };
 use examples::bank_account::{AccountCommand, BankAccount};
 use std::collections::BTreeMap;
@@ -221,10 +221,7 @@ fn acknowledged_balances() -> BTreeMap<String, i64> {
 /// The writers' reports against what the store holds.
 #[derive(Default)]
 struct Tally {
-    acknowledged: usize,
-    present: usize,
-    lost: usize,
-    duplicated: usize,
+    deposits: DepositTally,
     resolved: usize,
     retried: usize,
     errors: BTreeMap<String, usize>,
@@ -234,7 +231,6 @@ struct Tally {
 /// Counts acknowledged, present, lost and duplicated deposits (by the event id derived from each
 /// command id) and checks that versions are gapless.
 async fn tally(store: &JetStreamEventStore, reports: &[Report]) -> Tally {
-    let reader = Repository::<BankAccount, _>::new(store.clone());
     let mut t = Tally::default();
     for report in reports {
         t.resolved += report.resolved_unknowns;
@@ -243,26 +239,7 @@ async fn tally(store: &JetStreamEventStore, reports: &[Report]) -> Tally {
         for (kind, n) in &report.errors {
             *t.errors.entry(kind.clone()).or_default() += n;
         }
-        for (account, commands) in &report.acknowledged {
-            let history = reader
-                .history(&StreamId::new("BankAccount", account.clone()), 1)
-                .await
-                .unwrap();
-            let versions: Vec<u64> = history.iter().map(|e| e.version).collect();
-            assert_eq!(versions, (1..=history.len() as u64).collect::<Vec<_>>());
-            // The opening event plus one deposit per acknowledged command, nothing else.
-            t.present += history.len() - 1;
-            t.duplicated += (history.len() - 1).saturating_sub(commands.len());
-            for command_id in commands {
-                t.acknowledged += 1;
-                let event_id = IdempotencyKey::new(command_id.to_string()).event_id(0);
-                match history.iter().filter(|e| e.event_id == event_id).count() {
-                    0 => t.lost += 1,
-                    1 => {}
-                    n => t.duplicated += n - 1,
-                }
-            }
-        }
+        t.deposits.count(store, &report.acknowledged).await.unwrap();
     }
     t
 }
@@ -500,10 +477,13 @@ async fn acknowledged_events_survive_the_stream_leader_dying() {
 
     let tally = tally(&store, &reports).await;
     let Tally {
-        acknowledged,
-        present,
-        lost,
-        duplicated,
+        deposits:
+            DepositTally {
+                acknowledged,
+                present,
+                lost,
+                duplicated,
+            },
         resolved,
         retried,
         ref errors,
