@@ -4,7 +4,7 @@
 pub mod balances;
 
 use cqrs_core::metadata::new_id;
-use cqrs_core::{Metadata, NewEvent, SerializedEvent};
+use cqrs_core::{Metadata, NewEvent, SerializedEvent, StoreError};
 use cqrs_nats::{JetStreamEventStore, StoreConfig};
 use cqrs_test_server::NatsServer;
 
@@ -44,4 +44,11 @@ pub fn event(event_type: &str, n: u64) -> NewEvent {
         },
         metadata: Metadata::standalone(),
     }
+}
+
+/// The variant name of `error` (`"OutcomeUnknown"`, `"Unavailable"`, ...), for the fault tests'
+/// error counts.
+pub fn error_kind(error: &StoreError) -> String {
+    let debug = format!("{error:?}");
+    debug.split([' ', '{', '(']).next().unwrap_or("").to_owned()
 }

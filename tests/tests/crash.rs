@@ -21,6 +21,7 @@ use cqrs_test_server::NatsServer;
 use cqrs_tests::balances::{
     Balances, CaughtUp, DepositTally, expected_balances, patient_config, wait_until_caught_up,
 };
+use cqrs_tests::error_kind;
 use examples::bank_account::{AccountCommand, BankAccount};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -140,9 +141,7 @@ async fn write(
                 Err(CommandError::Store(error)) => {
                     // Every failure is typed; store failures during the crash are retried.
                     troubled |= error.is_retryable();
-                    let kind = format!("{error:?}");
-                    let kind = kind.split([' ', '{', '(']).next().unwrap_or("").to_owned();
-                    *report.errors.entry(kind).or_default() += 1;
+                    *report.errors.entry(error_kind(&error)).or_default() += 1;
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err(other) => panic!("unexpected refusal: {other}"),

@@ -25,6 +25,7 @@ use cqrs_test_server::NatsServer;
 use cqrs_tests::balances::{
     Balances, CaughtUp, DepositTally, expected_balances, patient_config, wait_until_caught_up,
 };
+use cqrs_tests::error_kind;
 use examples::bank_account::{AccountCommand, BankAccount};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -84,11 +85,6 @@ struct Report {
     wrong: Vec<String>,
 }
 
-fn kind(error: &StoreError) -> String {
-    let kind = format!("{error:?}");
-    kind.split([' ', '{', '(']).next().unwrap_or("").to_owned()
-}
-
 async fn write(
     repo: Repository<BankAccount, JetStreamEventStore>,
     writer: usize,
@@ -116,7 +112,7 @@ async fn write(
             match tokio::time::timeout(ATTEMPT_TIMEOUT, attempt).await {
                 Ok(Ok(_)) => break,
                 Ok(Err(CommandError::Store(error))) => {
-                    *report.errors.entry(kind(&error)).or_default() += 1;
+                    *report.errors.entry(error_kind(&error)).or_default() += 1;
                     unknown |= matches!(error, StoreError::OutcomeUnknown { .. });
                     // Only "try again later" is acceptable: a conflict on accounts nobody else
                     // writes, or an untyped backend failure, is a bug.
@@ -194,7 +190,7 @@ where
                     error.is_retryable() && !error.is_conflict() && Instant::now() < deadline,
                     "{what} failed: {error}"
                 );
-                failures.push(kind(&error));
+                failures.push(error_kind(&error));
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
