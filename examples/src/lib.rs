@@ -50,8 +50,7 @@ pub async fn connect_fresh(
         .jetstream()
         .get_stream(store.stream_name())
         .await?
-        .info()
-        .await?
+        .cached_info()
         .state
         .messages;
     if events > 0 {

@@ -142,15 +142,13 @@ pub async fn wait_until_caught_up<P: Projection>(
     store: &JetStreamEventStore,
     runner: &JetStreamProjectionHandle<P>,
 ) -> Result<CaughtUp, String> {
-    let mut stream = store
+    // Getting the stream fetches its info: the head as of now.
+    let head = store
         .jetstream()
         .get_stream(store.stream_name())
         .await
-        .map_err(|e| format!("reading the stream: {e}"))?;
-    let head = stream
-        .info()
-        .await
         .map_err(|e| format!("reading the stream's head: {e}"))?
+        .cached_info()
         .state
         .last_sequence;
     let since = Instant::now();

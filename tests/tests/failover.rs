@@ -66,12 +66,13 @@ async fn connect(urls: Vec<String>) -> JetStreamEventStore {
 
 /// The server name of the events stream's leader (`n1`, `n2`, ... as `start_cluster` names them).
 async fn stream_leader(store: &JetStreamEventStore) -> Option<String> {
-    let mut stream = store
+    // Getting the stream fetches its info, leader included.
+    let stream = store
         .jetstream()
         .get_stream(store.stream_name())
         .await
         .ok()?;
-    stream.info().await.ok()?.cluster.as_ref()?.leader.clone()
+    stream.cached_info().cluster.as_ref()?.leader.clone()
 }
 
 /// What a writer learnt: the command id of every acknowledged deposit, per account, how many

@@ -94,13 +94,8 @@ impl Session {
         if let Some(context) = given {
             let stream = StoreConfig::new(context).stream_name();
             return match self.js.get_stream(&stream).await {
-                Ok(mut found) => {
-                    let info = found
-                        .info()
-                        .await
-                        .map_err(|e| CliError::jetstream(format!("reading stream {stream}"), e))?;
-                    Ok(context_of(&info.config))
-                }
+                // Getting the stream fetched its info.
+                Ok(found) => Ok(context_of(&found.cached_info().config)),
                 Err(e) if crate::error::is_stream_not_found(&e) => Err(CliError::UnknownContext {
                     context: context.to_owned(),
                     stream,
@@ -233,16 +228,13 @@ impl Session {
         context: &str,
     ) -> Result<(String, jetstream::stream::Stream, jetstream::stream::Info), CliError> {
         let name = StoreConfig::new(context).stream_name();
-        let mut stream = self
+        // Getting the stream fetches its info: no second request needed.
+        let stream = self
             .js
             .get_stream(&name)
             .await
             .map_err(|e| CliError::jetstream(format!("reading stream {name}"), e))?;
-        let info = stream
-            .info()
-            .await
-            .map_err(|e| CliError::jetstream(format!("reading stream {name}"), e))?
-            .clone();
+        let info = stream.cached_info().clone();
         Ok((name, stream, info))
     }
 
