@@ -175,13 +175,17 @@ async fn snapshot(
 /// Runs `attempt` until it succeeds: right after the failover, a stream whose leader died (the
 /// events', the dead letters') answers with a typed, retryable `Unavailable` until it elected a
 /// new one. Returns the result and the kinds of the failed attempts; any other error, or still
-/// failing after 20 s, fails the test.
-async fn until_available<T, F, Fut>(what: &str, mut attempt: F) -> (T, Vec<String>)
+/// failing after `within`, fails the test.
+async fn until_available<T, F, Fut>(
+    what: &str,
+    within: Duration,
+    mut attempt: F,
+) -> (T, Vec<String>)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, StoreError>>,
 {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + within;
     let mut failures = Vec::new();
     loop {
         match attempt().await {
@@ -200,12 +204,13 @@ where
 
 /// A rebuild from scratch through `store`, and the failed attempts before it went through.
 async fn rebuilt_balances(store: &JetStreamEventStore) -> (BTreeMap<String, i64>, Vec<String>) {
-    let ((projection, outcome), failures) = until_available("the rebuild", || async {
-        let projection = Balances::in_memory();
-        let outcome = catch_up(store, &projection, 0, &RetryPolicy::default()).await?;
-        Ok((projection, outcome))
-    })
-    .await;
+    let ((projection, outcome), failures) =
+        until_available("the rebuild", Duration::from_secs(20), || async {
+            let projection = Balances::in_memory();
+            let outcome = catch_up(store, &projection, 0, &RetryPolicy::default()).await?;
+            Ok((projection, outcome))
+        })
+        .await;
     assert!(outcome.parked.is_empty(), "{:?}", outcome.parked);
     (projection.balances().await.unwrap(), failures)
 }
@@ -289,17 +294,13 @@ async fn spawn_live_projection(urls: &[String], first: usize) -> (JetStreamEvent
         .unwrap();
     let config = patient_config();
     // Creating the R3 dead-letter stream and consumer can time out while the cluster settles.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match JetStreamProjectionRunner::spawn(&store, Balances::in_memory(), config.clone()).await
-        {
-            Ok(runner) => return (store, runner),
-            Err(e) if e.is_retryable() && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!("the projection runner never started: {e}"),
-        }
-    }
+    let (runner, _) = until_available(
+        "starting the projection runner",
+        Duration::from_secs(30),
+        || JetStreamProjectionRunner::spawn(&store, Balances::in_memory(), config.clone()),
+    )
+    .await;
+    (store, runner)
 }
 
 /// How the live projection ended against the rebuild and the acknowledged deposits.
@@ -354,7 +355,10 @@ async fn finish_live_projection(
     checkpoint_at_kill: u64,
 ) -> LiveOutcome {
     let CaughtUp { head, alive, after } = wait_until_caught_up(store, &runner).await.unwrap();
-    let (parked, _) = until_available("listing parked events", || runner.parked()).await;
+    let (parked, _) = until_available("listing parked events", Duration::from_secs(20), || {
+        runner.parked()
+    })
+    .await;
     let parked = parked.len();
     let server = store.client().server_info().server_name;
     let (written, skipped) = (runner.projection().written(), runner.projection().skipped());
