@@ -23,7 +23,8 @@
 //!   flight.
 //! - **Several workers.** Every runner of a projection announces itself in the KV bucket
 //!   `PROJECTION_WORKERS_<CONTEXT>` ([`workers_bucket`]; [`live_workers`] counts them) every
-//!   heartbeat and watches the others;
+//!   heartbeat and watches the others (a joining worker takes no partition before it has read
+//!   the announcements already there, so it never grabs, and then releases, others' partitions);
 //!   partition `k` belongs to the `k mod n`-th of the `n` live workers in start order, so the
 //!   work is shared evenly and each partition has one owner. When a worker joins or stops the
 //!   partitions are handed over (the old owner finishes the event in hand, stops pulling,
@@ -698,6 +699,9 @@ struct Membership {
     me: String,
     ttl: Duration,
     watch: Option<kv::Watch>,
+    /// Whether the watch has delivered the announcements that were there when it started.
+    /// Until then the other workers are unknown, and an assignment would take their partitions.
+    caught_up: bool,
     /// Worker id -> (time of its last heartbeat, its time-to-live).
     members: BTreeMap<String, (OffsetDateTime, Duration)>,
 }
@@ -760,6 +764,7 @@ impl Membership {
             me: Uuid::now_v7().simple().to_string(),
             ttl: config.heartbeat.saturating_mul(MISSED_HEARTBEATS),
             watch: None,
+            caught_up: false,
             members: BTreeMap::new(),
         };
         membership.beat().await;
@@ -784,6 +789,7 @@ impl Membership {
             {
                 Ok(watch) => {
                     self.members.clear();
+                    self.caught_up = false;
                     self.watch = Some(watch);
                 }
                 Err(error) => tracing::warn!(%error, "cannot watch the projection's workers"),
@@ -811,6 +817,9 @@ impl Membership {
                 } else {
                     self.members.remove(worker);
                 }
+                // Nothing more pending: the announcements of the time the watch began are in
+                // (there is at least one, this worker's own, put before the watch started).
+                self.caught_up |= entry.delta == 0;
             }
             Some(Err(error)) => {
                 tracing::warn!(%error, "watching the projection's workers failed; watching again");
@@ -818,6 +827,12 @@ impl Membership {
             }
             None => self.watch = None,
         }
+    }
+
+    /// Whether the other workers are known: the watch has caught up, or there is no watch (then
+    /// this worker works alone until it can watch again).
+    fn settled(&self) -> bool {
+        self.caught_up || self.watch.is_none()
     }
 
     /// The partitions (of `partitions`) this worker owns now.
@@ -894,6 +909,10 @@ async fn supervise<P: Projection>(
             () = stopped(&mut stop) => break Ok(()),
             _ = heartbeat.tick() => membership.beat().await,
             change = membership.changed() => membership.apply(change),
+        }
+        if !membership.settled() {
+            // Joining: the other workers' announcements are still on their way.
+            continue;
         }
         let owned = membership.assignment(shared.subjects.partitions());
         // Hand over what is no longer ours.

@@ -1046,3 +1046,84 @@ async fn kv_read_model_store_compare_and_set() {
         Err(ReadModelError::Codec { .. })
     ));
 }
+
+/// The pinned client of each partition consumer of `projection`.
+async fn pins(store: &JetStreamEventStore, projection: &str) -> Vec<Option<String>> {
+    let stream = store
+        .jetstream()
+        .get_stream(store.stream_name())
+        .await
+        .unwrap();
+    let mut pins = Vec::new();
+    for partition in 0..store.subjects().partitions() {
+        let info = stream
+            .consumer_info(consumer_name(projection, partition))
+            .await
+            .unwrap();
+        pins.push(
+            info.priority_groups
+                .first()
+                .and_then(|group| group.pinned_client_id.clone()),
+        );
+    }
+    pins
+}
+
+#[tokio::test]
+async fn a_joining_worker_leaves_the_partitions_it_does_not_get_alone() {
+    let f = fixture().await.unwrap();
+    let first = Sums::new("joining", InMemoryReadModelStore::new());
+    let mut second = first.clone();
+    second.worker = 1;
+    let a = JetStreamProjectionRunner::spawn(&f.store, first.clone(), config(1))
+        .await
+        .unwrap();
+    // Events on every partition, so that the first worker holds every pin.
+    let head = write_concurrently(&f.store, 0, 2).await;
+    for n in 0..64 {
+        f.store
+            .append(
+                &StreamId::new("Counter", format!("spread-{n}")),
+                ExpectedVersion::NoStream,
+                vec![event("Added", 1)],
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    let head = head.max(64);
+    a.wait_for(head, PATIENT).await.unwrap();
+    let before = pins(&f.store, "joining").await;
+    assert!(before.iter().all(Option::is_some), "{before:?}");
+
+    let b = JetStreamProjectionRunner::spawn(&f.store, second, config(1))
+        .await
+        .unwrap();
+    // The second worker takes every other partition; the first keeps the rest, pins and all.
+    let deadline = tokio::time::Instant::now() + PATIENT;
+    while cqrs_nats::projection::live_workers(f.store.jetstream(), f.store.subjects())
+        .await
+        .unwrap()
+        .get("joining")
+        .copied()
+        .unwrap_or(0)
+        < 2
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second worker never joined"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = pins(&f.store, "joining").await;
+    let kept = (0..before.len()).step_by(2);
+    for k in kept {
+        assert_eq!(
+            after[k], before[k],
+            "partition {k} stayed with the first worker and was never unpinned"
+        );
+    }
+    b.stop().await.unwrap();
+    a.stop().await.unwrap();
+}
