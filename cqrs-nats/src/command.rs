@@ -23,13 +23,10 @@
 
 use async_nats::{HeaderMap, Message};
 use cqrs_core::{Aggregate, CommandError, CommandMetadata, EventStore, Repository};
-use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
-use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 /// Header names of command requests.
@@ -325,30 +322,7 @@ pub fn parse_request<C: DeserializeOwned>(
     Ok((aggregate_id, command, metadata))
 }
 
-/// Why a command service could not start.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum CommandServiceError {
-    /// The aggregate type or context cannot be a subject token.
-    #[error(
-        "`{0}` cannot be a subject token: use letters, digits, `-` and `_` for contexts and aggregate types"
-    )]
-    InvalidName(String),
-    /// Subscribing failed.
-    #[error("could not subscribe to `{subject}`: {source}")]
-    Subscribe {
-        /// The subject.
-        subject: String,
-        /// The client's error.
-        #[source]
-        source: async_nats::SubscribeError,
-    },
-    /// The server did not confirm the subscription in time.
-    #[error(
-        "the server did not confirm the command subscription within 10 s; check the connection"
-    )]
-    NotConfirmed,
-}
+pub use crate::service::{ServiceError as CommandServiceError, ServiceHandle};
 
 /// Serves commands for aggregate `A` from NATS requests.
 #[derive(Debug)]
@@ -357,39 +331,6 @@ pub struct CommandService<A: Aggregate, S> {
     client: async_nats::Client,
     context: String,
     concurrency: usize,
-}
-
-/// A running command service; dropping it does not stop it, [`stop`](Self::stop) does.
-#[derive(Debug)]
-pub struct ServiceHandle {
-    task: JoinHandle<()>,
-    shutdown: tokio::sync::watch::Sender<bool>,
-    client: async_nats::Client,
-    subject: String,
-}
-
-impl ServiceHandle {
-    /// The subject served.
-    pub fn subject(&self) -> &str {
-        &self.subject
-    }
-
-    /// Stops serving, gracefully: leaves the queue group (confirmed by the server, so no new
-    /// request is routed here), answers the requests already received, then returns.
-    pub async fn stop(self) {
-        let _ = self.shutdown.send(true);
-        let _finished = self.task.await;
-        if confirm_with_server(&self.client).await.is_err() {
-            tracing::warn!(subject = %self.subject, "could not confirm leaving the queue group");
-        }
-    }
-}
-
-fn is_token(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 impl<A, S> CommandService<A, S>
@@ -424,91 +365,21 @@ where
     /// afterwards are served.
     pub async fn spawn(self) -> Result<ServiceHandle, CommandServiceError> {
         for name in [self.context.as_str(), A::TYPE] {
-            if !is_token(name) {
+            if !crate::service::is_token(name) {
                 return Err(CommandServiceError::InvalidName(name.to_owned()));
             }
         }
         let subject = command_subject(&self.context, A::TYPE);
         let queue = format!("cqrs-{}-{}", self.context, A::TYPE);
-        let mut requests = self
-            .client
-            .queue_subscribe(subject.clone(), queue)
-            .await
-            .map_err(|source| CommandServiceError::Subscribe {
-                subject: subject.clone(),
-                source,
-            })?;
-        confirm_with_server(&self.client).await?;
-        let concurrency = u32::try_from(self.concurrency).unwrap_or(u32::MAX);
-        let limit = Arc::new(Semaphore::new(self.concurrency));
         let repository = Arc::new(self.repository);
         let client = self.client;
-        let (shutdown, mut stopping) = tokio::sync::watch::channel(false);
-        let task = {
-            let client = client.clone();
-            tokio::spawn(async move {
-                let mut draining = false;
-                loop {
-                    let request = tokio::select! {
-                        request = requests.next() => request,
-                        _ = stopping.changed(), if !draining => {
-                            draining = true;
-                            // Unsubscribe, but still read what the server already sent us.
-                            if let Err(error) = requests.drain().await {
-                                tracing::warn!(%error, "could not leave the command queue group");
-                                break;
-                            }
-                            continue;
-                        }
-                    };
-                    let Some(request) = request else { break };
-                    let Ok(permit) = Arc::clone(&limit).acquire_owned().await else {
-                        break;
-                    };
-                    let repository = Arc::clone(&repository);
-                    let client = client.clone();
-                    tokio::spawn(async move {
-                        serve_one(&repository, &client, request).await;
-                        drop(permit);
-                    });
-                }
-                // Wait for the requests in flight.
-                let _all = limit.acquire_many(concurrency).await;
-            })
-        };
-        Ok(ServiceHandle {
-            task,
-            shutdown,
-            client,
-            subject,
+        let replies = client.clone();
+        crate::service::serve(client, subject, queue, self.concurrency, move |request| {
+            let repository = Arc::clone(&repository);
+            let client = replies.clone();
+            async move { serve_one(&repository, &client, request).await }
         })
-    }
-}
-
-/// Returns once the server has processed everything this connection sent before: a message
-/// to our own fresh inbox comes back only after the server handled the earlier subscriptions
-/// (it processes a connection's protocol in order). `flush` alone only empties the socket buffer.
-async fn confirm_with_server(client: &async_nats::Client) -> Result<(), CommandServiceError> {
-    let inbox = client.new_inbox();
-    let mut echo =
-        client
-            .subscribe(inbox.clone())
-            .await
-            .map_err(|source| CommandServiceError::Subscribe {
-                subject: inbox.clone(),
-                source,
-            })?;
-    let confirmed = async {
-        client
-            .publish(inbox.clone(), Vec::new().into())
-            .await
-            .ok()?;
-        client.flush().await.ok()?;
-        echo.next().await
-    };
-    match tokio::time::timeout(Duration::from_secs(10), confirmed).await {
-        Ok(Some(_)) => Ok(()),
-        _ => Err(CommandServiceError::NotConfirmed),
+        .await
     }
 }
 

@@ -106,6 +106,10 @@ impl NatsStoreError {
             reason.push_str(
                 "; creating needs a user that may create streams: provision the context once as such a user, after which this one needs only `$JS.API.STREAM.INFO.<stream>`",
             );
+        } else if violation.subject.contains(".STREAM.INFO.") {
+            reason.push_str(
+                "; a tenant user, whose permissions cover only its own subjects, connects with StoreConfig::tenant_scoped_reads(true), which asks for no stream-wide information",
+            );
         }
         Self::PermissionDenied { what, reason }
     }

@@ -19,6 +19,11 @@
 //! - `cli` (feature `cli`, on by default): the operator command-line interface behind the
 //!   `cqrs` binary, as a library, so that a domain crate builds its own operator binary that
 //!   knows its event types and state machines.
+//! - [`reads`]: the tenant read service, through which tenant-scoped stores read their own
+//!   tenant's events without any grant on consumers or stream-wide read APIs.
+//! - [`tenancy`]: the NATS accounts, imports and permissions that confine a tenant to its own
+//!   data.
+//! - [`service`]: how the command and tenant read services run (queue groups, graceful stop).
 //! - [`permissions`]: permission violations reported as typed errors at once, not as timeouts.
 #![forbid(unsafe_code)]
 
@@ -32,14 +37,18 @@ pub mod headers;
 pub mod permissions;
 pub mod projection;
 pub mod read_model;
+pub mod reads;
 mod replies;
+pub mod service;
 pub mod store;
 pub mod subject;
+pub mod tenancy;
 
 pub use async_nats;
 pub use error::NatsStoreError;
 pub use permissions::PermissionWatch;
 pub use projection::{JetStreamProjectionHandle, JetStreamProjectionRunner, ProjectionConfig};
 pub use read_model::KvReadModelStore;
+pub use reads::TenantReadService;
 pub use store::{JetStreamEventStore, MAX_BATCH, MIN_SERVER_VERSION, StoreConfig};
 pub use subject::{SubjectError, Subjects};

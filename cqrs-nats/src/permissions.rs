@@ -76,7 +76,7 @@ impl Violation {
     }
 
     /// The store error for `operation` on `stream`: what was refused, and what to check.
-    pub(crate) fn store_error(&self, operation: &'static str, stream: StreamId) -> StoreError {
+    pub fn store_error(&self, operation: &'static str, stream: StreamId) -> StoreError {
         StoreError::PermissionDenied {
             operation,
             stream,
@@ -182,9 +182,11 @@ impl PermissionWatch {
         })
     }
 
-    /// Runs `request`, whose messages go to `subjects`, unless the server refuses one of them
-    /// (or the connection's reply subscription `inbox_prefix.…`) first.
-    pub(crate) async fn guard<T>(
+    /// Runs `request`, whose messages go to (or subscriptions are made on) `subjects`, unless the
+    /// server refuses one of them, or the connection's reply subscription `inbox_prefix.…`,
+    /// first: then the violation is the answer, as soon as the server reports it. For requests
+    /// of your own on a connection whose events feed this watch.
+    pub async fn guard<T>(
         &self,
         inbox_prefix: &str,
         subjects: &[&str],
@@ -219,7 +221,10 @@ fn concerns(violation: &Violation, inbox_prefix: &str, subjects: &[&str]) -> boo
     match violation.denied {
         Denied::Publish => subjects.contains(&violation.subject.as_str()),
         // No reply can reach a refused inbox subscription.
-        Denied::Subscribe => in_inbox(&violation.subject, inbox_prefix),
+        Denied::Subscribe => {
+            in_inbox(&violation.subject, inbox_prefix)
+                || subjects.contains(&violation.subject.as_str())
+        }
     }
 }
 
@@ -276,6 +281,11 @@ pub(crate) mod api {
         format!("$JS.API.STREAM.CREATE.{stream}")
     }
 
+    /// Stream update.
+    pub(crate) fn stream_update(stream: &str) -> String {
+        format!("$JS.API.STREAM.UPDATE.{stream}")
+    }
+
     /// Leader reads by sequence or last-by-subject (JSON body: not scoped to a subject).
     pub(crate) fn msg_get(stream: &str) -> String {
         format!("$JS.API.STREAM.MSG.GET.{stream}")
@@ -294,11 +304,6 @@ pub(crate) mod api {
     /// Create of consumer `name` filtered to `filter` (the filter is part of the API subject).
     pub(crate) fn consumer_create(stream: &str, name: &str, filter: &str) -> String {
         format!("$JS.API.CONSUMER.CREATE.{stream}.{name}.{filter}")
-    }
-
-    /// Pull request of consumer `name`.
-    pub(crate) fn consumer_next(stream: &str, name: &str) -> String {
-        format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}")
     }
 }
 

@@ -28,7 +28,8 @@
 //!   stream's last sequence as of the call.
 //! - **Snapshots** live in the KV bucket `SNAPSHOTS_<CONTEXT>` under the key
 //!   `<tenant token>.<AggregateType>.<id token>`, as the JSON of [`Snapshot`]; an older snapshot of
-//!   the same state version never replaces a newer one (compare-and-set on the KV revision).
+//!   the same state version never replaces a newer one (compare-and-set on the KV revision). The
+//!   bucket's stream refuses roll-ups and purges, so no key's message can purge the others.
 //!
 //! Limits: the server deduplicates `Nats-Msg-Id` only within the stream's duplicate window
 //! (2 minutes by default). Appends with an expected version find their original commit at any
@@ -39,17 +40,17 @@
 //! **Permissions.** A request the server's permissions refuse is
 //! [`StoreError::PermissionDenied`] at once, naming the subject (see [`crate::permissions`]);
 //! on a store made with [`JetStreamEventStore::from_client`] it is a timeout instead. Loads and
-//! head reads name the aggregate's subject in a JSON body by default, which per-tenant
-//! permissions cannot scope; [`StoreConfig::tenant_scoped_reads`] reads through subject-scoped
-//! API subjects instead.
+//! head reads name the aggregate's subject in a JSON body by default, which per-tenant access
+//! cannot scope; [`StoreConfig::tenant_scoped_reads`] reads through requests whose subjects name
+//! the tenant instead (see [`crate::tenancy`] for the accounts and grants).
 
 use crate::error::NatsStoreError;
 use crate::headers::{self, Control, HeaderBuilder};
 use crate::permissions::{Guard, PermissionWatch, api};
 use crate::replies::Replies;
 use crate::subject::{SubjectError, Subjects};
-use async_nats::jetstream::{self, kv, stream};
-use async_nats::{Client, ConnectOptions, StatusCode, ToServerAddrs};
+use async_nats::jetstream::{self, stream};
+use async_nats::{Client, ConnectOptions, ToServerAddrs};
 use cqrs_core::{
     Committed, EventFilter, EventStore, EventStream, ExpectedVersion, IdempotencyKey, NewEvent,
     RecordedEvent, Snapshot, StoreError, StreamId, StreamPosition,
@@ -202,11 +203,12 @@ pub struct JetStreamEventStore {
 struct Inner {
     client: Client,
     js: jetstream::Context,
-    stream: stream::Stream,
+    /// Addressed by name only: a tenant-scoped store may not ask for the stream's info.
+    stream: stream::Stream<()>,
     stream_name: String,
     subjects: Subjects,
     /// `None` when the bucket is missing and the store may not create it.
-    snapshots: Option<kv::Store>,
+    snapshots: Option<SnapshotBucket>,
     config: StoreConfig,
     known: Mutex<KnownHeads>,
     replies: tokio::sync::OnceCell<Replies>,
@@ -214,6 +216,11 @@ struct Inner {
 }
 
 mod scoped;
+mod snapshots;
+
+pub(crate) use scoped::RawPage;
+
+use snapshots::{SnapshotBucket, Write};
 
 /// Recently seen heads of aggregates: "version `v` of subject `s` is at stream sequence `q`".
 /// These are immutable facts, so a cached entry is never wrong, at most old: an append with
@@ -467,8 +474,24 @@ impl JetStreamEventStore {
         }
         let mut js = jetstream::new(client.clone());
         js.set_timeout(config.request_timeout);
-        let stream = Self::provision_stream(&js, &config, &guard).await?;
-        let snapshots = Self::provision_bucket(&js, &config, &guard).await?;
+        let bucket = config.bucket_name();
+        // A tenant-scoped store touches nothing stream-wide: it neither verifies nor creates.
+        let has_bucket = if config.scoped_reads {
+            true
+        } else {
+            Self::provision_stream(&js, &config, &guard).await?;
+            Self::provision_bucket(&js, &config, &guard).await?
+        };
+        let no_info = |e| provision_error(format!("stream {}", config.stream_name()), e);
+        let stream = js
+            .get_stream_no_info(config.stream_name())
+            .await
+            .map_err(no_info)?;
+        let snapshots = if has_bucket {
+            Some(SnapshotBucket::new(&js, &bucket).await.map_err(no_info)?)
+        } else {
+            None
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
@@ -489,13 +512,13 @@ impl JetStreamEventStore {
         js: &jetstream::Context,
         config: &StoreConfig,
         guard: &Guard,
-    ) -> Result<stream::Stream, NatsStoreError> {
+    ) -> Result<(), NatsStoreError> {
         let want = config.stream_config();
         let name = want.name.clone();
         let verify = |stream: stream::Stream| {
             let diffs = config_differences(&want, &stream.cached_info().config);
             if diffs.is_empty() {
-                Ok(stream)
+                Ok(())
             } else {
                 Err(NatsStoreError::StreamConflict {
                     stream: name.clone(),
@@ -530,43 +553,72 @@ impl JetStreamEventStore {
     }
 
     /// The snapshot bucket: created if missing, unless `create_missing` is false, in which case a
-    /// missing bucket is `None` (no snapshots).
+    /// missing bucket means no snapshots (`false`). Its stream is hardened (no roll-ups, no
+    /// purges, see [`snapshots::harden`]), an existing one too unless `create_missing` is false.
     async fn provision_bucket(
         js: &jetstream::Context,
         config: &StoreConfig,
         guard: &Guard,
-    ) -> Result<Option<kv::Store>, NatsStoreError> {
+    ) -> Result<bool, NatsStoreError> {
         let bucket = config.bucket_name();
         let what = || format!("snapshot bucket {bucket}");
         let info = api::stream_info(&format!("KV_{bucket}"));
-        if !config.create_missing {
-            return guard
+        let store = if config.create_missing {
+            let create = api::stream_create(&format!("KV_{bucket}"));
+            let opened = crate::bucket::open_or_create(
+                js,
+                snapshots::bucket_config(&bucket, &config.context, config.replicas),
+            );
+            guard
+                .run(&[&info, &create, "$JS.API.INFO"], opened)
+                .await
+                .map_err(|v| NatsStoreError::denied(what(), &v))?
+                .map_err(|create_error| provision_error(what(), create_error))?
+        } else {
+            let opened = guard
                 .run(
                     &[&info, "$JS.API.INFO"],
                     crate::bucket::open_existing(js, &bucket),
                 )
                 .await
                 .map_err(|v| NatsStoreError::denied(what(), &v))?
-                .map_err(|error| provision_error(what(), error));
+                .map_err(|error| provision_error(what(), error))?;
+            match opened {
+                Some(store) => store,
+                None => return Ok(false),
+            }
+        };
+        if let Some(hardened) = snapshots::harden(&store.stream.cached_info().config) {
+            if config.create_missing {
+                let update = api::stream_update(&format!("KV_{bucket}"));
+                guard
+                    .run(&[&update], js.update_stream(&hardened))
+                    .await
+                    .map_err(|v| NatsStoreError::denied(what(), &v))?
+                    .map_err(|error| provision_error(what(), error))?;
+                tracing::info!(bucket = %bucket, "snapshot bucket hardened: roll-ups refused, purges denied");
+            } else {
+                tracing::warn!(bucket = %bucket, "snapshot bucket allows roll-ups, so any user who may write one key can purge all; open the context once with create_missing(true) to harden it");
+            }
         }
-        let create = api::stream_create(&format!("KV_{bucket}"));
-        let opened = crate::bucket::open_or_create(
-            js,
-            kv::Config {
-                bucket: bucket.clone(),
-                description: format!("Aggregate snapshots of context {}", config.context),
-                history: 1,
-                storage: stream::StorageType::File,
-                num_replicas: config.replicas,
-                ..Default::default()
-            },
-        );
-        guard
-            .run(&[&info, &create, "$JS.API.INFO"], opened)
-            .await
-            .map_err(|v| NatsStoreError::denied(what(), &v))?
-            .map(Some)
-            .map_err(|create_error| provision_error(what(), create_error))
+        Ok(true)
+    }
+
+    /// One page of `subject`'s messages as the stream answered a batched direct get, for the
+    /// tenant read service to relay.
+    pub(crate) async fn raw_page(
+        &self,
+        subject: &str,
+        from_seq: u64,
+        batch: usize,
+    ) -> Result<RawPage, StoreError> {
+        self.inner.raw_page(subject, from_seq, batch).await
+    }
+
+    /// Whether the store was opened with
+    /// [`StoreConfig::tenant_scoped_reads`]`(true)`.
+    pub fn is_tenant_scoped(&self) -> bool {
+        self.inner.config.scoped_reads
     }
 
     /// The underlying NATS connection.
@@ -745,75 +797,6 @@ impl Inner {
         let event = headers::decode(&self.subjects, &message)?;
         self.remember(subject, &event);
         Ok(Some(event))
-    }
-
-    /// One batched direct get: up to `batch` messages of `subject` from `from_seq` on, and how
-    /// many more match after them.
-    async fn direct_batch(
-        &self,
-        subject: &str,
-        from_seq: u64,
-        batch: usize,
-    ) -> Result<(Vec<jetstream::message::StreamMessage>, u64), StoreError> {
-        const OP: &str = "load";
-        let mux = self
-            .replies
-            .get_or_try_init(|| Replies::start(&self.client))
-            .await
-            .map_err(|e| unavailable(OP, e))?;
-        let mut pending = mux.register();
-        let request = serde_json::json!({
-            "seq": from_seq.max(1),
-            "next_by_subj": subject,
-            "batch": batch,
-        });
-        let payload = serde_json::to_vec(&request).map_err(|e| backend(OP, e))?;
-        self.client
-            .publish_with_reply(
-                format!("$JS.API.DIRECT.GET.{}", self.stream_name),
-                pending.reply_to.clone(),
-                payload.into(),
-            )
-            .await
-            .map_err(|e| unavailable(OP, e))?;
-        let mut messages = Vec::new();
-        loop {
-            let reply = tokio::time::timeout(self.config.request_timeout, pending.replies.recv())
-                .await
-                .map_err(|_| unavailable(OP, "no answer to a direct get in time"))?
-                .ok_or_else(|| unavailable(OP, "connection closed during a direct get"))?;
-            match reply.status {
-                None | Some(StatusCode::OK) => {
-                    let message = jetstream::message::StreamMessage::try_from(reply)
-                        .map_err(|e| backend(OP, e))?;
-                    messages.push(message);
-                }
-                Some(StatusCode::NOT_FOUND) => return Ok((messages, 0)),
-                Some(status) if status.as_u16() == 204 => {
-                    let pending = reply
-                        .headers
-                        .as_ref()
-                        .and_then(|h| h.get_last("Nats-Num-Pending"))
-                        .and_then(|v| v.as_str().parse::<u64>().ok())
-                        .ok_or_else(|| {
-                            backend(OP, "direct get end-of-batch without Nats-Num-Pending")
-                        })?;
-                    return Ok((messages, pending));
-                }
-                Some(StatusCode::NO_RESPONDERS) => {
-                    return Err(unavailable(OP, "no responders for direct get"));
-                }
-                Some(status) => {
-                    return Err(unavailable(
-                        OP,
-                        format!(
-                            "direct get answered {status}: {}",
-                            reply.description.unwrap_or_default()
-                        ),
-                    ));
-                }
-            }
-        }
     }
 
     /// The events of `subject` from stream sequence `from_seq` on, lazily, page by page;
@@ -1102,28 +1085,23 @@ impl JetStreamEventStore {
         sequence: u64,
         ids: &[Uuid],
     ) -> Result<Committed, StoreError> {
-        let scoped = self.inner.config.scoped_reads;
-        if scoped && let Some(committed) = self.original(subject, ids).await? {
-            return Ok(committed);
+        if self.inner.config.scoped_reads {
+            // A tenant may not read by sequence (the message may be another tenant's): when the
+            // ids are not on this aggregate's subject, the key was used elsewhere.
+            return match self.original(subject, ids).await? {
+                Some(committed) => Ok(committed),
+                None => Err(StoreError::IdempotencyKeyReused {
+                    key: ids.first().map(Uuid::to_string).unwrap_or_default(),
+                    stream: stream.clone(),
+                    original: StreamId::new("?", format!("stream sequence {sequence}")),
+                }),
+            };
         }
         let api = api::msg_get(&self.inner.stream_name);
         let read = self.inner.stream.get_raw_message(sequence);
         let message = match self.inner.guard.run(&[&api], read).await {
-            Ok(read) => read.map_err(|e| unavailable("append", chain_text(&e))),
-            Err(violation) => Err(self.inner.denied("append", subject, &violation)),
-        };
-        let message = match message {
-            Ok(message) => message,
-            // The message is not on this aggregate's subject, and a tenant may not read by
-            // sequence (it may be another tenant's): the key was used elsewhere.
-            Err(_) if scoped => {
-                return Err(StoreError::IdempotencyKeyReused {
-                    key: ids.first().map(Uuid::to_string).unwrap_or_default(),
-                    stream: stream.clone(),
-                    original: StreamId::new("?", format!("stream sequence {sequence}")),
-                });
-            }
-            Err(e) => return Err(e),
+            Ok(read) => read.map_err(|e| unavailable("append", chain_text(&e)))?,
+            Err(violation) => return Err(self.inner.denied("append", subject, &violation)),
         };
         if message.subject.as_str() != subject {
             let original = match self.inner.subjects.parse(message.subject.as_str()) {
@@ -1394,6 +1372,9 @@ impl JetStreamEventStore {
     ) -> Result<EventStream, StoreError> {
         use jetstream::consumer::{DeliverPolicy, pull};
         const OP: &str = "read all";
+        if self.inner.config.scoped_reads {
+            return self.inner.read_all_scoped(filter, from_position).await;
+        }
         let all = StreamId::new("*", "*");
         let info = [api::stream_info(&self.inner.stream_name)];
         let stream = self
@@ -1578,22 +1559,20 @@ impl EventStore for JetStreamEventStore {
     }
 
     async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+        const OP: &str = "load snapshot";
         let key = self.snapshot_key(stream)?;
-        let Some(kv) = &self.inner.snapshots else {
+        let Some(bucket) = &self.inner.snapshots else {
             return Ok(None);
         };
-        let subjects = self.inner.snapshot_subjects(&key);
+        let subjects = bucket.guarded_subjects(&key);
         let entry = self
             .inner
-            .guarded("load snapshot", stream, &subjects, kv.entry(&key))
+            .guarded(OP, stream, &subjects, bucket.entry(&key))
             .await?
-            .map_err(|e| unavailable("load snapshot", chain_text(&e)))?;
-        let Some(entry) = entry else {
+            .map_err(|e| unavailable(OP, chain_text(&e)))?;
+        let Some(entry) = entry.filter(|e| !e.deleted) else {
             return Ok(None);
         };
-        if entry.operation != kv::Operation::Put {
-            return Ok(None);
-        }
         match serde_json::from_slice::<Snapshot>(&entry.value) {
             Ok(snapshot) => Ok(Some(snapshot)),
             Err(error) => {
@@ -1606,8 +1585,8 @@ impl EventStore for JetStreamEventStore {
     async fn save_snapshot(&self, stream: &StreamId, snapshot: Snapshot) -> Result<(), StoreError> {
         const OP: &str = "save snapshot";
         let key = self.snapshot_key(stream)?;
-        let value = serde_json::to_vec(&snapshot).map_err(|e| backend(OP, e))?;
-        let Some(kv) = &self.inner.snapshots else {
+        let value = bytes::Bytes::from(serde_json::to_vec(&snapshot).map_err(|e| backend(OP, e))?);
+        let Some(bucket) = &self.inner.snapshots else {
             return Err(StoreError::Backend {
                 operation: OP,
                 source: format!(
@@ -1617,40 +1596,32 @@ impl EventStore for JetStreamEventStore {
                 .into(),
             });
         };
-        let subjects = self.inner.snapshot_subjects(&key);
+        let subjects = bucket.guarded_subjects(&key);
         let inner = &self.inner;
         for _ in 0..8 {
             let entry = inner
-                .guarded(OP, stream, &subjects, kv.entry(&key))
+                .guarded(OP, stream, &subjects, bucket.entry(&key))
                 .await?
                 .map_err(|e| unavailable(OP, chain_text(&e)))?;
-            let written = match entry {
-                Some(entry) => {
-                    let newer = serde_json::from_slice::<Snapshot>(&entry.value).is_ok_and(|s| {
-                        entry.operation == kv::Operation::Put
-                            && s.state_version == snapshot.state_version
-                            && s.stream_position.version > snapshot.stream_position.version
-                    });
-                    if newer {
-                        return Ok(());
-                    }
-                    let update = kv.update(&key, value.clone().into(), entry.revision);
-                    inner
-                        .guarded(OP, stream, &subjects, update)
-                        .await?
-                        .map(|_| ())
-                        .map_err(|e| chain_text(&e))
-                }
-                None => inner
-                    .guarded(OP, stream, &subjects, kv.create(&key, value.clone().into()))
-                    .await?
-                    .map(|_| ())
-                    .map_err(|e| chain_text(&e)),
-            };
-            match written {
-                Ok(()) => return Ok(()),
+            let revision = entry.as_ref().map_or(0, |e| e.revision);
+            let newer = entry.filter(|e| !e.deleted).is_some_and(|e| {
+                serde_json::from_slice::<Snapshot>(&e.value).is_ok_and(|s| {
+                    s.state_version == snapshot.state_version
+                        && s.stream_position.version > snapshot.stream_position.version
+                })
+            });
+            if newer {
+                return Ok(());
+            }
+            let write = bucket.write(&key, value.clone(), revision);
+            match inner
+                .guarded(OP, stream, &subjects, write)
+                .await?
+                .map_err(|e| unavailable(OP, chain_text(&*e)))?
+            {
+                Write::Written => return Ok(()),
                 // Another writer got in first: look again.
-                Err(reason) => tracing::debug!(%stream, %reason, "snapshot write raced; retrying"),
+                Write::Raced => tracing::debug!(%stream, "snapshot write raced; retrying"),
             }
         }
         Err(unavailable(

@@ -96,6 +96,21 @@ pub enum SubjectError {
     /// A partition count outside `1..=MAX_PARTITIONS`.
     #[error("{0} partitions: use 1 to {MAX_PARTITIONS}")]
     InvalidPartitions(u32),
+    /// A stored subject whose partition token is not the one its tokens hash to with this
+    /// partition count: the stream was made with another count than the reader assumes.
+    #[error(
+        "`{subject}` is stored in partition {found}, but with {partitions} partitions it would be in {expected}: the stream was created with another partition count; configure the store with the stream's (StoreConfig::partitions)"
+    )]
+    PartitionMismatch {
+        /// The subject.
+        subject: String,
+        /// Its partition token.
+        found: String,
+        /// The partition this reader computes.
+        expected: u32,
+        /// This reader's partition count.
+        partitions: u32,
+    },
 }
 
 /// Checks a context or aggregate type name: 1 to 64 characters of `[A-Za-z0-9_-]`.
@@ -372,6 +387,17 @@ impl Subjects {
         self.filter_in(None, tenant, aggregate_type)
     }
 
+    /// `<context>.reads.<tenant token>`: where a tenant-scoped store asks the
+    /// [`TenantReadService`](crate::TenantReadService) for pages of tenant `tenant`'s events.
+    pub fn tenant_reads(&self, tenant: Option<&str>) -> String {
+        format!("{}.reads.{}", self.context, encode_tenant(tenant))
+    }
+
+    /// `<context>.reads.*`: what the tenant read service listens on.
+    pub fn tenant_reads_all(&self) -> String {
+        format!("{}.reads.*", self.context)
+    }
+
     /// `<context>.events.<partition>.>`: the stored events of one partition.
     pub fn partition_filter(&self, partition: u32) -> String {
         format!("{}.events.{partition}.>", self.context)
@@ -418,6 +444,14 @@ impl Subjects {
         let id_value = decode_token(id)?;
         let expected = self.partition_of_tokens(tenant, aggregate_type, id);
         if partition != expected.to_string() {
+            if partition.parse::<u32>().is_ok() {
+                return Err(SubjectError::PartitionMismatch {
+                    subject: subject.to_owned(),
+                    found: partition.to_owned(),
+                    expected,
+                    partitions: self.partitions,
+                });
+            }
             return Err(not_ours());
         }
         Ok((expected, tenant_value, aggregate_type.to_owned(), id_value))

@@ -1007,3 +1007,67 @@ async fn events_survive_a_server_crash_and_the_store_reconnects() {
         .expect("append after restart");
     assert_eq!(next.events[0].version, 3);
 }
+
+/// The snapshot bucket refuses roll-ups: with async-nats' KV defaults, one message carrying
+/// `Nats-Rollup: all` on any key purges every key, so a user allowed to write its own snapshots
+/// could wipe everyone's. A bucket made before is hardened by the next store that may provision,
+/// and left as it is by one that may not.
+#[tokio::test]
+async fn the_snapshot_bucket_refuses_roll_ups() {
+    let server = NatsServer::start().await.expect("server");
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    // A bucket as an older version made it: async-nats' defaults, roll-ups allowed.
+    js.create_key_value(jetstream::kv::Config {
+        bucket: "SNAPSHOTS_SALES".to_owned(),
+        history: 1,
+        ..Default::default()
+    })
+    .await
+    .expect("old bucket");
+    let bucket_config = || async {
+        js.get_stream("KV_SNAPSHOTS_SALES")
+            .await
+            .expect("bucket stream")
+            .cached_info()
+            .config
+            .clone()
+    };
+    assert!(bucket_config().await.allow_rollup);
+
+    let attach = StoreConfig::new("sales").create_missing(false);
+    JetStreamEventStore::from_client(
+        client.clone(),
+        StoreConfig::new("sales").create_missing(true),
+    )
+    .await
+    .expect("provision");
+    let hardened = bucket_config().await;
+    assert!(
+        !hardened.allow_rollup && hardened.deny_purge,
+        "{hardened:?}"
+    );
+    JetStreamEventStore::from_client(client.clone(), attach)
+        .await
+        .expect("attach");
+
+    // A snapshot of one aggregate, then a roll-up on another key: refused, the snapshot stays.
+    let store = JetStreamEventStore::from_client(client.clone(), StoreConfig::new("sales"))
+        .await
+        .expect("store");
+    let repo = Repository::<Counter, _>::new(store.clone()).with_snapshots_every(1);
+    repo.execute("c-1", CounterCommand::Add(3), CommandMetadata::root())
+        .await
+        .expect("execute");
+    let stream = Repository::<Counter, JetStreamEventStore>::stream_id("c-1", None);
+    assert!(store.load_snapshot(&stream).await.expect("load").is_some());
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Rollup", "all");
+    let answer = client
+        .request_with_headers("$KV.SNAPSHOTS_SALES._.Counter.other", headers, "{}".into())
+        .await
+        .expect("answer");
+    let text = String::from_utf8_lossy(&answer.payload).to_string();
+    assert!(text.contains("rollup"), "{text}");
+    assert!(store.load_snapshot(&stream).await.expect("load").is_some());
+}

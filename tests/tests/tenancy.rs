@@ -1,111 +1,27 @@
-//! Tenant isolation with NATS permissions: a server with an `admin` user, which provisions the
-//! context, and users `t1` and `t2`, whose permissions allow only their own tenant's subjects
-//! (see [`tenant_permissions`]). Through the framework each tenant appends, loads and snapshots
-//! its own aggregates; each gets a typed `StoreError::PermissionDenied` — at once, not after a
-//! timeout — for the other's appends, loads, head reads and snapshots; and the admin, reading the
-//! whole stream, finds nothing written across tenants.
+//! Tenant isolation with NATS accounts and permissions: the operator's account holds the
+//! context and runs the tenant read service; tenants `t1` and `t2` each have an account that
+//! imports exactly the access `cqrs_nats::tenancy::TenantAccess` lists (see
+//! `cqrs_tests::tenancy`). Through the framework each tenant appends, loads and snapshots its own
+//! aggregates; each gets a typed `StoreError::PermissionDenied` — at once, not after a timeout —
+//! for the other's appends, loads, head reads and snapshots; and the admin, reading the whole
+//! stream, finds nothing written across tenants. `tenant_attack.rs` tries everything else.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use cqrs_core::{
     CommandError, CommandMetadata, EventFilter, EventStore, ExpectedVersion, RecordedEvent,
     Repository, StoreError, StreamId,
 };
-use cqrs_nats::async_nats::ConnectOptions;
-use cqrs_nats::{JetStreamEventStore, NatsStoreError, StoreConfig};
-use cqrs_test_server::NatsServer;
+use cqrs_nats::{JetStreamEventStore, NatsStoreError};
 use cqrs_tests::event;
+use cqrs_tests::tenancy::{self, config, tenant_store, user_options};
 use examples::bank_account::{AccountCommand, BankAccount};
 use futures::TryStreamExt;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-const CONTEXT: &str = "bank";
-/// A denial must come from the server's violation report, not from this timeout.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const FAST: Duration = Duration::from_secs(1);
-const TENANTS: [&str; 2] = ["t1", "t2"];
 const ACCOUNTS_PER_TENANT: usize = 2;
 const DEPOSITS: usize = 3;
-
-/// The inbox prefix of a tenant's connections. Replies (JetStream acks, API responses, pulled
-/// messages) go to the client's inbox; a shared `_INBOX.>` would let every tenant subscribe to
-/// the others' replies.
-fn inbox(tenant: &str) -> String {
-    format!("_INBOX_{tenant}")
-}
-
-// ---------------------------------------------------------------------------------------------
-// THE PERMISSIONS — adapt here when the subject layout changes.
-//
-// What each store operation of a tenant needs (stream EVENTS_BANK, bucket SNAPSHOTS_BANK,
-// tenant token T, inbox prefix P), with `StoreConfig::tenant_scoped_reads(true)`:
-//   connect      pub $JS.API.STREAM.INFO.EVENTS_BANK, $JS.API.STREAM.INFO.KV_SNAPSHOTS_BANK
-//   every reply  sub P.>
-//   append       pub bank.events.T.>                                  (the events)
-//                pub $JS.API.DIRECT.GET.EVENTS_BANK.bank.events.T.>   (head, when not cached)
-//   load         pub $JS.API.CONSUMER.CREATE.EVENTS_BANK.*.bank.events.T.>
-//                pub $JS.API.CONSUMER.MSG.NEXT.EVENTS_BANK.*
-//                (appends use these too, to resolve conflicts, duplicates and lost acks)
-//   read_all     (filtered to tenant T) the load subjects above, with filter bank.events.T.>
-//   snapshots    pub $JS.API.DIRECT.GET.KV_SNAPSHOTS_BANK.$KV.SNAPSHOTS_BANK.T.>  (load)
-//                pub $KV.SNAPSHOTS_BANK.T.>                                       (save)
-// Never grant a tenant $JS.API.DIRECT.GET.EVENTS_BANK or $JS.API.STREAM.MSG.GET.EVENTS_BANK
-// (the aggregate is in the request body: any tenant's could be read) nor
-// $JS.API.CONSUMER.CREATE.EVENTS_BANK (a consumer with any filter).
-// ---------------------------------------------------------------------------------------------
-fn tenant_permissions(tenant: &str) -> String {
-    // Writers publish to `<context>.events.<tenant>.<type>.<id>`; the stream stores that under
-    // `<context>.events.<partition>.<tenant>.<type>.<id>`, which reads name.
-    let events = format!("{CONTEXT}.events.{tenant}.>");
-    let stored = format!("{CONTEXT}.events.*.{tenant}.>");
-    let publish = [
-        events.clone(),
-        "$JS.API.STREAM.INFO.EVENTS_BANK".to_owned(),
-        "$JS.API.STREAM.INFO.KV_SNAPSHOTS_BANK".to_owned(),
-        format!("$JS.API.DIRECT.GET.EVENTS_BANK.{stored}"),
-        format!("$JS.API.CONSUMER.CREATE.EVENTS_BANK.*.{stored}"),
-        "$JS.API.CONSUMER.MSG.NEXT.EVENTS_BANK.*".to_owned(),
-        format!("$JS.API.DIRECT.GET.KV_SNAPSHOTS_BANK.$KV.SNAPSHOTS_BANK.{tenant}.>"),
-        format!("$KV.SNAPSHOTS_BANK.{tenant}.>"),
-    ];
-    let quoted: Vec<String> = publish.iter().map(|s| format!("\"{s}\"")).collect();
-    format!(
-        "{{ publish: {{ allow: [{}] }}, subscribe: {{ allow: [\"{}.>\"] }} }}",
-        quoted.join(", "),
-        inbox(tenant)
-    )
-}
-
-fn server_config() -> String {
-    let tenants: Vec<String> = TENANTS
-        .iter()
-        .map(|t| {
-            format!(
-                "      {{ user: {t}, password: \"{t}-pass\", permissions: {} }}",
-                tenant_permissions(t)
-            )
-        })
-        .collect();
-    format!(
-        "accounts {{\n  APP {{\n    jetstream: enabled\n    users: [\n      {{ user: admin, password: \"admin-pass\" }}\n{}\n    ]\n  }}\n}}\n",
-        tenants.join("\n")
-    )
-}
-
-fn config() -> StoreConfig {
-    StoreConfig::new(CONTEXT).request_timeout(REQUEST_TIMEOUT)
-}
-
-async fn connect_tenant(url: &str, tenant: &str, scoped: bool) -> JetStreamEventStore {
-    let options = ConnectOptions::new()
-        .user_and_password(tenant.to_owned(), format!("{tenant}-pass"))
-        .custom_inbox_prefix(inbox(tenant));
-    // Small pages: a load of an account spans two.
-    let config = config().tenant_scoped_reads(scoped).load_batch(3);
-    JetStreamEventStore::connect_with_options(url, options, config)
-        .await
-        .unwrap()
-}
 
 fn account(tenant: &str, a: usize) -> StreamId {
     Repository::<BankAccount, JetStreamEventStore>::stream_id(&format!("acc-{a}"), Some(tenant))
@@ -257,13 +173,11 @@ async fn work(store: &JetStreamEventStore, tenant: &str) -> Vec<i64> {
     balances
 }
 
-/// Tenants cannot create the stream: told so at once, naming the refused subject.
-async fn refused_provisioning(url: &str) -> Duration {
+/// A tenant that connects without tenant-scoped reads asks for the stream's info, which lists
+/// every subject on request: refused at once, with what to do.
+async fn refused_unscoped_connect(url: &str) -> Duration {
     let since = Instant::now();
-    let options = ConnectOptions::new()
-        .user_and_password("t1".to_owned(), "t1-pass".to_owned())
-        .custom_inbox_prefix(inbox("t1"));
-    let refused = JetStreamEventStore::connect_with_options(url, options, config())
+    let refused = JetStreamEventStore::connect_with_options(url, user_options("t1"), config())
         .await
         .unwrap_err();
     let took = since.elapsed();
@@ -273,39 +187,22 @@ async fn refused_provisioning(url: &str) -> Duration {
         "{refused:?}"
     );
     assert!(
-        message.contains("$JS.API.STREAM.CREATE.EVENTS_BANK"),
+        message.contains("$JS.API.STREAM.INFO.EVENTS_BANK"),
         "{message}"
     );
-    assert!(took < FAST, "provisioning was refused after {took:?}");
+    assert!(message.contains("tenant_scoped_reads(true)"), "{message}");
+    assert!(
+        took < FAST,
+        "the unscoped connect was refused after {took:?}"
+    );
     took
-}
-
-/// Without scoped reads a tenant cannot even load its own aggregates, and is told why.
-async fn unscoped_load(url: &str, denials: &mut Denials) {
-    let unscoped = connect_tenant(url, "t1", false).await;
-    let since = Instant::now();
-    let result = match unscoped.load(&account("t1", 0), 1).await {
-        Ok(events) => events.try_collect::<Vec<_>>().await,
-        Err(e) => Err(e),
-    };
-    let hint = match &result {
-        Err(StoreError::PermissionDenied { reason, .. }) => reason.clone(),
-        other => panic!("unscoped load: {other:?}"),
-    };
-    assert!(hint.contains("tenant_scoped_reads(true)"), "{hint}");
-    denials.check("unscoped load", since.elapsed(), result);
 }
 
 /// A store made with `from_client` cannot see the connection's events: a denied append is not
 /// typed as such and waits for its timeout, but it is refused all the same. Returns the error's
 /// kind and how long it took.
 async fn blind_denial(url: &str) -> (String, Duration) {
-    let client = ConnectOptions::new()
-        .user_and_password("t1".to_owned(), "t1-pass".to_owned())
-        .custom_inbox_prefix(inbox("t1"))
-        .connect(url)
-        .await
-        .unwrap();
+    let client = user_options("t1").connect(url).await.unwrap();
     let config = config()
         .tenant_scoped_reads(true)
         .request_timeout(Duration::from_millis(300));
@@ -340,31 +237,22 @@ async fn blind_denial(url: &str) -> (String, Duration) {
 #[tokio::test]
 async fn tenants_are_isolated_by_nats_permissions() {
     let started = Instant::now();
-    let server = NatsServer::builder()
-        .config(server_config())
-        .start()
-        .await
-        .unwrap();
-    let url = server.url();
+    // The operator provisions the context and runs the tenant read service.
+    let fixture = tenancy::start().await.unwrap();
+    let url = fixture.server.url();
+    let admin = &fixture.admin;
 
-    let provision_ms = refused_provisioning(&url).await;
+    let unscoped_ms = refused_unscoped_connect(&url).await;
 
-    // The admin provisions the stream and the snapshot bucket; then tenants only verify them.
-    let admin_options =
-        ConnectOptions::new().user_and_password("admin".to_owned(), "admin-pass".to_owned());
-    let admin = JetStreamEventStore::connect_with_options(&url, admin_options, config())
-        .await
-        .unwrap();
-
-    let t1 = connect_tenant(&url, "t1", true).await;
-    let t2 = connect_tenant(&url, "t2", true).await;
+    let t1 = tenant_store(&url, "t1").await.unwrap();
+    let t2 = tenant_store(&url, "t2").await.unwrap();
     let expected_balance = i64::try_from((1..=DEPOSITS).sum::<usize>()).unwrap();
     for (store, tenant) in [(&t1, "t1"), (&t2, "t2")] {
         let balances = work(store, tenant).await;
         assert_eq!(balances, vec![expected_balance; ACCOUNTS_PER_TENANT]);
     }
 
-    // `read_all` filtered to its own tenant works too (a named, filtered consumer).
+    // `read_all` filtered to its own tenant works too (pages through the read service).
     let own: Vec<RecordedEvent> = t1
         .read_all(&EventFilter::all().tenant("t1"), 0)
         .await
@@ -378,18 +266,10 @@ async fn tenants_are_isolated_by_nats_permissions() {
     trespass(&t1, "t1", "t2", &mut denials).await;
     trespass(&t2, "t2", "t1", &mut denials).await;
 
-    unscoped_load(&url, &mut denials).await;
-
     let (blind_kind, blind_ms) = blind_denial(&url).await;
 
     // The admin reads everything: each tenant's events are its own, nothing crossed over.
-    let all: Vec<RecordedEvent> = admin
-        .read_all(&EventFilter::all(), 0)
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let all = cqrs_tests::all_events(admin).await;
     let mut per_tenant: BTreeMap<String, usize> = BTreeMap::new();
     let mut crossed = 0;
     for e in &all {
@@ -401,10 +281,10 @@ async fn tenants_are_isolated_by_nats_permissions() {
     }
     let each = ACCOUNTS_PER_TENANT * (1 + DEPOSITS);
     println!(
-        "tenancy: events_per_tenant={per_tenant:?} cross_tenant_events={crossed} denials={:?} slowest_denial_ms={} provisioning_refused_ms={} from_client_denial={blind_kind} from_client_denial_ms={} total_ms={}\n  example: {}",
+        "tenancy: events_per_tenant={per_tenant:?} cross_tenant_events={crossed} denials={:?} slowest_denial_ms={} unscoped_connect_refused_ms={} from_client_denial={blind_kind} from_client_denial_ms={} total_ms={}\n  example: {}",
         denials.operations,
         denials.slowest.as_millis(),
-        provision_ms.as_millis(),
+        unscoped_ms.as_millis(),
         blind_ms.as_millis(),
         started.elapsed().as_millis(),
         denials.example,
@@ -414,5 +294,5 @@ async fn tenants_are_isolated_by_nats_permissions() {
         per_tenant,
         BTreeMap::from([("t1".to_owned(), each), ("t2".to_owned(), each)])
     );
-    assert_eq!(denials.operations.values().sum::<usize>(), 15);
+    assert_eq!(denials.operations.values().sum::<usize>(), 14);
 }

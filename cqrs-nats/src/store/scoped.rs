@@ -1,49 +1,64 @@
-//! The store's reads, routed through the permission guard, and the subject-scoped read path for
+//! The store's reads, routed through the permission guard, and the tenant-scoped read path for
 //! per-tenant permissions ([`StoreConfig::tenant_scoped_reads`]).
 //!
 //! The default reads name the aggregate's subject in a JSON body, on API subjects that carry no
 //! tenant (`$JS.API.DIRECT.GET.<stream>` for loads, `$JS.API.STREAM.MSG.GET.<stream>` for the
 //! head of an aggregate), so a NATS permission cannot limit them to one tenant: whoever may
-//! publish there may read every tenant. The scoped path puts the subject into the API subject,
-//! where permissions see it:
+//! publish there may read every tenant. A tenant-scoped store uses only requests whose subject
+//! names the tenant, where permissions see it:
 //!
-//! - the head of an aggregate: `$JS.API.DIRECT.GET.<stream>.<subject>` (last message by
-//!   subject; the server accepts no sequence, batch or other subject on it —
-//!   `processDirectGetLastBySubjectRequest` in nats-server's `stream.go`);
-//! - a page of its events: an ephemeral pull consumer created on
-//!   `$JS.API.CONSUMER.CREATE.<stream>.<name>.<subject>` (the server refuses a body whose filter
-//!   differs from the subject's, error 10131), read with one pull on
-//!   `$JS.API.CONSUMER.MSG.NEXT.<stream>.<name>`. The consumer (memory storage, one replica, no
-//!   acks) is not deleted — deleting needs `$JS.API.CONSUMER.DELETE.<stream>.*`, which would let a
-//!   tenant delete any consumer — but removed by the server after [`LOAD_CONSUMER_IDLE`].
+//! - the head of an aggregate: `$JS.API.DIRECT.GET.<stream>.<context>.events.*.<tenant>.<type>.<id>`
+//!   (last message by subject; the partition token is left to the server, so a store configured
+//!   with another partition count than the stream's reads the real head and says so instead of
+//!   finding nothing);
+//! - a page of events, of one aggregate or (for `read_all`) of the whole tenant: a request to
+//!   the operator's [`TenantReadService`](crate::TenantReadService) on
+//!   `<context>.reads.<tenant>`, which checks it and has the stream answer the tenant's inbox
+//!   with one batched direct get (see [`crate::reads`]);
+//! - snapshots: the direct get and the compare-and-set publish of the key's own subject (see
+//!   [`super::snapshots`]).
 //!
-//! Costs: a page is a consumer create plus a pull (a few milliseconds) instead of one direct get
-//! (a tenth of one), and the head read is a direct get, which a lagging follower may serve: a
-//! stale head makes an append fail with a retryable [`StoreError::Conflict`], never lose an
-//! update.
+//! Nothing else: no stream info (which lists every subject on request), no consumer API (a grant
+//! on consumers spans every consumer of the stream, the projections' included). Costs: a page
+//! is one more hop than the operator's direct get, and the head read is a direct get, which a
+//! lagging follower may serve: a stale head makes an append fail with a retryable
+//! [`StoreError::Conflict`], never lose an update.
 
 use super::{Inner, StoreConfig, backend, chain_text, unavailable};
+use crate::headers;
 use crate::permissions::{Violation, api};
-use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use crate::reads::{READ_ERROR_HEADER, READ_PENDING_HEADER, READ_RETRYABLE_HEADER, ReadRequest};
 use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::stream::DirectGetErrorKind;
-use cqrs_core::{StoreError, StreamId};
-use futures::StreamExt;
-use std::time::Duration;
-use uuid::Uuid;
-
-/// How long the server keeps an idle load consumer of the scoped path.
-pub(super) const LOAD_CONSUMER_IDLE: Duration = Duration::from_secs(5);
+use async_nats::{Message, StatusCode};
+use cqrs_core::{EventFilter, EventStream, StoreError, StreamId};
+use futures::stream::{self as fstream, StreamExt, TryStreamExt};
+use std::sync::Arc;
 
 impl StoreConfig {
-    /// Reads through subject-scoped JetStream API subjects only, so that NATS permissions can
-    /// confine a user to its tenants' subjects (off by default; see the README's "Tenant
-    /// isolation" for the permissions). Loads then cost a consumer create per page of events
-    /// instead of one direct get.
+    /// Confines the store to requests whose subjects name the tenant, so that NATS permissions
+    /// can limit a user to its own tenant (off by default; see the README's "Tenant isolation"
+    /// for the grants): the store neither verifies nor creates the context at connect (an
+    /// operator provisions it), reads heads and snapshots by direct get on their own subjects,
+    /// and reads pages of events through the operator's
+    /// [`TenantReadService`](crate::TenantReadService), which must be running.
     pub fn tenant_scoped_reads(mut self, scoped: bool) -> Self {
         self.scoped_reads = scoped;
         self
     }
+
+    /// Whether [`tenant_scoped_reads`](Self::tenant_scoped_reads) is on.
+    pub fn is_tenant_scoped(&self) -> bool {
+        self.scoped_reads
+    }
+}
+
+/// One page of a batched direct get as it came: the messages (with the stream's
+/// `Nats-Sequence`, `Nats-Subject` and `Nats-Time-Stamp` headers), and how many more match after
+/// them.
+pub(crate) struct RawPage {
+    pub(crate) messages: Vec<Message>,
+    pub(crate) pending: u64,
 }
 
 impl Inner {
@@ -54,12 +69,6 @@ impl Inner {
         subject: &str,
         violation: &Violation,
     ) -> StoreError {
-        let stream = match self.subjects.parse(subject) {
-            Ok((tenant, aggregate_type, id)) => {
-                StreamId::new(aggregate_type, id).with_optional_tenant(tenant)
-            }
-            Err(_) => StreamId::new("?", subject.to_owned()),
-        };
         let mut reason = violation.to_string();
         let unscoped = [
             api::direct_get(&self.stream_name),
@@ -72,22 +81,27 @@ impl Inner {
         }
         StoreError::PermissionDenied {
             operation,
-            stream,
+            stream: stream_of(subject),
             reason,
         }
     }
+}
 
-    /// The subjects reading and writing the snapshot under `key` use.
-    pub(super) fn snapshot_subjects(&self, key: &str) -> [String; 3] {
-        let bucket = self.config.bucket_name();
-        let kv_subject = format!("$KV.{bucket}.{key}");
-        [
-            api::direct_get_last(&format!("KV_{bucket}"), &kv_subject),
-            api::msg_get(&format!("KV_{bucket}")),
-            kv_subject,
-        ]
+/// The aggregate `subject` names, as well as it can be told.
+fn stream_of(subject: &str) -> StreamId {
+    let tokens: Vec<&str> = subject.split('.').collect();
+    match tokens.as_slice() {
+        [_, "events", _, tenant, aggregate_type, id] => {
+            let tenant =
+                crate::subject::decode_tenant(tenant).unwrap_or(Some((*tenant).to_owned()));
+            let id = crate::subject::decode_token(id).unwrap_or_else(|_| (*id).to_owned());
+            StreamId::new(*aggregate_type, id).with_optional_tenant(tenant)
+        }
+        _ => StreamId::new("?", subject.to_owned()),
     }
+}
 
+impl Inner {
     /// Runs `request` on `subjects` for `operation` on `stream`: a permission violation on one
     /// of them is [`StoreError::PermissionDenied`] at once.
     pub(super) async fn guarded<T>(
@@ -113,8 +127,11 @@ impl Inner {
         use async_nats::jetstream::stream::LastRawMessageErrorKind as K;
         const OP: &str = "read last event";
         if self.config.scoped_reads {
-            let api = api::direct_get_last(&self.stream_name, subject);
-            let read = self.stream.direct_get_last_for_subject(subject);
+            let any_partition = any_partition(subject);
+            let api = api::direct_get_last(&self.stream_name, &any_partition);
+            let read = self
+                .stream
+                .direct_get_last_for_subject(any_partition.as_str());
             return match self.guard.run(&[&api], read).await {
                 Ok(Ok(message)) => Ok(Some(message)),
                 Ok(Err(e)) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
@@ -133,7 +150,8 @@ impl Inner {
     }
 
     /// Up to `batch` messages of `subject` from stream sequence `from_seq` on, and how many
-    /// more match after them.
+    /// more match after them: one batched direct get, asked of the stream or, on the scoped path,
+    /// of the tenant read service.
     pub(super) async fn page(
         &self,
         subject: &str,
@@ -141,13 +159,47 @@ impl Inner {
         batch: usize,
     ) -> Result<(Vec<StreamMessage>, u64), StoreError> {
         const OP: &str = "load";
-        if self.config.scoped_reads {
-            return self.consumer_page(subject, from_seq, batch).await;
-        }
-        let api = api::direct_get(&self.stream_name);
+        let page = self.raw_page(subject, from_seq, batch).await?;
+        let messages = page
+            .messages
+            .into_iter()
+            .map(|m| StreamMessage::try_from(m).map_err(|e| backend(OP, e)))
+            .collect::<Result<_, _>>()?;
+        Ok((messages, page.pending))
+    }
+
+    /// [`Self::page`], the messages as they came.
+    pub(crate) async fn raw_page(
+        &self,
+        subject: &str,
+        from_seq: u64,
+        batch: usize,
+    ) -> Result<RawPage, StoreError> {
+        const OP: &str = "load";
+        let (target, body) = if self.config.scoped_reads {
+            let tenant = subject.split('.').nth(3).unwrap_or_default();
+            let target = format!("{}.reads.{tenant}", self.subjects.context());
+            let request = ReadRequest {
+                subject: subject.to_owned(),
+                from_sequence: from_seq.max(1),
+                batch,
+            };
+            (target, serde_json::to_vec(&request))
+        } else {
+            let request = serde_json::json!({
+                "seq": from_seq.max(1),
+                "next_by_subj": subject,
+                "batch": batch,
+            });
+            (
+                api::direct_get(&self.stream_name),
+                serde_json::to_vec(&request),
+            )
+        };
+        let body = body.map_err(|e| backend(OP, e))?;
         match self
             .guard
-            .run(&[&api], self.direct_batch(subject, from_seq, batch))
+            .run(&[&target], self.batch(&target, subject, body))
             .await
         {
             Ok(page) => page,
@@ -155,79 +207,198 @@ impl Inner {
         }
     }
 
-    /// A page through an ephemeral consumer filtered to `subject`, created on the API subject
-    /// that names the filter.
-    async fn consumer_page(
+    /// Sends one batched direct get request `body` for `subject` to `target` and collects the
+    /// answer: the stream's (ended by its `204 EOB` status) or the tenant read service's relay
+    /// of it (ended by a message with the `Cqrs-Read-Pending` header).
+    async fn batch(
         &self,
+        target: &str,
         subject: &str,
-        from_seq: u64,
-        batch: usize,
-    ) -> Result<(Vec<StreamMessage>, u64), StoreError> {
+        body: Vec<u8>,
+    ) -> Result<RawPage, StoreError> {
         const OP: &str = "load";
-        let name = format!("cqrs-load-{}", Uuid::now_v7().simple());
-        let create = api::consumer_create(&self.stream_name, &name, subject);
-        let next = api::consumer_next(&self.stream_name, &name);
-        let config = pull::Config {
-            name: Some(name),
-            filter_subject: subject.to_owned(),
-            deliver_policy: DeliverPolicy::ByStartSequence {
-                start_sequence: from_seq.max(1),
-            },
-            ack_policy: AckPolicy::None,
-            inactive_threshold: LOAD_CONSUMER_IDLE,
-            memory_storage: true,
-            num_replicas: 1,
-            ..Default::default()
-        };
-        let read = async {
-            let consumer = self
-                .stream
-                .create_consumer(config)
+        let mux = self
+            .replies
+            .get_or_try_init(|| crate::replies::Replies::start(&self.client))
+            .await
+            .map_err(|e| unavailable(OP, e))?;
+        let mut pending = mux.register();
+        self.client
+            .publish_with_reply(target.to_owned(), pending.reply_to.clone(), body.into())
+            .await
+            .map_err(|e| unavailable(OP, e))?;
+        let mut messages = Vec::new();
+        loop {
+            let reply = tokio::time::timeout(self.config.request_timeout, pending.replies.recv())
                 .await
-                .map_err(|e| unavailable(OP, chain_text(&e)))?;
-            let available = consumer.cached_info().num_pending;
-            if available == 0 {
-                return Ok((Vec::new(), 0));
-            }
-            let want = usize::try_from(available).unwrap_or(usize::MAX).min(batch);
-            let mut messages = consumer
-                .batch()
-                .max_messages(want)
-                .expires(self.config.request_timeout)
-                .messages()
-                .await
-                .map_err(|e| unavailable(OP, chain_text(&e)))?;
-            let mut page = Vec::with_capacity(want);
-            let mut pending = available;
-            while page.len() < want {
-                let Some(message) = messages.next().await else {
-                    break;
-                };
-                let message = message.map_err(|e| unavailable(OP, chain_text(&*e)))?;
-                let info = message.info().map_err(|e| backend(OP, e.to_string()))?;
-                let (sequence, time) = (info.stream_sequence, info.published);
-                pending = info.pending;
-                page.push(StreamMessage {
-                    subject: message.message.subject.clone(),
-                    sequence,
-                    headers: message.message.headers.clone().unwrap_or_default(),
-                    payload: message.message.payload.clone(),
-                    time,
+                .map_err(|_| unavailable(OP, format!("no answer to a read on `{target}` in time")))?
+                .ok_or_else(|| unavailable(OP, "connection closed during a read"))?;
+            let header = |name: &str| {
+                reply
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(name))
+                    .map(|v| v.as_str().to_owned())
+            };
+            if let Some(refused) = header(READ_ERROR_HEADER) {
+                let reason = format!("the tenant read service answered: {refused}");
+                return Err(if header(READ_RETRYABLE_HEADER).is_some() {
+                    unavailable(OP, reason)
+                } else {
+                    StoreError::PermissionDenied {
+                        operation: OP,
+                        stream: stream_of(subject),
+                        reason,
+                    }
                 });
             }
-            if page.is_empty() {
-                return Err(unavailable(
-                    OP,
-                    format!(
-                        "{available} events pending on the load consumer, none delivered in time"
-                    ),
-                ));
+            if let Some(more) = header(READ_PENDING_HEADER) {
+                let pending = more.parse::<u64>().map_err(|_| {
+                    backend(
+                        OP,
+                        format!("`{READ_PENDING_HEADER}: {more}` is not a count"),
+                    )
+                })?;
+                return Ok(RawPage { messages, pending });
             }
-            Ok((page, pending))
-        };
-        match self.guard.run(&[&create, &next], read).await {
-            Ok(page) => page,
-            Err(violation) => Err(self.denied(OP, subject, &violation)),
+            match reply.status {
+                None | Some(StatusCode::OK) => messages.push(reply),
+                Some(StatusCode::NOT_FOUND) => {
+                    return Ok(RawPage {
+                        messages,
+                        pending: 0,
+                    });
+                }
+                Some(status) if status.as_u16() == 204 => {
+                    let pending = reply
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get_last("Nats-Num-Pending"))
+                        .and_then(|v| v.as_str().parse::<u64>().ok())
+                        .ok_or_else(|| {
+                            backend(OP, "direct get end-of-batch without Nats-Num-Pending")
+                        })?;
+                    return Ok(RawPage { messages, pending });
+                }
+                Some(StatusCode::NO_RESPONDERS) if self.config.scoped_reads => {
+                    return Err(unavailable(
+                        OP,
+                        format!(
+                            "nothing answers on `{target}`: run cqrs_nats::TenantReadService on an operator connection for context `{}`, and import `{target}` into the tenant's account",
+                            self.subjects.context()
+                        ),
+                    ));
+                }
+                Some(StatusCode::NO_RESPONDERS) => {
+                    return Err(unavailable(OP, "no responders for direct get"));
+                }
+                Some(status) => {
+                    return Err(unavailable(
+                        OP,
+                        format!(
+                            "direct get answered {status}: {}",
+                            reply.description.unwrap_or_default()
+                        ),
+                    ));
+                }
+            }
         }
     }
+
+    /// `read_all` of a tenant-scoped store: the tenant's events (of one aggregate type where the
+    /// filter names exactly one), page by page through the tenant read service; the rest of the
+    /// filter is applied here. The first page is read at the call, and the read ends after as
+    /// many messages as matched then (the first message's `Nats-Num-Pending` + 1): the head as
+    /// of the call, without asking for the stream's state.
+    pub(super) async fn read_all_scoped(
+        self: &Arc<Self>,
+        filter: &EventFilter,
+        from_position: u64,
+    ) -> Result<EventStream, StoreError> {
+        struct Cursor {
+            next_seq: u64,
+            remaining: u64,
+            page: Option<Vec<StreamMessage>>,
+        }
+        let invalid = |reason: String| StoreError::InvalidInput {
+            stream: StreamId::new("*", "*"),
+            reason,
+        };
+        let [tenant] = filter.tenants.iter().collect::<Vec<_>>()[..] else {
+            return Err(invalid(
+                "a tenant-scoped store reads one tenant's events at a time: filter with EventFilter::tenant(..)".to_owned(),
+            ));
+        };
+        let aggregate_type = match filter.aggregate_types.iter().collect::<Vec<_>>()[..] {
+            [one] => Some(one.as_str()),
+            _ => None,
+        };
+        let subject = self
+            .subjects
+            .filter(Some(Some(tenant.as_str())), aggregate_type)
+            .map_err(|e| invalid(e.to_string()))?;
+        let start = from_position.max(1);
+        let (first, pending) = self.page(&subject, start, self.config.load_batch).await?;
+        // How many messages matched at the call: what the server counted behind the first.
+        let matched = match first.first() {
+            Some(message) => message
+                .headers
+                .get_last("Nats-Num-Pending")
+                .and_then(|v| v.as_str().parse::<u64>().ok())
+                .map_or(first.len() as u64 + pending, |behind| behind + 1),
+            None => 0,
+        };
+        let inner = Arc::clone(self);
+        let filter = filter.clone();
+        let cursor = Cursor {
+            next_seq: start,
+            remaining: matched,
+            page: Some(first),
+        };
+        let pages = fstream::try_unfold(cursor, move |mut cursor| {
+            let inner = Arc::clone(&inner);
+            let subject = subject.clone();
+            let filter = filter.clone();
+            async move {
+                if cursor.remaining == 0 {
+                    return Ok::<_, StoreError>(None);
+                }
+                let messages = match cursor.page.take() {
+                    Some(first) => first,
+                    None => {
+                        inner
+                            .page(&subject, cursor.next_seq, inner.config.load_batch)
+                            .await?
+                            .0
+                    }
+                };
+                if messages.is_empty() {
+                    return Ok(None);
+                }
+                let mut events = Vec::with_capacity(messages.len());
+                for message in &messages {
+                    if cursor.remaining == 0 {
+                        break;
+                    }
+                    cursor.remaining -= 1;
+                    let event = headers::decode(&inner.subjects, message)?;
+                    cursor.next_seq = event.position + 1;
+                    if filter.matches(&event) {
+                        events.push(Ok::<_, StoreError>(event));
+                    }
+                }
+                Ok(Some((fstream::iter(events), cursor)))
+            }
+        });
+        Ok(pages.try_flatten().boxed())
+    }
+}
+
+/// `subject`, a stored aggregate subject, with its partition token replaced by `*`.
+fn any_partition(subject: &str) -> String {
+    let mut tokens: Vec<&str> = subject.split('.').collect();
+    if let Some(partition) = tokens.get_mut(2) {
+        *partition = "*";
+    }
+    tokens.join(".")
 }
