@@ -1085,23 +1085,29 @@ impl JetStreamEventStore {
         sequence: u64,
         ids: &[Uuid],
     ) -> Result<Committed, StoreError> {
-        if self.inner.config.scoped_reads {
-            // A tenant may not read by sequence (the message may be another tenant's): when the
-            // ids are not on this aggregate's subject, the key was used elsewhere.
-            return match self.original(subject, ids).await? {
-                Some(committed) => Ok(committed),
-                None => Err(StoreError::IdempotencyKeyReused {
-                    key: ids.first().map(Uuid::to_string).unwrap_or_default(),
-                    stream: stream.clone(),
-                    original: StreamId::new("?", format!("stream sequence {sequence}")),
-                }),
-            };
+        let scoped = self.inner.config.scoped_reads;
+        if scoped && let Some(committed) = self.original(subject, ids).await? {
+            return Ok(committed);
         }
         let api = api::msg_get(&self.inner.stream_name);
         let read = self.inner.stream.get_raw_message(sequence);
         let message = match self.inner.guard.run(&[&api], read).await {
-            Ok(read) => read.map_err(|e| unavailable("append", chain_text(&e)))?,
-            Err(violation) => return Err(self.inner.denied("append", subject, &violation)),
+            Ok(read) => read.map_err(|e| unavailable("append", chain_text(&e))),
+            Err(violation) => Err(self.inner.denied("append", subject, &violation)),
+        };
+        let message = match message {
+            Ok(message) => message,
+            // The message is not on this aggregate's subject, and a tenant may not read by
+            // sequence (it may be another tenant's): the key was used elsewhere. Where it may,
+            // the answer names the aggregate that has the key.
+            Err(_) if scoped => {
+                return Err(StoreError::IdempotencyKeyReused {
+                    key: ids.first().map(Uuid::to_string).unwrap_or_default(),
+                    stream: stream.clone(),
+                    original: StreamId::new("?", format!("stream sequence {sequence}")),
+                });
+            }
+            Err(e) => return Err(e),
         };
         if message.subject.as_str() != subject {
             let original = match self.inner.subjects.parse(message.subject.as_str()) {
