@@ -1325,50 +1325,17 @@ fn recorded(
     }
 }
 
-/// Most filter subjects one `read_all` consumer gets; wider filters read the whole context and
-/// filter on the client.
-const MAX_FILTER_SUBJECTS: usize = 64;
-
 impl JetStreamEventStore {
     /// The consumer filter subjects that narrow `filter` on the server (the client applies the
     /// whole filter anyway).
     fn filter_subjects(&self, filter: &EventFilter) -> Vec<String> {
         let subjects = &self.inner.subjects;
-        let all = vec![subjects.all_events()];
-        let mut types: Vec<Option<&str>> = filter
-            .aggregate_types
-            .iter()
-            .map(|t| Some(t.as_str()))
-            .collect();
-        let mut tenants: Vec<Option<Option<&str>>> = filter
-            .tenants
-            .iter()
-            .map(|t| Some(Some(t.as_str())))
-            .collect();
-        types.sort_unstable();
-        types.dedup();
-        tenants.sort_unstable();
-        tenants.dedup();
-        if types.is_empty() {
-            types.push(None);
+        let narrowed = crate::projection::filter_subjects(subjects, filter);
+        if narrowed.is_empty() {
+            vec![subjects.all_events()]
+        } else {
+            narrowed
         }
-        if tenants.is_empty() {
-            tenants.push(None);
-        }
-        if types.len() * tenants.len() > MAX_FILTER_SUBJECTS {
-            return all;
-        }
-        let mut out = Vec::with_capacity(types.len() * tenants.len());
-        for tenant in &tenants {
-            for aggregate_type in &types {
-                match subjects.filter(*tenant, *aggregate_type) {
-                    Ok(subject) => out.push(subject),
-                    // A name no subject can carry: let the client-side filter decide.
-                    Err(_) => return all,
-                }
-            }
-        }
-        out
     }
 
     async fn read_all_inner(

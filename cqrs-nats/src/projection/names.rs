@@ -1,0 +1,93 @@
+//! The names of a projection's consumers and workers' bucket, and the filter subjects that
+//! narrow a projection on the server.
+
+use crate::subject::Subjects;
+use cqrs_core::EventFilter;
+
+/// Most filter subjects one consumer gets; wider filters filter on the client.
+pub(super) const MAX_FILTER_SUBJECTS: usize = 64;
+
+/// The consumer filter subjects that narrow `filter` on the server (the runner applies the whole
+/// filter anyway). Empty: the whole context.
+pub fn filter_subjects(subjects: &Subjects, filter: &EventFilter) -> Vec<String> {
+    filter_subjects_in(subjects, filter, None)
+}
+
+/// [`filter_subjects`] within one partition (`Some`): never empty then, the partition's
+/// subjects at the widest.
+pub fn filter_subjects_in(
+    subjects: &Subjects,
+    filter: &EventFilter,
+    partition: Option<u32>,
+) -> Vec<String> {
+    let whole = || {
+        partition
+            .map(|k| subjects.partition_filter(k))
+            .into_iter()
+            .collect()
+    };
+    let mut types: Vec<Option<&str>> = filter
+        .aggregate_types
+        .iter()
+        .map(|t| Some(t.as_str()))
+        .collect();
+    let mut tenants: Vec<Option<Option<&str>>> = filter
+        .tenants
+        .iter()
+        .map(|t| Some(Some(t.as_str())))
+        .collect();
+    types.sort_unstable();
+    types.dedup();
+    tenants.sort_unstable();
+    tenants.dedup();
+    if types.is_empty() && tenants.is_empty() {
+        return whole();
+    }
+    if types.is_empty() {
+        types.push(None);
+    }
+    if tenants.is_empty() {
+        tenants.push(None);
+    }
+    if types.len() * tenants.len() > MAX_FILTER_SUBJECTS {
+        return whole();
+    }
+    let mut out = Vec::with_capacity(types.len() * tenants.len());
+    for tenant in &tenants {
+        for aggregate_type in &types {
+            match subjects.filter_in(partition, *tenant, *aggregate_type) {
+                Ok(subject) => out.push(subject),
+                // A name no subject can carry: let the client-side filter decide.
+                Err(_) => return whole(),
+            }
+        }
+    }
+    out
+}
+
+pub(super) fn split_filters(mut filters: Vec<String>) -> (String, Vec<String>) {
+    if filters.len() == 1 {
+        (filters.pop().unwrap_or_default(), Vec::new())
+    } else {
+        (String::new(), filters)
+    }
+}
+
+/// The durable consumer of `projection` on `partition`: `<projection>_p<partition>`.
+pub fn consumer_name(projection: &str, partition: u32) -> String {
+    format!("{projection}_p{partition}")
+}
+
+/// Consumer metadata key naming the projection a consumer belongs to.
+pub const PROJECTION_METADATA: &str = "cqrs.projection";
+/// Consumer metadata key naming the partition a consumer reads.
+pub const PARTITION_METADATA: &str = "cqrs.partition";
+
+/// The KV bucket where the workers of the context's projections announce themselves:
+/// `PROJECTION_WORKERS_<CONTEXT>`.
+pub fn workers_bucket(subjects: &Subjects) -> String {
+    format!(
+        "PROJECTION_WORKERS_{}",
+        subjects.context().to_ascii_uppercase()
+    )
+}
