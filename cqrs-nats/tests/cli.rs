@@ -454,6 +454,10 @@ async fn check_projections(url: &str) {
     assert_eq!(projections[1]["partitions"], 1);
     assert_eq!(projections[1]["workers"], 0, "no workers bucket");
     assert_eq!(projections[1]["pending"], 4);
+    assert_eq!(
+        projections[1]["lag"], 4,
+        "nothing delivered yet: all four behind"
+    );
     assert_eq!(projections[1]["parked"], 1);
     let text = human(url, &["projections"]);
     assert!(

@@ -23,7 +23,7 @@ use cqrs_nats::{
     JetStreamEventStore, JetStreamProjectionRunner, KvReadModelStore, ProjectionConfig,
 };
 use cqrs_tests::{event, jetstream as fixture};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -965,6 +965,83 @@ async fn read_your_writes_waits_for_the_projection() {
     handle.wait_for(other, PATIENT).await.unwrap();
     assert_eq!(handle.checkpoint(), position);
     handle.stop().await.unwrap();
+}
+
+/// Lag counts the events of the projection's filter that are written and not yet handled, in
+/// flight included, per partition; it is 0 once caught up, and readable without a runner.
+#[tokio::test]
+async fn lag_counts_what_is_not_yet_handled_and_reaches_zero() {
+    let f = fixture().await.unwrap();
+    let gate = Arc::new(Semaphore::new(0));
+    struct Gated(Sums<InMemoryReadModelStore<u64>>, Arc<Semaphore>);
+    impl Projection for Gated {
+        fn name(&self) -> &str {
+            "lagging"
+        }
+        fn filter(&self) -> EventFilter {
+            self.0.filter()
+        }
+        async fn apply(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
+            self.1.acquire().await.unwrap().forget();
+            self.0.apply(event).await
+        }
+    }
+    let sums = Sums::new("lagging", InMemoryReadModelStore::new());
+    let handle =
+        JetStreamProjectionRunner::spawn(&f.store, Gated(sums.clone(), gate.clone()), config(1))
+            .await
+            .unwrap();
+    assert_eq!(handle.lag().await.unwrap().total, 0, "nothing written yet");
+    // 3 counters x 2 rounds, held at the gate; an event outside the filter does not count.
+    let last = write_history(&f.store, 3, 2).await;
+    f.store
+        .append(
+            &StreamId::new("Other", "x"),
+            ExpectedVersion::Any,
+            vec![event("Added", 1)],
+            None,
+        )
+        .await
+        .unwrap();
+    let lag = handle.lag().await.unwrap();
+    assert_eq!(lag.total, 6, "{lag:?}");
+    assert_eq!(lag.partitions.values().sum::<u64>(), 6);
+    let partitions: BTreeSet<u32> = (0..3)
+        .map(|c| {
+            let stored = f
+                .store
+                .stored_subject_for(&StreamId::new("Counter", format!("c{c}")))
+                .unwrap();
+            stored.split('.').nth(2).unwrap().parse().unwrap()
+        })
+        .collect();
+    assert!(
+        lag.partitions
+            .iter()
+            .all(|(p, n)| (*n == 0) != partitions.contains(p)),
+        "lag where the counters are not, or none where they are: {lag:?} {partitions:?}"
+    );
+    gate.add_permits(6);
+    handle.wait_for(last, PATIENT).await.unwrap();
+    assert_eq!(
+        handle.lag().await.unwrap(),
+        JetStreamProjectionRunner::lag(&f.store, "lagging")
+            .await
+            .unwrap()
+    );
+    assert_eq!(handle.lag().await.unwrap().total, 0);
+    handle.stop().await.unwrap();
+
+    // Without a runner, the events written since count.
+    write_history(&f.store, 1, 3).await;
+    let lag = JetStreamProjectionRunner::lag(&f.store, "lagging")
+        .await
+        .unwrap();
+    assert_eq!(lag.total, 3, "{lag:?}");
+    let none = JetStreamProjectionRunner::lag(&f.store, "never-ran")
+        .await
+        .unwrap();
+    assert_eq!(none, cqrs_nats::projection::Lag::default());
 }
 
 #[tokio::test]

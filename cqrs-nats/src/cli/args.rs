@@ -151,12 +151,13 @@ pub(crate) enum Command {
     /// counts summed over its consumers, positions the highest of them. Other durable consumers
     /// are listed on their own. Live workers are read from the KV bucket
     /// `PROJECTION_WORKERS_<CONTEXT>` (a worker counts while its heartbeat is recent); the lag
-    /// is the pending count; parked events are counted on the dead-letter stream
+    /// counts the events not yet handled (not yet delivered plus delivered and not yet acked, as
+    /// `JetStreamProjectionHandle::lag` does); parked events are counted on the dead-letter stream
     /// `DEADLETTER_<CONTEXT>` (subject `<context>.deadletter.<projection>`).
     ///
     /// JSON: `{"context", "stream", "head" (last position), "projections": [{"name",
     /// "partitions" (its consumers), "workers" (live workers; 0 without a workers bucket),
-    /// "pending" (events not yet delivered), "ack_pending", "redelivered",
+    /// "lag" (events not yet handled), "pending" (events not yet delivered), "ack_pending", "redelivered",
     /// "delivered_position", "acked_position" (the highest over its consumers), "parked",
     /// "consumer" (false when only parked events remain)}]}`.
     Projections,

@@ -9,7 +9,7 @@ use super::progress::Progress;
 use crate::async_nats::{self, jetstream};
 use crate::deadletter::DeadLetters;
 use crate::projection::{
-    PROJECTION_METADATA, StartFrom, consumer_name, live_workers, reset_consumers,
+    Lag, PROJECTION_METADATA, StartFrom, consumer_name, live_workers, reset_consumers,
 };
 use crate::{JetStreamEventStore, StoreConfig, Subjects};
 use cqrs_core::{EventFilter, EventStore, StreamId};
@@ -403,6 +403,7 @@ impl Session {
                 .or_insert_with(|| ProjectionDoc::empty(projection));
             doc.consumer = true;
             doc.partitions += 1;
+            doc.lag += Lag::of_consumer(&consumer);
             doc.pending += consumer.num_pending;
             doc.ack_pending += consumer.num_ack_pending;
             doc.redelivered += consumer.num_redelivered;

@@ -393,6 +393,8 @@ pub(crate) struct ProjectionDoc {
     pub(crate) partitions: usize,
     /// Its live workers.
     pub(crate) workers: usize,
+    /// Events not yet handled ([`crate::projection::Lag`]).
+    pub(crate) lag: u64,
     pub(crate) pending: u64,
     pub(crate) ack_pending: usize,
     pub(crate) redelivered: usize,
@@ -409,6 +411,7 @@ impl ProjectionDoc {
             name,
             partitions: 0,
             workers: 0,
+            lag: 0,
             pending: 0,
             ack_pending: 0,
             redelivered: 0,

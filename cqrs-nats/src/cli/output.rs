@@ -286,7 +286,7 @@ pub(crate) fn projections(doc: &ProjectionsDoc) -> String {
                 p.name.clone(),
                 dash(p.consumer, p.partitions.to_string()),
                 p.workers.to_string(),
-                dash(p.consumer, p.pending.to_string()),
+                dash(p.consumer, p.lag.to_string()),
                 p.ack_pending.to_string(),
                 p.acked_position.to_string(),
                 p.parked.to_string(),

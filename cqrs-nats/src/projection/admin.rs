@@ -15,6 +15,7 @@ use time::OffsetDateTime;
 use super::config::ProjectionConfig;
 use super::config::StartFrom;
 use super::handle::JetStreamProjectionHandle;
+use super::lag::{Lag, lag_of};
 use super::membership::Heartbeat;
 use super::membership::MISSED_HEARTBEATS;
 use super::names::PARTITION_METADATA;
@@ -71,6 +72,14 @@ impl JetStreamProjectionRunner {
     ) -> Result<usize, StoreError> {
         let (stream, subjects) = context_subjects(store).await?;
         reset_on(&stream, &subjects, name, from).await
+    }
+
+    /// How far projection `name` is behind the head of the stream, per partition and in total
+    /// (see [`Lag`]); works whether or not its runners are running. A projection without
+    /// consumers has no lag.
+    pub async fn lag(store: &JetStreamEventStore, name: &str) -> Result<Lag, StoreError> {
+        let (stream, subjects) = context_subjects(store).await?;
+        lag_of(&stream, name, subjects.partitions()).await
     }
 
     /// The dead-letter stream of the store's context.

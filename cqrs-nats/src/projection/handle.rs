@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::lag::{Lag, lag_of};
 use super::names::consumer_name;
 use super::runner::Shared;
 use super::unavailable;
@@ -107,6 +108,17 @@ impl<P: Projection> JetStreamProjectionHandle<P> {
             .info()
             .await
             .is_ok_and(|info| info.state.last_sequence >= position)
+    }
+
+    /// How far the projection is behind the head of the stream, per partition and in total:
+    /// 0 once every event written so far is handled (see [`Lag`]).
+    pub async fn lag(&self) -> Result<Lag, StoreError> {
+        lag_of(
+            &self.shared.stream,
+            &self.shared.name,
+            self.shared.subjects.partitions(),
+        )
+        .await
     }
 
     /// The events parked by this projection (on the dead-letter stream, so those of every

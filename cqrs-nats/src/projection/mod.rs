@@ -65,8 +65,8 @@
 //! filter subjects), `runner` (starting: consumers, membership, supervisor), `membership` (the
 //! workers' heartbeats and watch) and `assignment` (the pure rule that turns what the watch showed
 //! into owned partitions), `supervisor` (lanes per owned partition, handovers), `lane` (one
-//! partition's pull-handle-ack loop, retries, parking), `handle` (read-your-writes, dead letters,
-//! stop), `admin` (rebuild, reset, live workers) and `replay` (time travel).
+//! partition's pull-handle-ack loop, retries, parking), `handle` (read-your-writes, lag, dead letters,
+//! stop), `lag` (how far behind), `admin` (rebuild, reset, live workers) and `replay` (time travel).
 
 use crate::store::JetStreamEventStore;
 use crate::subject::Subjects;
@@ -77,6 +77,7 @@ mod admin;
 mod assignment;
 mod config;
 mod handle;
+mod lag;
 mod lane;
 mod membership;
 mod names;
@@ -87,6 +88,7 @@ mod supervisor;
 pub use admin::{live_workers, reset_consumers};
 pub use config::{ProjectionConfig, StartFrom};
 pub use handle::JetStreamProjectionHandle;
+pub use lag::Lag;
 pub use names::{
     PARTITION_METADATA, PROJECTION_METADATA, consumer_name, filter_subjects, filter_subjects_in,
     workers_bucket,
