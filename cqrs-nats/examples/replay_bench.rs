@@ -18,7 +18,10 @@
 //! - bare: an async-nats ordered pull consumer counting messages, no decoding.
 //!
 //! The read-only passes (bare, `catch_up`, `replay`) run twice, interleaved; the best rate of each
-//! is printed, with its ratio to the bare read.
+//! is printed, with its ratio to the bare read, then one JSON line per variant: `variant`,
+//! `events_per_s`, `ratio` (to `bare`, measured in the same run) and `max_rss_mb` (the process's
+//! peak resident memory during the variant's passes, Linux only, else `null`). With
+//! `EVENTS=1000000` the peaks show whether memory grows with history.
 #![allow(
     clippy::print_stdout,
     clippy::expect_used,
@@ -206,60 +209,133 @@ async fn main() {
     let rate = |n: u64, d: Duration| n as f64 / d.as_secs_f64();
 
     // The read-only passes run twice, interleaved, and the best rate of each counts, to damp the
-    // noise of a shared machine.
-    let mut bare_rate: f64 = 0.0;
-    let mut catch_up_rate: f64 = 0.0;
-    let mut replay_rate: f64 = 0.0;
+    // noise of a shared machine; the peak memory of each is the higher of its two passes.
+    let mut bare_run = Run::default();
+    let mut catch_up_run = Run::default();
+    let mut replay_run = Run::default();
     for _ in 0..2 {
+        reset_peak();
         let started = Instant::now();
         let n = bare(&store, head).await;
-        bare_rate = bare_rate.max(rate(n, started.elapsed()));
+        bare_run.record(rate(n, started.elapsed()), peak_mb());
         assert_eq!(n, head, "bare read everything");
 
         let (projection, seen) = count("catchup");
+        reset_peak();
         let started = Instant::now();
         let outcome = catch_up(&store, &projection, 0, &policy)
             .await
             .expect("catch_up");
-        catch_up_rate = catch_up_rate.max(rate(seen.load(Ordering::Relaxed), started.elapsed()));
+        catch_up_run.record(
+            rate(seen.load(Ordering::Relaxed), started.elapsed()),
+            peak_mb(),
+        );
         assert_eq!(outcome.applied, head);
 
         let (projection, seen) = count("replay");
+        reset_peak();
         let started = Instant::now();
         let outcome = replay(&store, &projection, ReplayFrom::Position(1), &policy)
             .await
             .expect("replay");
-        replay_rate = replay_rate.max(rate(seen.load(Ordering::Relaxed), started.elapsed()));
+        replay_run.record(
+            rate(seen.load(Ordering::Relaxed), started.elapsed()),
+            peak_mb(),
+        );
         assert_eq!(outcome.applied, head);
     }
 
+    let mut wide_run = Run::default();
+    reset_peak();
     let started = Instant::now();
     let n = runner(&store, "runner256", 256, 1, head).await;
-    let runner_wide_rate = rate(n, started.elapsed());
+    wide_run.record(rate(n, started.elapsed()), peak_mb());
     assert_eq!(n, head);
 
+    let mut runner_run = Run::default();
+    reset_peak();
     let started = Instant::now();
     let n = runner(&store, "runner1", 1, 1, head).await;
-    let runner_rate = rate(n, started.elapsed());
+    runner_run.record(rate(n, started.elapsed()), peak_mb());
     assert_eq!(n, head);
 
+    let mut pair_run = Run::default();
+    reset_peak();
     let started = Instant::now();
     let n = runner(&store, "runner1x2", 1, 2, head).await;
-    let runner_pair_rate = rate(head, started.elapsed());
+    pair_run.record(rate(head, started.elapsed()), peak_mb());
     // At least once: an event on the wire during a handover may be redelivered.
     assert!(n >= head);
     if n > head {
         println!("2 workers: {} redelivered during handovers", n - head);
     }
 
+    report(
+        bare_run,
+        &[
+            ("catch_up", "catch_up (read_all)", catch_up_run),
+            ("replay", "replay (ordered consumer)", replay_run),
+            ("runner_256", "runner, 256 in flight", wide_run),
+            ("runner", "runner, 1 in flight (default)", runner_run),
+            (
+                "runner_2_workers",
+                "runner, default, 2 workers sharing",
+                pair_run,
+            ),
+        ],
+    );
+}
+
+/// Prints each variant's rate and ratio to `bare`, then one JSON line per variant.
+fn report(bare: Run, variants: &[(&str, &str, Run)]) {
+    let bare_rate = bare.rate;
     println!("bare async-nats ordered consumer      {bare_rate:>10.0} ev/s");
-    for (what, r) in [
-        ("catch_up (read_all)", catch_up_rate),
-        ("replay (ordered consumer)", replay_rate),
-        ("runner, 256 in flight", runner_wide_rate),
-        ("runner, 1 in flight (default)", runner_rate),
-        ("runner, default, 2 workers sharing", runner_pair_rate),
-    ] {
-        println!("{what:<37} {r:>10.0} ev/s  {:.2}x", r / bare_rate);
+    for (_, what, run) in variants {
+        println!(
+            "{what:<37} {:>10.0} ev/s  {:.2}x",
+            run.rate,
+            run.rate / bare_rate
+        );
     }
+    for (variant, _, run) in std::iter::once(&("bare", "", bare)).chain(variants) {
+        println!(
+            "{{\"variant\": \"{variant}\", \"events_per_s\": {:.0}, \"ratio\": {:.3}, \"max_rss_mb\": {}}}",
+            run.rate,
+            run.rate / bare_rate,
+            run.max_rss_mb
+                .map_or_else(|| "null".to_owned(), |mb| format!("{mb:.1}"))
+        );
+    }
+}
+
+/// The best rate of a variant and the highest peak memory of its passes.
+#[derive(Debug, Default, Clone, Copy)]
+struct Run {
+    rate: f64,
+    max_rss_mb: Option<f64>,
+}
+
+impl Run {
+    fn record(&mut self, rate: f64, peak_mb: Option<f64>) {
+        self.rate = self.rate.max(rate);
+        self.max_rss_mb = match (self.max_rss_mb, peak_mb) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
+}
+
+/// Starts a pass: the process's peak resident memory is reset to what it holds now (Linux: the
+/// kernel's high-water mark, reset by writing 5 to `/proc/self/clear_refs`). Without the reset
+/// the peak is the process's so far: still an upper bound.
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The peak resident memory since [`reset_peak`] (`VmHWM`) in MiB; `None` off Linux.
+fn peak_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }
