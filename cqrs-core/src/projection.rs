@@ -16,7 +16,7 @@ use crate::memory::InMemoryEventStore;
 use crate::read_model::{ReadModelError, ReadModelStore};
 use crate::store::EventStore;
 use crate::stream::EventFilter;
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -85,6 +85,24 @@ pub trait Projection: Send + Sync + 'static {
     /// a failed attempt.
     fn apply(&self, event: &RecordedEvent)
     -> impl Future<Output = Result<(), HandlerError>> + Send;
+
+    /// Applies a run of consecutive events, in position order (a runner hands over what it has
+    /// at hand, up to its batch size, and never waits to fill a batch). The default applies
+    /// them one by one; override it to write them in one go (one transaction, one round trip).
+    /// Idempotent as `apply` is: a failing batch is delivered
+    /// again event by event ([`deliver_batch`]), so that only the failing event is parked and
+    /// the events the batch had already written arrive a second time.
+    fn apply_batch(
+        &self,
+        events: &[RecordedEvent],
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        async move {
+            for event in events {
+                self.apply(event).await?;
+            }
+            Ok(())
+        }
+    }
 }
 
 impl<P: Projection> Projection for Arc<P> {
@@ -101,6 +119,13 @@ impl<P: Projection> Projection for Arc<P> {
         event: &RecordedEvent,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send {
         (**self).apply(event)
+    }
+
+    fn apply_batch(
+        &self,
+        events: &[RecordedEvent],
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        (**self).apply_batch(events)
     }
 }
 
@@ -198,6 +223,51 @@ pub async fn deliver<P: Projection + ?Sized>(
     }
 }
 
+/// Applies `events`, a run of consecutive events, with one [`Projection::apply_batch`]; if that
+/// fails, delivers them again one by one with [`deliver`] (retries included), in order, so that
+/// exactly the events that keep failing are parked and their neighbours applied. Returns the
+/// parked events.
+pub async fn deliver_batch<P: Projection + ?Sized>(
+    projection: &P,
+    events: &[RecordedEvent],
+    policy: &RetryPolicy,
+) -> Vec<ParkedEvent> {
+    let (Some(first), Some(last)) = (events.first(), events.last()) else {
+        return Vec::new();
+    };
+    if events.len() == 1 {
+        return deliver(projection, first, policy)
+            .await
+            .err()
+            .into_iter()
+            .collect();
+    }
+    let span = tracing::debug_span!(
+        "cqrs.project_batch",
+        projection = projection.name(),
+        events = events.len(),
+        first_position = first.position,
+        last_position = last.position,
+    );
+    let outcome = tracing::Instrument::instrument(projection.apply_batch(events), span).await;
+    let Err(error) = outcome else {
+        return Vec::new();
+    };
+    tracing::debug!(
+        projection = projection.name(),
+        %error,
+        events = events.len(),
+        "batch failed; delivering its events one by one"
+    );
+    let mut parked = Vec::new();
+    for event in events {
+        if let Err(event) = deliver(projection, event, policy).await {
+            parked.push(event);
+        }
+    }
+    parked
+}
+
 /// What a [`catch_up`] did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CatchUp {
@@ -250,6 +320,21 @@ impl InMemoryProjectionRunner {
         from_position: u64,
         policy: RetryPolicy,
     ) -> ProjectionHandle<P> {
+        Self::spawn_batched(store, projection, from_position, policy, 1)
+    }
+
+    /// [`Self::spawn`], handing the projection runs of up to `max_batch` events through
+    /// [`Projection::apply_batch`]: each run is what the feed has at hand when the projection
+    /// is ready, so a quiet store holds nothing back; the checkpoint moves after the run, and a
+    /// failing run is delivered event by event ([`deliver_batch`]).
+    pub fn spawn_batched<P: Projection>(
+        store: &InMemoryEventStore,
+        projection: P,
+        from_position: u64,
+        policy: RetryPolicy,
+        max_batch: usize,
+    ) -> ProjectionHandle<P> {
+        let max_batch = max_batch.max(1);
         let projection = Arc::new(projection);
         let start = from_position.max(1) - 1;
         let (checkpoint_tx, checkpoint) = watch::channel(start);
@@ -260,23 +345,36 @@ impl InMemoryProjectionRunner {
             let projection = Arc::clone(&projection);
             let parked = Arc::clone(&parked);
             tokio::spawn(async move {
+                let mut run = Vec::with_capacity(max_batch);
                 while let Some(next) = feed.next().await {
-                    let event = match next {
-                        Ok(event) => event,
-                        Err(error) => {
-                            tracing::error!(projection = projection.name(), %error, "projection feed failed; stopping");
-                            return Err(error);
+                    // This event, then whatever else is at hand, up to the batch size.
+                    let mut next = Some(next);
+                    let mut last = 0;
+                    while let Some(item) = next.take() {
+                        let event = match item {
+                            Ok(event) => event,
+                            Err(error) => {
+                                tracing::error!(projection = projection.name(), %error, "projection feed failed; stopping");
+                                return Err(error);
+                            }
+                        };
+                        last = event.position;
+                        if filter.matches(&event) {
+                            run.push(event);
                         }
-                    };
-                    if filter.matches(&event)
-                        && let Err(event) = deliver(&*projection, &event, &policy).await
-                    {
+                        if run.len() < max_batch {
+                            next = feed.next().now_or_never().flatten();
+                        }
+                    }
+                    let failed = deliver_batch(&*projection, &run, &policy).await;
+                    run.clear();
+                    if !failed.is_empty() {
                         parked
                             .lock()
                             .unwrap_or_else(PoisonError::into_inner)
-                            .push(event);
+                            .extend(failed);
                     }
-                    checkpoint_tx.send_replace(event.position);
+                    checkpoint_tx.send_replace(last);
                 }
                 Ok(())
             })

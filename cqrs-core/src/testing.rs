@@ -365,25 +365,63 @@ impl EventLog {
     }
 }
 
-/// Applies `events` to `projection` in order, each twice — the second delivery must be a no-op,
-/// as redelivery after a crash is — then returns for assertions on the read model. Panics on
-/// a handler error.
+/// Applies the `events` that `projection`'s filter selects, in order, each twice — the second
+/// delivery must be a no-op, as redelivery after a crash is — then returns for assertions on the
+/// read model. Panics on a handler error.
 pub async fn when_projected<P: Projection>(projection: &P, events: &[RecordedEvent]) {
-    for event in events {
+    let filter = projection.filter();
+    for event in events.iter().filter(|e| filter.matches(e)) {
         for delivery in ["first", "repeated"] {
             if let Err(error) = projection.apply(event).await {
                 panic!(
-                    "projection `{}` failed on the {delivery} delivery of event #{} ({} v{} of {}/{}): {error}",
+                    "projection `{}` failed on the {delivery} delivery of {}: {error}",
                     projection.name(),
-                    event.position,
-                    event.payload.event_type,
-                    event.version,
-                    event.aggregate_type,
-                    event.aggregate_id
+                    describe(event)
                 );
             }
         }
     }
+}
+
+/// [`when_projected`] for a projection that applies batches: the selected `events` go to
+/// [`Projection::apply_batch`] in runs of `batch` (the last run shorter), each run twice, as a
+/// runner delivers them and a redelivery repeats them. Panics on a handler error.
+pub async fn when_projected_in_batches<P: Projection>(
+    projection: &P,
+    events: &[RecordedEvent],
+    batch: usize,
+) {
+    let filter = projection.filter();
+    let selected: Vec<RecordedEvent> = events
+        .iter()
+        .filter(|e| filter.matches(e))
+        .cloned()
+        .collect();
+    for run in selected.chunks(batch.max(1)) {
+        for delivery in ["first", "repeated"] {
+            if let Err(error) = projection.apply_batch(run).await {
+                let (first, last) = (&run[0], &run[run.len() - 1]);
+                panic!(
+                    "projection `{}` failed on the {delivery} delivery of the batch from {} to {}: {error}",
+                    projection.name(),
+                    describe(first),
+                    describe(last)
+                );
+            }
+        }
+    }
+}
+
+/// How a failure message names an event.
+fn describe(event: &RecordedEvent) -> String {
+    format!(
+        "event #{} ({} v{} of {}/{})",
+        event.position,
+        event.payload.event_type,
+        event.version,
+        event.aggregate_type,
+        event.aggregate_id
+    )
 }
 
 /// Runs `manager` over `events` (state per correlation id, as the runner keeps it) and collects

@@ -536,3 +536,164 @@ async fn saga_commands_carry_correlation_and_causation_across_three_hops() {
     catch_up(&store, &again, 0, &fast_retry(3)).await.unwrap();
     assert_eq!(store.head(), 3);
 }
+
+/// A projection that writes a batch as one transaction: the whole batch is refused when one of
+/// its events is poison, and it records every run it is handed.
+#[derive(Clone, Default)]
+struct Transactional {
+    balances: Balances,
+    runs: Arc<Mutex<Vec<Vec<u64>>>>,
+}
+
+impl Projection for Transactional {
+    fn name(&self) -> &str {
+        "transactional"
+    }
+
+    fn filter(&self) -> EventFilter {
+        self.balances.filter()
+    }
+
+    async fn apply(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
+        self.apply_batch(std::slice::from_ref(event)).await
+    }
+
+    async fn apply_batch(&self, events: &[RecordedEvent]) -> Result<(), HandlerError> {
+        self.runs
+            .lock()
+            .unwrap()
+            .push(events.iter().map(|e| e.position).collect());
+        // All or nothing: check every event before writing any.
+        for event in events {
+            if let WalletEvent::Credited { amount } = event.payload.decode::<WalletEvent>()?
+                && Some(amount) == self.balances.poison_amount
+            {
+                return Err(HandlerError::new(format!("cannot book {amount}")));
+            }
+        }
+        for event in events {
+            self.balances.apply(event).await?;
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_poison_event_inside_a_batch_is_parked_alone() {
+    let wallet = StreamId::new("Wallet", "w1");
+    let log = EventLog::new().append(
+        &wallet,
+        [
+            WalletEvent::Opened,
+            WalletEvent::Credited { amount: 1 },
+            WalletEvent::Credited { amount: 13 },
+            WalletEvent::Credited { amount: 2 },
+        ],
+    );
+    let projection = Transactional {
+        balances: Balances {
+            poison_amount: Some(13),
+            ..Balances::default()
+        },
+        ..Transactional::default()
+    };
+    let parked =
+        cqrs_core::projection::deliver_batch(&projection, log.events(), &fast_retry(2)).await;
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert_eq!(parked[0].event.position, log.events()[2].position);
+    assert_eq!(parked[0].attempts, 2);
+    assert_eq!(
+        projection.balances.snapshot().await["w1"],
+        3,
+        "its neighbours applied"
+    );
+    // The batch once, then each event on its own, in order: the poison one with its retry.
+    let runs = projection.runs.lock().unwrap().clone();
+    assert_eq!(
+        runs,
+        [
+            vec![1, 2, 3, 4],
+            vec![1],
+            vec![2],
+            vec![3],
+            vec![3],
+            vec![4]
+        ]
+    );
+}
+
+#[tokio::test]
+async fn the_in_memory_runner_hands_over_runs_in_order_and_never_more_than_its_batch() {
+    let store = InMemoryEventStore::new();
+    let repo = Repository::<Wallet, _>::new(store.clone());
+    // History first: the runner finds it all at hand.
+    write_history(&repo, 3, 10).await;
+    let projection = Transactional {
+        balances: Balances {
+            poison_amount: Some(7),
+            ..Balances::default()
+        },
+        ..Transactional::default()
+    };
+    let handle =
+        InMemoryProjectionRunner::spawn_batched(&store, projection.clone(), 0, fast_retry(1), 8);
+    handle.wait_for(store.head(), PATIENT).await.unwrap();
+    // Then a quiet store: a single new event is handed over on its own, without waiting.
+    repo.execute("w0", Cmd::Credit(100), CommandMetadata::root())
+        .await
+        .unwrap();
+    handle.wait_for(store.head(), PATIENT).await.unwrap();
+
+    let runs = projection.runs.lock().unwrap().clone();
+    assert!(runs.iter().all(|run| run.len() <= 8), "{runs:?}");
+    assert!(
+        runs.iter().any(|run| run.len() > 1),
+        "history came in batches: {runs:?}"
+    );
+    assert_eq!(runs.last().unwrap(), &vec![store.head()]);
+    // First deliveries (leaving out the event-by-event redeliveries of failed batches) are the
+    // whole log, in order.
+    let mut delivered: Vec<u64> = Vec::new();
+    for run in &runs {
+        if run.first().is_some_and(|p| Some(p) > delivered.last()) {
+            delivered.extend(run);
+        }
+    }
+    assert_eq!(delivered, (1..=store.head()).collect::<Vec<_>>());
+    // The three credits of 7 (one per wallet) are parked, one each; everything else is booked.
+    let parked: Vec<u64> = handle.parked().iter().map(|p| p.event.position).collect();
+    assert_eq!(parked.len(), 3, "{parked:?}");
+    let balances = projection.balances.snapshot().await;
+    assert_eq!(balances["w1"], (1..=10).sum::<i64>() - 7);
+    assert_eq!(balances["w0"], (1..=10).sum::<i64>() - 7 + 100);
+    handle.stop().await;
+}
+
+#[tokio::test]
+async fn the_projection_fixtures_follow_the_filter_and_deliver_batches_twice() {
+    let wallet = StreamId::new("Wallet", "w9");
+    // Another aggregate type's events, which the projection's filter leaves out.
+    let log = EventLog::new()
+        .append(
+            &wallet,
+            [WalletEvent::Opened, WalletEvent::Credited { amount: 4 }],
+        )
+        .append(
+            &StreamId::new("Savings", "s1"),
+            [WalletEvent::Credited { amount: 50 }],
+        )
+        .append(&wallet, [WalletEvent::Debited { amount: 1 }]);
+    let balances = Balances::default();
+    when_projected(&balances, log.events()).await;
+    let snapshot = balances.snapshot().await;
+    assert_eq!(snapshot["w9"], 3);
+    assert!(!snapshot.contains_key("s1"), "filtered out: {snapshot:?}");
+
+    let batched = Transactional::default();
+    cqrs_core::testing::when_projected_in_batches(&batched, log.events(), 2).await;
+    let snapshot = batched.balances.snapshot().await;
+    assert_eq!(snapshot["w9"], 3);
+    assert!(!snapshot.contains_key("s1"), "filtered out: {snapshot:?}");
+    let runs = batched.runs.lock().unwrap().clone();
+    assert_eq!(runs, [vec![1, 2], vec![1, 2], vec![4], vec![4]]);
+}
