@@ -904,23 +904,29 @@ async fn saga_commands_carry_correlation_and_causation_across_three_hops() {
     rebuilt.stop().await.unwrap();
 }
 
+/// [`Sums`] that applies an event only once the test lets one through its gate (a permit per
+/// event), under the name of its `Sums`.
+struct Gated(Sums<InMemoryReadModelStore<u64>>, Arc<Semaphore>);
+
+impl Projection for Gated {
+    fn name(&self) -> &str {
+        self.0.name
+    }
+
+    fn filter(&self) -> EventFilter {
+        self.0.filter()
+    }
+
+    async fn apply(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
+        self.1.acquire().await.unwrap().forget();
+        self.0.apply(event).await
+    }
+}
+
 #[tokio::test]
 async fn read_your_writes_waits_for_the_projection() {
     let f = fixture().await.unwrap();
     let gate = Arc::new(Semaphore::new(0));
-    struct Gated(Sums<InMemoryReadModelStore<u64>>, Arc<Semaphore>);
-    impl Projection for Gated {
-        fn name(&self) -> &str {
-            "gated"
-        }
-        fn filter(&self) -> EventFilter {
-            self.0.filter()
-        }
-        async fn apply(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
-            self.1.acquire().await.unwrap().forget();
-            self.0.apply(event).await
-        }
-    }
     let sums = Sums::new("gated", InMemoryReadModelStore::new());
     let handle =
         JetStreamProjectionRunner::spawn(&f.store, Gated(sums.clone(), gate.clone()), config(1))
@@ -973,19 +979,6 @@ async fn read_your_writes_waits_for_the_projection() {
 async fn lag_counts_what_is_not_yet_handled_and_reaches_zero() {
     let f = fixture().await.unwrap();
     let gate = Arc::new(Semaphore::new(0));
-    struct Gated(Sums<InMemoryReadModelStore<u64>>, Arc<Semaphore>);
-    impl Projection for Gated {
-        fn name(&self) -> &str {
-            "lagging"
-        }
-        fn filter(&self) -> EventFilter {
-            self.0.filter()
-        }
-        async fn apply(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
-            self.1.acquire().await.unwrap().forget();
-            self.0.apply(event).await
-        }
-    }
     let sums = Sums::new("lagging", InMemoryReadModelStore::new());
     let handle =
         JetStreamProjectionRunner::spawn(&f.store, Gated(sums.clone(), gate.clone()), config(1))
