@@ -390,7 +390,12 @@ impl Subjects {
     /// `<context>.reads.<tenant token>`: where a tenant-scoped store asks the
     /// [`TenantReadService`](crate::TenantReadService) for pages of tenant `tenant`'s events.
     pub fn tenant_reads(&self, tenant: Option<&str>) -> String {
-        format!("{}.reads.{}", self.context, encode_tenant(tenant))
+        self.tenant_reads_of_token(&encode_tenant(tenant))
+    }
+
+    /// [`Self::tenant_reads`] of an already encoded tenant token.
+    pub(crate) fn tenant_reads_of_token(&self, tenant_token: &str) -> String {
+        format!("{}.reads.{tenant_token}", self.context)
     }
 
     /// `<context>.reads.*`: what the tenant read service listens on.

@@ -178,7 +178,7 @@ impl Inner {
         const OP: &str = "load";
         let (target, body) = if self.config.scoped_reads {
             let tenant = subject.split('.').nth(3).unwrap_or_default();
-            let target = format!("{}.reads.{tenant}", self.subjects.context());
+            let target = self.subjects.tenant_reads_of_token(tenant);
             let request = ReadRequest {
                 subject: subject.to_owned(),
                 from_sequence: from_seq.max(1),
@@ -233,33 +233,37 @@ impl Inner {
                 .await
                 .map_err(|_| unavailable(OP, format!("no answer to a read on `{target}` in time")))?
                 .ok_or_else(|| unavailable(OP, "connection closed during a read"))?;
-            let header = |name: &str| {
-                reply
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get(name))
-                    .map(|v| v.as_str().to_owned())
-            };
-            if let Some(refused) = header(READ_ERROR_HEADER) {
-                let reason = format!("the tenant read service answered: {refused}");
-                return Err(if header(READ_RETRYABLE_HEADER).is_some() {
-                    unavailable(OP, reason)
-                } else {
-                    StoreError::PermissionDenied {
-                        operation: OP,
-                        stream: stream_of(subject),
-                        reason,
-                    }
-                });
-            }
-            if let Some(more) = header(READ_PENDING_HEADER) {
-                let pending = more.parse::<u64>().map_err(|_| {
-                    backend(
-                        OP,
-                        format!("`{READ_PENDING_HEADER}: {more}` is not a count"),
-                    )
-                })?;
-                return Ok(RawPage { messages, pending });
+            // Only the tenant read service answers with these headers; the stream's own answers
+            // (the operator's load path) are not searched for them.
+            if self.config.scoped_reads {
+                let header = |name: &str| {
+                    reply
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get(name))
+                        .map(|v| v.as_str().to_owned())
+                };
+                if let Some(refused) = header(READ_ERROR_HEADER) {
+                    let reason = format!("the tenant read service answered: {refused}");
+                    return Err(if header(READ_RETRYABLE_HEADER).is_some() {
+                        unavailable(OP, reason)
+                    } else {
+                        StoreError::PermissionDenied {
+                            operation: OP,
+                            stream: stream_of(subject),
+                            reason,
+                        }
+                    });
+                }
+                if let Some(more) = header(READ_PENDING_HEADER) {
+                    let pending = more.parse::<u64>().map_err(|_| {
+                        backend(
+                            OP,
+                            format!("`{READ_PENDING_HEADER}: {more}` is not a count"),
+                        )
+                    })?;
+                    return Ok(RawPage { messages, pending });
+                }
             }
             match reply.status {
                 None | Some(StatusCode::OK) => messages.push(reply),
