@@ -20,7 +20,8 @@ use cqrs_core::{
 use cqrs_nats::async_nats::{self, HeaderMap, jetstream};
 use cqrs_nats::projection::{ReplayFrom, StartFrom, consumer_name, replay};
 use cqrs_nats::{
-    JetStreamEventStore, JetStreamProjectionRunner, KvReadModelStore, ProjectionConfig,
+    JetStreamEventStore, JetStreamProjectionHandle, JetStreamProjectionRunner, KvReadModelStore,
+    ProjectionConfig,
 };
 use cqrs_tests::{event, jetstream as fixture};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -923,15 +924,29 @@ impl Projection for Gated {
     }
 }
 
+/// Runs a [`Gated`] projection named `name` whose gate is closed: returns its handle, its sums
+/// and the gate.
+async fn spawn_gated(
+    store: &JetStreamEventStore,
+    name: &'static str,
+) -> (
+    JetStreamProjectionHandle<Gated>,
+    Sums<InMemoryReadModelStore<u64>>,
+    Arc<Semaphore>,
+) {
+    let gate = Arc::new(Semaphore::new(0));
+    let sums = Sums::new(name, InMemoryReadModelStore::new());
+    let handle =
+        JetStreamProjectionRunner::spawn(store, Gated(sums.clone(), gate.clone()), config(1))
+            .await
+            .unwrap();
+    (handle, sums, gate)
+}
+
 #[tokio::test]
 async fn read_your_writes_waits_for_the_projection() {
     let f = fixture().await.unwrap();
-    let gate = Arc::new(Semaphore::new(0));
-    let sums = Sums::new("gated", InMemoryReadModelStore::new());
-    let handle =
-        JetStreamProjectionRunner::spawn(&f.store, Gated(sums.clone(), gate.clone()), config(1))
-            .await
-            .unwrap();
+    let (handle, sums, gate) = spawn_gated(&f.store, "gated").await;
     let first = write_history(&f.store, 1, 1).await;
     let position = write_history(&f.store, 1, 1).await;
     assert_eq!((first, position), (1, 2));
@@ -978,12 +993,7 @@ async fn read_your_writes_waits_for_the_projection() {
 #[tokio::test]
 async fn lag_counts_what_is_not_yet_handled_and_reaches_zero() {
     let f = fixture().await.unwrap();
-    let gate = Arc::new(Semaphore::new(0));
-    let sums = Sums::new("lagging", InMemoryReadModelStore::new());
-    let handle =
-        JetStreamProjectionRunner::spawn(&f.store, Gated(sums.clone(), gate.clone()), config(1))
-            .await
-            .unwrap();
+    let (handle, _sums, gate) = spawn_gated(&f.store, "lagging").await;
     assert_eq!(handle.lag().await.unwrap().total, 0, "nothing written yet");
     // 3 counters x 2 rounds, held at the gate; an event outside the filter does not count.
     let last = write_history(&f.store, 3, 2).await;
