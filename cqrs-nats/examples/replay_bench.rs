@@ -12,9 +12,12 @@
 //! - `catch_up`: `cqrs_core::projection::catch_up` over `read_all` (ordered consumer, decode,
 //!   filter, deliver) into a counting projection;
 //! - `replay`: `cqrs_nats::projection::replay` (ordered consumer, same decode and deliver);
-//! - `runner`: the durable projection runner (one pinned pull consumer per partition, explicit
-//!   ack per event), with one event in flight per partition (the default, order-safe across
-//!   failovers) and with 256, and two default runners sharing the partitions;
+//! - `runner`: the live projection runner in its default configuration (per partition: the
+//!   checkpoint taken, an ordered consumer from it, batches of what is at hand applied event by
+//!   event through the default `apply_batch`, the checkpoint committed when idle and every
+//!   200 ms); `runner_batched`: the same with a projection that overrides `apply_batch`;
+//!   `runner_unbatched`: batches of one event; `runner_2_workers`: two default runners sharing
+//!   the partitions;
 //! - bare: an async-nats ordered pull consumer counting messages, no decoding.
 //!
 //! The read-only passes (bare, `catch_up`, `replay`) run twice, interleaved; the best rate of each
@@ -36,7 +39,10 @@ use cqrs_core::{
 };
 use cqrs_nats::async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use cqrs_nats::projection::{ReplayFrom, replay};
-use cqrs_nats::{JetStreamEventStore, JetStreamProjectionRunner, ProjectionConfig, StoreConfig};
+use cqrs_nats::{
+    JetStreamEventStore, JetStreamProjectionHandle, JetStreamProjectionRunner, ProjectionConfig,
+    StoreConfig,
+};
 use futures::StreamExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,6 +59,26 @@ fn env_usize(name: &str, default: usize) -> usize {
 struct Count {
     name: &'static str,
     seen: Arc<AtomicU64>,
+}
+
+/// Counts the events it is given, a batch at a time.
+struct CountBatches(Count);
+
+impl Projection for CountBatches {
+    fn name(&self) -> &str {
+        self.0.name
+    }
+
+    async fn apply(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
+        self.0.apply(event).await
+    }
+
+    async fn apply_batch(&self, events: &[RecordedEvent]) -> Result<(), HandlerError> {
+        self.0
+            .seen
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
 }
 
 impl Projection for Count {
@@ -143,13 +169,14 @@ async fn bare(store: &JetStreamEventStore, head: u64) -> u64 {
     n
 }
 
-/// Runs projection `name` on `workers` runners sharing its partitions until together they
-/// applied everything up to `head`; returns how many events they applied.
+/// Runs projection `name` on `workers` runners with `config` sharing its partitions until
+/// together they handled everything up to `head`; returns how many events they applied.
 async fn runner(
     store: &JetStreamEventStore,
     name: &'static str,
-    in_flight: usize,
+    config: ProjectionConfig,
     workers: usize,
+    batched: bool,
     head: u64,
 ) -> u64 {
     let seen = Arc::new(AtomicU64::new(0));
@@ -159,26 +186,99 @@ async fn runner(
             name,
             seen: Arc::clone(&seen),
         };
-        handles.push(
-            JetStreamProjectionRunner::spawn(
-                store,
-                projection,
-                ProjectionConfig::new().max_in_flight(in_flight),
-            )
-            .await
-            .expect("spawn"),
-        );
+        let handle = if batched {
+            JetStreamProjectionRunner::spawn(store, CountBatches(projection), config.clone())
+                .await
+                .map(Either::Batched)
+        } else {
+            JetStreamProjectionRunner::spawn(store, projection, config.clone())
+                .await
+                .map(Either::Single)
+        };
+        handles.push(handle.expect("spawn"));
     }
     for handle in &handles {
-        handle
-            .wait_for(head, Duration::from_secs(600))
-            .await
-            .expect("runner reached the head");
+        match handle {
+            Either::Single(h) => h.wait_for(head, Duration::from_secs(600)).await,
+            Either::Batched(h) => h.wait_for(head, Duration::from_secs(600)).await,
+        }
+        .expect("runner reached the head");
     }
     for handle in handles {
-        handle.stop().await.expect("stop");
+        match handle {
+            Either::Single(h) => h.stop().await,
+            Either::Batched(h) => h.stop().await,
+        }
+        .expect("stop");
     }
     seen.load(Ordering::Relaxed)
+}
+
+/// A runner of either projection.
+enum Either {
+    Single(JetStreamProjectionHandle<Count>),
+    Batched(JetStreamProjectionHandle<CountBatches>),
+}
+
+/// The live runner's variants, each run twice (the best rate counts, as for the read-only
+/// passes), each pass a projection of its own from the first event.
+async fn live_runs(
+    store: &JetStreamEventStore,
+    head: u64,
+) -> Vec<(&'static str, &'static str, Run)> {
+    let live = [
+        (
+            "runner",
+            "runner (default)",
+            ProjectionConfig::new(),
+            1,
+            false,
+        ),
+        (
+            "runner_batched",
+            "runner, batch apply",
+            ProjectionConfig::new(),
+            1,
+            true,
+        ),
+        (
+            "runner_unbatched",
+            "runner, batches of 1",
+            ProjectionConfig::new().max_batch(1),
+            1,
+            false,
+        ),
+        (
+            "runner_2_workers",
+            "runner, default, 2 workers sharing",
+            ProjectionConfig::new(),
+            2,
+            false,
+        ),
+    ];
+    let names = [
+        ["runner_a", "runner_b"],
+        ["batched_a", "batched_b"],
+        ["unbatched_a", "unbatched_b"],
+        ["pair_a", "pair_b"],
+    ];
+    let mut runs = Vec::new();
+    for ((variant, what, config, workers, batched), names) in live.into_iter().zip(names) {
+        let mut run = Run::default();
+        for name in names {
+            reset_peak();
+            let started = Instant::now();
+            let n = runner(store, name, config.clone(), workers, batched, head).await;
+            run.record(head as f64 / started.elapsed().as_secs_f64(), peak_mb());
+            // At least once: a handover between workers may hand an event over twice.
+            assert!(n >= head, "{variant} applied {n} of {head}");
+            if n > head {
+                println!("{variant}: {} delivered again during handovers", n - head);
+            }
+        }
+        runs.push((variant, what, run));
+    }
+    runs
 }
 
 #[tokio::main]
@@ -245,45 +345,12 @@ async fn main() {
         assert_eq!(outcome.applied, head);
     }
 
-    let mut wide_run = Run::default();
-    reset_peak();
-    let started = Instant::now();
-    let n = runner(&store, "runner256", 256, 1, head).await;
-    wide_run.record(rate(n, started.elapsed()), peak_mb());
-    assert_eq!(n, head);
-
-    let mut runner_run = Run::default();
-    reset_peak();
-    let started = Instant::now();
-    let n = runner(&store, "runner1", 1, 1, head).await;
-    runner_run.record(rate(n, started.elapsed()), peak_mb());
-    assert_eq!(n, head);
-
-    let mut pair_run = Run::default();
-    reset_peak();
-    let started = Instant::now();
-    let n = runner(&store, "runner1x2", 1, 2, head).await;
-    pair_run.record(rate(head, started.elapsed()), peak_mb());
-    // At least once: an event on the wire during a handover may be redelivered.
-    assert!(n >= head);
-    if n > head {
-        println!("2 workers: {} redelivered during handovers", n - head);
-    }
-
-    report(
-        bare_run,
-        &[
-            ("catch_up", "catch_up (read_all)", catch_up_run),
-            ("replay", "replay (ordered consumer)", replay_run),
-            ("runner_256", "runner, 256 in flight", wide_run),
-            ("runner", "runner, 1 in flight (default)", runner_run),
-            (
-                "runner_2_workers",
-                "runner, default, 2 workers sharing",
-                pair_run,
-            ),
-        ],
-    );
+    let mut variants = vec![
+        ("catch_up", "catch_up (read_all)", catch_up_run),
+        ("replay", "replay (ordered consumer)", replay_run),
+    ];
+    variants.extend(live_runs(&store, head).await);
+    report(bare_run, &variants);
 }
 
 /// Prints each variant's rate and ratio to `bare`, then one JSON line per variant.

@@ -94,8 +94,8 @@ impl<S: ReadModelStore<i64>> Projection for Balances<S> {
 }
 
 /// A runner configuration that rides out a fault: applies that fail while the server is down or
-/// electing are retried for about half a minute instead of parked, and short ack, pull and pin
-/// timeouts let the runner move on quickly once the server is back.
+/// electing are retried for about half a minute instead of parked, and a short heartbeat lets
+/// the runner's lease come back soon after the server does.
 pub fn patient_config() -> ProjectionConfig {
     ProjectionConfig::new()
         .retry(RetryPolicy {
@@ -103,9 +103,7 @@ pub fn patient_config() -> ProjectionConfig {
             initial_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_millis(500),
         })
-        .ack_wait(Duration::from_secs(2))
-        .pull_expiry(Duration::from_secs(1))
-        .priority_timeout(Duration::from_secs(2))
+        .heartbeat(Duration::from_millis(500))
 }
 
 /// The balances that the fault tests' writers' deposits make: writer `w`'s command `c` (from 0)

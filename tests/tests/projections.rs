@@ -18,7 +18,7 @@ use cqrs_core::{
     Repository, RetryPolicy, StoreError, StreamId,
 };
 use cqrs_nats::async_nats::{self, HeaderMap, jetstream};
-use cqrs_nats::projection::{ReplayFrom, StartFrom, consumer_name, replay};
+use cqrs_nats::projection::{Checkpoint, ReplayFrom, StartFrom, read_checkpoints, replay};
 use cqrs_nats::{
     JetStreamEventStore, JetStreamProjectionHandle, JetStreamProjectionRunner, KvReadModelStore,
     ProjectionConfig,
@@ -43,11 +43,7 @@ fn fast_retry(max_attempts: u32) -> RetryPolicy {
 fn config(max_attempts: u32) -> ProjectionConfig {
     ProjectionConfig::new()
         .retry(fast_retry(max_attempts))
-        .pull_expiry(Duration::from_millis(500))
-        .priority_timeout(Duration::from_secs(2))
         .heartbeat(Duration::from_millis(200))
-        // Bounds the stall of a partition whose event was on its way to a worker letting go.
-        .ack_wait(Duration::from_secs(1))
 }
 
 /// The `n` of an event body `{"n": n}`.
@@ -75,6 +71,8 @@ struct Sums<S> {
     worker: usize,
     seen: Arc<Mutex<Seen>>,
     applied: Arc<AtomicU32>,
+    /// Every delivery, those `apply_once` found applied already included.
+    deliveries: Arc<AtomicU32>,
 }
 
 impl<S> Sums<S> {
@@ -87,6 +85,7 @@ impl<S> Sums<S> {
             worker: 0,
             seen: Arc::default(),
             applied: Arc::default(),
+            deliveries: Arc::default(),
         }
     }
 }
@@ -105,6 +104,7 @@ impl<S: ReadModelStore<u64> + Clone> Projection for Sums<S> {
         if Some(n) == self.poison && self.poison_on.load(Ordering::SeqCst) {
             return Err(HandlerError::new(format!("cannot book {n}")));
         }
+        self.deliveries.fetch_add(1, Ordering::SeqCst);
         if apply_once(&self.model, &event.aggregate_id, event.position, |old| {
             old.unwrap_or(0) + n
         })
@@ -123,29 +123,13 @@ impl<S: ReadModelStore<u64> + Clone> Projection for Sums<S> {
     }
 }
 
-/// The state of every partition consumer of projection `name`: (delivered, ack floor,
-/// pending, unacked, redelivered) per partition.
-async fn consumers(store: &JetStreamEventStore, name: &str) -> Vec<(u64, u64, u64, usize, usize)> {
-    let stream = store
-        .jetstream()
-        .get_stream(store.stream_name())
+/// The checkpoints of projection `name`, by partition.
+async fn checkpoints(store: &JetStreamEventStore, name: &str) -> BTreeMap<u32, Checkpoint> {
+    read_checkpoints(store.jetstream(), store.subjects())
         .await
-        .unwrap();
-    let mut out = Vec::new();
-    for partition in 0..store.subjects().partitions() {
-        let info = stream
-            .consumer_info(consumer_name(name, partition))
-            .await
-            .unwrap();
-        out.push((
-            info.delivered.stream_sequence,
-            info.ack_floor.stream_sequence,
-            info.num_pending,
-            info.num_ack_pending,
-            info.num_redelivered,
-        ));
-    }
-    out
+        .unwrap()
+        .remove(name)
+        .unwrap_or_default()
 }
 
 async fn snapshot<S: ReadModelStore<u64>>(model: &S) -> BTreeMap<String, u64> {
@@ -192,7 +176,7 @@ async fn restarted_projection_resumes_from_its_checkpoint() {
     assert_eq!(outcome.checkpoint, head);
 
     // A run whose handler blocks on event 16; it is stopped while it holds it: the stop
-    // finishes and acks that event and pulls no more on its partition. The other partitions
+    // finishes the batch holding that event, commits, and reads no more on its partition. The other partitions
     // run on meanwhile.
     struct Blocks {
         inner: Sums<KvReadModelStore<u64>>,
@@ -226,7 +210,8 @@ async fn restarted_projection_resumes_from_its_checkpoint() {
             entered: entered.clone(),
             gate: gate.clone(),
         },
-        config(1),
+        // Small batches: the stop finishes the batch holding event 16, not the partition.
+        config(1).max_batch(2),
     )
     .await
     .unwrap();
@@ -244,7 +229,7 @@ async fn restarted_projection_resumes_from_its_checkpoint() {
         "stopped midway: {applied_before}"
     );
     assert_ne!(snapshot(&model).await, snapshot(&reference.model).await);
-    // Event 16 was finished and acked before the stop returned.
+    // Event 16 was finished and committed before the stop returned.
     let stream_16 = f
         .store
         .jetstream()
@@ -315,14 +300,34 @@ async fn poison_event_is_parked_and_later_events_still_project() {
                 .position
         }
     };
-    append("c0", 1).await;
+    // The poison event between two events of another aggregate of its partition, all written
+    // before the runner starts: one batch.
+    let partition = |id: &str| {
+        f.store
+            .stored_subject_for(&StreamId::new("Counter", id))
+            .unwrap()
+            .split('.')
+            .nth(2)
+            .unwrap()
+            .to_owned()
+    };
+    let sibling: &'static str = ["c0", "c2", "c3", "c4", "c5", "c6", "c7", "c8", "c9"]
+        .into_iter()
+        .find(|id| partition(id) == partition("c1"))
+        .unwrap_or_else(|| panic!("no id shares a partition with c1"));
+    append(sibling, 1).await;
     let poison_position = append("c1", 13).await;
-    append("c0", 5).await;
-    let head = append("c0", 7).await;
+    append(sibling, 5).await;
+    let head = append(sibling, 7).await;
 
     let mut sums = Sums::new("balances", InMemoryReadModelStore::new());
     sums.poison = Some(13);
-    struct Counting(Sums<InMemoryReadModelStore<u64>>, Arc<AtomicU32>);
+    /// Counts the deliveries of the poison event and the largest batch.
+    struct Counting(
+        Sums<InMemoryReadModelStore<u64>>,
+        Arc<AtomicU32>,
+        Arc<AtomicU32>,
+    );
     impl Projection for Counting {
         fn name(&self) -> &str {
             self.0.name()
@@ -336,20 +341,34 @@ async fn poison_event_is_parked_and_later_events_still_project() {
             }
             self.0.apply(event).await
         }
+        async fn apply_batch(&self, events: &[RecordedEvent]) -> Result<(), HandlerError> {
+            self.2
+                .fetch_max(u32::try_from(events.len()).unwrap(), Ordering::SeqCst);
+            for event in events {
+                self.apply(event).await?;
+            }
+            Ok(())
+        }
     }
-    let attempts = Arc::new(AtomicU32::new(0));
+    let (attempts, largest) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
     let handle = JetStreamProjectionRunner::spawn(
         &f.store,
-        Counting(sums.clone(), attempts.clone()),
+        Counting(sums.clone(), attempts.clone(), largest.clone()),
         config(3),
     )
     .await
     .unwrap();
     handle.wait_for(head, PATIENT).await.unwrap();
-    assert_eq!(attempts.load(Ordering::SeqCst), 3);
+    assert!(
+        largest.load(Ordering::SeqCst) >= 3,
+        "delivered in one batch"
+    );
+    // Once in the batch, then three times on its own after the batch failed.
+    assert_eq!(attempts.load(Ordering::SeqCst), 4);
+    // Parked alone: its neighbours are applied.
     assert_eq!(
         snapshot(&sums.model).await,
-        BTreeMap::from([("c0".into(), 13)])
+        BTreeMap::from([(sibling.into(), 13)])
     );
 
     // Listed from the dead-letter stream, with the error, attempts and original position.
@@ -388,14 +407,14 @@ async fn poison_event_is_parked_and_later_events_still_project() {
     // Replayed while still failing: it stays parked.
     assert_eq!(handle.replay_parked().await.unwrap(), 0);
     assert_eq!(handle.parked().await.unwrap().len(), 1);
-    assert_eq!(attempts.load(Ordering::SeqCst), 6);
+    assert_eq!(attempts.load(Ordering::SeqCst), 7);
     // After the fix it succeeds and leaves the dead-letter stream.
     sums.poison_on.store(false, Ordering::SeqCst);
     assert_eq!(handle.replay_parked().await.unwrap(), 1);
     assert!(handle.parked().await.unwrap().is_empty());
     assert_eq!(
         snapshot(&sums.model).await,
-        BTreeMap::from([("c0".into(), 13), ("c1".into(), 13)])
+        BTreeMap::from([(sibling.into(), 13), ("c1".into(), 13)])
     );
     handle.stop().await.unwrap();
 }
@@ -451,10 +470,8 @@ async fn malformed_message_is_parked_not_looped_on() {
     // Not a readable event: not among the parked events, and a replay skips it.
     assert!(handle.parked().await.unwrap().is_empty());
     assert_eq!(handle.replay_parked().await.unwrap(), 0);
-    // Acked once: nothing pending, nothing redelivered, on any partition.
-    for (_, _, pending, unacked, redelivered) in consumers(&f.store, "sums").await {
-        assert_eq!((pending, unacked, redelivered), (0, 0, 0));
-    }
+    // Passed once: nothing behind on any partition.
+    assert_eq!(handle.lag().await.unwrap().total, 0);
     handle.stop().await.unwrap();
 
     // A projection name must be usable as a consumer name and a subject token.
@@ -490,8 +507,8 @@ async fn rebuild_from_scratch_equals_the_live_read_model() {
     assert_eq!(snapshot(&rebuilt.model).await, live_model);
     assert_eq!(rebuilt.applied.load(Ordering::SeqCst), 24);
 
-    // Time travel through an ordered consumer leaves the live consumer alone.
-    let before = consumers(&f.store, "sums").await;
+    // Time travel through an ordered consumer leaves the live checkpoints alone.
+    let before = checkpoints(&f.store, "sums").await;
     let from_start = Sums::new("other", InMemoryReadModelStore::new());
     let outcome = replay(
         &f.store,
@@ -533,7 +550,7 @@ async fn rebuild_from_scratch_equals_the_live_read_model() {
     .unwrap();
     assert_eq!(outcome.checkpoint, head);
     assert!((4..=24).contains(&outcome.applied), "{}", outcome.applied);
-    assert_eq!(consumers(&f.store, "sums").await, before);
+    assert_eq!(checkpoints(&f.store, "sums").await, before);
     handle.stop().await.unwrap();
 
     // A new projection built from history by a replay goes live where the replay ended.
@@ -611,23 +628,34 @@ fn assert_in_order(seen: &Arc<Mutex<Seen>>, counters: usize, versions: u64) {
     }
 }
 
+/// Workers joining, leaving and crashing while events keep coming, each handling batches: every
+/// aggregate's events are applied once each, in order, and a stopped worker gets nothing more.
 #[tokio::test]
-async fn two_workers_share_the_work_and_never_reorder_one_aggregates_events() {
+async fn workers_joining_leaving_and_crashing_never_reorder_one_aggregates_events() {
     let f = fixture().await.unwrap();
     let model = InMemoryReadModelStore::<u64>::new();
     let first = Sums::new("ordered", model.clone());
-    let mut second = first.clone();
-    second.worker = 1;
+    let worker = |n: usize| {
+        let mut sums = first.clone();
+        sums.worker = n;
+        sums
+    };
+    // Batches of up to 8, lingering a little so that they fill under a trickle.
+    let batched = || {
+        config(1)
+            .max_batch(8)
+            .batch_linger(Duration::from_millis(2))
+    };
     // Each worker on its own connection, as separate processes would be.
     let worker_store = || async {
         JetStreamEventStore::connect(f.server.url(), cqrs_nats::StoreConfig::new("test"))
             .await
             .unwrap()
     };
-    let a = JetStreamProjectionRunner::spawn(&worker_store().await, first.clone(), config(1))
+    let a = JetStreamProjectionRunner::spawn(&worker_store().await, worker(0), batched())
         .await
         .unwrap();
-    let b = JetStreamProjectionRunner::spawn(&worker_store().await, second, config(1))
+    let b = JetStreamProjectionRunner::spawn(&worker_store().await, worker(1), batched())
         .await
         .unwrap();
     // Both have seen each other: each owns half of the partitions.
@@ -648,36 +676,53 @@ async fn two_workers_share_the_work_and_never_reorder_one_aggregates_events() {
     }
 
     // While events keep coming, a third worker joins (partitions move to it) and the first
-    // stops (its partitions move to the others).
+    // stops (its partitions move to the others): handovers that hand every event over once.
     let writing = {
         let store = f.store.clone();
-        tokio::spawn(async move { write_concurrently(&store, 10, 20).await })
+        tokio::spawn(async move { write_concurrently(&store, 10, 30).await })
     };
-    let mut third = first.clone();
-    third.worker = 2;
-    let c = JetStreamProjectionRunner::spawn(&worker_store().await, third, config(1))
+    let c = JetStreamProjectionRunner::spawn(&worker_store().await, worker(2), batched())
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     a.stop().await.unwrap();
     let by_a_at_stop = applied_by(&first.seen, 0);
-    writing.await.unwrap();
-    let head = write_concurrently(&f.store, 20, 30).await;
-    if let Err(e) = b.wait_for(head, PATIENT).await {
-        let info = consumers(&f.store, "ordered").await;
-        panic!("{e:?}; (delivered, acked, pending, unacked, redelivered) per partition: {info:?}");
+    let head = writing.await.unwrap();
+    for runner in [&b, &c] {
+        if let Err(e) = runner.wait_for(head, PATIENT).await {
+            let info = checkpoints(&f.store, "ordered").await;
+            panic!("{e:?}; checkpoints: {info:?}");
+        }
     }
-    b.stop().await.unwrap();
+    assert_eq!(
+        first.deliveries.load(Ordering::SeqCst),
+        8 * 30,
+        "a graceful handover delivers no event twice"
+    );
+
+    // The second crashes while events keep coming: the third takes its partitions once its
+    // heartbeats are missed, from their last committed checkpoints.
+    let writing = {
+        let store = f.store.clone();
+        tokio::spawn(async move { write_concurrently(&store, 30, 50).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    b.abort();
+    let head = writing.await.unwrap();
+    if let Err(e) = c.wait_for(head, PATIENT).await {
+        let info = checkpoints(&f.store, "ordered").await;
+        panic!("{e:?}; checkpoints: {info:?}");
+    }
     c.stop().await.unwrap();
 
-    assert_in_order(&first.seen, 8, 30);
+    assert_in_order(&first.seen, 8, 50);
     assert!(applied_by(&first.seen, 2) > 0, "the new worker got a share");
     assert_eq!(
         applied_by(&first.seen, 0),
         by_a_at_stop,
         "nothing reaches a stopped worker"
     );
-    let expected: u64 = (0..30).sum();
+    let expected: u64 = (0..50).sum();
     assert!(
         snapshot(&model).await.values().all(|v| *v == expected),
         "{:?}",
@@ -688,15 +733,8 @@ async fn two_workers_share_the_work_and_never_reorder_one_aggregates_events() {
 #[tokio::test]
 async fn crashed_worker_fails_over_without_reordering() {
     let f = fixture().await.unwrap();
-    // Short ack wait, heartbeat and priority timeout, so that the takeover happens within the
-    // test.
-    let quick = || {
-        config(1)
-            .ack_wait(Duration::from_millis(500))
-            .pull_expiry(Duration::from_millis(300))
-            .priority_timeout(Duration::from_secs(1))
-            .heartbeat(Duration::from_millis(100))
-    };
+    // A short heartbeat, so that the takeover happens within the test.
+    let quick = || config(1).heartbeat(Duration::from_millis(100));
     /// Blocks for ever on the first event after `after` it gets, noting which one it was.
     struct BlocksAfter {
         inner: Sums<InMemoryReadModelStore<u64>>,
@@ -768,6 +806,159 @@ async fn crashed_worker_fails_over_without_reordering() {
     let (counter, version) = blocked_on.lock().unwrap().clone().unwrap();
     let applied = first.seen.lock().unwrap()[&counter].clone();
     assert_eq!(applied[usize::try_from(version).unwrap() - 1], (version, 1));
+}
+
+/// Notes every delivery in one log that the workers share: (worker, position), in the order
+/// they happen.
+#[derive(Clone)]
+struct Logged {
+    worker: usize,
+    log: Arc<Mutex<Vec<(usize, u64)>>>,
+}
+
+impl Projection for Logged {
+    fn name(&self) -> &str {
+        "paused"
+    }
+
+    fn filter(&self) -> EventFilter {
+        EventFilter::all().aggregate_type("Counter")
+    }
+
+    async fn apply(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
+        self.log.lock().unwrap().push((self.worker, event.position));
+        Ok(())
+    }
+}
+
+/// A worker whose process stands still (here: its whole runtime blocked, as SIGSTOP would) past
+/// its lease loses its partitions to another worker; when it wakes up it applies nothing that
+/// worker has applied, and it commits nothing over it: it takes partitions again only once
+/// they are handed back, from their checkpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_worker_applies_nothing_after_the_worker_that_took_over() {
+    let f = fixture().await.unwrap();
+    let log: Arc<Mutex<Vec<(usize, u64)>>> = Arc::default();
+    let quick = || config(1).heartbeat(Duration::from_millis(100)).max_batch(8);
+    let writing = Arc::new(AtomicBool::new(true));
+    let writer = {
+        let (store, writing) = (f.store.clone(), writing.clone());
+        tokio::spawn(async move {
+            let (mut n, mut head) = (0, 0);
+            while writing.load(Ordering::SeqCst) && n < 2000 {
+                head = write_concurrently(&store, n, n + 1).await;
+                n += 1;
+            }
+            head
+        })
+    };
+
+    // Worker 0 runs on a runtime of its own, on its own thread, with its own connection: each
+    // receiver sent to it blocks that thread, and with it every task of the worker, until it
+    // hears from its sender.
+    let (freeze, mut frozen) =
+        tokio::sync::mpsc::unbounded_channel::<std::sync::mpsc::Receiver<()>>();
+    let paused = {
+        let (url, log) = (f.server.url().clone(), log.clone());
+        let config = quick();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let store = JetStreamEventStore::connect(url, cqrs_nats::StoreConfig::new("test"))
+                    .await
+                    .unwrap();
+                let handle =
+                    JetStreamProjectionRunner::spawn(&store, Logged { worker: 0, log }, config)
+                        .await
+                        .unwrap();
+                while let Some(thaw) = frozen.recv().await {
+                    let _thawed = thaw.recv();
+                }
+                handle.stop().await.unwrap();
+            });
+        })
+    };
+    let by = |worker: usize| {
+        log.lock()
+            .unwrap()
+            .iter()
+            .filter(|(w, _)| *w == worker)
+            .count()
+    };
+    let deadline = tokio::time::Instant::now() + PATIENT;
+    while by(0) < 20 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "worker 0 never got going"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let other = JetStreamProjectionRunner::spawn(
+        &f.store,
+        Logged {
+            worker: 1,
+            log: log.clone(),
+        },
+        quick(),
+    )
+    .await
+    .unwrap();
+    while by(1) < 20 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "worker 1 never got a share"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Worker 0 stands still until worker 1 owns every partition and has worked on them.
+    let (thaw, thawed) = std::sync::mpsc::channel();
+    freeze.send(thawed).unwrap();
+    loop {
+        let owners = owners(&f.store, "paused").await;
+        if owners.iter().all(|o| o.is_some() && *o == owners[0]) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "worker 1 never took over: {owners:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    thaw.send(()).unwrap();
+    // Awake, it finds its lease lapsed, rejoins, and gets partitions handed back.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    writing.store(false, Ordering::SeqCst);
+    let head = writer.await.unwrap();
+    other.wait_for(head, PATIENT).await.unwrap();
+    drop(freeze);
+    tokio::task::spawn_blocking(move || paused.join().unwrap())
+        .await
+        .unwrap();
+    other.stop().await.unwrap();
+
+    let log_of = log.lock().unwrap().clone();
+    let mut first_by_1: HashMap<u64, usize> = HashMap::new();
+    for (at, (worker, position)) in log_of.iter().enumerate() {
+        if *worker == 1 {
+            first_by_1.entry(*position).or_insert(at);
+        }
+    }
+    let late: Vec<_> = log_of
+        .iter()
+        .enumerate()
+        .filter(|(at, (worker, position))| {
+            *worker == 0 && first_by_1.get(position).is_some_and(|first| first < at)
+        })
+        .collect();
+    assert!(late.is_empty(), "worker 0 applied after worker 1: {late:?}");
+    let delivered: BTreeSet<u64> = log_of.iter().map(|(_, p)| *p).collect();
+    assert_eq!(delivered.len() as u64, head, "every event delivered");
+    assert!(by(0) > 0 && by(1) > 0);
 }
 
 /// Bonus workflow: Added(1) -> Add(100); Added(100) -> Add(10).
@@ -936,10 +1127,14 @@ async fn spawn_gated(
 ) {
     let gate = Arc::new(Semaphore::new(0));
     let sums = Sums::new(name, InMemoryReadModelStore::new());
-    let handle =
-        JetStreamProjectionRunner::spawn(store, Gated(sums.clone(), gate.clone()), config(1))
-            .await
-            .unwrap();
+    // One event per batch: progress moves event by event, as the gate lets them through.
+    let handle = JetStreamProjectionRunner::spawn(
+        store,
+        Gated(sums.clone(), gate.clone()),
+        config(1).max_batch(1),
+    )
+    .await
+    .unwrap();
     (handle, sums, gate)
 }
 
@@ -970,7 +1165,7 @@ async fn read_your_writes_waits_for_the_projection() {
     assert_eq!(snapshot(&sums.model).await["c0"], 20);
 
     // A position outside the projection's filter is never delivered to it: waiting for it
-    // returns once the consumer has nothing pending.
+    // returns once no partition has an event of the filter before it.
     let other = f
         .store
         .append(
@@ -1127,26 +1322,12 @@ async fn kv_read_model_store_compare_and_set() {
     ));
 }
 
-/// The pinned client of each partition consumer of `projection`.
-async fn pins(store: &JetStreamEventStore, projection: &str) -> Vec<Option<String>> {
-    let stream = store
-        .jetstream()
-        .get_stream(store.stream_name())
-        .await
-        .unwrap();
-    let mut pins = Vec::new();
-    for partition in 0..store.subjects().partitions() {
-        let info = stream
-            .consumer_info(consumer_name(projection, partition))
-            .await
-            .unwrap();
-        pins.push(
-            info.priority_groups
-                .first()
-                .and_then(|group| group.pinned_client_id.clone()),
-        );
-    }
-    pins
+/// The owner of each partition of `projection`, by its checkpoint.
+async fn owners(store: &JetStreamEventStore, projection: &str) -> Vec<Option<String>> {
+    let checkpoints = checkpoints(store, projection).await;
+    (0..store.subjects().partitions())
+        .map(|k| checkpoints.get(&k).and_then(|c| c.owner.clone()))
+        .collect()
 }
 
 #[tokio::test]
@@ -1158,7 +1339,7 @@ async fn a_joining_worker_leaves_the_partitions_it_does_not_get_alone() {
     let a = JetStreamProjectionRunner::spawn(&f.store, first.clone(), config(1))
         .await
         .unwrap();
-    // Events on every partition, so that the first worker holds every pin.
+    // Events on every partition.
     let head = write_concurrently(&f.store, 0, 2).await;
     for n in 0..64 {
         f.store
@@ -1173,13 +1354,13 @@ async fn a_joining_worker_leaves_the_partitions_it_does_not_get_alone() {
     }
     let head = head.max(64);
     a.wait_for(head, PATIENT).await.unwrap();
-    let before = pins(&f.store, "joining").await;
+    let before = owners(&f.store, "joining").await;
     assert!(before.iter().all(Option::is_some), "{before:?}");
 
     let b = JetStreamProjectionRunner::spawn(&f.store, second, config(1))
         .await
         .unwrap();
-    // The second worker takes every other partition; the first keeps the rest, pins and all.
+    // The second worker takes every other partition; the first keeps the rest.
     let deadline = tokio::time::Instant::now() + PATIENT;
     while cqrs_nats::projection::live_workers(f.store.jetstream(), f.store.subjects())
         .await
@@ -1196,13 +1377,19 @@ async fn a_joining_worker_leaves_the_partitions_it_does_not_get_alone() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let after = pins(&f.store, "joining").await;
-    let kept = (0..before.len()).step_by(2);
-    for k in kept {
-        assert_eq!(
-            after[k], before[k],
-            "partition {k} stayed with the first worker and was never unpinned"
-        );
+    let after = owners(&f.store, "joining").await;
+    for k in 0..before.len() {
+        if k % 2 == 0 {
+            assert_eq!(
+                after[k], before[k],
+                "partition {k} stayed with the first worker"
+            );
+        } else {
+            assert!(
+                after[k].is_some() && after[k] != before[k],
+                "partition {k} moved to the second worker: {after:?}"
+            );
+        }
     }
     b.stop().await.unwrap();
     a.stop().await.unwrap();

@@ -25,7 +25,7 @@ use cqrs_core::{
 };
 use cqrs_nats::async_nats::{self, HeaderMap};
 use cqrs_nats::permissions::{Denied, PermissionWatch};
-use cqrs_nats::projection::consumer_name;
+use cqrs_nats::projection::read_checkpoints;
 use cqrs_nats::reads::READ_ERROR_HEADER;
 use cqrs_nats::{JetStreamEventStore, JetStreamProjectionRunner, ProjectionConfig};
 use cqrs_tests::tenancy::{self, tenant_store, user_options};
@@ -42,7 +42,8 @@ const SECRET: &str = "secret-of-t2";
 /// How long an attempt may take to be refused before it counts as let through.
 const REFUSAL_WAIT: Duration = Duration::from_secs(2);
 /// The projection's ack wait: the longest an event may take to reach it.
-const ACK_WAIT: Duration = Duration::from_secs(5);
+/// Later than this, an event reached the projection late.
+const LATE: Duration = Duration::from_secs(5);
 /// The operator's writers stop after this many events or this long, whichever comes first.
 const MAX_WRITES: u64 = 400;
 const MAX_WRITING: Duration = Duration::from_secs(30);
@@ -160,31 +161,15 @@ impl Attempts {
 }
 
 /// Every subject outside t1's access that reaches something of the operator's or of t2's.
-fn forbidden_publishes(partitions: u32) -> Vec<(String, &'static str)> {
+fn forbidden_publishes() -> Vec<(String, &'static str)> {
     let mut out: Vec<(String, &'static str)> = Vec::new();
-    let pull = r#"{"batch":1,"expires":1000000000}"#;
-    let pinned = r#"{"batch":1,"expires":1000000000,"group":"cqrs"}"#;
-    for p in 0..partitions {
-        let consumer = consumer_name(PROJECTION, p);
-        let api = |verb: &str| format!("$JS.API.CONSUMER.{verb}.EVENTS_BANK.{consumer}");
-        out.push((api("MSG.NEXT"), pull));
-        out.push((api("MSG.NEXT"), pinned));
-        // A create on an existing name updates it: re-filter, pause, expire.
-        out.push((
-            format!("{}.bank.events.*.t1.>", api("CREATE")),
-            r#"{"stream_name":"EVENTS_BANK","config":{"name":"balances_p0","filter_subject":"bank.events.*.t1.>","ack_policy":"explicit","pause_until":"2100-01-01T00:00:00Z"}}"#,
-        ));
-        for verb in ["INFO", "DELETE", "PAUSE", "UNPIN", "RESET"] {
-            out.push((api(verb), r#"{"group":"cqrs"}"#));
-        }
-        out.push((format!("$JS.ACK.EVENTS_BANK.{consumer}.1.1.1.0.0"), "-NAK"));
-    }
     let any = "{}";
     for stream in [
         "EVENTS_BANK",
         "DEADLETTER_BANK",
         "KV_SNAPSHOTS_BANK",
         "KV_PROJECTION_WORKERS_BANK",
+        "KV_PROJECTION_CHECKPOINTS_BANK",
     ] {
         for verb in ["INFO", "DELETE", "PURGE", "UPDATE", "MSG.GET", "MSG.DELETE"] {
             out.push((format!("$JS.API.STREAM.{verb}.{stream}"), any));
@@ -211,6 +196,7 @@ fn forbidden_publishes(partitions: u32) -> Vec<(String, &'static str)> {
         "$JS.API.DIRECT.GET.KV_PROJECTION_WORKERS_BANK.$KV.PROJECTION_WORKERS_BANK.w",
         "$KV.SNAPSHOTS_BANK.t2.BankAccount.acc-0",
         "$KV.PROJECTION_WORKERS_BANK.w",
+        "$KV.PROJECTION_CHECKPOINTS_BANK.balances.0",
         "bank.events.t2.Ledger.l1",
         "bank.deadletter.balances",
         "bank.reads.t2",
@@ -281,12 +267,10 @@ async fn hostile_but_allowed(client: &async_nats::Client, partitions: u32) -> us
         "$JS.API.STREAM.DELETE.KV_SNAPSHOTS_BANK".to_owned(),
         "$JS.API.STREAM.PURGE.DEADLETTER_BANK".to_owned(),
     ];
-    deputies.extend((0..partitions).map(|p| {
-        format!(
-            "$JS.API.CONSUMER.DELETE.EVENTS_BANK.{}",
-            consumer_name(PROJECTION, p)
-        )
-    }));
+    deputies.push("$JS.API.STREAM.PURGE.KV_PROJECTION_CHECKPOINTS_BANK".to_owned());
+    deputies.extend(
+        (0..partitions).map(|p| format!("$KV.PROJECTION_CHECKPOINTS_BANK.{PROJECTION}.{p}")),
+    );
     let read_body = r#"{"subject":"bank.events.*.t1.*.*","from_sequence":1,"batch":5}"#;
     // The event publish carries an expectation that fails, so that the stream answers without
     // storing anything (a tenant may write garbage to its own aggregates; that is not tried here).
@@ -362,7 +346,7 @@ async fn attack(
     partitions: u32,
 ) -> Attempts {
     let mut attempts = Attempts::default();
-    for (subject, body) in forbidden_publishes(partitions) {
+    for (subject, body) in forbidden_publishes() {
         attempts.publish(watch, attacker, subject, body).await;
     }
     for subject in [
@@ -398,7 +382,7 @@ async fn attack(
     attempts
 }
 
-/// The stream, the bucket and the projection's consumers are as the operator made them.
+/// The stream, the bucket and the projection's checkpoints are as the operator made them.
 async fn assert_operator_intact(admin: &JetStreamEventStore, partitions: u32) {
     let js = admin.jetstream();
     for stream in ["EVENTS_BANK", "KV_SNAPSHOTS_BANK"] {
@@ -406,20 +390,21 @@ async fn assert_operator_intact(admin: &JetStreamEventStore, partitions: u32) {
             .await
             .unwrap_or_else(|e| panic!("{stream}: {e}"));
     }
-    let events = js.get_stream("EVENTS_BANK").await.unwrap();
+    let checkpoints = read_checkpoints(js, admin.subjects())
+        .await
+        .unwrap()
+        .remove(PROJECTION)
+        .unwrap_or_default();
     for p in 0..partitions {
-        let name = consumer_name(PROJECTION, p);
-        let mut consumer = events
-            .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&name)
-            .await
-            .unwrap_or_else(|e| panic!("consumer {name}: {e}"));
-        let info = consumer.info().await.unwrap();
+        let checkpoint = checkpoints
+            .get(&p)
+            .unwrap_or_else(|| panic!("no checkpoint for partition {p}: {checkpoints:?}"));
         assert_eq!(
-            info.config.filter_subject,
-            format!("bank.events.{p}.>"),
-            "{name}"
+            checkpoint.filter,
+            [format!("bank.events.{p}.>")],
+            "partition {p}"
         );
-        assert!(!info.paused, "{name} was paused");
+        assert!(checkpoint.owner.is_some(), "partition {p} lost its owner");
     }
 }
 
@@ -455,7 +440,7 @@ async fn a_tenant_reaches_nothing_beyond_its_own_data() {
     let projection = JetStreamProjectionRunner::spawn(
         &admin,
         Recorder(Arc::clone(&watched)),
-        ProjectionConfig::new().ack_wait(ACK_WAIT),
+        ProjectionConfig::new(),
     )
     .await
     .unwrap();
@@ -502,7 +487,7 @@ async fn a_tenant_reaches_nothing_beyond_its_own_data() {
             .unwrap();
         last = committed.events.last().unwrap().position;
     }
-    projection.wait_for(last, ACK_WAIT).await.unwrap();
+    projection.wait_for(last, LATE).await.unwrap();
 
     assert_operator_intact(&admin, partitions).await;
     assert!(t2.load_snapshot(&t2_account).await.unwrap().is_some());
@@ -541,7 +526,7 @@ async fn a_tenant_reaches_nothing_beyond_its_own_data() {
     assert!(leaked.is_empty(), "t1 received t2's data: {leaked:#?}");
     assert!(missed.is_empty(), "the projection missed {missed:?}");
     assert!(
-        max_delay_ms < u64::try_from(ACK_WAIT.as_millis()).unwrap(),
+        max_delay_ms < u64::try_from(LATE.as_millis()).unwrap(),
         "an event reached the projection {max_delay_ms} ms after it was written"
     );
     projection.stop().await.unwrap();

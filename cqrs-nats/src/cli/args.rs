@@ -146,36 +146,34 @@ pub(crate) enum Command {
 
     /// The projections of a context with their workers, lag and parked events.
     ///
-    /// A projection has one durable consumer per partition of the context's event stream
-    /// (`<projection>_p<k>`, named by their `cqrs.projection` metadata), shown as one row:
-    /// counts summed over its consumers, positions the highest of them. Other durable consumers
-    /// are listed on their own. Live workers are read from the KV bucket
-    /// `PROJECTION_WORKERS_<CONTEXT>` (a worker counts while its heartbeat is recent); the lag
-    /// counts the events not yet handled (not yet delivered plus delivered and not yet acked, as
-    /// `JetStreamProjectionHandle::lag` does); parked events are counted on the dead-letter stream
-    /// `DEADLETTER_<CONTEXT>` (subject `<context>.deadletter.<projection>`).
+    /// A projection has one checkpoint per partition of the context's event stream (the KV
+    /// bucket `PROJECTION_CHECKPOINTS_<CONTEXT>`, keys `<projection>.<k>`), shown as one row.
+    /// Live workers are read from the KV bucket `PROJECTION_WORKERS_<CONTEXT>` (a worker counts
+    /// while its heartbeat is recent); the lag counts the events of each partition's filter
+    /// stored after its checkpoint (as `JetStreamProjectionRunner::lag` does); parked events are
+    /// counted on the dead-letter stream `DEADLETTER_<CONTEXT>` (subject
+    /// `<context>.deadletter.<projection>`).
     ///
     /// JSON: `{"context", "stream", "head" (last position), "projections": [{"name",
-    /// "partitions" (its consumers), "workers" (live workers; 0 without a workers bucket),
-    /// "lag" (events not yet handled), "pending" (events not yet delivered), "ack_pending", "redelivered",
-    /// "delivered_position", "acked_position" (the highest over its consumers), "parked",
-    /// "consumer" (false when only parked events remain)}]}`.
+    /// "partitions" (its checkpoints), "workers" (live workers; 0 without a workers bucket),
+    /// "owned" (partitions a worker holds now), "lag" (events not yet handled), "position"
+    /// (the lowest checkpoint), "highest_position", "parked", "checkpoints" (false when only
+    /// parked events remain)}]}`.
     Projections,
 
     /// Move a projection's checkpoints back so that its running workers process events again.
     ///
-    /// Recreates each of the projection's durable consumers (`<projection>_p<k>`, one per
-    /// partition) with a new start — the first event (default), `--from-position` or
-    /// `--from-time` — keeping the rest of their configuration. Its running workers re-bind to
-    /// the recreated consumers and process the events from there again (as will workers
-    /// started later). A read model fenced by `apply_once` skips the positions it already holds,
-    /// so clear it first to rebuild. Creates nothing: an unknown context, or a projection with
-    /// no consumers in the context, is an error (exit code 1).
+    /// Sets each of the projection's checkpoints (one per partition) to a new start — the
+    /// first event (default), `--from-position` or `--from-time`. Its running workers see their
+    /// checkpoints move and process the events from there again (as will workers started
+    /// later). A read model fenced by `apply_once` skips the positions it already holds, so
+    /// clear it first to rebuild. Creates nothing: an unknown context, or a projection with no
+    /// checkpoints in the context, is an error (exit code 1).
     ///
-    /// Without `--yes` nothing is changed: it says on stderr what it would do (consumers, live
+    /// Without `--yes` nothing is changed: it says on stderr what it would do (partitions, live
     /// workers, start) and exits with code 2.
     ///
-    /// JSON: `{"projection", "context", "consumers_reset", "workers" (live workers of the
+    /// JSON: `{"projection", "context", "partitions_reset", "workers" (live workers of the
     /// projection, which process the events again), "from": {"kind" ("beginning" | "position" |
     /// "time"), "position", "time" (RFC 3339)}}`; absent values are `null`.
     Replay {

@@ -8,13 +8,11 @@ use super::model::{
 use super::progress::Progress;
 use crate::async_nats::{self, jetstream};
 use crate::deadletter::DeadLetters;
-use crate::projection::{
-    Lag, PROJECTION_METADATA, StartFrom, consumer_name, live_workers, reset_consumers,
-};
+use crate::projection::{Lag, StartFrom, live_workers, read_checkpoints, reset_checkpoints};
 use crate::{JetStreamEventStore, StoreConfig, Subjects};
 use cqrs_core::{EventFilter, EventStore, StreamId};
 use futures::TryStreamExt;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 use time::UtcOffset;
 use uuid::Uuid;
@@ -372,45 +370,30 @@ impl Session {
         })
     }
 
-    /// `projections`: the durable consumers of the stream, those of one projection (one per
-    /// partition, named by their `cqrs.projection` metadata) as one row.
+    /// `projections`: the checkpoints of the context's projections, those of one projection
+    /// (one per partition) as one row.
     pub(crate) async fn projections(&self, context: &str) -> Result<ProjectionsDoc, CliError> {
         let (name, stream, info) = self.stream(context).await?;
-        let consumers: Vec<jetstream::consumer::Info> = stream
-            .consumers()
-            .try_collect()
-            .await
-            .map_err(|e| CliError::jetstream(format!("listing the consumers of {name}"), e))?;
         let parked = self.parked(context).await?;
-        let workers = match Subjects::from_stream_config(&info.config) {
-            Some(subjects) => live_workers(&self.js, &subjects).await?,
-            None => BTreeMap::new(),
+        let (workers, checkpoints) = match Subjects::from_stream_config(&info.config) {
+            Some(subjects) => (
+                live_workers(&self.js, &subjects).await?,
+                read_checkpoints(&self.js, &subjects).await?,
+            ),
+            None => (BTreeMap::new(), BTreeMap::new()),
         };
         let mut groups: BTreeMap<String, ProjectionDoc> = BTreeMap::new();
-        for consumer in consumers {
-            let Some(durable) = consumer.config.durable_name.clone() else {
-                // An ephemeral reader, not a projection.
-                continue;
-            };
-            let projection = consumer
-                .config
-                .metadata
-                .get(PROJECTION_METADATA)
-                .cloned()
-                .unwrap_or(durable);
+        for (projection, partitions) in checkpoints {
+            let lag = Lag::of_checkpoints(&stream, &partitions).await?;
             let doc = groups
                 .entry(projection.clone())
                 .or_insert_with(|| ProjectionDoc::empty(projection));
-            doc.consumer = true;
-            doc.partitions += 1;
-            doc.lag += Lag::of_consumer(&consumer);
-            doc.pending += consumer.num_pending;
-            doc.ack_pending += consumer.num_ack_pending;
-            doc.redelivered += consumer.num_redelivered;
-            doc.delivered_position = doc
-                .delivered_position
-                .max(consumer.delivered.stream_sequence);
-            doc.acked_position = doc.acked_position.max(consumer.ack_floor.stream_sequence);
+            doc.checkpoints = true;
+            doc.partitions = partitions.len();
+            doc.owned = partitions.values().filter(|c| c.owner.is_some()).count();
+            doc.lag = lag.total;
+            doc.position = partitions.values().map(|c| c.position).min().unwrap_or(0);
+            doc.highest_position = partitions.values().map(|c| c.position).max().unwrap_or(0);
         }
         for (projection, count) in parked {
             groups
@@ -442,16 +425,12 @@ impl Session {
         from: ReplayFromDoc,
         yes: bool,
     ) -> Result<ReplayDoc, CliError> {
-        let (name, stream, info) = self.stream(context).await?;
+        let (_, _, info) = self.stream(context).await?;
         let subjects = subjects_of(&info.config)?;
-        let names: HashSet<String> = stream
-            .consumer_names()
-            .try_collect()
-            .await
-            .map_err(|e| CliError::jetstream(format!("listing the consumers of {name}"), e))?;
-        let consumers = (0..subjects.partitions())
-            .filter(|k| names.contains(&consumer_name(projection, *k)))
-            .count();
+        let consumers = read_checkpoints(&self.js, &subjects)
+            .await?
+            .get(projection)
+            .map_or(0, BTreeMap::len);
         let unknown = || CliError::UnknownProjection {
             projection: projection.to_owned(),
             context: context.to_owned(),
@@ -467,7 +446,7 @@ impl Session {
         if !yes {
             return Err(CliError::NotConfirmed(format!(
                 "replay would move the checkpoints of projection `{projection}` in context \
-                 `{context}` ({consumers} consumer{}) to {}, and {}",
+                 `{context}` ({consumers} partition{}) to {}, and {}",
                 plural(consumers),
                 from.describe(),
                 match workers {
@@ -484,14 +463,14 @@ impl Session {
             (None, Some(time)) => StartFrom::Time(time),
             (None, None) => StartFrom::Beginning,
         };
-        let consumers_reset = reset_consumers(&self.js, context, projection, start).await?;
-        if consumers_reset == 0 {
+        let partitions_reset = reset_checkpoints(&self.js, context, projection, start).await?;
+        if partitions_reset == 0 {
             return Err(unknown());
         }
         Ok(ReplayDoc {
             projection: projection.to_owned(),
             context: context.to_owned(),
-            consumers_reset,
+            partitions_reset,
             workers,
             from,
         })

@@ -50,7 +50,7 @@ pub(crate) enum CliError {
     },
     /// `replay` of a projection without consumers in the context.
     #[error(
-        "projection `{projection}` has no consumers in context `{context}` (see `projections`)"
+        "projection `{projection}` has no checkpoints in context `{context}` (see `projections`)"
     )]
     UnknownProjection {
         /// The name given.
@@ -385,40 +385,40 @@ pub(crate) struct ProjectionsDoc {
     pub(crate) projections: Vec<ProjectionDoc>,
 }
 
-/// One projection of `projections`: its consumers (one per partition) summed up.
+/// One projection of `projections`: its checkpoints (one per partition) summed up.
 #[derive(Debug, Serialize)]
 pub(crate) struct ProjectionDoc {
     pub(crate) name: String,
-    /// Its consumers.
+    /// Its checkpoints.
     pub(crate) partitions: usize,
     /// Its live workers.
     pub(crate) workers: usize,
+    /// Partitions a worker holds now.
+    pub(crate) owned: usize,
     /// Events not yet handled ([`crate::projection::Lag`]).
     pub(crate) lag: u64,
-    pub(crate) pending: u64,
-    pub(crate) ack_pending: usize,
-    pub(crate) redelivered: usize,
-    pub(crate) delivered_position: u64,
-    pub(crate) acked_position: u64,
+    /// The lowest checkpoint over its partitions.
+    pub(crate) position: u64,
+    /// The highest.
+    pub(crate) highest_position: u64,
     pub(crate) parked: u64,
-    pub(crate) consumer: bool,
+    /// False when only parked events remain.
+    pub(crate) checkpoints: bool,
 }
 
 impl ProjectionDoc {
-    /// A projection with no consumer (yet): nothing counted.
+    /// A projection with no checkpoint (yet): nothing counted.
     pub(crate) fn empty(name: String) -> Self {
         Self {
             name,
             partitions: 0,
             workers: 0,
+            owned: 0,
             lag: 0,
-            pending: 0,
-            ack_pending: 0,
-            redelivered: 0,
-            delivered_position: 0,
-            acked_position: 0,
+            position: 0,
+            highest_position: 0,
             parked: 0,
-            consumer: false,
+            checkpoints: false,
         }
     }
 }
@@ -428,7 +428,7 @@ impl ProjectionDoc {
 pub(crate) struct ReplayDoc {
     pub(crate) projection: String,
     pub(crate) context: String,
-    pub(crate) consumers_reset: usize,
+    pub(crate) partitions_reset: usize,
     /// The projection's live workers (that process the events again now).
     pub(crate) workers: usize,
     pub(crate) from: ReplayFromDoc,

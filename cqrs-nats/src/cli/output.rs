@@ -284,13 +284,12 @@ pub(crate) fn projections(doc: &ProjectionsDoc) -> String {
         .map(|p| {
             vec![
                 p.name.clone(),
-                dash(p.consumer, p.partitions.to_string()),
+                dash(p.checkpoints, p.partitions.to_string()),
                 p.workers.to_string(),
-                dash(p.consumer, p.lag.to_string()),
-                p.ack_pending.to_string(),
-                p.acked_position.to_string(),
+                dash(p.checkpoints, p.lag.to_string()),
+                dash(p.checkpoints, p.position.to_string()),
                 p.parked.to_string(),
-                if p.consumer { "" } else { "(no consumer)" }.to_owned(),
+                if p.checkpoints { "" } else { "(no checkpoint)" }.to_owned(),
             ]
         })
         .collect();
@@ -300,8 +299,7 @@ pub(crate) fn projections(doc: &ProjectionsDoc) -> String {
             "PARTITIONS",
             "WORKERS",
             "LAG",
-            "IN-FLIGHT",
-            "ACKED",
+            "POSITION",
             "PARKED",
             "",
         ],
@@ -322,11 +320,11 @@ pub(crate) fn replay(doc: &ReplayDoc) -> String {
         ),
     };
     format!(
-        "projection {} (context {}): {} consumer{} reset to {}; {workers}\n",
+        "projection {} (context {}): {} partition{} reset to {}; {workers}\n",
         doc.projection,
         doc.context,
-        doc.consumers_reset,
-        plural(doc.consumers_reset),
+        doc.partitions_reset,
+        plural(doc.partitions_reset),
         doc.from.describe(),
     )
 }

@@ -1,85 +1,81 @@
-//! Operations on a projection's consumers that the CLI and operators use: rebuild, delete,
-//! reset, the dead letters, the live workers.
+//! Operations on a projection's checkpoints that the CLI and operators use: rebuild, delete,
+//! reset, lag, the dead letters, the live workers.
 
 use crate::deadletter::DeadLetters;
 use crate::store::JetStreamEventStore;
 use crate::subject::Subjects;
-use async_nats::jetstream::consumer::{self, AckPolicy, FromConsumer, PriorityPolicy, pull};
 use async_nats::jetstream::{self, kv, stream};
-use cqrs_core::{EventFilter, Projection, StoreError};
+use cqrs_core::{Projection, StoreError};
 use futures::TryStreamExt;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use time::OffsetDateTime;
 
-use super::config::ProjectionConfig;
-use super::config::StartFrom;
+use super::checkpoint::{Checkpoints, read_checkpoints};
+use super::config::{ProjectionConfig, StartFrom};
 use super::handle::JetStreamProjectionHandle;
-use super::lag::{Lag, lag_of};
-use super::membership::Heartbeat;
-use super::membership::MISSED_HEARTBEATS;
-use super::names::PARTITION_METADATA;
-use super::names::PROJECTION_METADATA;
-use super::names::consumer_name;
-use super::names::filter_subjects_in;
-use super::names::split_filters;
+use super::lag::Lag;
+use super::membership::{Heartbeat, MISSED_HEARTBEATS};
 use super::names::workers_bucket;
 use super::runner::JetStreamProjectionRunner;
-use super::{OP, context_subjects, is_consumer_not_found, unavailable};
+use super::{OP, context_subjects, unavailable};
 
 impl JetStreamProjectionRunner {
-    /// Rebuilds `projection` from the first event: deletes its durable consumers (the old
-    /// checkpoints) and spawns it again. Give it a fresh read model; stop the old runners first.
+    /// Rebuilds `projection` from the first event: deletes its checkpoints and spawns it again.
+    /// Give it a fresh read model; stop the old runners first (a running one would start over
+    /// too, from where its configuration says).
     pub async fn rebuild<P: Projection>(
         store: &JetStreamEventStore,
         projection: P,
         config: ProjectionConfig,
     ) -> Result<JetStreamProjectionHandle<P>, StoreError> {
-        Self::delete_consumer(store, projection.name()).await?;
+        Self::delete_checkpoints(store, projection.name()).await?;
         Self::spawn(store, projection, config.start_from(StartFrom::Beginning)).await
     }
 
-    /// Deletes the durable consumers of projection `name` (its checkpoints); absent is fine.
-    pub async fn delete_consumer(
+    /// Deletes the checkpoints of projection `name`; absent is fine. Returns how many there were.
+    pub async fn delete_checkpoints(
         store: &JetStreamEventStore,
         name: &str,
-    ) -> Result<(), StoreError> {
-        let (stream, subjects) = context_subjects(store).await?;
+    ) -> Result<usize, StoreError> {
+        let (_, subjects) = context_subjects(store).await?;
+        let Some(checkpoints) = Checkpoints::existing(store.jetstream(), &subjects, name).await?
+        else {
+            return Ok(0);
+        };
+        let mut deleted = 0;
         for partition in 0..subjects.partitions() {
-            match stream
-                .delete_consumer(&consumer_name(name, partition))
-                .await
-            {
-                Ok(_) => {}
-                Err(e)
-                    if matches!(e.kind(), stream::ConsumerErrorKind::JetStream(js)
-                        if js.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND) => {}
-                Err(e) => return Err(unavailable(e)),
+            if checkpoints.delete(partition).await? {
+                deleted += 1;
             }
         }
-        Ok(())
+        Ok(deleted)
     }
 
-    /// Moves the checkpoints of projection `name` to `from`: each of its consumers is recreated
-    /// with its current configuration and the new start, and running workers carry on from
-    /// there. Read models that apply events once per position (`apply_once`) skip what they
-    /// hold already, so clear them first to rebuild. Returns the number of consumers reset
-    /// (0: the projection has never run). [`reset_consumers`] does the same without a store.
+    /// Moves the checkpoints of projection `name` to `from`; running workers see their
+    /// checkpoints move and carry on from there. Read models that apply events once per
+    /// position (`apply_once`) skip what they hold already, so clear them first to rebuild.
+    /// Returns the number of partitions reset (0: the projection has never run).
+    /// [`reset_checkpoints`] does the same without a store.
     pub async fn reset(
         store: &JetStreamEventStore,
         name: &str,
         from: StartFrom,
     ) -> Result<usize, StoreError> {
         let (stream, subjects) = context_subjects(store).await?;
-        reset_on(&stream, &subjects, name, from).await
+        reset_on(store.jetstream(), &stream, &subjects, name, from).await
     }
 
     /// How far projection `name` is behind the head of the stream, per partition and in total
     /// (see [`Lag`]); works whether or not its runners are running. A projection without
-    /// consumers has no lag.
+    /// checkpoints has no lag.
     pub async fn lag(store: &JetStreamEventStore, name: &str) -> Result<Lag, StoreError> {
         let (stream, subjects) = context_subjects(store).await?;
-        lag_of(&stream, name, subjects.partitions()).await
+        let checkpoints = read_checkpoints(store.jetstream(), &subjects)
+            .await?
+            .remove(name)
+            .unwrap_or_default();
+        Lag::of_checkpoints(&stream, &checkpoints).await
     }
 
     /// The dead-letter stream of the store's context.
@@ -96,19 +92,18 @@ impl JetStreamProjectionRunner {
 
 /// Moves the checkpoints of projection `name` in bounded context `context` to `from`, as
 /// [`JetStreamProjectionRunner::reset`] does, from a bare JetStream context (the operator CLI's
-/// `replay`): each of the projection's consumers is recreated with its current configuration and
-/// the new start, and its running workers carry on from there. Works on the context's existing
-/// events stream only and creates no stream, bucket or other consumer: a context without a
-/// stream is an error. Returns the number of consumers reset (0: the projection has no
-/// consumers in this context).
-pub async fn reset_consumers(
+/// `replay`); its running workers carry on from there. Works on the context's existing events
+/// stream and checkpoints only and creates nothing: a context without a stream is an error.
+/// Returns the number of partitions reset (0: the projection has no checkpoints in this
+/// context).
+pub async fn reset_checkpoints(
     js: &jetstream::Context,
     context: &str,
     name: &str,
     from: StartFrom,
 ) -> Result<usize, StoreError> {
     let (stream, subjects) = existing_stream(js, context).await?;
-    reset_on(&stream, &subjects, name, from).await
+    reset_on(js, &stream, &subjects, name, from).await
 }
 
 /// The events stream of `context` and its subjects, if the stream exists (never creates it).
@@ -138,33 +133,31 @@ pub(super) async fn existing_stream(
     Ok((stream, subjects))
 }
 
-/// Recreates the existing consumers of projection `name` on `stream` with start `from`.
-pub(super) async fn reset_on(
+/// Sets the existing checkpoints of projection `name` to the checkpoint `from` means.
+async fn reset_on(
+    js: &jetstream::Context,
     stream: &stream::Stream,
     subjects: &Subjects,
     name: &str,
     from: StartFrom,
 ) -> Result<usize, StoreError> {
-    let mut reset = 0;
-    for partition in 0..subjects.partitions() {
-        let consumer = consumer_name(name, partition);
-        let existing = match stream.consumer_info(&consumer).await {
-            Ok(info) => info.config.clone(),
-            Err(e) if is_consumer_not_found(&e) => continue,
-            Err(e) => return Err(unavailable(e)),
-        };
-        // The consumer as it is (filters, ack wait, pin group, metadata...), with the new start.
-        let mut config = pull::Config::try_from_consumer_config(existing)
-            .map_err(|e| unavailable(format!("consumer `{consumer}`: {e}")))?;
-        config.deliver_policy = from.deliver_policy();
-        stream
-            .delete_consumer(&consumer)
-            .await
-            .map_err(unavailable)?;
-        stream.create_consumer(config).await.map_err(unavailable)?;
-        reset += 1;
+    let Some(checkpoints) = Checkpoints::existing(js, subjects, name).await? else {
+        return Ok(0);
+    };
+    let existing: Vec<u32> = read_checkpoints(js, subjects)
+        .await?
+        .remove(name)
+        .unwrap_or_default()
+        .into_keys()
+        .collect();
+    if existing.is_empty() {
+        return Ok(0);
     }
-    Ok(reset)
+    let position = from.checkpoint(stream).await?;
+    for partition in &existing {
+        checkpoints.reset(*partition, position).await?;
+    }
+    Ok(existing.len())
 }
 
 /// How long past its time-to-live, by this machine's clock, a heartbeat still counts in
@@ -226,58 +219,4 @@ pub async fn live_workers(
         }
     }
     Ok(live)
-}
-
-/// Creates the durable consumer of `name` on `partition`, or updates its configuration (an
-/// existing consumer keeps its deliver policy and checkpoint).
-pub(super) async fn ensure_consumer(
-    stream: &stream::Stream,
-    subjects: &Subjects,
-    name: &str,
-    partition: u32,
-    filter: &EventFilter,
-    config: &ProjectionConfig,
-) -> Result<consumer::Consumer<pull::Config>, StoreError> {
-    let consumer = consumer_name(name, partition);
-    let (filter_subject, filter_subjects) =
-        split_filters(filter_subjects_in(subjects, filter, Some(partition)));
-    let mut consumer_config = pull::Config {
-        durable_name: Some(consumer.clone()),
-        description: Some(format!(
-            "cqrs projection {name}, partition {partition} of {}",
-            subjects.partitions()
-        )),
-        deliver_policy: config.start.deliver_policy(),
-        ack_policy: AckPolicy::Explicit,
-        ack_wait: config.ack_wait,
-        max_ack_pending: i64::try_from(config.max_in_flight).unwrap_or(i64::MAX),
-        filter_subject,
-        filter_subjects,
-        metadata: [
-            (PROJECTION_METADATA.to_owned(), name.to_owned()),
-            (PARTITION_METADATA.to_owned(), partition.to_string()),
-        ]
-        .into(),
-        ..Default::default()
-    };
-    if config.pinned {
-        consumer_config.priority_policy = PriorityPolicy::PinnedClient;
-        consumer_config.priority_groups = vec![config.group.clone()];
-        consumer_config.priority_timeout = config.effective_priority_timeout();
-    }
-    match stream.create_consumer(consumer_config.clone()).await {
-        Ok(consumer) => Ok(consumer),
-        // An existing consumer keeps its deliver policy; update the rest.
-        Err(create_error) => {
-            let existing = stream
-                .consumer_info(&consumer)
-                .await
-                .map_err(|_| unavailable(&create_error))?;
-            consumer_config.deliver_policy = existing.config.deliver_policy;
-            stream
-                .create_consumer(consumer_config)
-                .await
-                .map_err(|e| unavailable(format!("{create_error}; then: {e}")))
-        }
-    }
 }

@@ -1,11 +1,16 @@
 //! Where a projection starts and how its runner behaves.
 
-use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::stream;
+use cqrs_core::StoreError;
 use cqrs_core::projection::RetryPolicy;
 use std::time::Duration;
 use time::OffsetDateTime;
 
-/// Where a projection's new consumer starts. An existing consumer keeps its checkpoint.
+use super::unavailable;
+
+/// Where a projection starts on a partition that has no checkpoint yet. A partition with a
+/// checkpoint carries on after it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StartFrom {
     /// From the first event: a new projection built from history.
@@ -15,17 +20,38 @@ pub enum StartFrom {
     Position(u64),
     /// From the first event stored at or after this time.
     Time(OffsetDateTime),
-    /// Only events appended after the consumer is created.
+    /// Only events appended after the runner starts.
     New,
 }
 
 impl StartFrom {
-    pub(super) fn deliver_policy(self) -> DeliverPolicy {
+    /// The checkpoint this start means: the last position counted as handled (0: none).
+    pub(super) async fn checkpoint(self, stream: &stream::Stream) -> Result<u64, StoreError> {
         match self {
-            Self::Beginning | Self::Position(0) => DeliverPolicy::All,
-            Self::Position(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
-            Self::Time(start_time) => DeliverPolicy::ByStartTime { start_time },
-            Self::New => DeliverPolicy::New,
+            Self::Beginning => Ok(0),
+            Self::Position(position) => Ok(position.saturating_sub(1)),
+            Self::New => {
+                let mut stream = stream.clone();
+                let info = stream.info().await.map_err(unavailable)?;
+                Ok(info.state.last_sequence)
+            }
+            Self::Time(start_time) => {
+                // A consumer created at a time starts at the first event stored at or after it,
+                // and reports the position before that as delivered.
+                let consumer = stream
+                    .create_consumer(pull::Config {
+                        deliver_policy: DeliverPolicy::ByStartTime { start_time },
+                        ack_policy: AckPolicy::None,
+                        inactive_threshold: Duration::from_secs(10),
+                        memory_storage: true,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(unavailable)?;
+                let info = consumer.cached_info();
+                let _deleted = stream.delete_consumer(&info.name).await;
+                Ok(info.delivered.stream_sequence)
+            }
         }
     }
 }
@@ -34,12 +60,9 @@ impl StartFrom {
 #[derive(Debug, Clone)]
 pub struct ProjectionConfig {
     pub(super) retry: RetryPolicy,
-    pub(super) ack_wait: Duration,
-    pub(super) max_in_flight: usize,
-    pub(super) pinned: bool,
-    pub(super) group: String,
-    pub(super) priority_timeout: Duration,
-    pub(super) pull_expiry: Duration,
+    pub(super) max_batch: usize,
+    pub(super) batch_linger: Duration,
+    pub(super) commit_interval: Duration,
     pub(super) start: StartFrom,
     pub(super) heartbeat: Duration,
 }
@@ -48,12 +71,9 @@ impl Default for ProjectionConfig {
     fn default() -> Self {
         Self {
             retry: RetryPolicy::default(),
-            ack_wait: Duration::from_secs(5),
-            max_in_flight: 1,
-            pinned: true,
-            group: "cqrs".to_owned(),
-            priority_timeout: Duration::from_secs(60),
-            pull_expiry: Duration::from_secs(10),
+            max_batch: 256,
+            batch_linger: Duration::ZERO,
+            commit_interval: Duration::from_millis(200),
             start: StartFrom::Beginning,
             heartbeat: Duration::from_secs(2),
         }
@@ -61,9 +81,11 @@ impl Default for ProjectionConfig {
 }
 
 impl ProjectionConfig {
-    /// Defaults: [`RetryPolicy::default`], 5 s ack wait, one event in flight per partition,
-    /// pinned group `cqrs` with a 60 s priority timeout, pulls expiring after 10 s, new consumers
-    /// from the beginning, a worker heartbeat every 2 s.
+    /// Defaults: [`RetryPolicy::default`], batches of up to 256 events of what is at hand (no
+    /// waiting to fill one), checkpoints committed when a partition goes idle and at least
+    /// every 200 ms while it is busy, partitions without a checkpoint from the beginning, a
+    /// worker heartbeat every 2 s (a worker owns its partitions for 4 heartbeats after its last
+    /// one, and the others take them over after 5).
     pub fn new() -> Self {
         Self::default()
     }
@@ -74,44 +96,29 @@ impl ProjectionConfig {
         self
     }
 
-    /// How long the server waits for an ack before redelivering (progress is sent every third of
-    /// it while a handler runs, so a slow handler is not redelivered). It bounds how long a
-    /// partition stalls when a worker crashes holding an event, or when a handover meets an
-    /// event already on its way to the worker that let the partition go.
-    pub fn ack_wait(mut self, ack_wait: Duration) -> Self {
-        self.ack_wait = ack_wait.max(Duration::from_millis(100));
+    /// The most events handed to [`Projection::apply_batch`](cqrs_core::Projection::apply_batch)
+    /// at once (at least 1; 1 delivers events one by one).
+    pub fn max_batch(mut self, max: usize) -> Self {
+        self.max_batch = max.max(1);
         self
     }
 
-    /// The consumer's `max_ack_pending`: events delivered ahead of the acked one. 1 (the
-    /// default) keeps per-aggregate order through redeliveries and failovers; more is faster but
-    /// a failover can reorder an aggregate's events.
-    pub fn max_in_flight(mut self, max: usize) -> Self {
-        self.max_in_flight = max.max(1);
+    /// How long a batch that is not full waits for more events before it is handled. Zero (the
+    /// default) handles what is at hand at once, so a quiet stream holds nothing back; a few
+    /// milliseconds make fuller batches under a trickle of events, at that much latency.
+    pub fn batch_linger(mut self, linger: Duration) -> Self {
+        self.batch_linger = linger;
         self
     }
 
-    /// Whether runners pull in a pinned priority group (one active runner per projection,
-    /// failover to standbys; the default), or as plain pullers of the durable consumer.
-    pub fn pinned(mut self, pinned: bool) -> Self {
-        self.pinned = pinned;
+    /// How often a busy partition commits its checkpoint (an idle one commits at once). After a
+    /// crash, the events handled since the last commit are delivered again.
+    pub fn commit_interval(mut self, interval: Duration) -> Self {
+        self.commit_interval = interval;
         self
     }
 
-    /// How long the pinned runner may go without pulling before the server pins a standby
-    /// (the failover time after a crash). Kept above the pull expiry.
-    pub fn priority_timeout(mut self, timeout: Duration) -> Self {
-        self.priority_timeout = timeout;
-        self
-    }
-
-    /// How long one pull request lasts (kept below the priority timeout).
-    pub fn pull_expiry(mut self, expiry: Duration) -> Self {
-        self.pull_expiry = expiry.max(Duration::from_millis(100));
-        self
-    }
-
-    /// Where a new consumer starts (an existing one keeps its checkpoint).
+    /// Where a partition without a checkpoint starts (one with a checkpoint carries on after it).
     pub fn start_from(mut self, start: StartFrom) -> Self {
         self.start = start;
         self
@@ -119,15 +126,9 @@ impl ProjectionConfig {
 
     /// How often a worker announces itself to the projection's other workers. A worker whose
     /// announcements stop for five heartbeats is gone and its partitions are shared among the
-    /// others (who get them once the server unpins the gone worker after the priority timeout).
+    /// others; it stops handling events itself one heartbeat before that.
     pub fn heartbeat(mut self, heartbeat: Duration) -> Self {
         self.heartbeat = heartbeat.max(Duration::from_millis(50));
         self
-    }
-
-    pub(super) fn effective_priority_timeout(&self) -> Duration {
-        self.priority_timeout
-            .max(self.pull_expiry.saturating_mul(2))
-            .max(Duration::from_secs(1))
     }
 }

@@ -8,10 +8,14 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::lag::{Lag, lag_of};
-use super::names::consumer_name;
+use super::lag::{Lag, behind};
+use super::names::filter_subjects_in;
 use super::runner::Shared;
 use super::unavailable;
+
+/// How often [`JetStreamProjectionHandle::wait_for`] asks the server about partitions that
+/// this runner's progress does not show done.
+const SERVER_POLL: Duration = Duration::from_millis(100);
 
 /// Control of a projection running on JetStream. Mirrors
 /// [`cqrs_core::projection::ProjectionHandle`]. Dropping the handle stops the runner as
@@ -21,7 +25,7 @@ pub struct JetStreamProjectionHandle<P> {
     pub(super) shared: Arc<Shared<P>>,
     pub(super) checkpoint: watch::Receiver<u64>,
     pub(super) stop: watch::Sender<bool>,
-    pub(super) task: JoinHandle<Result<(), StoreError>>,
+    pub(super) task: JoinHandle<()>,
 }
 
 impl<P> std::fmt::Debug for Shared<P> {
@@ -40,7 +44,7 @@ impl<P: Projection> JetStreamProjectionHandle<P> {
     }
 
     /// The highest stream position this runner processed (applied, parked or filtered out), or
-    /// the highest ack floor of the projection's consumers when it started. Partitions progress
+    /// the highest checkpoint of the partitions it took. Partitions progress
     /// independently, so lower positions of other partitions may still be on their way: use
     /// [`Self::wait_for`] to know that a position was processed.
     pub fn checkpoint(&self) -> u64 {
@@ -50,25 +54,34 @@ impl<P: Projection> JetStreamProjectionHandle<P> {
     /// Read-your-writes: waits until the projection has processed every event up to
     /// `position` (e.g. the position of the last event a command committed), or `timeout`
     /// passes. Works on every runner of the projection, whichever worker owns which partition:
-    /// a partition this runner works on counts as done when its progress reached `position`;
-    /// for the others the server is asked, where an ack floor at or beyond `position`, or
-    /// nothing unacked with nothing pending or everything up to `position` delivered (a
-    /// filtered consumer never sees positions outside its filter), means done.
+    /// a partition counts as done when this runner's progress on it, or its committed
+    /// checkpoint, reached `position`, or when the partition holds no event of the
+    /// projection's filter between there and `position`.
     pub async fn wait_for(&self, position: u64, timeout: Duration) -> Result<(), WaitTimeout> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut checkpoint = self.checkpoint.clone();
         let mut pending: Vec<u32> = (0..self.shared.subjects.partitions()).collect();
+        // The server is asked at most every `SERVER_POLL`; local progress wakes the loop often.
+        let mut asked = None::<tokio::time::Instant>;
         loop {
             checkpoint.borrow_and_update();
-            let mut still = Vec::with_capacity(pending.len());
-            for partition in pending {
-                if self.shared.progress.of(partition) < position
-                    && !self.processed_on_server(partition, position).await
-                {
-                    still.push(partition);
+            pending.retain(|k| self.shared.progress.of(*k) < position);
+            // Asked at once when this runner's own progress got there: the partitions left
+            // are likely ones without such events.
+            let due = asked.is_none_or(|at| {
+                at.elapsed() >= SERVER_POLL
+                    || (*checkpoint.borrow() >= position && at.elapsed() >= SERVER_POLL / 10)
+            });
+            if due {
+                asked = Some(tokio::time::Instant::now());
+                let mut still = Vec::with_capacity(pending.len());
+                for partition in pending {
+                    if !self.processed_on_server(partition, position).await {
+                        still.push(partition);
+                    }
                 }
+                pending = still;
             }
-            pending = still;
             if pending.is_empty() && self.stream_has(position).await {
                 return Ok(());
             }
@@ -90,15 +103,39 @@ impl<P: Projection> JetStreamProjectionHandle<P> {
         }
     }
 
-    /// Whether the consumer of `partition` has processed every event up to `position`.
+    /// Whether `partition` has handled every event of the projection's filter up to
+    /// `position`, by its committed checkpoint or by having none to handle.
     pub(super) async fn processed_on_server(&self, partition: u32, position: u64) -> bool {
-        let name = consumer_name(&self.shared.name, partition);
-        let Ok(info) = self.shared.stream.consumer_info(&name).await else {
+        let Ok(read) = self.shared.checkpoints.read(partition).await else {
             return false;
         };
-        info.ack_floor.stream_sequence >= position
-            || (info.num_ack_pending == 0
-                && (info.num_pending == 0 || info.delivered.stream_sequence >= position))
+        let handled = read
+            .checkpoint
+            .map_or(self.shared.start, |c| c.position)
+            .max(self.shared.progress.of(partition));
+        if handled >= position {
+            return true;
+        }
+        for subject in self.filter_of(partition) {
+            match self
+                .shared
+                .stream
+                .direct_get_next_for_subject(subject, Some(handled + 1))
+                .await
+            {
+                Ok(message) if message.sequence <= position => return false,
+                Ok(_) => {}
+                Err(e)
+                    if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound => {}
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    /// The filter subjects `partition` is read with.
+    fn filter_of(&self, partition: u32) -> Vec<String> {
+        filter_subjects_in(&self.shared.subjects, &self.shared.filter, Some(partition))
     }
 
     /// Whether the events stream holds `position` already (so "nothing pending" covers it).
@@ -113,12 +150,17 @@ impl<P: Projection> JetStreamProjectionHandle<P> {
     /// How far the projection is behind the head of the stream, per partition and in total:
     /// 0 once every event written so far is handled (see [`Lag`]).
     pub async fn lag(&self) -> Result<Lag, StoreError> {
-        lag_of(
-            &self.shared.stream,
-            &self.shared.name,
-            self.shared.subjects.partitions(),
-        )
-        .await
+        let mut lag = Lag::default();
+        for partition in 0..self.shared.subjects.partitions() {
+            let read = self.shared.checkpoints.read(partition).await?;
+            let handled = read
+                .checkpoint
+                .map_or(self.shared.start, |c| c.position)
+                .max(self.shared.progress.of(partition));
+            let behind = behind(&self.shared.stream, &self.filter_of(partition), handled).await?;
+            lag.add(partition, behind);
+        }
+        Ok(lag)
     }
 
     /// The events parked by this projection (on the dead-letter stream, so those of every
@@ -157,26 +199,27 @@ impl<P: Projection> JetStreamProjectionHandle<P> {
         Ok(succeeded)
     }
 
-    /// Stops gracefully: finishes and acks the current event, stops pulling, releases the pin.
-    /// Returns the checkpoint. An error means the runner had stopped on its own before (e.g. its
-    /// consumer was deleted).
+    /// Stops gracefully: finishes the batch in hand on every partition, commits each
+    /// partition's checkpoint with no owner (so another worker takes it at once) and withdraws
+    /// the worker's announcement. Returns the checkpoint (see [`Self::checkpoint`]). An error
+    /// means the runner task panicked.
     pub async fn stop(self) -> Result<u64, StoreError> {
         self.stop.send_replace(true);
-        let outcome = self
-            .task
+        self.task
             .await
             .map_err(|e| unavailable(format!("the runner task failed: {e}")))?;
-        outcome.map(|()| *self.checkpoint.borrow())
+        Ok(*self.checkpoint.borrow())
     }
 
-    /// Stops at once, as a crash would: the event in hand is neither finished nor acked (the
-    /// server redelivers it after the ack wait) and the pin stays until the priority timeout
-    /// passes. For failover drills and tests; use [`Self::stop`] otherwise.
+    /// Stops at once, as a crash would: nothing in hand is finished or committed (it is
+    /// handled again from the last committed checkpoint), and the others take this worker's
+    /// partitions only once its heartbeats are missed. For failover drills and tests; use
+    /// [`Self::stop`] otherwise.
     pub fn abort(self) {
         self.task.abort();
     }
 
-    /// Whether the runner task has ended (stopped, or failed: see [`Self::stop`]).
+    /// Whether the runner task has ended (stopped, or panicked: see [`Self::stop`]).
     pub fn is_finished(&self) -> bool {
         self.task.is_finished()
     }

@@ -1,296 +1,384 @@
-//! One partition's loop: pull, handle one event at a time, ack; retries, parking and release.
+//! One partition's loop: take the partition's checkpoint, read on from it with an ordered
+//! consumer, hand the projection batches of what is at hand, commit the checkpoint; park what
+//! fails; release the partition when handing it over.
 
 use crate::headers;
-use async_nats::jetstream::consumer::{self, pull};
+use async_nats::jetstream;
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::jetstream::message::StreamMessage;
-use async_nats::jetstream::{self, AckKind};
-use cqrs_core::projection::{ParkedEvent, deliver};
+use cqrs_core::projection::deliver_batch;
 use cqrs_core::{Projection, RecordedEvent, StoreError};
-use futures::StreamExt;
-use std::sync::Arc;
-use std::time::Duration;
+use futures::{FutureExt, StreamExt};
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use super::names::consumer_name;
-use super::runner::Progress;
+use super::checkpoint::Checkpoint;
+use super::names::{filter_subjects_in, split_filters};
 use super::runner::Shared;
 use super::unavailable;
 
-/// How long a lane stopped while idle waits for an event already on its way.
-pub(super) const IDLE_STOP_GRACE: Duration = Duration::from_millis(50);
-
-/// Messages one pull request asks for. The server hands out at most `max_ack_pending` at a
-/// time, but an outstanding request lets it deliver the next one as soon as an ack arrives.
-pub(super) const PULL_BATCH: usize = 256;
-
-/// One partition's loop: pulls, handles one message at a time, and on stop hands back what it
-/// has not started and releases the pin.
+/// One partition's loop. Returns when asked to stop (after releasing the partition), when the
+/// partition's checkpoint moved under it (another worker took it, or an operator reset it), or
+/// when this worker's lease lapsed; the supervisor starts it again while the partition is this
+/// worker's.
 pub(super) async fn run<P: Projection>(
-    shared: Arc<Shared<P>>,
+    shared: std::sync::Arc<Shared<P>>,
     partition: u32,
-    consumer: consumer::Consumer<pull::Config>,
     mut stop: watch::Receiver<bool>,
-) -> Result<(), StoreError> {
-    let lane = LaneRef {
-        consumer: consumer_name(&shared.name, partition),
-        partition,
-    };
-    let mut failures = 0u32;
-    'pulling: loop {
-        if *stop.borrow() {
-            break;
-        }
-        let mut builder = consumer
-            .stream()
-            .max_messages_per_batch(PULL_BATCH)
-            .expires(shared.config.pull_expiry)
-            .heartbeat(shared.config.pull_expiry / 2);
-        if shared.config.pinned {
-            builder = builder.group(shared.config.group.clone());
-        }
-        let mut messages = match builder.messages().await {
-            Ok(messages) => messages,
-            Err(error) => {
-                failures += 1;
-                tracing::warn!(projection = %shared.name, partition, %error, "cannot pull; retrying");
-                if pause(&mut stop, failures).await {
-                    break;
-                }
-                continue;
-            }
-        };
-        loop {
-            let next = tokio::select! {
-                biased;
-                () = stopped(&mut stop) => None,
-                next = messages.next() => Some(next),
-            };
-            let Some(next) = next else {
-                // Stopped while idle. With a backlog the next event is already on its way (the
-                // server sends it as soon as the last ack arrives): finish it and hand over with
-                // it acked last, rather than letting it reach a dropped subscription, where it
-                // would wait out the ack wait.
-                let last = match tokio::time::timeout(IDLE_STOP_GRACE, messages.next()).await {
-                    Ok(Some(Ok(message))) => handle(&shared, message, &stop).await,
-                    _ => None,
-                };
-                release(&shared, &lane, messages, last).await;
-                return Ok(());
-            };
-            match next {
-                Some(Ok(message)) => {
-                    failures = 0;
-                    let done = handle(&shared, message, &stop).await;
-                    if *stop.borrow() {
-                        release(&shared, &lane, messages, done).await;
-                        return Ok(());
-                    }
-                    if let Some(done) = done {
-                        done.ack(&shared.progress, partition).await;
-                    }
-                }
-                Some(Err(error)) if error.kind() == pull::MessagesErrorKind::ConsumerDeleted => {
-                    tracing::warn!(projection = %shared.name, partition, "the consumer was deleted");
-                    return Err(unavailable(format!(
-                        "the consumer `{}` of projection `{}` was deleted",
-                        lane.consumer, shared.name
-                    )));
-                }
-                Some(Err(error)) => {
-                    failures += 1;
-                    tracing::warn!(projection = %shared.name, partition, %error, "pull failed; pulling again");
-                    if pause(&mut stop, failures).await {
-                        break 'pulling;
-                    }
-                    continue 'pulling;
-                }
-                None => {
-                    failures += 1;
-                    if pause(&mut stop, failures).await {
-                        break 'pulling;
-                    }
-                    continue 'pulling;
-                }
-            }
-        }
-    }
-    // Stopped between pull streams.
-    unpin(&shared, &lane).await;
-    Ok(())
-}
-
-/// The consumer and partition a lane works on.
-pub(super) struct LaneRef {
-    pub(super) consumer: String,
-    pub(super) partition: u32,
-}
-
-/// Hands the pin to a standby at once instead of after the priority timeout.
-pub(super) async fn unpin<P>(shared: &Shared<P>, lane: &LaneRef) {
-    if shared.config.pinned {
-        let _unpinned = shared
-            .stream
-            .unpin_consumer(&lane.consumer, &shared.config.group)
-            .await;
-    }
-}
-
-/// A handled message, still to be acked.
-pub(super) struct Done {
-    pub(super) message: jetstream::Message,
-    pub(super) sequence: u64,
-}
-
-impl Done {
-    /// Acks it (the checkpoint on the server) and advances the local checkpoint.
-    pub(super) async fn ack(self, progress: &Progress, partition: u32) {
-        if let Err(error) = self.message.ack().await {
-            // Redelivered later; `apply_once` absorbs it.
-            tracing::warn!(%error, position = self.sequence, "ack failed");
-        }
-        progress.record(partition, self.sequence);
-    }
-}
-
-/// Resolves once the runner is asked to stop.
-pub(super) async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _stopped = stop.wait_for(|s| *s).await;
-}
-
-/// Stopping: naks the messages already received but not started, so that the server hands them
-/// to the next runner at once instead of after the ack wait; drops the pull stream (its inbox
-/// goes away) and releases the pin; only then acks the last handled event, so that the server
-/// delivers the next one to another runner rather than to the pull request of this one.
-pub(super) async fn release<P>(
-    shared: &Shared<P>,
-    lane: &LaneRef,
-    mut messages: pull::Stream,
-    last: Option<Done>,
 ) {
-    use futures::FutureExt;
-    while let Some(Some(Ok(message))) = messages.next().now_or_never() {
-        if let Err(error) = message.ack_with(AckKind::Nak(None)).await {
-            tracing::debug!(%error, "nak failed");
+    let filter = filter_subjects_in(&shared.subjects, &shared.filter, Some(partition));
+    let Some(mut owned) = take(&shared, partition, filter, &mut stop).await else {
+        return;
+    };
+    shared.progress.record(partition, owned.committed.position);
+    let mut failures = 0u32;
+    loop {
+        match read(&shared, &mut owned, &mut stop).await {
+            Ended::Stopped => {
+                owned.release(&shared).await;
+                return;
+            }
+            Ended::Lost => return,
+            Ended::Failed(error) => {
+                failures += 1;
+                tracing::warn!(projection = %shared.name, partition, %error, "reading the partition failed; reading on from the last handled event");
+                if pause(&mut stop, failures).await {
+                    owned.release(&shared).await;
+                    return;
+                }
+            }
         }
     }
-    drop(messages);
-    unpin(shared, lane).await;
-    if let Some(last) = last {
-        last.ack(&shared.progress, lane.partition).await;
-    }
-    // Acks are fire-and-forget publishes: make sure they left before the lane reports done.
-    let _flushed = shared.store.client().flush().await;
 }
 
-/// Sleeps a backoff after `failures` failures; true when asked to stop meanwhile.
-pub(super) async fn pause(stop: &mut watch::Receiver<bool>, failures: u32) -> bool {
-    let backoff = Duration::from_millis(50)
-        .saturating_mul(2u32.saturating_pow(failures.min(6)))
-        .min(Duration::from_secs(2));
-    tokio::select! {
-        _ = stop.wait_for(|s| *s) => true,
-        () = tokio::time::sleep(backoff) => false,
+/// Why reading a partition ended.
+enum Ended {
+    /// Asked to stop: release the partition.
+    Stopped,
+    /// The partition is no longer this lane's (or its lease lapsed): leave without a write.
+    Lost,
+    /// The consumer failed: read again from the last handled event.
+    Failed(StoreError),
+}
+
+/// A partition this lane owns: its checkpoint as committed (at `revision`) and how far it has
+/// handled events since.
+struct Owned {
+    partition: u32,
+    revision: u64,
+    committed: Checkpoint,
+    handled: u64,
+    last_commit: Instant,
+}
+
+impl Owned {
+    /// Commits the handled position if it moved: false once the checkpoint is no longer this
+    /// lane's. A failed write is retried at the next commit.
+    async fn commit<P>(&mut self, shared: &Shared<P>) -> bool {
+        if self.handled == self.committed.position {
+            return true;
+        }
+        let next = Checkpoint {
+            position: self.handled,
+            ..self.committed.clone()
+        };
+        self.write(shared, next).await.unwrap_or(true)
+    }
+
+    /// Writes `next` over the revision this lane holds: `Some(false)` when that revision moved,
+    /// `None` when the write failed.
+    async fn write<P>(&mut self, shared: &Shared<P>, next: Checkpoint) -> Option<bool> {
+        match shared
+            .checkpoints
+            .write(self.partition, &next, self.revision)
+            .await
+        {
+            Ok(Some(revision)) => {
+                self.revision = revision;
+                self.committed = next;
+                self.last_commit = Instant::now();
+                Some(true)
+            }
+            Ok(None) => {
+                tracing::info!(projection = %shared.name, partition = self.partition, "the checkpoint moved: another worker took the partition, or it was reset");
+                Some(false)
+            }
+            Err(error) => {
+                tracing::warn!(projection = %shared.name, partition = self.partition, %error, "cannot commit the checkpoint; retrying");
+                None
+            }
+        }
+    }
+
+    /// Commits the handled position with no owner, so that the next owner takes the partition
+    /// at once. Retried for a while; if it cannot be written, the next owner takes the
+    /// partition once this worker's heartbeats stop.
+    async fn release<P>(mut self, shared: &Shared<P>) {
+        let next = Checkpoint {
+            position: self.handled,
+            owner: None,
+            filter: self.committed.filter.clone(),
+        };
+        for failures in 1..=8 {
+            if self.write(shared, next.clone()).await.is_some() {
+                return;
+            }
+            tokio::time::sleep(backoff(failures)).await;
+        }
     }
 }
 
-/// Processes one message: decode, filter, deliver with retries (sending progress), park on
-/// failure. Returns it to be acked, unless it could not be parked because the runner stops.
-pub(super) async fn handle<P: Projection>(
+/// Takes the partition: reads its checkpoint and writes it back with this worker as the
+/// owner, which moves its revision so that no earlier owner can commit any more. A partition
+/// still owned by another live worker is waited for (that worker releases it once it sees this
+/// one, or stops counting as live once its heartbeats stop). `None`: stopped meanwhile.
+async fn take<P>(
     shared: &Shared<P>,
-    mut message: jetstream::Message,
-    stop: &watch::Receiver<bool>,
-) -> Option<Done> {
-    let (sequence, delivered, time) = match message.info() {
-        Ok(info) => (info.stream_sequence, info.delivered, info.published),
-        Err(error) => {
-            tracing::warn!(projection = %shared.name, %error, "a message without JetStream metadata; ignored");
+    partition: u32,
+    filter: Vec<String>,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Owned> {
+    let mut waits = 0u32;
+    loop {
+        if *stop.borrow() {
             return None;
         }
+        if shared.lease.valid() {
+            match shared.checkpoints.read(partition).await {
+                Ok(read) => {
+                    let held = read.checkpoint.as_ref().and_then(|c| {
+                        c.owner.as_deref().filter(|owner| {
+                            *owner != shared.worker
+                                && shared.live.borrow().iter().any(|w| w == owner)
+                        })
+                    });
+                    if held.is_none() {
+                        let position = read
+                            .checkpoint
+                            .as_ref()
+                            .map_or(shared.start, |c| c.position);
+                        let mine = Checkpoint {
+                            position,
+                            owner: Some(shared.worker.clone()),
+                            filter: filter.clone(),
+                        };
+                        match shared
+                            .checkpoints
+                            .write(partition, &mine, read.revision)
+                            .await
+                        {
+                            Ok(Some(revision)) => {
+                                tracing::debug!(projection = %shared.name, partition, position, "took the partition");
+                                return Some(Owned {
+                                    partition,
+                                    revision,
+                                    committed: mine,
+                                    handled: position,
+                                    last_commit: Instant::now(),
+                                });
+                            }
+                            // Written by another in between: read it again.
+                            Ok(None) => {}
+                            Err(error) => {
+                                tracing::warn!(projection = %shared.name, partition, %error, "cannot take the partition; retrying");
+                            }
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(projection = %shared.name, partition, %error, "cannot read the checkpoint; retrying");
+                }
+            }
+        }
+        waits += 1;
+        // Waiting for a release is short; keep polling briskly.
+        if pause(stop, waits.min(3)).await {
+            return None;
+        }
+    }
+}
+
+/// Reads the partition from the last handled event on, in batches, until stopped, lost or
+/// failed.
+async fn read<P: Projection>(
+    shared: &Shared<P>,
+    owned: &mut Owned,
+    stop: &mut watch::Receiver<bool>,
+) -> Ended {
+    let (filter_subject, filter_subjects) = split_filters(owned.committed.filter.clone());
+    let consumer = match shared
+        .stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject,
+            filter_subjects,
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: owned.handled + 1,
+            },
+            ..Default::default()
+        })
+        .await
+    {
+        Ok(consumer) => consumer,
+        Err(error) => return Ended::Failed(unavailable(error)),
     };
-    let stored = StreamMessage {
-        subject: message.message.subject.clone(),
-        sequence,
-        headers: message.message.headers.take().unwrap_or_default(),
-        payload: message.message.payload.clone(),
-        time,
+    let mut messages = match consumer.messages().await {
+        Ok(messages) => messages,
+        Err(error) => return Ended::Failed(unavailable(error)),
     };
+    let max = shared.config.max_batch;
+    let linger = shared.config.batch_linger;
+    let mut carried: Option<jetstream::Message> = None;
+    let mut batch: Vec<jetstream::Message> = Vec::with_capacity(max);
+    loop {
+        let first = if let Some(message) = carried.take() {
+            message
+        } else {
+            {
+                // Idle: what is handled is committed before waiting.
+                if !owned.commit(shared).await {
+                    return Ended::Lost;
+                }
+                tokio::select! {
+                    biased;
+                    () = stopped(stop) => return Ended::Stopped,
+                    next = messages.next() => match next {
+                        Some(Ok(message)) => message,
+                        Some(Err(error)) => return Ended::Failed(unavailable(error)),
+                        None => return Ended::Failed(unavailable("the ordered consumer ended")),
+                    },
+                }
+            }
+        };
+        batch.push(first);
+        let mut failed = None;
+        let deadline = tokio::time::Instant::now() + linger;
+        while batch.len() < max {
+            let next = match messages.next().now_or_never() {
+                Some(next) => next,
+                None if linger.is_zero() => break,
+                None => match tokio::time::timeout_at(deadline, messages.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+            };
+            match next {
+                Some(Ok(message)) => batch.push(message),
+                Some(Err(error)) => {
+                    failed = Some(unavailable(error));
+                    break;
+                }
+                None => {
+                    failed = Some(unavailable("the ordered consumer ended"));
+                    break;
+                }
+            }
+        }
+        // The fence: nothing is handled once asked to stop, or once the lease lapsed (the
+        // others may have taken the partition by now).
+        if *stop.borrow() {
+            return Ended::Stopped;
+        }
+        if !shared.lease.valid() {
+            tracing::warn!(projection = %shared.name, partition = owned.partition, "the worker's lease lapsed (paused, or cut off from the server); handling nothing until it is renewed");
+            return Ended::Lost;
+        }
+        let Some(done) = handle(shared, owned.partition, &mut batch, stop).await else {
+            return Ended::Stopped;
+        };
+        owned.handled = done;
+        shared.progress.record(owned.partition, done);
+        if let Some(error) = failed {
+            return Ended::Failed(error);
+        }
+        if owned.last_commit.elapsed() >= shared.config.commit_interval
+            && !owned.commit(shared).await
+        {
+            return Ended::Lost;
+        }
+        carried = match messages.next().now_or_never() {
+            None => None,
+            Some(Some(Ok(message))) => Some(message),
+            Some(Some(Err(error))) => return Ended::Failed(unavailable(error)),
+            Some(None) => return Ended::Failed(unavailable("the ordered consumer ended")),
+        };
+    }
+}
+
+/// Handles a batch (emptied): decodes it, parks what is unreadable, hands the projection the
+/// events its filter wants in one [`deliver_batch`], parks what that gives back. The position
+/// up to which every event is handled, or `None` when stopped while parking.
+async fn handle<P: Projection>(
+    shared: &Shared<P>,
+    partition: u32,
+    batch: &mut Vec<jetstream::Message>,
+    stop: &watch::Receiver<bool>,
+) -> Option<u64> {
+    let mut stored = Vec::with_capacity(batch.len());
+    for mut message in batch.drain(..) {
+        let Ok(info) = message.info() else {
+            tracing::warn!(projection = %shared.name, "a message without JetStream metadata; ignored");
+            continue;
+        };
+        let (sequence, time) = (info.stream_sequence, info.published);
+        stored.push(StreamMessage {
+            subject: message.message.subject.clone(),
+            sequence,
+            headers: message.message.headers.take().unwrap_or_default(),
+            payload: std::mem::take(&mut message.message.payload),
+            time,
+        });
+    }
+    let last = stored.last()?.sequence;
+    let first = stored.first().map_or(last, |m| m.sequence);
     let span = tracing::debug_span!(
         "cqrs.nats.project",
         projection = %shared.name,
-        position = sequence,
-        delivered,
-        aggregate_type = tracing::field::Empty,
-        aggregate_id = tracing::field::Empty,
-        version = tracing::field::Empty,
-        correlation_id = tracing::field::Empty,
+        partition,
+        first_position = first,
+        last_position = last,
+        events = stored.len(),
     );
-    let handled = async {
-        match headers::decode(&shared.subjects, &stored) {
-            Err(error) => {
-                tracing::warn!(%error, "unreadable message; parking it");
-                park(shared, &message, &stored, &error.to_string(), 1, stop).await
-            }
-            Ok(event) => {
-                let span = tracing::Span::current();
-                span.record("aggregate_type", event.aggregate_type.as_str());
-                span.record("aggregate_id", event.aggregate_id.as_str());
-                span.record("version", event.version);
-                span.record(
-                    "correlation_id",
-                    tracing::field::display(event.metadata.correlation_id),
-                );
-                if shared.filter.matches(&event)
-                    && let Err(parked) = deliver_with_progress(shared, &message, &event).await
-                {
-                    park(
-                        shared,
-                        &message,
-                        &stored,
-                        &parked.error,
-                        parked.attempts,
-                        stop,
-                    )
-                    .await
-                } else {
-                    true
+    async {
+        let mut events: Vec<RecordedEvent> = Vec::with_capacity(stored.len());
+        let mut unreadable = Vec::new();
+        for message in &stored {
+            match headers::decode(&shared.subjects, message) {
+                Ok(event) => {
+                    if shared.filter.matches(&event) {
+                        events.push(event);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(position = message.sequence, %error, "unreadable message; parking it");
+                    unreadable.push((message, error.to_string(), 1));
                 }
             }
         }
+        let parked = deliver_batch(&shared.projection, &events, &shared.config.retry).await;
+        let mut to_park = unreadable;
+        for event in &parked {
+            if let Some(message) = stored.iter().find(|m| m.sequence == event.event.position) {
+                to_park.push((message, event.error.clone(), event.attempts));
+            }
+        }
+        let mut done = last;
+        for (message, error, attempts) in to_park {
+            if !park(shared, message, &error, attempts, stop).await {
+                // Stopping before it is parked: it is handled again from the checkpoint.
+                done = done.min(message.sequence.saturating_sub(1));
+            }
+        }
+        Some(done)
     }
     .instrument(span)
-    .await;
-    handled.then_some(Done { message, sequence })
+    .await
 }
 
-/// [`deliver`] while telling the server every third of the ack wait that the event is still
-/// being worked on.
-pub(super) async fn deliver_with_progress<P: Projection>(
+/// Publishes the message to the dead-letter stream, retrying until it is stored (true) or the
+/// runner is stopped (false).
+async fn park<P: Projection>(
     shared: &Shared<P>,
-    message: &jetstream::Message,
-    event: &RecordedEvent,
-) -> Result<(), ParkedEvent> {
-    let delivery = deliver(&shared.projection, event, &shared.config.retry);
-    tokio::pin!(delivery);
-    let period = shared.config.ack_wait / 3;
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    loop {
-        tokio::select! {
-            outcome = &mut delivery => return outcome,
-            _ = ticker.tick() => {
-                if let Err(error) = message.ack_with(AckKind::Progress).await {
-                    tracing::debug!(%error, "progress ack failed");
-                }
-            }
-        }
-    }
-}
-
-/// Publishes the message to the dead-letter stream, retrying (with progress acks) until it is
-/// stored (true) or the runner is stopped (false): the original is acked only once parked.
-pub(super) async fn park<P: Projection>(
-    shared: &Shared<P>,
-    message: &jetstream::Message,
     stored: &StreamMessage,
     error: &str,
     attempts: u32,
@@ -304,19 +392,37 @@ pub(super) async fn park<P: Projection>(
             .await
         {
             Ok(_) => {
-                tracing::warn!(%error, attempts, "parked on the dead-letter stream");
+                tracing::warn!(position = stored.sequence, %error, attempts, "parked on the dead-letter stream");
                 return true;
             }
             Err(park_error) => {
                 failures += 1;
                 tracing::error!(%park_error, failures, "cannot park the event; retrying");
-                let _progress = message.ack_with(AckKind::Progress).await;
                 let mut stop = stop.clone();
                 if pause(&mut stop, failures).await {
-                    // Stopping: leave it unacked so that it is delivered again.
                     return false;
                 }
             }
         }
+    }
+}
+
+/// Resolves once the runner is asked to stop.
+pub(super) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _stopped = stop.wait_for(|s| *s).await;
+}
+
+/// The wait after `failures` failures: 100 ms, doubling, at most 2 s.
+fn backoff(failures: u32) -> Duration {
+    Duration::from_millis(50)
+        .saturating_mul(2u32.saturating_pow(failures.min(6)))
+        .min(Duration::from_secs(2))
+}
+
+/// Sleeps a backoff after `failures` failures; true when asked to stop meanwhile.
+pub(super) async fn pause(stop: &mut watch::Receiver<bool>, failures: u32) -> bool {
+    tokio::select! {
+        _ = stop.wait_for(|s| *s) => true,
+        () = tokio::time::sleep(backoff(failures)) => false,
     }
 }

@@ -7,7 +7,6 @@ use async_nats::jetstream::{kv, stream};
 use cqrs_core::StoreError;
 use futures::StreamExt;
 use std::time::Duration;
-use uuid::Uuid;
 
 use super::assignment::Roster;
 use super::config::ProjectionConfig;
@@ -54,6 +53,7 @@ impl Membership {
         store: &JetStreamEventStore,
         subjects: &Subjects,
         projection: &str,
+        worker: &str,
         config: &ProjectionConfig,
         replicas: usize,
     ) -> Result<Self, StoreError> {
@@ -82,9 +82,9 @@ impl Membership {
             prefix: format!("{projection}."),
             ttl: config.heartbeat.saturating_mul(MISSED_HEARTBEATS),
             watch: None,
-            roster: Roster::new(Uuid::now_v7().simple().to_string()),
+            roster: Roster::new(worker),
         };
-        membership.beat().await;
+        let _stored = membership.beat().await;
         Ok(membership)
     }
 
@@ -92,12 +92,17 @@ impl Membership {
         format!("{}{}", self.prefix, self.roster.me())
     }
 
-    /// Announces this worker (again); a failure is logged and retried at the next beat.
-    pub(super) async fn beat(&mut self) {
+    /// Announces this worker (again); true once stored. A failure is logged and retried at the
+    /// next beat.
+    pub(super) async fn beat(&mut self) -> bool {
         let value = Heartbeat::encode(self.ttl);
-        if let Err(error) = self.kv.put(self.key(), value.into()).await {
-            tracing::warn!(%error, "cannot announce the projection worker; retrying");
-        }
+        let stored = match self.kv.put(self.key(), value.into()).await {
+            Ok(_) => true,
+            Err(error) => {
+                tracing::warn!(%error, "cannot announce the projection worker; retrying");
+                false
+            }
+        };
         if self.watch.is_none() {
             match self
                 .kv
@@ -111,6 +116,17 @@ impl Membership {
                 Err(error) => tracing::warn!(%error, "cannot watch the projection's workers"),
             }
         }
+        stored
+    }
+
+    /// How long after a stored heartbeat the other workers count this one gone.
+    pub(super) fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The workers seen live, this one included.
+    pub(super) fn live(&self) -> Vec<String> {
+        self.roster.live().into_iter().map(str::to_owned).collect()
     }
 
     /// The next change of membership (pending forever without a watch).

@@ -70,11 +70,12 @@
 
 use crate::store::JetStreamEventStore;
 use crate::subject::Subjects;
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream::stream;
 use cqrs_core::StoreError;
 
 mod admin;
 mod assignment;
+mod checkpoint;
 mod config;
 mod handle;
 mod lag;
@@ -85,14 +86,12 @@ mod replay;
 mod runner;
 mod supervisor;
 
-pub use admin::{live_workers, reset_consumers};
+pub use admin::{live_workers, reset_checkpoints};
+pub use checkpoint::{Checkpoint, checkpoints_bucket, read_checkpoints};
 pub use config::{ProjectionConfig, StartFrom};
 pub use handle::JetStreamProjectionHandle;
 pub use lag::Lag;
-pub use names::{
-    PARTITION_METADATA, PROJECTION_METADATA, consumer_name, filter_subjects, filter_subjects_in,
-    workers_bucket,
-};
+pub use names::{filter_subjects, filter_subjects_in, workers_bucket};
 pub use replay::{ReplayFrom, replay};
 pub use runner::JetStreamProjectionRunner;
 
@@ -115,13 +114,4 @@ async fn context_subjects(
         .await
         .map_err(unavailable)?;
     Ok((stream, store.subjects().clone()))
-}
-
-fn is_consumer_not_found(error: &jetstream::context::ConsumerInfoError) -> bool {
-    use jetstream::context::ConsumerInfoErrorKind as K;
-    match error.kind() {
-        K::NotFound => true,
-        K::JetStream(js) => js.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND,
-        _ => false,
-    }
 }

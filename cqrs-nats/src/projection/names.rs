@@ -1,5 +1,5 @@
-//! The names of a projection's consumers and workers' bucket, and the filter subjects that
-//! narrow a projection on the server.
+//! The name of the projection workers' bucket, and the filter subjects that narrow a
+//! projection on the server.
 
 use crate::subject::Subjects;
 use cqrs_core::EventFilter;
@@ -72,16 +72,6 @@ pub(super) fn split_filters(mut filters: Vec<String>) -> (String, Vec<String>) {
         (String::new(), filters)
     }
 }
-
-/// The durable consumer of `projection` on `partition`: `<projection>_p<partition>`.
-pub fn consumer_name(projection: &str, partition: u32) -> String {
-    format!("{projection}_p{partition}")
-}
-
-/// Consumer metadata key naming the projection a consumer belongs to.
-pub const PROJECTION_METADATA: &str = "cqrs.projection";
-/// Consumer metadata key naming the partition a consumer reads.
-pub const PARTITION_METADATA: &str = "cqrs.partition";
 
 /// The KV bucket where the workers of the context's projections announce themselves:
 /// `PROJECTION_WORKERS_<CONTEXT>`.

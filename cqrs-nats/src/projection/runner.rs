@@ -1,17 +1,18 @@
-//! Starting a projection: its consumers, its membership, its supervisor; and what the runner's
-//! tasks share.
+//! Starting a projection: its checkpoints, its membership, its supervisor; and what the
+//! runner's tasks share.
 
 use crate::deadletter::DeadLetters;
 use crate::store::JetStreamEventStore;
 use crate::subject::{Subjects, validate_name};
 use async_nats::jetstream::stream;
 use cqrs_core::{EventFilter, Projection, StoreError};
-use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use tokio::sync::watch;
+use uuid::Uuid;
 
-use super::admin::ensure_consumer;
+use super::checkpoint::Checkpoints;
 use super::config::ProjectionConfig;
 use super::handle::JetStreamProjectionHandle;
 use super::membership::Membership;
@@ -25,13 +26,20 @@ pub struct JetStreamProjectionRunner;
 pub(super) struct Shared<P> {
     pub(super) projection: P,
     pub(super) filter: EventFilter,
-    pub(super) store: JetStreamEventStore,
     pub(super) stream: stream::Stream,
     pub(super) subjects: Subjects,
     pub(super) dead_letters: DeadLetters,
+    pub(super) checkpoints: Checkpoints,
     pub(super) config: ProjectionConfig,
     pub(super) name: String,
+    /// This worker's id (its key in the workers' bucket, the owner in its checkpoints).
+    pub(super) worker: String,
+    /// The checkpoint of a partition that has none yet ([`ProjectionConfig::start_from`]).
+    pub(super) start: u64,
     pub(super) progress: Progress,
+    pub(super) lease: Lease,
+    /// The workers of the projection this worker sees live (itself included).
+    pub(super) live: watch::Sender<Vec<String>>,
 }
 
 /// What a runner has processed: the highest position overall and per partition.
@@ -62,11 +70,37 @@ impl Progress {
     }
 }
 
+/// How long this worker may still act as the owner of its partitions: until its last
+/// acknowledged heartbeat, counted from when it was sent, is one heartbeat short of the time
+/// after which the other workers count it gone. A worker that was paused (or cut off) past it
+/// handles nothing more until a heartbeat goes through again, by when the others may have
+/// taken its partitions: their checkpoints then tell its lanes so.
+#[derive(Debug, Default)]
+pub(super) struct Lease {
+    until: Mutex<Option<Instant>>,
+}
+
+impl Lease {
+    /// A heartbeat sent at `sent` was stored: the lease runs until `sent + term`.
+    pub(super) fn renew(&self, until: Instant) {
+        if let Ok(mut current) = self.until.lock() {
+            *current = Some(current.map_or(until, |c| c.max(until)));
+        }
+    }
+
+    /// Whether the lease holds now.
+    pub(super) fn valid(&self) -> bool {
+        self.until
+            .lock()
+            .ok()
+            .and_then(|until| *until)
+            .is_some_and(|until| Instant::now() < until)
+    }
+}
+
 impl JetStreamProjectionRunner {
-    /// Starts `projection`: creates its durable consumers (one per partition of the stream)
-    /// if missing, updates their configuration otherwise, joins the projection's workers and
-    /// pulls on the partitions this worker is assigned, resuming after each consumer's last
-    /// acked event.
+    /// Starts `projection`: joins the projection's workers and, on each partition this worker
+    /// is assigned, takes the partition's checkpoint and reads on from it.
     pub async fn spawn<P: Projection>(
         store: &JetStreamEventStore,
         projection: P,
@@ -89,17 +123,13 @@ impl JetStreamProjectionRunner {
         let (stream, subjects) = context_subjects(store).await?;
         let replicas = stream.cached_info().config.num_replicas;
         let dead_letters = DeadLetters::provision(store.jetstream(), &subjects, replicas).await?;
+        let checkpoints = Checkpoints::open(store.jetstream(), &subjects, &name, replicas).await?;
+        let start = config.start.checkpoint(&stream).await?;
         let filter = projection.filter();
-        let mut start = 0;
-        let mut consumers = BTreeMap::new();
-        for partition in 0..subjects.partitions() {
-            let consumer =
-                ensure_consumer(&stream, &subjects, &name, partition, &filter, &config).await?;
-            start = start.max(consumer.cached_info().ack_floor.stream_sequence);
-            consumers.insert(partition, consumer);
-        }
-        let membership = Membership::join(store, &subjects, &name, &config, replicas).await?;
-        let (highest, checkpoint) = watch::channel(start);
+        let worker = Uuid::now_v7().simple().to_string();
+        let membership =
+            Membership::join(store, &subjects, &name, &worker, &config, replicas).await?;
+        let (highest, checkpoint) = watch::channel(0);
         let progress = Progress {
             highest,
             partitions: (0..subjects.partitions())
@@ -110,20 +140,19 @@ impl JetStreamProjectionRunner {
         let shared = Arc::new(Shared {
             projection,
             filter,
-            store: store.clone(),
             stream,
             subjects,
             dead_letters,
+            checkpoints,
             config,
             name,
+            worker,
+            start,
             progress,
+            lease: Lease::default(),
+            live: watch::channel(Vec::new()).0,
         });
-        let task = tokio::spawn(supervise(
-            Arc::clone(&shared),
-            membership,
-            consumers,
-            stop_rx,
-        ));
+        let task = tokio::spawn(supervise(Arc::clone(&shared), membership, stop_rx));
         Ok(JetStreamProjectionHandle {
             shared,
             checkpoint,

@@ -1,31 +1,32 @@
-//! The runner's main task: one lane per owned partition, handed over as the workers change.
+//! The runner's main task: heartbeats (and the lease they give), one lane per owned partition,
+//! handed over as the workers change or as the checkpoints say.
 
-use async_nats::jetstream::consumer::{self, pull};
-use cqrs_core::{Projection, StoreError};
+use async_nats::jetstream::kv;
+use cqrs_core::Projection;
+use futures::StreamExt;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::watch;
+use std::time::Instant;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::is_consumer_not_found;
-use super::lane::run;
-use super::lane::stopped;
-use super::membership::Membership;
-use super::names::consumer_name;
+use super::lane::{run, stopped};
+use super::membership::{MISSED_HEARTBEATS, Membership};
 use super::runner::Shared;
 
 /// A partition being worked on: its stop switch and task. Dropping it (the runner aborted)
 /// aborts the task.
 pub(super) struct Lane {
     pub(super) stop: watch::Sender<bool>,
-    pub(super) task: JoinHandle<Result<(), StoreError>>,
+    pub(super) task: JoinHandle<()>,
 }
 
 impl Lane {
     /// Waits for the task to end.
-    pub(super) async fn finish(mut self) -> Result<Result<(), StoreError>, tokio::task::JoinError> {
-        (&mut self.task).await
+    pub(super) async fn finish(mut self) {
+        if let Err(error) = (&mut self.task).await {
+            tracing::warn!(%error, "a partition lane panicked");
+        }
     }
 }
 
@@ -35,35 +36,73 @@ impl Drop for Lane {
     }
 }
 
-/// The runner's main task: keeps the membership current, runs one lane per owned partition,
-/// hands partitions over when the workers change, restarts a lane whose consumer was
-/// recreated ([`JetStreamProjectionRunner::reset`]), and stops all lanes on stop.
+/// The runner's main task: keeps the membership current and the lease renewed, runs one lane
+/// per owned partition, hands partitions over when the workers change, stops a lane whose
+/// checkpoint was taken by another worker or reset (and starts it again from the checkpoint
+/// while the partition is still this worker's), and stops all lanes on stop.
 ///
-/// `created` holds the consumers just created or updated at start, so that the first lanes
-/// need not ask for them again; later lanes look their consumer up.
+/// A partition's next lane starts only once its previous one has ended, so one worker never
+/// handles a partition twice at the same time.
 pub(super) async fn supervise<P: Projection>(
     shared: Arc<Shared<P>>,
     mut membership: Membership,
-    mut created: BTreeMap<u32, consumer::Consumer<pull::Config>>,
     mut stop: watch::Receiver<bool>,
-) -> Result<(), StoreError> {
+) {
     let mut lanes: BTreeMap<u32, Lane> = BTreeMap::new();
-    let mut releasing: Vec<Lane> = Vec::new();
+    let mut releasing: BTreeMap<u32, Lane> = BTreeMap::new();
+    let (ended_tx, mut ended) = mpsc::unbounded_channel::<u32>();
+    let mut checkpoints = CheckpointWatch::default();
     let mut heartbeat = tokio::time::interval(shared.config.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let outcome = loop {
+    // The others count this worker gone `ttl` after its last heartbeat; it stops one heartbeat
+    // before that.
+    let term = membership
+        .ttl()
+        .saturating_sub(shared.config.heartbeat)
+        .min(
+            shared
+                .config
+                .heartbeat
+                .saturating_mul(MISSED_HEARTBEATS - 1),
+        );
+    loop {
         tokio::select! {
             biased;
-            () = stopped(&mut stop) => break Ok(()),
-            _ = heartbeat.tick() => membership.beat().await,
-            change = membership.changed() => membership.apply(change),
+            () = stopped(&mut stop) => break,
+            _ = heartbeat.tick() => {
+                let sent = Instant::now();
+                if membership.beat().await {
+                    shared.lease.renew(sent + term);
+                }
+                checkpoints.open(&shared).await;
+            }
+            change = membership.changed() => {
+                membership.apply(change);
+                shared.live.send_replace(membership.live());
+            }
+            change = checkpoints.changed() => {
+                if let Some(partition) = checkpoints.lost(&shared, change)
+                    && let Some(lane) = lanes.remove(&partition)
+                {
+                    tracing::debug!(projection = %shared.name, partition, "the checkpoint moved under the lane; starting it again from there");
+                    lane.stop.send_replace(true);
+                    releasing.insert(partition, lane);
+                }
+            }
+            Some(partition) = ended.recv() => {
+                // A partition's next lane starts only after the one being released ended, so
+                // the lane that ended is the one releasing, if any, else the current one (which
+                // stopped on its own: its lease lapsed, or it lost the checkpoint).
+                if releasing.remove(&partition).is_none() {
+                    lanes.remove(&partition);
+                }
+            }
         }
         if !membership.settled() {
             // Joining: the other workers' announcements are still on their way.
             continue;
         }
         let owned = membership.assignment(shared.subjects.partitions());
-        // Hand over what is no longer ours.
         let gone: Vec<u32> = lanes
             .keys()
             .copied()
@@ -73,89 +112,88 @@ pub(super) async fn supervise<P: Projection>(
             if let Some(lane) = lanes.remove(&partition) {
                 tracing::debug!(projection = %shared.name, partition, "handing the partition over");
                 lane.stop.send_replace(true);
-                releasing.push(lane);
+                releasing.insert(partition, lane);
             }
         }
-        releasing.retain(|lane| !lane.task.is_finished());
-        // Lanes that ended on their own: their consumer was deleted.
-        let mut failed = None;
-        let ended: Vec<u32> = lanes
-            .iter()
-            .filter(|(_, lane)| lane.task.is_finished())
-            .map(|(k, _)| *k)
-            .collect();
-        for partition in ended {
-            if let Some(lane) = lanes.remove(&partition)
-                && let Ok(Err(error)) = lane.finish().await
-                && !consumer_recreated(&shared, partition).await
-            {
-                failed = Some(error);
-            }
-        }
-        if let Some(error) = failed {
-            break Err(error);
-        }
+        releasing.retain(|_, lane| !lane.task.is_finished());
         for partition in owned {
-            if lanes.contains_key(&partition) {
+            if lanes.contains_key(&partition) || releasing.contains_key(&partition) {
                 continue;
             }
-            let consumer = match created.remove(&partition) {
-                Some(consumer) => Ok(consumer),
-                None => {
-                    shared
-                        .stream
-                        .get_consumer::<pull::Config>(&consumer_name(&shared.name, partition))
-                        .await
-                }
-            };
-            match consumer {
-                Ok(consumer) => {
-                    let (stop_tx, stop_rx) = watch::channel(false);
-                    let task = tokio::spawn(run(Arc::clone(&shared), partition, consumer, stop_rx));
-                    lanes.insert(
-                        partition,
-                        Lane {
-                            stop: stop_tx,
-                            task,
-                        },
-                    );
-                }
-                Err(error) => {
-                    tracing::warn!(projection = %shared.name, partition, %error, "cannot open the partition's consumer; retrying");
-                }
-            }
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let ended = ended_tx.clone();
+            let lane = run(Arc::clone(&shared), partition, stop_rx);
+            let task = tokio::spawn(async move {
+                lane.await;
+                let _sent = ended.send(partition);
+            });
+            lanes.insert(
+                partition,
+                Lane {
+                    stop: stop_tx,
+                    task,
+                },
+            );
         }
-        // Partitions that become ours later (after a reset, perhaps) look their consumer up.
-        created.clear();
-    };
-    for lane in lanes.values() {
+    }
+    for lane in lanes.values().chain(releasing.values()) {
         lane.stop.send_replace(true);
     }
-    for lane in lanes.into_values().chain(releasing) {
-        match lane.finish().await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(%error, "a partition lane failed"),
-            Err(error) => tracing::warn!(%error, "a partition lane panicked"),
-        }
+    for lane in lanes.into_values().chain(releasing.into_values()) {
+        lane.finish().await;
     }
     membership.leave().await;
-    // Acks are fire-and-forget publishes: make sure they left before reporting the checkpoint.
-    let _flushed = shared.store.client().flush().await;
-    outcome
 }
 
-/// Whether the consumer of `partition` exists (again) after its lane saw it deleted: a reset
-/// deletes and recreates it, so it is given a moment to come back.
-pub(super) async fn consumer_recreated<P>(shared: &Shared<P>, partition: u32) -> bool {
-    let name = consumer_name(&shared.name, partition);
-    for _ in 0..20 {
-        match shared.stream.consumer_info(&name).await {
-            Err(e) if is_consumer_not_found(&e) => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            // There, or unknown (the lane's restart will tell).
-            _ => return true,
+/// A watch on the projection's checkpoints, so that a lane whose partition another worker took,
+/// or an operator reset, stops at once rather than at its next commit.
+#[derive(Default)]
+struct CheckpointWatch {
+    watch: Option<kv::Watch>,
+}
+
+impl CheckpointWatch {
+    /// Opens the watch if it is not open (retried every heartbeat).
+    async fn open<P>(&mut self, shared: &Shared<P>) {
+        if self.watch.is_some() {
+            return;
+        }
+        let keys = format!("{}.*", shared.name);
+        match shared.checkpoints.kv().watch(keys).await {
+            Ok(watch) => self.watch = Some(watch),
+            Err(error) => tracing::warn!(%error, "cannot watch the projection's checkpoints"),
         }
     }
-    false
+
+    async fn changed(&mut self) -> Option<Result<kv::Entry, kv::WatcherError>> {
+        match self.watch.as_mut() {
+            Some(watch) => watch.next().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The partition whose checkpoint `change` shows in other hands than this worker's.
+    fn lost<P>(
+        &mut self,
+        shared: &Shared<P>,
+        change: Option<Result<kv::Entry, kv::WatcherError>>,
+    ) -> Option<u32> {
+        let entry = match change {
+            Some(Ok(entry)) => entry,
+            Some(Err(error)) => {
+                tracing::warn!(%error, "watching the checkpoints failed; watching again");
+                self.watch = None;
+                return None;
+            }
+            None => {
+                self.watch = None;
+                return None;
+            }
+        };
+        let partition = shared.checkpoints.partition_of(&entry.key)?;
+        let mine = entry.operation == kv::Operation::Put
+            && serde_json::from_slice::<super::checkpoint::Checkpoint>(&entry.value)
+                .is_ok_and(|c| c.owner.as_deref() == Some(shared.worker.as_str()));
+        (!mine).then_some(partition)
+    }
 }

@@ -1,0 +1,244 @@
+//! A projection's checkpoints: one KV entry per partition, `<projection>.<partition>` in the
+//! bucket `PROJECTION_CHECKPOINTS_<CONTEXT>` ([`checkpoints_bucket`]), holding the last position
+//! handled, the worker that owns the partition, and the partition's filter subjects.
+//!
+//! Every write is a compare-and-set on the revision the writer read, so the revision is the
+//! fencing token: a worker that takes a partition writes it (and so moves the revision), and the
+//! worker it took the partition from can no longer commit anything. A reset or a rebuild writes
+//! (or deletes) the entry the same way, which the running owner sees as losing the partition.
+
+use crate::subject::Subjects;
+use async_nats::jetstream::kv::{self, UpdateErrorKind};
+use async_nats::jetstream::{self, stream};
+use cqrs_core::StoreError;
+use futures::TryStreamExt;
+use std::collections::BTreeMap;
+
+use super::unavailable;
+
+/// One partition's checkpoint, as stored (JSON).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Checkpoint {
+    /// The last stream position handled (0: none yet; the partition starts at the next one).
+    pub position: u64,
+    /// The worker that owns the partition now; absent once released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// The filter subjects the partition is read with (what the lag counts).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filter: Vec<String>,
+}
+
+/// A checkpoint as read: its value (none: never written, or deleted by a rebuild) and the
+/// revision to compare-and-set against (0: the key has never been written).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Read {
+    pub(super) checkpoint: Option<Checkpoint>,
+    pub(super) revision: u64,
+}
+
+/// The KV bucket holding the checkpoints of the context's projections:
+/// `PROJECTION_CHECKPOINTS_<CONTEXT>`.
+pub fn checkpoints_bucket(subjects: &Subjects) -> String {
+    format!(
+        "PROJECTION_CHECKPOINTS_{}",
+        subjects.context().to_ascii_uppercase()
+    )
+}
+
+/// The checkpoints of one projection.
+#[derive(Clone)]
+pub(super) struct Checkpoints {
+    kv: kv::Store,
+    projection: String,
+}
+
+impl Checkpoints {
+    /// Opens (or creates, with `replicas` replicas) the context's checkpoints bucket.
+    pub(super) async fn open(
+        js: &jetstream::Context,
+        subjects: &Subjects,
+        projection: &str,
+        replicas: usize,
+    ) -> Result<Self, StoreError> {
+        let bucket = checkpoints_bucket(subjects);
+        let kv = crate::bucket::open_or_create(
+            js,
+            kv::Config {
+                bucket: bucket.clone(),
+                description: format!(
+                    "Checkpoints of the projections of context {}",
+                    subjects.context()
+                ),
+                // No older revision to fall back to: a checkpoint only moves by compare-and-set.
+                history: 1,
+                storage: stream::StorageType::File,
+                num_replicas: replicas,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| unavailable(format!("bucket {bucket}: {e}")))?;
+        Ok(Self {
+            kv,
+            projection: projection.to_owned(),
+        })
+    }
+
+    /// The existing checkpoints of `projection` in `subjects`' context, or `None` when the
+    /// bucket does not exist (no projection has run there). Creates nothing.
+    pub(super) async fn existing(
+        js: &jetstream::Context,
+        subjects: &Subjects,
+        projection: &str,
+    ) -> Result<Option<Self>, StoreError> {
+        let bucket = checkpoints_bucket(subjects);
+        let kv = crate::bucket::open_existing(js, &bucket)
+            .await
+            .map_err(|e| unavailable(format!("bucket {bucket}: {e}")))?;
+        Ok(kv.map(|kv| Self {
+            kv,
+            projection: projection.to_owned(),
+        }))
+    }
+
+    pub(super) fn key(&self, partition: u32) -> String {
+        format!("{}.{partition}", self.projection)
+    }
+
+    /// The partition a key of this projection names, if it is one.
+    pub(super) fn partition_of(&self, key: &str) -> Option<u32> {
+        key.strip_prefix(&self.projection)?
+            .strip_prefix('.')?
+            .parse()
+            .ok()
+    }
+
+    /// The bucket, for watching.
+    pub(super) fn kv(&self) -> &kv::Store {
+        &self.kv
+    }
+
+    /// Reads `partition`'s checkpoint.
+    pub(super) async fn read(&self, partition: u32) -> Result<Read, StoreError> {
+        let key = self.key(partition);
+        let entry = self
+            .kv
+            .entry(key.as_str())
+            .await
+            .map_err(|e| unavailable(format!("checkpoint {key}: {e}")))?;
+        Ok(entry.map_or_else(Read::default, |entry| Read {
+            checkpoint: decode(&entry),
+            revision: entry.revision,
+        }))
+    }
+
+    /// Writes `checkpoint` if the entry is still at `revision`: the new revision, or `None` when
+    /// it moved (another worker took the partition, or it was reset).
+    pub(super) async fn write(
+        &self,
+        partition: u32,
+        checkpoint: &Checkpoint,
+        revision: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let key = self.key(partition);
+        let value = serde_json::to_vec(checkpoint).map_err(|e| StoreError::Backend {
+            operation: super::OP,
+            source: Box::new(e),
+        })?;
+        match self.kv.update(key.as_str(), value.into(), revision).await {
+            Ok(revision) => Ok(Some(revision)),
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(None),
+            Err(e) => Err(unavailable(format!("checkpoint {key}: {e}"))),
+        }
+    }
+
+    /// Sets `partition`'s checkpoint to `position`, whoever owns it (a reset): the owner sees its
+    /// revision move and starts again from here.
+    pub(super) async fn reset(&self, partition: u32, position: u64) -> Result<(), StoreError> {
+        loop {
+            let read = self.read(partition).await?;
+            let checkpoint = Checkpoint {
+                position,
+                owner: None,
+                filter: read.checkpoint.map(|c| c.filter).unwrap_or_default(),
+            };
+            if self
+                .write(partition, &checkpoint, read.revision)
+                .await?
+                .is_some()
+            {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Deletes `partition`'s checkpoint (a rebuild starts it over). True if there was one.
+    pub(super) async fn delete(&self, partition: u32) -> Result<bool, StoreError> {
+        let read = self.read(partition).await?;
+        if read.checkpoint.is_none() {
+            return Ok(false);
+        }
+        let key = self.key(partition);
+        self.kv
+            .purge(key.as_str())
+            .await
+            .map_err(|e| unavailable(format!("checkpoint {key}: {e}")))?;
+        Ok(true)
+    }
+}
+
+fn decode(entry: &kv::Entry) -> Option<Checkpoint> {
+    if entry.operation != kv::Operation::Put {
+        return None;
+    }
+    match serde_json::from_slice(&entry.value) {
+        Ok(checkpoint) => Some(checkpoint),
+        Err(error) => {
+            // Not ours to read: start the partition over rather than stall it.
+            tracing::warn!(key = %entry.key, %error, "unreadable checkpoint; treating it as absent");
+            None
+        }
+    }
+}
+
+/// Every checkpoint in the context's bucket, by projection and partition (empty when the
+/// bucket does not exist). Only reads; the CLI's `projections` lists these.
+pub async fn read_checkpoints(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+) -> Result<BTreeMap<String, BTreeMap<u32, Checkpoint>>, StoreError> {
+    let bucket = checkpoints_bucket(subjects);
+    let Some(kv) = crate::bucket::open_existing(js, &bucket)
+        .await
+        .map_err(|e| unavailable(format!("bucket {bucket}: {e}")))?
+    else {
+        return Ok(BTreeMap::new());
+    };
+    let keys: Vec<String> = match kv.keys().await {
+        Ok(keys) => keys.try_collect().await.map_err(unavailable)?,
+        Err(e) => return Err(unavailable(format!("bucket {bucket}: {e}"))),
+    };
+    let mut all: BTreeMap<String, BTreeMap<u32, Checkpoint>> = BTreeMap::new();
+    for key in keys {
+        let Some((projection, partition)) = key.rsplit_once('.') else {
+            continue;
+        };
+        let Ok(partition) = partition.parse::<u32>() else {
+            continue;
+        };
+        let Some(entry) = kv
+            .entry(key.as_str())
+            .await
+            .map_err(|e| unavailable(format!("checkpoint {key}: {e}")))?
+        else {
+            continue;
+        };
+        if let Some(checkpoint) = decode(&entry) {
+            all.entry(projection.to_owned())
+                .or_default()
+                .insert(partition, checkpoint);
+        }
+    }
+    Ok(all)
+}
