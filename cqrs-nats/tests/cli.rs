@@ -10,15 +10,17 @@
 
 use cqrs_core::{CommandMetadata, HandlerError, Projection, RecordedEvent, Repository};
 use cqrs_nats::async_nats;
-use cqrs_nats::async_nats::jetstream::{self, consumer::DeliverPolicy};
+use cqrs_nats::async_nats::jetstream::{self, kv};
 use cqrs_nats::deadletter::DeadLetters;
-use cqrs_nats::projection::consumer_name;
+use cqrs_nats::projection::{Checkpoint, read_checkpoints};
 use cqrs_nats::{
     JetStreamEventStore, JetStreamProjectionRunner, ProjectionConfig, StoreConfig, Subjects,
 };
 use cqrs_test_server::NatsServer;
 use examples::bank_account::{AccountCommand, BankAccount};
+use futures::StreamExt;
 use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -416,54 +418,300 @@ fn uuid_of_nothing() -> String {
     "00000000-0000-7000-8000-000000000000".to_owned()
 }
 
+/// `projections`: a projection that ran (`balances`, stopped since) as one row of its
+/// checkpoints, with its lag and parked events; a projection with parked events only (`audit`);
+/// durable consumers, which are no projections any more, are not listed. Then `replay` of the
+/// stopped projection moves its checkpoints back, and the lag follows.
 async fn check_projections(url: &str) {
-    // projections: one durable consumer with lag, events parked for it and for a projection
-    // whose consumer is gone.
-    let client = cqrs_nats::async_nats::connect(url).await.expect("connect");
-    let js = cqrs_nats::async_nats::jetstream::new(client);
+    let js = jetstream::new(async_nats::connect(url).await.expect("connect"));
+    let subjects = Subjects::new(CONTEXT).expect("subjects");
+    let last = last_positions(&js).await;
+    assert!(
+        last.contains(&0) && last.iter().max() == Some(&4),
+        "the test wants an empty partition and the head in another: {last:?}"
+    );
     let stream = js.get_stream("EVENTS_BANK").await.expect("stream");
-    stream
-        .create_consumer(cqrs_nats::async_nats::jetstream::consumer::pull::Config {
-            durable_name: Some("balances".into()),
-            ..Default::default()
-        })
-        .await
-        .expect("consumer");
-    let dead = DeadLetters::provision(&js, &Subjects::new(CONTEXT).expect("subjects"), 1)
+    for (durable, projection) in [("stray", None), ("legacy_p0", Some("legacy"))] {
+        stream
+            .create_consumer(jetstream::consumer::pull::Config {
+                durable_name: Some(durable.into()),
+                metadata: projection
+                    .map(|p| HashMap::from([("cqrs.projection".to_owned(), p.to_owned())]))
+                    .unwrap_or_default(),
+                ..Default::default()
+            })
+            .await
+            .expect("consumer");
+    }
+    let dead = DeadLetters::provision(&js, &subjects, 1)
         .await
         .expect("dead letters");
+    for position in [1, 2] {
+        let original = stream.get_raw_message(position).await.expect("message");
+        dead.park("balances", &original, "boom", 3)
+            .await
+            .expect("park");
+    }
     let original = stream.get_raw_message(1).await.expect("message 1");
-    dead.park("balances", &original, "boom", 3)
-        .await
-        .expect("park");
     dead.park("audit", &original, "boom", 3)
         .await
         .expect("park");
+    run_balances(url, &js, &last).await;
+
     let doc = json(url, &["--context", CONTEXT, "projections"]);
     assert_eq!(doc["head"], 4);
     let projections = doc["projections"].as_array().expect("projections");
-    assert_eq!(projections.len(), 2, "{doc:#}");
-    assert_eq!(projections[0]["name"], "audit");
-    assert_eq!(projections[0]["consumer"], false);
-    assert_eq!(projections[0]["parked"], 1);
-    assert_eq!(projections[0]["partitions"], 0);
-    assert_eq!(projections[0]["workers"], 0);
-    // A durable consumer that is not a projection's partition: listed as it is.
-    assert_eq!(projections[1]["name"], "balances");
-    assert_eq!(projections[1]["consumer"], true);
-    assert_eq!(projections[1]["partitions"], 1);
-    assert_eq!(projections[1]["workers"], 0, "no workers bucket");
-    assert_eq!(projections[1]["pending"], 4);
+    let names: Vec<&str> = projections
+        .iter()
+        .map(|p| p["name"].as_str().expect("name"))
+        .collect();
     assert_eq!(
-        projections[1]["lag"], 4,
-        "nothing delivered yet: all four behind"
+        names,
+        ["audit", "balances"],
+        "durable consumers are not listed: {doc:#}"
     );
-    assert_eq!(projections[1]["parked"], 1);
+    assert_eq!(
+        projections[0],
+        serde_json::json!({
+            "name": "audit", "partitions": 0, "workers": 0, "owned": 0, "lag": 0,
+            "position": 0, "highest_position": 0, "parked": 1, "checkpoints": false,
+        })
+    );
+    // Stopped after it handled all four events: every partition's checkpoint is the last event
+    // stored in it (none: 0), released.
+    assert_eq!(
+        projections[1],
+        serde_json::json!({
+            "name": "balances", "partitions": 8, "workers": 0, "owned": 0, "lag": 0,
+            "position": 0, "highest_position": 4, "parked": 2, "checkpoints": true,
+        })
+    );
     let text = human(url, &["projections"]);
-    assert!(
-        text.contains("balances") && text.contains("PARKED") && text.contains("WORKERS"),
+    assert_eq!(
+        table_rows(&text),
+        [
+            vec![
+                "PROJECTION",
+                "PARTITIONS",
+                "WORKERS",
+                "LAG",
+                "POSITION",
+                "PARKED"
+            ],
+            vec!["audit", "-", "0", "-", "-", "1", "(no", "checkpoint)"],
+            vec!["balances", "8", "0", "0", "0", "2"],
+        ],
         "{text}"
     );
+    assert!(
+        text.starts_with("context bank (stream EVENTS_BANK, head 4): 2 projections\n"),
+        "{text}"
+    );
+
+    check_replay_of_a_stopped_projection(url, &js).await;
+}
+
+/// `replay` of a stopped projection (`balances`, 2 events parked): every checkpoint is set to
+/// 1 (the events from 2 on are handled again when a worker starts), so 3 events are behind.
+async fn check_replay_of_a_stopped_projection(url: &str, js: &jetstream::Context) {
+    let text = human(
+        url,
+        &["replay", "balances", "--from-position", "2", "--yes"],
+    );
+    assert_eq!(
+        text,
+        "projection balances (context bank): 8 partitions reset to position 2; \
+         no live worker: the events are processed again when one starts\n"
+    );
+    assert_eq!(checkpoints_of(js, "balances").await, released(&[1; 8]));
+    let row = &json(url, &["projections"])["projections"][1];
+    assert_eq!(
+        *row,
+        serde_json::json!({
+            "name": "balances", "partitions": 8, "workers": 0, "owned": 0, "lag": 3,
+            "position": 1, "highest_position": 1, "parked": 2, "checkpoints": true,
+        })
+    );
+    let text = human(url, &["projections"]);
+    assert!(
+        table_rows(&text).contains(&vec!["balances", "8", "0", "3", "1", "2"]),
+        "{text}"
+    );
+}
+
+/// Runs projection `balances` until it has handled the four events and committed its
+/// checkpoints (as `projections` shows), then stops it: its checkpoints stay, released. (Attaches to the context
+/// without creating anything: the snapshot bucket stays deleted.)
+async fn run_balances(url: &str, js: &jetstream::Context, last: &[u64]) {
+    let store = JetStreamEventStore::connect(url, StoreConfig::new(CONTEXT).create_missing(false))
+        .await
+        .expect("store");
+    let balances = Counter::new("balances");
+    let handle = JetStreamProjectionRunner::spawn(
+        &store,
+        balances.clone(),
+        ProjectionConfig::new().heartbeat(Duration::from_millis(200)),
+    )
+    .await
+    .expect("spawn");
+    handle
+        .wait_for(4, Duration::from_secs(20))
+        .await
+        .expect("caught up");
+    assert_eq!(balances.wait_for_count(4, 0).await, [1, 2, 3, 4]);
+    settle(js, "balances", last, true).await;
+    // While it runs, its worker holds every partition (and is no worker of `audit`).
+    let doc = json(url, &["projections"]);
+    assert_eq!(doc["projections"][0]["name"], "audit", "{doc:#}");
+    assert_eq!(doc["projections"][0]["workers"], 0, "{doc:#}");
+    assert_eq!(
+        doc["projections"][1],
+        serde_json::json!({
+            "name": "balances", "partitions": 8, "workers": 1, "owned": 8, "lag": 0,
+            "position": 0, "highest_position": 4, "parked": 2, "checkpoints": true,
+        })
+    );
+    handle.stop().await.expect("stop");
+    assert_eq!(
+        checkpoints_of(js, "balances").await,
+        released(last),
+        "stopping commits and releases the checkpoints"
+    );
+}
+
+/// The rows of a table as printed: the header and each row split on whitespace.
+fn table_rows(text: &str) -> Vec<Vec<&str>> {
+    text.lines()
+        .skip(1)
+        .map(|line| line.split_whitespace().collect())
+        .collect()
+}
+
+/// The last position stored in each partition of the context (0: none), from the stream.
+async fn last_positions(js: &jetstream::Context) -> Vec<u64> {
+    let subjects = Subjects::new(CONTEXT).expect("subjects");
+    let mut stream = js.get_stream("EVENTS_BANK").await.expect("stream");
+    let head = stream
+        .info()
+        .await
+        .expect("stream info")
+        .state
+        .last_sequence;
+    let mut last = vec![0; subjects.partitions() as usize];
+    for position in 1..=head {
+        let message = stream.get_raw_message(position).await.expect("message");
+        let (partition, ..) = subjects
+            .parse_with_partition(&message.subject)
+            .expect("an event subject");
+        last[partition as usize] = position;
+    }
+    last
+}
+
+/// The checkpoints of `projection`, by partition, as stored.
+async fn checkpoints_of(js: &jetstream::Context, projection: &str) -> BTreeMap<u32, Checkpoint> {
+    read_checkpoints(js, &Subjects::new(CONTEXT).expect("subjects"))
+        .await
+        .expect("read the checkpoints")
+        .remove(projection)
+        .unwrap_or_default()
+}
+
+/// Checkpoints at `positions` (by partition), with no owner and each partition's filter.
+fn released(positions: &[u64]) -> BTreeMap<u32, Checkpoint> {
+    let subjects = Subjects::new(CONTEXT).expect("subjects");
+    (0..)
+        .zip(positions)
+        .map(|(partition, position)| {
+            (
+                partition,
+                Checkpoint {
+                    position: *position,
+                    owner: None,
+                    filter: vec![subjects.partition_filter(partition)],
+                },
+            )
+        })
+        .collect()
+}
+
+/// Waits until the checkpoints of `projection` are at `positions` (by partition) and all held
+/// by one worker (`owned`) or all released; returns them.
+async fn settle(
+    js: &jetstream::Context,
+    projection: &str,
+    positions: &[u64],
+    owned: bool,
+) -> BTreeMap<u32, Checkpoint> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let checkpoints = checkpoints_of(js, projection).await;
+        let owners: std::collections::BTreeSet<Option<&str>> =
+            checkpoints.values().map(|c| c.owner.as_deref()).collect();
+        let owners_as_wanted = if owned {
+            owners.len() == 1 && !owners.contains(&None)
+        } else {
+            owners.iter().all(Option::is_none)
+        };
+        let unowned: BTreeMap<u32, Checkpoint> = checkpoints
+            .iter()
+            .map(|(k, c)| {
+                (
+                    *k,
+                    Checkpoint {
+                        owner: None,
+                        ..c.clone()
+                    },
+                )
+            })
+            .collect();
+        if owners_as_wanted && unowned == released(positions) {
+            return checkpoints;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "checkpoints of {projection}: {checkpoints:#?}, waiting for {positions:?} (owned: {owned})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The first write to each of the checkpoints of `projection` that `watch` sees (opened before
+/// a reset: the reset's own writes), by partition.
+async fn first_writes(
+    watch: &mut kv::Watch,
+    projection: &str,
+    partitions: usize,
+) -> BTreeMap<u32, Checkpoint> {
+    let prefix = format!("{projection}.");
+    let mut first = BTreeMap::new();
+    while first.len() < partitions {
+        let entry = tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await
+            .unwrap_or_else(|_| panic!("no write to the checkpoints; saw {first:#?}"))
+            .expect("the watch is open")
+            .expect("a watched entry");
+        assert_eq!(entry.operation, kv::Operation::Put, "{entry:?}");
+        let partition: u32 = entry
+            .key
+            .strip_prefix(&prefix)
+            .and_then(|k| k.parse().ok())
+            .unwrap_or_else(|| panic!("not a checkpoint of {projection}: {}", entry.key));
+        let checkpoint: Checkpoint =
+            serde_json::from_slice(&entry.value).expect("a checkpoint's JSON");
+        first.entry(partition).or_insert(checkpoint);
+    }
+    first
+}
+
+/// A watch on the checkpoints of `projection`, from now on.
+async fn watch_checkpoints(js: &jetstream::Context, projection: &str) -> kv::Watch {
+    js.get_key_value("PROJECTION_CHECKPOINTS_BANK")
+        .await
+        .expect("the checkpoints bucket")
+        .watch(format!("{projection}.*"))
+        .await
+        .expect("watch")
 }
 
 /// A context with a mixed-case name and 3 partitions: the CLI takes both from the stream (the
@@ -514,12 +762,20 @@ async fn contexts_keep_their_name_and_partition_count() {
 }
 
 /// Counts what it applies: the positions, in the order applied.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct Counter {
+    name: &'static str,
     positions: Arc<Mutex<Vec<u64>>>,
 }
 
 impl Counter {
+    fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            positions: Arc::default(),
+        }
+    }
+
     fn applied(&self) -> Vec<u64> {
         self.positions.lock().unwrap().clone()
     }
@@ -547,27 +803,13 @@ impl Counter {
 
 impl Projection for Counter {
     fn name(&self) -> &str {
-        "counter"
+        self.name
     }
 
     async fn apply(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
         self.positions.lock().unwrap().push(event.position);
         Ok(())
     }
-}
-
-/// The deliver policy of each consumer of projection `counter`.
-async fn deliver_policies(js: &jetstream::Context) -> Vec<DeliverPolicy> {
-    let stream = js.get_stream("EVENTS_BANK").await.expect("stream");
-    let mut policies = Vec::new();
-    for partition in 0..8 {
-        let info = stream
-            .consumer_info(consumer_name("counter", partition))
-            .await
-            .expect("consumer");
-        policies.push(info.config.deliver_policy);
-    }
-    policies
 }
 
 /// `replay` moves the checkpoints of a running projection: its worker processes the events
@@ -582,14 +824,16 @@ async fn replay_moves_a_running_projection_back() {
         .await
         .expect("store");
     let js = store.jetstream().clone();
-    let counter = Counter::default();
+    let last = last_positions(&js).await;
+    assert!(
+        last.contains(&0) && last.iter().max() == Some(&4),
+        "the test wants an empty partition and the head in another: {last:?}"
+    );
+    let counter = Counter::new("counter");
     let handle = JetStreamProjectionRunner::spawn(
         &store,
         counter.clone(),
-        ProjectionConfig::new()
-            .pull_expiry(Duration::from_millis(500))
-            .priority_timeout(Duration::from_secs(2))
-            .heartbeat(Duration::from_millis(200)),
+        ProjectionConfig::new().heartbeat(Duration::from_millis(200)),
     )
     .await
     .expect("spawn");
@@ -598,41 +842,65 @@ async fn replay_moves_a_running_projection_back() {
         .await
         .expect("caught up");
     assert_eq!(counter.wait_for_count(4, 0).await, [1, 2, 3, 4]);
+    settle(&js, "counter", &last, true).await;
     check_grouped_projections(&url);
     check_replay_refusals(&url, &js, &counter).await;
-    check_replays(&url, &js, &counter).await;
+    check_replays(&url, &js, &counter, &last).await;
 
-    // Caught up again; the checkpoints are where they were.
+    // Caught up again; the checkpoints are where the last replay (position 4, checkpoint 3)
+    // and the events after it put them.
     handle
         .wait_for(4, Duration::from_secs(20))
         .await
         .expect("caught up");
+    let expected = at_least(&last, 3);
+    settle(&js, "counter", &expected, true).await;
     let row = &json(&url, &["projections"])["projections"][0];
-    assert_eq!(row["acked_position"], 4, "{row:#}");
-    assert_eq!(row["pending"], 0, "{row:#}");
+    assert_eq!(
+        *row,
+        serde_json::json!({
+            "name": "counter", "partitions": 8, "workers": 1, "owned": 8, "lag": 0,
+            "position": 3, "highest_position": 4, "parked": 0, "checkpoints": true,
+        })
+    );
+    let text = human(&url, &["projections"]);
+    assert_eq!(
+        table_rows(&text)[1..],
+        [vec!["counter", "8", "1", "0", "3", "0"]],
+        "{text}"
+    );
     assert_eq!(counter.applied().len(), 11);
     handle.stop().await.expect("stop");
+    assert_eq!(checkpoints_of(&js, "counter").await, released(&expected));
+    let row = &json(&url, &["projections"])["projections"][0];
+    assert_eq!(row["workers"], 0, "the stopped worker withdrew: {row:#}");
+    assert_eq!(row["owned"], 0, "{row:#}");
+    assert_eq!(row["position"], 3, "{row:#}");
 }
 
-/// `projections`: the 8 partition consumers of `counter` as one row, with the live worker.
+/// Each partition's checkpoint after a reset to `checkpoint` and catching up: the last event in
+/// the partition, or the reset's checkpoint if that is later.
+fn at_least(last: &[u64], checkpoint: u64) -> Vec<u64> {
+    last.iter().map(|p| (*p).max(checkpoint)).collect()
+}
+
+/// `projections`: the 8 checkpoints of `counter` as one row, with the live worker that owns
+/// them all.
 fn check_grouped_projections(url: &str) {
     let doc = json(url, &["projections"]);
     let projections = doc["projections"].as_array().expect("projections");
     assert_eq!(projections.len(), 1, "{doc:#}");
-    let row = &projections[0];
-    assert_eq!(row["name"], "counter");
-    assert_eq!(row["partitions"], 8);
-    assert_eq!(row["workers"], 1);
-    assert_eq!(row["pending"], 0);
-    assert_eq!(row["ack_pending"], 0);
-    assert_eq!(row["delivered_position"], 4);
-    assert_eq!(row["acked_position"], 4);
-    assert_eq!(row["consumer"], true);
+    assert_eq!(
+        projections[0],
+        serde_json::json!({
+            "name": "counter", "partitions": 8, "workers": 1, "owned": 8, "lag": 0,
+            "position": 0, "highest_position": 4, "parked": 0, "checkpoints": true,
+        })
+    );
     let text = human(url, &["projections"]);
-    assert!(
-        text.lines()
-            .any(|line| line.split_whitespace().collect::<Vec<_>>()
-                == ["counter", "8", "1", "0", "0", "4", "0"]),
+    assert_eq!(
+        table_rows(&text)[1..],
+        [vec!["counter", "8", "1", "0", "0", "0"]],
         "{text}"
     );
 }
@@ -641,6 +909,8 @@ fn check_grouped_projections(url: &str) {
 /// unknown projection or context is an error that creates nothing; bad arguments are usage
 /// errors.
 async fn check_replay_refusals(url: &str, js: &jetstream::Context, counter: &Counter) {
+    let before = checkpoints_of(js, "counter").await;
+    let mut watch = watch_checkpoints(js, "counter").await;
     let refused = cqrs(&["--server", url, "replay", "counter"]);
     assert_eq!(refused.status.code(), Some(2));
     assert!(refused.stdout.is_empty());
@@ -648,7 +918,7 @@ async fn check_replay_refusals(url: &str, js: &jetstream::Context, counter: &Cou
     for needle in [
         "without --yes",
         "projection `counter`",
-        "8 consumers",
+        "(8 partitions)",
         "the beginning",
         "1 live worker",
     ] {
@@ -658,15 +928,12 @@ async fn check_replay_refusals(url: &str, js: &jetstream::Context, counter: &Cou
         );
     }
     assert_eq!(message.trim_end().lines().count(), 1, "{message}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(counter.applied().len(), 4, "nothing replayed without --yes");
-    assert_eq!(deliver_policies(js).await, [DeliverPolicy::All; 8]);
 
     // An unknown projection, an unknown context: errors, and nothing is created.
     for (args, expected) in [
         (
             vec!["replay", "nope", "--yes"],
-            "projection `nope` has no consumers in context `bank`",
+            "projection `nope` has no checkpoints in context `bank`",
         ),
         (
             vec!["--context", "bnak", "replay", "counter", "--yes"],
@@ -685,6 +952,17 @@ async fn check_replay_refusals(url: &str, js: &jetstream::Context, counter: &Cou
     );
     assert!(js.get_stream("EVENTS_BNAK").await.is_err());
     assert!(js.get_key_value("PROJECTION_WORKERS_BNAK").await.is_err());
+    assert!(
+        js.get_key_value("PROJECTION_CHECKPOINTS_BNAK")
+            .await
+            .is_err()
+    );
+    let projections: Vec<String> = read_checkpoints(js, &Subjects::new(CONTEXT).expect("subjects"))
+        .await
+        .expect("read the checkpoints")
+        .into_keys()
+        .collect();
+    assert_eq!(projections, ["counter"], "no checkpoint of `nope` created");
 
     let both = cqrs(&[
         "--server",
@@ -707,54 +985,71 @@ async fn check_replay_refusals(url: &str, js: &jetstream::Context, counter: &Cou
     ]);
     assert_eq!(bad_time.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad_time.stderr).contains("RFC 3339"));
+
+    // Nothing moved: no write to the checkpoints, nothing replayed.
+    if let Ok(write) = tokio::time::timeout(Duration::from_millis(500), watch.next()).await {
+        panic!("a refused replay wrote a checkpoint: {write:?}");
+    }
+    assert_eq!(checkpoints_of(js, "counter").await, before);
     assert_eq!(counter.applied().len(), 4, "nothing replayed");
 }
 
-/// `replay` from the beginning, a position and a time: the consumers are recreated with that
-/// start and the running worker applies the events from there again.
-async fn check_replays(url: &str, js: &jetstream::Context, counter: &Counter) {
-    // From the beginning: the running worker applies all 4 events again.
+/// `replay` from the beginning, a position and a time: every checkpoint is set to the
+/// position before that start (released, so the running worker takes it again) and the worker
+/// applies the events from there again.
+async fn check_replays(url: &str, js: &jetstream::Context, counter: &Counter, last: &[u64]) {
+    // From the beginning: the checkpoints go to 0 and the running worker applies all 4 events
+    // again.
+    let mut watch = watch_checkpoints(js, "counter").await;
     let doc = json(url, &["replay", "counter", "--yes"]);
     assert_eq!(doc["projection"], "counter");
     assert_eq!(doc["context"], CONTEXT);
-    assert_eq!(doc["consumers_reset"], 8);
+    assert_eq!(doc["partitions_reset"], 8);
     assert_eq!(doc["workers"], 1);
     assert_eq!(
         doc["from"],
         serde_json::json!({"kind": "beginning", "position": null, "time": null})
     );
-    assert_eq!(deliver_policies(js).await, [DeliverPolicy::All; 8]);
+    assert_eq!(
+        first_writes(&mut watch, "counter", 8).await,
+        released(&[0; 8])
+    );
     assert_eq!(counter.wait_for_count(8, 4).await, [1, 2, 3, 4]);
+    settle(js, "counter", last, true).await;
 
-    // From a position: the consumers start at 3; events 3 and 4 are applied again.
+    // From a position: the checkpoints go to 2; events 3 and 4 are applied again.
+    let mut watch = watch_checkpoints(js, "counter").await;
     let text = human(url, &["replay", "counter", "--from-position", "3", "--yes"]);
     assert_eq!(
         text,
-        "projection counter (context bank): 8 consumers reset to position 3; \
+        "projection counter (context bank): 8 partitions reset to position 3; \
          1 live worker processes the events again\n"
     );
     assert_eq!(
-        deliver_policies(js).await,
-        [DeliverPolicy::ByStartSequence { start_sequence: 3 }; 8]
+        first_writes(&mut watch, "counter", 8).await,
+        released(&[2; 8])
     );
     assert_eq!(counter.wait_for_count(10, 8).await, [3, 4]);
+    settle(js, "counter", &at_least(last, 2), true).await;
 
-    // From a time: the time event 4 was stored at.
+    // From a time: the time event 4 was stored at; the checkpoints go to 3.
     let stream = js.get_stream("EVENTS_BANK").await.expect("stream");
     let at = stream.get_raw_message(4).await.expect("message 4").time;
     let at_text = at.format(&Rfc3339).expect("RFC 3339");
+    let mut watch = watch_checkpoints(js, "counter").await;
     let doc = json(
         url,
         &["replay", "counter", "--from-time", &at_text, "--yes"],
     );
+    assert_eq!(doc["partitions_reset"], 8);
     assert_eq!(doc["from"]["kind"], "time");
     assert_eq!(doc["from"]["position"], Value::Null);
     let shown = time::OffsetDateTime::parse(doc["from"]["time"].as_str().expect("time"), &Rfc3339)
         .expect("an RFC 3339 time");
     assert_eq!(shown, at);
     assert_eq!(
-        deliver_policies(js).await,
-        [DeliverPolicy::ByStartTime { start_time: at }; 8]
+        first_writes(&mut watch, "counter", 8).await,
+        released(&[3; 8])
     );
     assert_eq!(counter.wait_for_count(11, 10).await, [4]);
 }
