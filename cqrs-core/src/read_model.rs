@@ -88,6 +88,47 @@ pub trait ReadModelStore<V>: Send + Sync + 'static {
     fn entries(
         &self,
     ) -> impl Future<Output = Result<Vec<(String, Versioned<V>)>, ReadModelError>> + Send;
+
+    /// Makes each of `writes` as [`Self::put`] would, all in one go: one outcome per write, in
+    /// order. Each write stands alone — a conflict on one key neither undoes nor stops the
+    /// others. The default puts them one after the other; a store overrides it to save round
+    /// trips (the KV store sends them all before awaiting any answer).
+    fn put_batch(
+        &self,
+        writes: Vec<Write<V>>,
+    ) -> impl Future<Output = Vec<Result<u64, ReadModelError>>> + Send
+    where
+        V: Send,
+    {
+        async move {
+            let mut outcomes = Vec::with_capacity(writes.len());
+            for write in writes {
+                outcomes.push(
+                    self.put(
+                        &write.key,
+                        write.value,
+                        write.position,
+                        write.expected_revision,
+                    )
+                    .await,
+                );
+            }
+            outcomes
+        }
+    }
+}
+
+/// One write of [`ReadModelStore::put_batch`]: the arguments of [`ReadModelStore::put`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Write<V> {
+    /// The entry's key.
+    pub key: String,
+    /// The value to store.
+    pub value: V,
+    /// The store position of the last event the value reflects.
+    pub position: u64,
+    /// The revision the entry must still have (`None`: it must not exist).
+    pub expected_revision: Option<u64>,
 }
 
 /// What [`apply_once`] did.
@@ -128,6 +169,77 @@ where
             Err(error) => return Err(error),
         }
     }
+}
+
+/// [`apply_once`] for a batch of events, for [`Projection::apply_batch`](crate::Projection::apply_batch):
+/// `items` are `(key, position, event)` in delivery order. The events of one key are folded
+/// with `update` into one write (those at or below the entry's position skipped, as
+/// [`apply_once`] skips them), and the writes of all keys go out together through
+/// [`ReadModelStore::put_batch`]; a key another writer changed meanwhile is read and folded
+/// again, a few times. Returns how many events were applied.
+pub async fn apply_once_batch<V, S, T, F>(
+    store: &S,
+    items: impl IntoIterator<Item = (String, u64, T)>,
+    mut update: F,
+) -> Result<usize, ReadModelError>
+where
+    V: Send,
+    S: ReadModelStore<V> + ?Sized,
+    F: FnMut(Option<V>, &T) -> V,
+{
+    const ATTEMPTS: u32 = 8;
+    let mut by_key: Vec<(String, Vec<(u64, T)>)> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for (key, position, item) in items {
+        let at = *index.entry(key.clone()).or_insert_with(|| {
+            by_key.push((key, Vec::new()));
+            by_key.len() - 1
+        });
+        by_key[at].1.push((position, item));
+    }
+    let mut pending: Vec<usize> = (0..by_key.len()).collect();
+    let mut applied = 0;
+    for attempt in 1..=ATTEMPTS {
+        let mut writes = Vec::with_capacity(pending.len());
+        let mut written = Vec::with_capacity(pending.len());
+        for at in pending.drain(..) {
+            let (key, events) = &by_key[at];
+            let current = store.get(key).await?;
+            let (mut value, floor, revision) = match current {
+                Some(entry) => (Some(entry.value), entry.position, Some(entry.revision)),
+                None => (None, 0, None),
+            };
+            let mut fresh = 0;
+            let mut position = floor;
+            for (at_position, event) in events {
+                if *at_position > position {
+                    value = Some(update(value, event));
+                    position = *at_position;
+                    fresh += 1;
+                }
+            }
+            if let Some(value) = value.filter(|_| fresh > 0) {
+                writes.push(Write {
+                    key: key.clone(),
+                    value,
+                    position,
+                    expected_revision: revision,
+                });
+                written.push((at, fresh));
+            }
+        }
+        for ((at, fresh), outcome) in written.into_iter().zip(store.put_batch(writes).await) {
+            match outcome {
+                Ok(_) => applied += fresh,
+                Err(ReadModelError::Conflict { .. }) if attempt < ATTEMPTS => pending.push(at),
+                Err(error) => return Err(error),
+            }
+        }
+        if pending.is_empty() {
+            break;
+        }
+    }
+    Ok(applied)
 }
 
 /// An in-memory [`ReadModelStore`]; cloning shares it.
@@ -192,6 +304,33 @@ impl<V: Clone + Send + Sync + 'static> ReadModelStore<V> for InMemoryReadModelSt
         Ok(revision)
     }
 
+    async fn put_batch(&self, writes: Vec<Write<V>>) -> Vec<Result<u64, ReadModelError>> {
+        // One lock for the whole batch: no reader sees half of it.
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        writes
+            .into_iter()
+            .map(|write| {
+                let current = entries.get(&write.key).map(|e| e.revision);
+                if current != write.expected_revision {
+                    return Err(ReadModelError::Conflict {
+                        key: write.key,
+                        expected: write.expected_revision,
+                    });
+                }
+                let revision = current.map_or(1, |r| r + 1);
+                entries.insert(
+                    write.key,
+                    Versioned {
+                        value: write.value,
+                        position: write.position,
+                        revision,
+                    },
+                );
+                Ok(revision)
+            })
+            .collect()
+    }
+
     async fn entries(&self) -> Result<Vec<(String, Versioned<V>)>, ReadModelError> {
         let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         let mut all: Vec<_> = entries
@@ -206,6 +345,81 @@ impl<V: Clone + Send + Sync + 'static> ReadModelStore<V> for InMemoryReadModelSt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[allow(clippy::trivially_copy_pass_by_ref)] // the shape `apply_once_batch` asks for
+    fn add(old: Option<u32>, n: &u32) -> u32 {
+        old.unwrap_or(0) + n
+    }
+
+    #[tokio::test]
+    async fn a_batch_writes_each_key_once_and_skips_what_is_applied() {
+        let store = InMemoryReadModelStore::<u32>::new();
+        apply_once(&store, "a", 2, |_| 100).await.unwrap();
+        let items: Vec<(String, u64, u32)> = vec![
+            ("a".into(), 1, 1),
+            ("b".into(), 3, 5),
+            ("a".into(), 4, 10),
+            ("b".into(), 5, 7),
+            ("a".into(), 6, 20),
+        ];
+        assert_eq!(
+            apply_once_batch(&store, items.clone(), add).await.unwrap(),
+            4
+        );
+        let a = store.get("a").await.unwrap().unwrap();
+        let b = store.get("b").await.unwrap().unwrap();
+        // One write per key: a's revision moved from 1 to 2, b was created at 1.
+        assert_eq!((a.value, a.position, a.revision), (130, 6, 2));
+        assert_eq!((b.value, b.position, b.revision), (12, 5, 1));
+        // Delivered again: nothing applied, nothing written.
+        assert_eq!(apply_once_batch(&store, items, add).await.unwrap(), 0);
+        assert_eq!(store.get("a").await.unwrap().unwrap().revision, 2);
+    }
+
+    /// Another writer puts `a` at position 3 just before the batch's writes go out.
+    struct Racing {
+        inner: InMemoryReadModelStore<u32>,
+        raced: std::sync::atomic::AtomicBool,
+    }
+
+    impl ReadModelStore<u32> for Racing {
+        async fn get(&self, key: &str) -> Result<Option<Versioned<u32>>, ReadModelError> {
+            self.inner.get(key).await
+        }
+        async fn put(
+            &self,
+            key: &str,
+            value: u32,
+            position: u64,
+            expected_revision: Option<u64>,
+        ) -> Result<u64, ReadModelError> {
+            self.inner
+                .put(key, value, position, expected_revision)
+                .await
+        }
+        async fn entries(&self) -> Result<Vec<(String, Versioned<u32>)>, ReadModelError> {
+            self.inner.entries().await
+        }
+        async fn put_batch(&self, writes: Vec<Write<u32>>) -> Vec<Result<u64, ReadModelError>> {
+            if !self.raced.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                self.inner.put("a", 1000, 3, None).await.unwrap();
+            }
+            self.inner.put_batch(writes).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_key_that_raced_is_read_and_folded_again() {
+        let store = Racing {
+            inner: InMemoryReadModelStore::new(),
+            raced: std::sync::atomic::AtomicBool::new(false),
+        };
+        let items: Vec<(String, u64, u32)> = vec![("a".into(), 2, 1), ("a".into(), 5, 10)];
+        // The racer's write at 3 covers the event at 2; only the one at 5 is applied on top.
+        assert_eq!(apply_once_batch(&store, items, add).await.unwrap(), 1);
+        let a = store.get("a").await.unwrap().unwrap();
+        assert_eq!((a.value, a.position), (1010, 5));
+    }
 
     #[tokio::test]
     async fn redelivered_and_older_events_are_skipped() {

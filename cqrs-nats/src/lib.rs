@@ -13,8 +13,9 @@
 //! - [`store`]: the store, its provisioning and its append/load algorithms.
 //! - [`command`]: commands over NATS request/reply — a service in a queue group and a typed
 //!   client.
-//! - [`projection`]: projections on durable pull consumers (checkpoints, retries, parking,
-//!   pinned failover, rebuilds, time travel); [`deadletter`]: the dead-letter stream.
+//! - [`projection`]: projections from checkpoints in KV read with ordered consumers (batches,
+//!   retries, parking, fenced handovers between workers, rebuilds, time travel); [`deadletter`]:
+//!   the dead-letter stream.
 //! - [`read_model`]: a read-model store on a KV bucket with revision compare-and-set.
 //! - `cli` (feature `cli`, on by default): the operator command-line interface behind the
 //!   `cqrs` binary, as a library, so that a domain crate builds its own operator binary that

@@ -13,7 +13,7 @@
 
 use crate::subject::{MAX_SUBJECT_LEN, decode_token, encode_token, validate_name};
 use async_nats::jetstream::{self, kv, stream};
-use cqrs_core::read_model::{ReadModelError, ReadModelStore, Versioned};
+use cqrs_core::read_model::{ReadModelError, ReadModelStore, Versioned, Write};
 use futures::TryStreamExt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -202,6 +202,20 @@ where
                 Err(e) => Err(backend("update", e)),
             },
         }
+    }
+
+    /// Sends every write before awaiting any answer: one round trip for the batch.
+    async fn put_batch(&self, writes: Vec<Write<V>>) -> Vec<Result<u64, ReadModelError>> {
+        futures::future::join_all(writes.into_iter().map(|write| async move {
+            self.put(
+                &write.key,
+                write.value,
+                write.position,
+                write.expected_revision,
+            )
+            .await
+        }))
+        .await
     }
 
     async fn entries(&self) -> Result<Vec<(String, Versioned<V>)>, ReadModelError> {

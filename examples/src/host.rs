@@ -1,12 +1,12 @@
 //! Where an example's projections run: live runners, read-model stores and rebuilds, either in
-//! process on the [`InMemoryEventStore`] or on JetStream (durable consumers, KV buckets).
+//! process on the [`InMemoryEventStore`] or on JetStream (checkpointed ordered consumers, KV buckets).
 //!
 //! The examples that use projections (`task_tracker`, `graph_editor`) are written once against
 //! [`ProjectionHost`], so the same walkthrough runs on both stores and tells the same story:
 //!
 //! | | [`InMemoryHost`] | [`JetStreamHost`] |
 //! | --- | --- | --- |
-//! | live projection | [`InMemoryProjectionRunner::spawn`] from the first event | [`JetStreamProjectionRunner::spawn`] on a durable consumer |
+//! | live projection | [`InMemoryProjectionRunner::spawn`] from the first event | [`JetStreamProjectionRunner::spawn`] from its checkpoints |
 //! | rebuild | [`catch_up`] over the whole history, then live from the next position | [`JetStreamProjectionRunner::rebuild`]: the consumer is recreated from the first event |
 //! | read model | [`InMemoryReadModelStore`] | [`KvReadModelStore`], one KV bucket per read model |
 
@@ -148,7 +148,7 @@ impl<P: Projection> RunningProjection for ProjectionHandle<P> {
     }
 }
 
-/// Projections on JetStream: one durable consumer per projection, read models in KV buckets.
+/// Projections on JetStream: checkpoints per partition in a KV bucket, read models in KV buckets.
 #[derive(Debug, Clone)]
 pub struct JetStreamHost {
     store: JetStreamEventStore,

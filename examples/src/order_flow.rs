@@ -346,7 +346,7 @@ pub async fn demo(
 }
 
 /// The whole flow on JetStream at `url`: the web side is a [`CommandClient`], the worker side a
-/// [`CommandService`], the summary and the saga run on durable consumers with their state in KV
+/// [`CommandService`], the summary and the saga run from checkpoints with their state in KV
 /// buckets.
 pub async fn demo_nats(
     url: &str,

@@ -411,7 +411,7 @@ impl<M: ReadModelStore<TaskCardV1>> Projection for TaskBoardV1<M> {
 }
 
 /// The tasks of one tenant, as read model version 2. Same projection name as version 1: on
-/// JetStream, rebuilding it recreates the same durable consumer from the first event.
+/// JetStream, rebuilding it deletes its checkpoints and starts over from the first event.
 #[derive(Debug, Clone)]
 pub struct TaskBoard<M> {
     tenant: String,

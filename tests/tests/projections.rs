@@ -11,7 +11,9 @@
 
 use cqrs_core::doc::{Counter, CounterCommand, CounterEvent};
 use cqrs_core::projection::catch_up;
-use cqrs_core::read_model::{Applied, InMemoryReadModelStore, ReadModelError, apply_once};
+use cqrs_core::read_model::{
+    Applied, InMemoryReadModelStore, ReadModelError, Write, apply_once, apply_once_batch,
+};
 use cqrs_core::{
     CommandDispatcher, CommandMetadata, EventFilter, EventStore, ExpectedVersion, HandlerError,
     ProcessManager, ProcessManagerProjection, Projection, ReadModelStore, RecordedEvent,
@@ -1271,6 +1273,52 @@ async fn kv_read_model_store_compare_and_set() {
     let err = store.put("k", vec![], 5, Some(r1)).await.unwrap_err();
     assert!(matches!(err, ReadModelError::Conflict { expected: Some(r), .. } if r == r1));
 
+    // A batch: each write stands alone, a conflict on one leaves the others written.
+    let outcomes = store
+        .put_batch(vec![
+            Write {
+                key: "k".into(),
+                value: vec![],
+                position: 5,
+                expected_revision: Some(r1),
+            },
+            Write {
+                key: "k2".into(),
+                value: vec!["x".into()],
+                position: 6,
+                expected_revision: None,
+            },
+            Write {
+                key: "k3".into(),
+                value: vec!["y".into()],
+                position: 7,
+                expected_revision: None,
+            },
+        ])
+        .await;
+    assert!(matches!(outcomes[0], Err(ReadModelError::Conflict { .. })));
+    assert!(outcomes[1].is_ok() && outcomes[2].is_ok(), "{outcomes:?}");
+    assert_eq!(store.get("k3").await.unwrap().unwrap().value, ["y"]);
+    assert_eq!(store.get("k").await.unwrap().unwrap().revision, r2);
+    // Folded per key through the batch helper: two events of `k2`, one write.
+    let applied = apply_once_batch(
+        &store,
+        [("k2".to_owned(), 8, "p"), ("k2".to_owned(), 9, "q")],
+        |old: Option<Vec<String>>, s: &&str| {
+            let mut v = old.unwrap_or_default();
+            v.push((*s).to_owned());
+            v
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(applied, 2);
+    let k2 = store.get("k2").await.unwrap().unwrap();
+    assert_eq!(
+        (k2.value, k2.position),
+        (vec!["x".to_owned(), "p".into(), "q".into()], 9)
+    );
+
     // Keys are arbitrary strings, listed back exactly.
     let odd = "order.1 *>é";
     store.put(odd, vec![], 9, None).await.unwrap();
@@ -1282,7 +1330,7 @@ async fn kv_read_model_store_compare_and_set() {
         .into_iter()
         .map(|(k, _)| k)
         .collect();
-    assert_eq!(keys, vec![String::new(), "k".to_owned(), odd.to_owned()]);
+    assert_eq!(keys, ["", "k", "k2", "k3", odd]);
 
     // `apply_once` on KV: a redelivered position is skipped; racing writers both land.
     let counts = KvReadModelStore::<u64>::open(f.store.jetstream(), "counts", 1)

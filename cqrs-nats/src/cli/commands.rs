@@ -416,7 +416,7 @@ impl Session {
         })
     }
 
-    /// `replay`: recreates the consumers of `projection` starting at `from`; without `yes` only
+    /// `replay`: moves the checkpoints of `projection` to `from`; without `yes` only
     /// says what it would do (an error with exit code 2).
     pub(crate) async fn replay(
         &self,
@@ -427,7 +427,7 @@ impl Session {
     ) -> Result<ReplayDoc, CliError> {
         let (_, _, info) = self.stream(context).await?;
         let subjects = subjects_of(&info.config)?;
-        let consumers = read_checkpoints(&self.js, &subjects)
+        let partitions = read_checkpoints(&self.js, &subjects)
             .await?
             .get(projection)
             .map_or(0, BTreeMap::len);
@@ -435,7 +435,7 @@ impl Session {
             projection: projection.to_owned(),
             context: context.to_owned(),
         };
-        if consumers == 0 {
+        if partitions == 0 {
             return Err(unknown());
         }
         let workers = live_workers(&self.js, &subjects)
@@ -446,8 +446,8 @@ impl Session {
         if !yes {
             return Err(CliError::NotConfirmed(format!(
                 "replay would move the checkpoints of projection `{projection}` in context \
-                 `{context}` ({consumers} partition{}) to {}, and {}",
-                plural(consumers),
+                 `{context}` ({partitions} partition{}) to {}, and {}",
+                plural(partitions),
                 from.describe(),
                 match workers {
                     0 => "no worker is running it now".to_owned(),

@@ -48,7 +48,7 @@ pub(crate) enum CliError {
         /// The subjects it listens on.
         subjects: String,
     },
-    /// `replay` of a projection without consumers in the context.
+    /// `replay` of a projection without checkpoints in the context.
     #[error(
         "projection `{projection}` has no checkpoints in context `{context}` (see `projections`)"
     )]

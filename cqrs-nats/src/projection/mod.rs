@@ -1,72 +1,79 @@
-//! Projections on JetStream: one durable pull consumer per projection, explicit ack as the
-//! checkpoint, poison events parked on the dead-letter stream, rebuilds and time travel.
+//! Projections on JetStream: per partition a checkpoint in a KV bucket that the partition's
+//! owner moves by compare-and-set, an ordered consumer reading on from it, batches of what is
+//! at hand, poison events parked on the dead-letter stream; rebuilds, resets and time travel.
 //!
-//! [`JetStreamProjectionRunner::spawn`] runs any [`Projection`](cqrs_core::Projection) (read models, reactors, process
-//! managers) live:
+//! [`JetStreamProjectionRunner::spawn`] runs any [`Projection`](cqrs_core::Projection) (read
+//! models, reactors, process managers) live:
 //!
-//! - **Consumers.** One durable pull consumer per partition of the events stream (see
-//!   [`crate::subject`]), named `<projection>_p<k>` ([`consumer_name`]; projection names are 1
-//!   to 64 characters of `[A-Za-z0-9_-]`), filtered on `<context>.events.<k>.>`, explicit ack,
-//!   deliver policy "all" for a new consumer (a new projection starts from history; see
-//!   [`StartFrom`]). Aggregate types and tenants of the projection's [`EventFilter`](cqrs_core::EventFilter) narrow the
-//!   filter subjects; the rest of the filter (event types, time bounds) is applied on the
-//!   client, and the events it drops are acked and count as processed.
-//! - **Order.** An aggregate's events all lie in one partition. Each partition's messages are
-//!   processed one at a time, in delivery order, and acked after the projection handled them:
-//!   the server's ack floor is the partition's checkpoint, so a restarted runner resumes after
-//!   the last acked event. `max_ack_pending` is 1 by default, so the server never has two
-//!   events of a partition in flight: nothing is reordered even when a message is redelivered
-//!   (lost ack, crashed worker) or a partition moves to another worker. A larger window
-//!   ([`ProjectionConfig::max_in_flight`]) is faster but a failover may then deliver a younger
-//!   event of an aggregate before an older one that was in flight on the failed worker.
-//!   Partitions run concurrently, so one worker already has up to one event per partition in
-//!   flight.
+//! - **Checkpoints.** Each partition of the events stream (see [`crate::subject`]) has a
+//!   [`Checkpoint`] at `<projection>.<k>` in the bucket `PROJECTION_CHECKPOINTS_<CONTEXT>`
+//!   ([`checkpoints_bucket`]): the last position handled, the worker that owns the partition,
+//!   and the filter subjects it is read with (the projection's aggregate types and tenants,
+//!   narrowed to the partition; the rest of the [`EventFilter`](cqrs_core::EventFilter) is
+//!   applied on the client). A partition without a checkpoint starts where
+//!   [`ProjectionConfig::start_from`] says. Projection names are 1 to 64 characters of
+//!   `[A-Za-z0-9_-]`.
+//! - **Order.** The owner of a partition reads it with an ordered consumer from the position
+//!   after its checkpoint and hands the projection the events in stream order, in batches
+//!   ([`Projection::apply_batch`](cqrs_core::Projection::apply_batch); up to
+//!   [`ProjectionConfig::max_batch`] events of what has arrived, never waiting to fill one
+//!   unless [`ProjectionConfig::batch_linger`] says so). It commits the checkpoint when the
+//!   partition goes idle and at least every [`ProjectionConfig::commit_interval`] while it is
+//!   busy. A new owner starts from the committed checkpoint, so nothing younger can overtake
+//!   anything older: an aggregate's events are applied in order through handovers, crashes and
+//!   failovers; after a crash, what was handled since the last commit is handled again
+//!   (at-least-once, which [`cqrs_core::read_model::apply_once`] absorbs).
+//! - **Fencing.** Every checkpoint write is a compare-and-set on the revision its writer read:
+//!   taking a partition writes it with the new owner, so the worker it was taken from can commit
+//!   nothing more, and a watch on the checkpoints stops that worker's lane at once. A worker
+//!   applies a batch only while its lease holds — until one heartbeat before the others would
+//!   count it gone, measured from when its last stored heartbeat was sent — so a worker that was
+//!   paused (SIGSTOP, a stalled VM) or cut off past that applies nothing on waking, and takes
+//!   partitions again only from their checkpoints. A batch whose apply had already begun when
+//!   the pause hit completes; read models written with `apply_once` refuse what is older than
+//!   what they hold.
 //! - **Several workers.** Every runner of a projection announces itself in the KV bucket
 //!   `PROJECTION_WORKERS_<CONTEXT>` ([`workers_bucket`]; [`live_workers`] counts them) every
 //!   heartbeat and watches the others (a joining worker takes no partition before it has read
-//!   the announcements already there, so it never grabs, and then releases, others' partitions);
-//!   partition `k` belongs to the `k mod n`-th of the `n` live workers in start order, so the
-//!   work is shared evenly and each partition has one owner. When a worker joins or stops the
-//!   partitions are handed over (the old owner finishes the event in hand, stops pulling,
-//!   releases the pin, acks); when a worker disappears without stopping, the others take its
-//!   partitions after five missed heartbeats and the server moves the pin after the priority
-//!   timeout. Runners pull in each consumer's pinned priority group
-//!   (`PriorityPolicy::PinnedClient`, nats-server 2.11+), so even two workers that both believe
-//!   they own a partition get its events one at a time, through one of them. Pinning is not a
-//!   hard exclusivity guarantee, so read-model writes stay fenced by
-//!   [`cqrs_core::read_model::apply_once`].
-//! - **Failures.** A failing `apply` is retried in-process with the [`RetryPolicy`](cqrs_core::projection::RetryPolicy)'s backoff
-//!   ([`cqrs_core::projection::deliver`]); while it runs, the runner sends `+WPI` (progress) so
-//!   the server does not redeliver. After `max_attempts` the event is parked on
-//!   `<context>.deadletter.<projection>` ([`crate::deadletter`]), acked, and the projection
-//!   moves on. A message that is not a readable event (garbage headers, a malformed envelope)
-//!   is parked at once, never retried in a loop.
-//! - **Rebuild and time travel.** [`JetStreamProjectionRunner::rebuild`] deletes the consumers and
-//!   starts again from the first event (into a fresh read model);
-//!   [`JetStreamProjectionRunner::reset`] (or [`reset_consumers`], without a store: the CLI's
-//!   `replay`) moves the checkpoints of running workers; [`replay`] reads from a
-//!   position or a point in time through an ordered consumer, without touching the live
-//!   consumer; [`cqrs_core::projection::catch_up`] works on the store too.
-//! - **Stopping.** [`JetStreamProjectionHandle::stop`] finishes the event in hand on every
-//!   partition, naks what was received but not started, drops the pull request, releases the pin
-//!   and only then acks the last event, so the next one goes to a successor at once; then it
-//!   withdraws the worker's announcement. A message that is on the wire at that very moment
-//!   (the partition was idle when the stop came) is redelivered after the ack wait, 5 s by
-//!   default, during which that partition waits.
-//! - **Throughput.** With one event in flight per partition every event costs a round trip (ack,
-//!   then the next delivery), and the partitions overlap those round trips: about 0.3-0.4x a bare
-//!   ordered-consumer read on loopback with 8 partitions (`examples/replay_bench.rs`), against
-//!   about 0.9x with `max_in_flight(256)`. More workers add the CPU of more processes, not more
-//!   events in flight. For a large history, replay it with [`replay`] (an ordered consumer, as fast
-//!   as a bare read) into a fresh read model, then start the live runner on a new consumer at
-//!   [`StartFrom::Position`] (the replay's checkpoint + 1).
+//!   the announcements already there); partition `k` belongs to the `k mod n`-th of the `n`
+//!   live workers in start order. When the workers change, the old owner finishes its batch,
+//!   commits and releases the checkpoint (no owner); the new owner takes it at once. A partition
+//!   still owned by a live worker is waited for; one whose owner stopped announcing itself for
+//!   five heartbeats is taken.
+//! - **Failures.** A failing batch is delivered again event by event, and a failing event is
+//!   retried in-process with the [`RetryPolicy`](cqrs_core::projection::RetryPolicy)'s backoff
+//!   ([`cqrs_core::projection::deliver_batch`]); after `max_attempts` it is parked on
+//!   `<context>.deadletter.<projection>` ([`crate::deadletter`]) and its neighbours go on. A
+//!   message that is not a readable event is parked at once.
+//! - **Rebuild, reset and time travel.** [`JetStreamProjectionRunner::rebuild`] deletes the
+//!   checkpoints and starts again from the first event (into a fresh read model);
+//!   [`JetStreamProjectionRunner::reset`] (or [`reset_checkpoints`], without a store: the CLI's
+//!   `replay`) moves the checkpoints, and running workers carry on from there; [`replay`] reads
+//!   from a position or a point in time without touching the checkpoints.
+//! - **Stopping.** [`JetStreamProjectionHandle::stop`] finishes the batch in hand on every
+//!   partition, commits and releases each checkpoint, and withdraws the worker's announcement;
+//!   [`JetStreamProjectionHandle::abort`] stops as a crash would.
 //!
-//! Layout: `config` (where a projection starts, how it runs), `names` (consumer and bucket names,
-//! filter subjects), `runner` (starting: consumers, membership, supervisor), `membership` (the
-//! workers' heartbeats and watch) and `assignment` (the pure rule that turns what the watch showed
-//! into owned partitions), `supervisor` (lanes per owned partition, handovers), `lane` (one
-//! partition's pull-handle-ack loop, retries, parking), `handle` (read-your-writes, lag, dead letters,
-//! stop), `lag` (how far behind), `admin` (rebuild, reset, live workers) and `replay` (time travel).
+//! **Why this design.** The runner before it kept one durable pull consumer per partition with
+//! explicit acks as the checkpoint and at most one unacked event (a larger window let a
+//! failover deliver a younger event before an older one still unacked on the failed worker).
+//! Each event then cost an ack round trip: 0.29-0.31x a bare ordered-consumer read on loopback
+//! (`examples/replay_bench.rs`), 0.75-0.80x with 256 in flight and the reordering risk. `AckPolicy::All`
+//! with pipelined pulls keeps the window but not the order: after a crash the server delivers
+//! new events before it redelivers the unacked ones (after the ack wait), so a takeover must
+//! reset the consumer to its ack floor anyway — a checkpoint, in the consumer's clothes, that a
+//! deposed worker could still ack past. An ordered consumer from a checkpoint that the worker owns has no
+//! window at all (it reads as fast as a replay), the checkpoint moves only by compare-and-set
+//! (so a deposed worker cannot move it), and the commit is one KV write per batch or interval
+//! instead of one ack per event.
+//!
+//! Layout: `config` (where a partition starts, how it runs), `checkpoint` (the KV entries and
+//! their compare-and-set), `names` (workers' bucket, filter subjects), `runner` (starting, the
+//! lease), `membership` (the workers' heartbeats and watch) and `assignment` (the pure rule that
+//! turns what the watch showed into owned partitions), `supervisor` (lanes per owned partition,
+//! handovers, the checkpoint watch), `lane` (one partition's take-read-apply-commit loop,
+//! parking, release), `handle` (read-your-writes, lag, dead letters, stop), `lag` (how far
+//! behind), `admin` (rebuild, reset, live workers) and `replay` (time travel).
 
 use crate::store::JetStreamEventStore;
 use crate::subject::Subjects;
