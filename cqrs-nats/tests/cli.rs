@@ -14,7 +14,8 @@ use cqrs_nats::async_nats::jetstream::{self, kv};
 use cqrs_nats::deadletter::DeadLetters;
 use cqrs_nats::projection::{Checkpoint, read_checkpoints};
 use cqrs_nats::{
-    JetStreamEventStore, JetStreamProjectionRunner, ProjectionConfig, StoreConfig, Subjects,
+    JetStreamEventStore, JetStreamProjectionHandle, JetStreamProjectionRunner, ProjectionConfig,
+    StoreConfig, Subjects,
 };
 use cqrs_test_server::NatsServer;
 use examples::bank_account::{AccountCommand, BankAccount};
@@ -539,17 +540,18 @@ async fn check_replay_of_a_stopped_projection(url: &str, js: &jetstream::Context
     );
 }
 
-/// Runs projection `balances` until it has handled the four events and committed its
-/// checkpoints (as `projections` shows), then stops it: its checkpoints stay, released. (Attaches to the context
-/// without creating anything: the snapshot bucket stays deleted.)
-async fn run_balances(url: &str, js: &jetstream::Context, last: &[u64]) {
-    let store = JetStreamEventStore::connect(url, StoreConfig::new(CONTEXT).create_missing(false))
-        .await
-        .expect("store");
-    let balances = Counter::new("balances");
+/// Starts a [`Counter`] named `name` and waits until it has applied the four events and
+/// committed its checkpoints at `last` (the last position of each partition), held by it.
+async fn start_caught_up(
+    store: &JetStreamEventStore,
+    js: &jetstream::Context,
+    name: &'static str,
+    last: &[u64],
+) -> (JetStreamProjectionHandle<Counter>, Counter) {
+    let counter = Counter::new(name);
     let handle = JetStreamProjectionRunner::spawn(
-        &store,
-        balances.clone(),
+        store,
+        counter.clone(),
         ProjectionConfig::new().heartbeat(Duration::from_millis(200)),
     )
     .await
@@ -558,8 +560,19 @@ async fn run_balances(url: &str, js: &jetstream::Context, last: &[u64]) {
         .wait_for(4, Duration::from_secs(20))
         .await
         .expect("caught up");
-    assert_eq!(balances.wait_for_count(4, 0).await, [1, 2, 3, 4]);
-    settle(js, "balances", last, true).await;
+    assert_eq!(counter.wait_for_count(4, 0).await, [1, 2, 3, 4]);
+    settle(js, name, last, true).await;
+    (handle, counter)
+}
+
+/// Runs projection `balances` until it has handled the four events and committed its
+/// checkpoints (as `projections` shows), then stops it: its checkpoints stay, released. (Attaches to the context
+/// without creating anything: the snapshot bucket stays deleted.)
+async fn run_balances(url: &str, js: &jetstream::Context, last: &[u64]) {
+    let store = JetStreamEventStore::connect(url, StoreConfig::new(CONTEXT).create_missing(false))
+        .await
+        .expect("store");
+    let (handle, _balances) = start_caught_up(&store, js, "balances", last).await;
     // While it runs, its worker holds every partition (and is no worker of `audit`).
     let doc = json(url, &["projections"]);
     assert_eq!(doc["projections"][0]["name"], "audit", "{doc:#}");
@@ -829,20 +842,7 @@ async fn replay_moves_a_running_projection_back() {
         last.contains(&0) && last.iter().max() == Some(&4),
         "the test wants an empty partition and the head in another: {last:?}"
     );
-    let counter = Counter::new("counter");
-    let handle = JetStreamProjectionRunner::spawn(
-        &store,
-        counter.clone(),
-        ProjectionConfig::new().heartbeat(Duration::from_millis(200)),
-    )
-    .await
-    .expect("spawn");
-    handle
-        .wait_for(4, Duration::from_secs(20))
-        .await
-        .expect("caught up");
-    assert_eq!(counter.wait_for_count(4, 0).await, [1, 2, 3, 4]);
-    settle(&js, "counter", &last, true).await;
+    let (handle, counter) = start_caught_up(&store, &js, "counter", &last).await;
     check_grouped_projections(&url);
     check_replay_refusals(&url, &js, &counter).await;
     check_replays(&url, &js, &counter, &last).await;
