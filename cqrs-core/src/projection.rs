@@ -73,8 +73,17 @@ impl From<crate::event::DecodeError> for HandlerError {
 
 /// Something that consumes events: a read model, a reactor, a process manager.
 pub trait Projection: Send + Sync + 'static {
-    /// Stable name: the checkpoint, the durable consumer and the dead-letter subject use it.
+    /// Stable name: the checkpoints, the workers and the dead-letter subject use it (with the
+    /// version: [`versioned_name`]).
     fn name(&self) -> &str;
+
+    /// The version of what it builds (1 unless overridden). A new version is built from the
+    /// first event beside the live one, under its own [`versioned_name`] (its checkpoints, and
+    /// read-model keys or bucket of its own choosing), and made the live one by a switch-over
+    /// once it has caught up; readers look the live version up and read its model.
+    fn version(&self) -> u32 {
+        1
+    }
 
     /// The events it wants. Others still advance its checkpoint.
     fn filter(&self) -> EventFilter {
@@ -110,6 +119,10 @@ impl<P: Projection> Projection for Arc<P> {
         (**self).name()
     }
 
+    fn version(&self) -> u32 {
+        (**self).version()
+    }
+
     fn filter(&self) -> EventFilter {
         (**self).filter()
     }
@@ -126,6 +139,18 @@ impl<P: Projection> Projection for Arc<P> {
         events: &[RecordedEvent],
     ) -> impl Future<Output = Result<(), HandlerError>> + Send {
         (**self).apply_batch(events)
+    }
+}
+
+/// The name version `version` of projection `name` runs under: `name` itself for version 1
+/// (and 0), `<name>_v<version>` for later ones (`balances_v2`). Runners keep the checkpoints
+/// of a version under it; a read model may name its bucket or key prefix after it, so that a
+/// reader of the live version finds its model.
+pub fn versioned_name(name: &str, version: u32) -> String {
+    if version <= 1 {
+        name.to_owned()
+    } else {
+        format!("{name}_v{version}")
     }
 }
 
@@ -524,6 +549,10 @@ where
 {
     fn name(&self) -> &str {
         self.projection.name()
+    }
+
+    fn version(&self) -> u32 {
+        self.projection.version()
     }
 
     fn filter(&self) -> EventFilter {

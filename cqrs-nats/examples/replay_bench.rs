@@ -6,9 +6,10 @@
 //! `NATS_URL=nats://127.0.0.1:4222`. Knobs: `EVENTS` (default 100000), `AGGREGATES` (default
 //! 1000).
 //!
-//! The stream is filled through the store itself: one atomic batch append of `EVENTS /
-//! AGGREGATES` events per aggregate, 16 appends in flight, so every message carries the full
-//! framework headers. Then, each from the first event to the head:
+//! The stream is filled through the store itself, by a child process (so that the writes'
+//! memory does not count in the reads' peaks): one atomic batch append of `EVENTS / AGGREGATES`
+//! events per aggregate, 16 appends in flight, so every message carries the full framework
+//! headers. Then, each from the first event to the head:
 //! - `catch_up`: `cqrs_core::projection::catch_up` over `read_all` (ordered consumer, decode,
 //!   filter, deliver) into a counting projection;
 //! - `replay`: `cqrs_nats::projection::replay` (ordered consumer, same decode and deliver);
@@ -20,8 +21,8 @@
 //!   the partitions;
 //! - bare: an async-nats ordered pull consumer counting messages, no decoding.
 //!
-//! The read-only passes (bare, `catch_up`, `replay`) run twice, interleaved; the best rate of each
-//! is printed, with its ratio to the bare read, then one JSON line per variant: `variant`,
+//! The read-only passes (bare, `catch_up`, `replay`) run twice, interleaved, and each runner
+//! variant twice (a projection of its own each time); the best rate of each is printed, with its ratio to the bare read, then one JSON line per variant: `variant`,
 //! `events_per_s`, `ratio` (to `bare`, measured in the same run) and `max_rss_mb` (the process's
 //! peak resident memory during the variant's passes, Linux only, else `null`). With
 //! `EVENTS=1000000` the peaks show whether memory grows with history.
@@ -281,6 +282,9 @@ async fn live_runs(
     runs
 }
 
+/// Set (to the context) in the child process that fills the stream.
+const FILL_CONTEXT: &str = "REPLAY_BENCH_FILL_CONTEXT";
+
 #[tokio::main]
 async fn main() {
     let events = env_usize("EVENTS", 100_000);
@@ -295,16 +299,39 @@ async fn main() {
         let url = server.url();
         (Some(server), url)
     };
+    // The stream is filled by a child process (this program again, told so by `FILL_CONTEXT`),
+    // so that the memory the writes leave with the allocator does not set a floor under every
+    // variant's peak: the peaks below are the reads' own.
+    if let Ok(context) = std::env::var(FILL_CONTEXT) {
+        let store = JetStreamEventStore::connect(url.as_str(), StoreConfig::new(context))
+            .await
+            .expect("connect");
+        let started = Instant::now();
+        let head = fill(&store, aggregates, per_aggregate).await;
+        println!(
+            "{aggregates} aggregates x {per_aggregate} events = {head} events, filled in {:.2?}",
+            started.elapsed()
+        );
+        return;
+    }
     let context = format!("replay{}", std::process::id());
+    let filled = std::process::Command::new(std::env::current_exe().expect("this program"))
+        .env(FILL_CONTEXT, &context)
+        .env("NATS_URL", &url)
+        .status()
+        .expect("run the filling child");
+    assert!(filled.success(), "filling the stream failed");
     let store = JetStreamEventStore::connect(url.as_str(), StoreConfig::new(context))
         .await
         .expect("connect");
-    let started = Instant::now();
-    let head = fill(&store, aggregates, per_aggregate).await;
-    println!(
-        "{aggregates} aggregates x {per_aggregate} events = {head} events, filled in {:.2?}",
-        started.elapsed()
-    );
+    let head = store
+        .jetstream()
+        .get_stream(store.stream_name())
+        .await
+        .expect("stream")
+        .cached_info()
+        .state
+        .last_sequence;
     let policy = RetryPolicy::default();
     let rate = |n: u64, d: Duration| n as f64 / d.as_secs_f64();
 

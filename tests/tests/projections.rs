@@ -20,7 +20,9 @@ use cqrs_core::{
     Repository, RetryPolicy, StoreError, StreamId,
 };
 use cqrs_nats::async_nats::{self, HeaderMap, jetstream};
-use cqrs_nats::projection::{Checkpoint, ReplayFrom, StartFrom, read_checkpoints, replay};
+use cqrs_nats::projection::{
+    Checkpoint, ReplayFrom, StartFrom, SwitchOver, read_checkpoints, replay,
+};
 use cqrs_nats::{
     JetStreamEventStore, JetStreamProjectionHandle, JetStreamProjectionRunner, KvReadModelStore,
     ProjectionConfig,
@@ -961,6 +963,240 @@ async fn a_paused_worker_applies_nothing_after_the_worker_that_took_over() {
     let delivered: BTreeSet<u64> = log_of.iter().map(|(_, p)| *p).collect();
     assert_eq!(delivered.len() as u64, head, "every event delivered");
     assert!(by(0) > 0 && by(1) > 0);
+}
+
+/// Running totals per counter as version `version` of projection `totals`, in a read model of
+/// its own; nothing is applied while its gate is held shut (write-locked).
+#[derive(Clone)]
+struct Totals {
+    version: u32,
+    model: InMemoryReadModelStore<u64>,
+    gate: Arc<tokio::sync::RwLock<()>>,
+}
+
+impl Totals {
+    fn new(version: u32) -> Self {
+        Self {
+            version,
+            model: InMemoryReadModelStore::new(),
+            gate: Arc::default(),
+        }
+    }
+}
+
+impl Projection for Totals {
+    fn name(&self) -> &str {
+        "totals"
+    }
+
+    fn version(&self) -> u32 {
+        self.version
+    }
+
+    fn filter(&self) -> EventFilter {
+        EventFilter::all().aggregate_type("Counter")
+    }
+
+    async fn apply(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
+        let _open = self.gate.read().await;
+        let n = amount(event)?;
+        apply_once(&self.model, &event.aggregate_id, event.position, |old| {
+            old.unwrap_or(0) + n
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// Writes rounds `from..` to the 8 counters, a few milliseconds apart, until `running` is
+/// cleared; the last round written and position.
+fn keep_writing(
+    store: &JetStreamEventStore,
+    from: u64,
+    running: &Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(u64, u64)> {
+    let (store, running) = (store.clone(), running.clone());
+    tokio::spawn(async move {
+        let (mut n, mut head) = (from, 0);
+        while running.load(Ordering::SeqCst) && n < from + 500 {
+            head = write_concurrently(&store, n, n + 1).await;
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        (n, head)
+    })
+}
+
+/// Switches `totals` over to `to` until it is not refused for lagging.
+async fn switch_when_caught_up(store: &JetStreamEventStore, to: u32) -> SwitchOver {
+    let deadline = tokio::time::Instant::now() + PATIENT;
+    loop {
+        match JetStreamProjectionRunner::switch_over(store, "totals", to, PATIENT)
+            .await
+            .unwrap()
+        {
+            not @ SwitchOver::NotCaughtUp { .. } => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "version {to} never caught up: {not:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            done => return done,
+        }
+    }
+}
+
+/// Blue/green: version 2 is built from the first event beside the live version 1 while events
+/// keep coming; the switch-over is refused until it has caught up, then (with version 2 a few
+/// events behind version 1 at that moment) makes it live only once it holds everything
+/// version 1 held, stops version 1 and removes its checkpoints. A reader that looks the live
+/// version up before each read never sees a gap or a step back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blue_green_switches_over_to_a_caught_up_version_without_a_gap() {
+    let f = fixture().await.unwrap();
+    let (v1, v2) = (Totals::new(1), Totals::new(2));
+    let blue = JetStreamProjectionRunner::spawn(&f.store, v1.clone(), config(1))
+        .await
+        .unwrap();
+    let head = write_concurrently(&f.store, 0, 5).await;
+    blue.wait_for(head, PATIENT).await.unwrap();
+
+    let (reading, writing) = (
+        Arc::new(AtomicBool::new(true)),
+        Arc::new(AtomicBool::new(true)),
+    );
+    let reader = {
+        let (store, reading) = (f.store.clone(), reading.clone());
+        let models = HashMap::from([(1, v1.model.clone()), (2, v2.model.clone())]);
+        tokio::spawn(async move {
+            let mut reads = Vec::new();
+            while reading.load(Ordering::SeqCst) {
+                let live = JetStreamProjectionRunner::live_version(&store, "totals")
+                    .await
+                    .unwrap();
+                let total = models[&live].get("c0").await.unwrap().map(|e| e.value);
+                reads.push((live, total));
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            reads
+        })
+    };
+    let writer = keep_writing(&f.store, 5, &writing);
+
+    // Version 2 is built beside version 1, held back at first: the switch-over is refused.
+    let shut = v2.gate.clone().write_owned().await;
+    let green = JetStreamProjectionRunner::spawn(&f.store, v2.clone(), config(1))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused = JetStreamProjectionRunner::switch_over(&f.store, "totals", 2, PATIENT)
+        .await
+        .unwrap();
+    assert!(
+        matches!(refused, SwitchOver::NotCaughtUp { lag, .. } if lag > 0),
+        "{refused:?}"
+    );
+    assert_eq!(
+        JetStreamProjectionRunner::live_version(&f.store, "totals")
+            .await
+            .unwrap(),
+        1
+    );
+
+    // Let through, it catches up while events keep coming; then it is held again while four
+    // more events reach version 1 only, and let through a moment into the switch-over.
+    drop(shut);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    writing.store(false, Ordering::SeqCst);
+    let (rounds, head) = writer.await.unwrap();
+    green.wait_for(head, PATIENT).await.unwrap();
+    let shut = v2.gate.clone().write_owned().await;
+    let mut last = head;
+    for c in 0..4 {
+        last = f
+            .store
+            .append(
+                &StreamId::new("Counter", format!("c{c}")),
+                ExpectedVersion::Any,
+                vec![event("Added", 1000)],
+                None,
+            )
+            .await
+            .unwrap()
+            .events[0]
+            .position;
+    }
+    blue.wait_for(last, PATIENT).await.unwrap();
+    let opening = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(shut);
+    });
+    assert_eq!(
+        switch_when_caught_up(&f.store, 2).await,
+        SwitchOver::Switched {
+            from: 1,
+            to: 2,
+            checkpoints_removed: 8
+        }
+    );
+    opening.await.unwrap();
+
+    // Version 1 stopped by itself, its checkpoints are gone, and it cannot start again.
+    let deadline = tokio::time::Instant::now() + PATIENT;
+    while !blue.is_finished() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "version 1 kept running"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(blue.is_retired());
+    blue.stop().await.unwrap();
+    assert!(checkpoints(&f.store, "totals").await.is_empty());
+    assert_eq!(checkpoints(&f.store, "totals_v2").await.len(), 8);
+    assert!(
+        JetStreamProjectionRunner::spawn(&f.store, v1.clone(), config(1))
+            .await
+            .is_err(),
+        "a retired version does not start again"
+    );
+    assert_eq!(
+        JetStreamProjectionRunner::switch_over(&f.store, "totals", 2, PATIENT)
+            .await
+            .unwrap(),
+        SwitchOver::AlreadyLive { live: 2 }
+    );
+
+    // Events keep reaching the live version.
+    let writing = Arc::new(AtomicBool::new(true));
+    let writer = keep_writing(&f.store, rounds, &writing);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    writing.store(false, Ordering::SeqCst);
+    let (_, head) = writer.await.unwrap();
+    green.wait_for(head, PATIENT).await.unwrap();
+    reading.store(false, Ordering::SeqCst);
+    let reads = reader.await.unwrap();
+    green.stop().await.unwrap();
+
+    // The reader went from version 1 to 2 once, and saw c0's total only ever grow.
+    assert!(reads.iter().any(|(live, _)| *live == 1) && reads.iter().any(|(live, _)| *live == 2));
+    assert!(
+        reads.windows(2).all(|w| w[0].0 <= w[1].0),
+        "the live version went back"
+    );
+    let totals: Vec<u64> = reads
+        .iter()
+        .map(|(live, total)| total.unwrap_or_else(|| panic!("a gap in version {live}")))
+        .collect();
+    let back = totals.windows(2).position(|w| w[0] > w[1]);
+    assert!(back.is_none(), "a step back at read {back:?}: {reads:?}");
+    // Version 2 holds every event.
+    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+    for event in cqrs_tests::all_events(&f.store).await {
+        *expected.entry(event.aggregate_id.clone()).or_default() += amount(&event).unwrap();
+    }
+    assert_eq!(snapshot(&v2.model).await, expected);
 }
 
 /// Bonus workflow: Added(1) -> Add(100); Added(100) -> Add(10).

@@ -5,13 +5,14 @@ use crate::deadletter::DeadLetters;
 use crate::store::JetStreamEventStore;
 use crate::subject::Subjects;
 use async_nats::jetstream::{self, kv, stream};
+use cqrs_core::projection::versioned_name;
 use cqrs_core::{Projection, StoreError};
 use futures::TryStreamExt;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use time::OffsetDateTime;
 
-use super::checkpoint::{Checkpoints, read_checkpoints};
+use super::checkpoint::{Checkpoints, Live, read_live, write_live};
 use super::config::{ProjectionConfig, StartFrom};
 use super::handle::JetStreamProjectionHandle;
 use super::lag::Lag;
@@ -71,11 +72,131 @@ impl JetStreamProjectionRunner {
     /// checkpoints has no lag.
     pub async fn lag(store: &JetStreamEventStore, name: &str) -> Result<Lag, StoreError> {
         let (stream, subjects) = context_subjects(store).await?;
-        let checkpoints = read_checkpoints(store.jetstream(), &subjects)
-            .await?
-            .remove(name)
-            .unwrap_or_default();
+        let checkpoints = match Checkpoints::existing(store.jetstream(), &subjects, name).await? {
+            Some(checkpoints) => checkpoints.read_all(subjects.partitions()).await?,
+            None => BTreeMap::new(),
+        };
         Lag::of_checkpoints(&stream, &checkpoints).await
+    }
+
+    /// The live version of projection `name` (see [`Projection::version`]): the one readers
+    /// should read. 1 until a switch-over made another one live.
+    pub async fn live_version(store: &JetStreamEventStore, name: &str) -> Result<u32, StoreError> {
+        let (_, subjects) = context_subjects(store).await?;
+        match Checkpoints::existing(store.jetstream(), &subjects, name).await? {
+            Some(checkpoints) => Ok(read_live(checkpoints.kv(), name).await?.0.version),
+            None => Ok(1),
+        }
+    }
+
+    /// Makes version `to` of projection `name` the live one — only once it has caught up: a
+    /// checkpoint on every partition, and no further behind the head than the live version is
+    /// (give or take an event in flight per partition). The switch goes in three steps, so that a
+    /// reader that looks the live version up before each read never sees a gap or a step back:
+    /// the live version is marked as being switched from, and its runners (which watch it)
+    /// stop and release their checkpoints; version `to` catches up with where they stopped;
+    /// then `to` becomes the live version and the old checkpoints are deleted. The old read
+    /// model is the application's to drop. Interrupted (or out of `patience` while waiting),
+    /// the switch is completed by calling this again; meanwhile readers read the old version,
+    /// which no longer moves.
+    pub async fn switch_over(
+        store: &JetStreamEventStore,
+        name: &str,
+        to: u32,
+        patience: Duration,
+    ) -> Result<SwitchOver, StoreError> {
+        let (stream, subjects) = context_subjects(store).await?;
+        let replicas = stream.cached_info().config.num_replicas;
+        let target = versioned_name(name, to);
+        let checkpoints =
+            Checkpoints::open(store.jetstream(), &subjects, &target, replicas).await?;
+        let kv = checkpoints.kv();
+        let (live, revision) = read_live(kv, name).await?;
+        if to <= live.version {
+            return Ok(SwitchOver::AlreadyLive { live: live.version });
+        }
+        let partitions = usize::try_from(subjects.partitions()).unwrap_or(usize::MAX);
+        let old_name = versioned_name(name, live.version);
+        // How far the target is behind, and how far behind the live version it is.
+        let old = Checkpoints::open(store.jetstream(), &subjects, &old_name, replicas).await?;
+        let behind = || async {
+            let built = checkpoints.read_all(subjects.partitions()).await?;
+            let lag = Lag::of_checkpoints(&stream, &built).await?.total;
+            let live = old.read_all(subjects.partitions()).await?;
+            let live_lag = Lag::of_checkpoints(&stream, &live).await?.total;
+            let missing = partitions.saturating_sub(built.len());
+            Ok::<_, StoreError>((lag, lag.saturating_sub(live_lag), missing))
+        };
+        let (lag, behind_live, missing) = behind().await?;
+        // Caught up: every partition taken, and no further behind than the live version than
+        // an event in flight per partition (the wait below closes that gap exactly).
+        let slack = u64::from(subjects.partitions());
+        if live.next != Some(to) && (missing > 0 || behind_live > slack) {
+            return Ok(SwitchOver::NotCaughtUp {
+                lag,
+                partitions_without_checkpoint: missing,
+            });
+        }
+        // 1. The old version's runners stop.
+        let from = live.version;
+        let mut revision = revision;
+        if live.next != Some(to) {
+            let switching = Live {
+                version: from,
+                next: Some(to),
+            };
+            let Some(moved) = write_live(kv, name, switching, revision).await? else {
+                let (live, _) = read_live(kv, name).await?;
+                return Ok(SwitchOver::AlreadyLive { live: live.version });
+            };
+            revision = moved;
+        }
+        // 2. The new version catches up with where they stopped.
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let stopped = old.read_all(subjects.partitions()).await?;
+            let new = checkpoints.read_all(subjects.partitions()).await?;
+            // Released, or held by workers that are gone (crashed) and apply nothing more.
+            let released = stopped.values().all(|c| c.owner.is_none())
+                || !live_workers(store.jetstream(), &subjects)
+                    .await?
+                    .contains_key(&old_name);
+            let caught_up = stopped
+                .iter()
+                .all(|(k, c)| new.get(k).is_some_and(|n| n.position >= c.position))
+                && new.len() == partitions;
+            if released && caught_up {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let (lag, _, missing) = behind().await?;
+                return Ok(SwitchOver::NotCaughtUp {
+                    lag,
+                    partitions_without_checkpoint: missing,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // 3. The new version is live; the old checkpoints go.
+        let done = Live {
+            version: to,
+            next: None,
+        };
+        if write_live(kv, name, done, revision).await?.is_none() {
+            let (live, _) = read_live(kv, name).await?;
+            return Ok(SwitchOver::AlreadyLive { live: live.version });
+        }
+        let mut removed = 0;
+        for partition in 0..subjects.partitions() {
+            if old.delete(partition).await? {
+                removed += 1;
+            }
+        }
+        Ok(SwitchOver::Switched {
+            from,
+            to,
+            checkpoints_removed: removed,
+        })
     }
 
     /// The dead-letter stream of the store's context.
@@ -88,6 +209,35 @@ impl JetStreamProjectionRunner {
         )
         .await
     }
+}
+
+/// What [`JetStreamProjectionRunner::switch_over`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SwitchOver {
+    /// The version asked for is live now; the runners of `from` stop and its checkpoints were
+    /// deleted.
+    Switched {
+        /// The version that was live.
+        from: u32,
+        /// The version live now.
+        to: u32,
+        /// Checkpoints of `from` deleted.
+        checkpoints_removed: usize,
+    },
+    /// Not done: the version asked for has not caught up yet (run it until its lag is 0, then
+    /// switch again). Nothing changed, unless the wait for the stopped old version ran out of
+    /// patience: then the old version is stopped and readers still read it; switch again.
+    NotCaughtUp {
+        /// Its events behind the head.
+        lag: u64,
+        /// Partitions it has not taken yet.
+        partitions_without_checkpoint: usize,
+    },
+    /// Refused: this version, or a later one, is live already. Nothing changed.
+    AlreadyLive {
+        /// The live version.
+        live: u32,
+    },
 }
 
 /// Moves the checkpoints of projection `name` in bounded context `context` to `from`, as
@@ -144,10 +294,9 @@ async fn reset_on(
     let Some(checkpoints) = Checkpoints::existing(js, subjects, name).await? else {
         return Ok(0);
     };
-    let existing: Vec<u32> = read_checkpoints(js, subjects)
+    let existing: Vec<u32> = checkpoints
+        .read_all(subjects.partitions())
         .await?
-        .remove(name)
-        .unwrap_or_default()
         .into_keys()
         .collect();
     if existing.is_empty() {

@@ -173,6 +173,20 @@ impl Checkpoints {
         }
     }
 
+    /// The checkpoints of the projection's `partitions` partitions that exist.
+    pub(super) async fn read_all(
+        &self,
+        partitions: u32,
+    ) -> Result<BTreeMap<u32, Checkpoint>, StoreError> {
+        let mut all = BTreeMap::new();
+        for partition in 0..partitions {
+            if let Some(checkpoint) = self.read(partition).await?.checkpoint {
+                all.insert(partition, checkpoint);
+            }
+        }
+        Ok(all)
+    }
+
     /// Deletes `partition`'s checkpoint (a rebuild starts it over). True if there was one.
     pub(super) async fn delete(&self, partition: u32) -> Result<bool, StoreError> {
         let read = self.read(partition).await?;
@@ -185,6 +199,69 @@ impl Checkpoints {
             .await
             .map_err(|e| unavailable(format!("checkpoint {key}: {e}")))?;
         Ok(true)
+    }
+}
+
+/// The entry naming the live version of projection `base`: `<base>.live` in the checkpoints
+/// bucket (no partition key ends in `live`).
+pub(super) fn live_key(base: &str) -> String {
+    format!("{base}.live")
+}
+
+/// The value of [`live_key`]: the version readers read, and while a switch-over is under way
+/// the version it switches to (the live version's runners stop when they see it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(super) struct Live {
+    pub(super) version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) next: Option<u32>,
+}
+
+impl Live {
+    /// What an entry of [`live_key`] says (version 1 for none, deleted or unreadable).
+    pub(super) fn of(entry: Option<&kv::Entry>) -> Self {
+        entry
+            .filter(|e| e.operation == kv::Operation::Put)
+            .and_then(|e| serde_json::from_slice::<Self>(&e.value).ok())
+            .unwrap_or(Self {
+                version: 1,
+                next: None,
+            })
+    }
+
+    /// Whether runners of `version` must stop: a later version is live or being switched to.
+    pub(super) fn retires(self, version: u32) -> bool {
+        self.version > version || self.next.is_some_and(|next| next > version)
+    }
+}
+
+/// The live version of projection `base` and the revision of its entry (0: none written).
+pub(super) async fn read_live(kv: &kv::Store, base: &str) -> Result<(Live, u64), StoreError> {
+    let key = live_key(base);
+    let entry = kv
+        .entry(key.as_str())
+        .await
+        .map_err(|e| unavailable(format!("live version {key}: {e}")))?;
+    Ok((Live::of(entry.as_ref()), entry.map_or(0, |e| e.revision)))
+}
+
+/// Writes `live` for `base` if the entry is still at `revision`: the new revision, or `None`
+/// when it moved.
+pub(super) async fn write_live(
+    kv: &kv::Store,
+    base: &str,
+    live: Live,
+    revision: u64,
+) -> Result<Option<u64>, StoreError> {
+    let key = live_key(base);
+    let value = serde_json::to_vec(&live).map_err(|e| StoreError::Backend {
+        operation: super::OP,
+        source: Box::new(e),
+    })?;
+    match kv.update(key.as_str(), value.into(), revision).await {
+        Ok(revision) => Ok(Some(revision)),
+        Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(None),
+        Err(e) => Err(unavailable(format!("live version {key}: {e}"))),
     }
 }
 
@@ -203,7 +280,9 @@ fn decode(entry: &kv::Entry) -> Option<Checkpoint> {
 }
 
 /// Every checkpoint in the context's bucket, by projection and partition (empty when the
-/// bucket does not exist). Only reads; the CLI's `projections` lists these.
+/// bucket does not exist). Only reads; the CLI's `projections` lists these. The projections are
+/// found by listing the bucket's keys; each one's partitions are then read one by one, so that
+/// a checkpoint committed while the keys were listed is not missed.
 pub async fn read_checkpoints(
     js: &jetstream::Context,
     subjects: &Subjects,
@@ -219,25 +298,22 @@ pub async fn read_checkpoints(
         Ok(keys) => keys.try_collect().await.map_err(unavailable)?,
         Err(e) => return Err(unavailable(format!("bucket {bucket}: {e}"))),
     };
-    let mut all: BTreeMap<String, BTreeMap<u32, Checkpoint>> = BTreeMap::new();
-    for key in keys {
-        let Some((projection, partition)) = key.rsplit_once('.') else {
-            continue;
-        };
-        let Ok(partition) = partition.parse::<u32>() else {
-            continue;
-        };
-        let Some(entry) = kv
-            .entry(key.as_str())
-            .await
-            .map_err(|e| unavailable(format!("checkpoint {key}: {e}")))?
-        else {
-            continue;
-        };
-        if let Some(checkpoint) = decode(&entry) {
-            all.entry(projection.to_owned())
-                .or_default()
-                .insert(partition, checkpoint);
+    let projections: std::collections::BTreeSet<&str> = keys
+        .iter()
+        .filter_map(|key| key.rsplit_once('.'))
+        .filter(|(_, partition)| partition.parse::<u32>().is_ok())
+        .map(|(projection, _)| projection)
+        .collect();
+    let mut all = BTreeMap::new();
+    for projection in projections {
+        let checkpoints = Checkpoints {
+            kv: kv.clone(),
+            projection: projection.to_owned(),
+        }
+        .read_all(subjects.partitions())
+        .await?;
+        if !checkpoints.is_empty() {
+            all.insert(projection.to_owned(), checkpoints);
         }
     }
     Ok(all)

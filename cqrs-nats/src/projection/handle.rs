@@ -219,7 +219,15 @@ impl<P: Projection> JetStreamProjectionHandle<P> {
         self.task.abort();
     }
 
-    /// Whether the runner task has ended (stopped, or panicked: see [`Self::stop`]).
+    /// Whether this runner stopped because a switch-over made a newer version of the projection
+    /// the live one ([`JetStreamProjectionRunner::switch_over`](super::JetStreamProjectionRunner::switch_over)).
+    pub fn is_retired(&self) -> bool {
+        self.shared
+            .retired
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether the runner task has ended (stopped, retired, or panicked: see [`Self::stop`]).
     pub fn is_finished(&self) -> bool {
         self.task.is_finished()
     }

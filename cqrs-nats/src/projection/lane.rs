@@ -33,6 +33,7 @@ pub(super) async fn run<P: Projection>(
     };
     shared.progress.record(partition, owned.committed.position);
     let mut failures = 0u32;
+    let mut handled = owned.handled;
     loop {
         match read(&shared, &mut owned, &mut stop).await {
             Ended::Stopped => {
@@ -41,6 +42,10 @@ pub(super) async fn run<P: Projection>(
             }
             Ended::Lost => return,
             Ended::Failed(error) => {
+                // The backoff grows only while the partition makes no progress.
+                if owned.handled > handled {
+                    (failures, handled) = (0, owned.handled);
+                }
                 failures += 1;
                 tracing::warn!(projection = %shared.name, partition, %error, "reading the partition failed; reading on from the last handled event");
                 if pause(&mut stop, failures).await {

@@ -93,9 +93,10 @@ mod replay;
 mod runner;
 mod supervisor;
 
-pub use admin::{live_workers, reset_checkpoints};
+pub use admin::{SwitchOver, live_workers, reset_checkpoints};
 pub use checkpoint::{Checkpoint, checkpoints_bucket, read_checkpoints};
 pub use config::{ProjectionConfig, StartFrom};
+pub use cqrs_core::projection::versioned_name;
 pub use handle::JetStreamProjectionHandle;
 pub use lag::Lag;
 pub use names::{filter_subjects, filter_subjects_in, workers_bucket};

@@ -5,14 +5,15 @@ use crate::deadletter::DeadLetters;
 use crate::store::JetStreamEventStore;
 use crate::subject::{Subjects, validate_name};
 use async_nats::jetstream::stream;
+use cqrs_core::projection::versioned_name;
 use cqrs_core::{EventFilter, Projection, StoreError};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::checkpoint::Checkpoints;
+use super::checkpoint::{Checkpoints, read_live};
 use super::config::ProjectionConfig;
 use super::handle::JetStreamProjectionHandle;
 use super::membership::Membership;
@@ -31,7 +32,13 @@ pub(super) struct Shared<P> {
     pub(super) dead_letters: DeadLetters,
     pub(super) checkpoints: Checkpoints,
     pub(super) config: ProjectionConfig,
+    /// The name this version runs under ([`versioned_name`]).
     pub(super) name: String,
+    /// The projection's own name and version.
+    pub(super) base: String,
+    pub(super) version: u32,
+    /// Set once a switch-over made another version the live one: this runner stopped.
+    pub(super) retired: AtomicBool,
     /// This worker's id (its key in the workers' bucket, the owner in its checkpoints).
     pub(super) worker: String,
     /// The checkpoint of a partition that has none yet ([`ProjectionConfig::start_from`]).
@@ -115,7 +122,9 @@ impl JetStreamProjectionRunner {
         projection: P,
         config: ProjectionConfig,
     ) -> Result<JetStreamProjectionHandle<P>, StoreError> {
-        let name = projection.name().to_owned();
+        let base = projection.name().to_owned();
+        let version = projection.version();
+        let name = versioned_name(&base, version);
         validate_name("projection", &name).map_err(|e| StoreError::Backend {
             operation: OP,
             source: Box::new(e),
@@ -124,6 +133,18 @@ impl JetStreamProjectionRunner {
         let replicas = stream.cached_info().config.num_replicas;
         let dead_letters = DeadLetters::provision(store.jetstream(), &subjects, replicas).await?;
         let checkpoints = Checkpoints::open(store.jetstream(), &subjects, &name, replicas).await?;
+        let (live, _) = read_live(checkpoints.kv(), &base).await?;
+        if live.retires(version) {
+            return Err(StoreError::Backend {
+                operation: OP,
+                source: format!(
+                    "projection `{base}` version {version} was retired by a switch-over to \
+                     version {} (run that version or a later one)",
+                    live.next.unwrap_or(live.version)
+                )
+                .into(),
+            });
+        }
         let start = config.start.checkpoint(&stream).await?;
         let filter = projection.filter();
         let worker = Uuid::now_v7().simple().to_string();
@@ -146,6 +167,9 @@ impl JetStreamProjectionRunner {
             checkpoints,
             config,
             name,
+            base,
+            version,
+            retired: AtomicBool::new(false),
             worker,
             start,
             progress,

@@ -10,6 +10,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use super::checkpoint::{Checkpoint, Live, live_key};
 use super::lane::{run, stopped};
 use super::membership::{MISSED_HEARTBEATS, Membership};
 use super::runner::Shared;
@@ -80,15 +81,21 @@ pub(super) async fn supervise<P: Projection>(
                 membership.apply(change);
                 shared.live.send_replace(membership.live());
             }
-            change = checkpoints.changed() => {
-                if let Some(partition) = checkpoints.lost(&shared, change)
-                    && let Some(lane) = lanes.remove(&partition)
-                {
-                    tracing::debug!(projection = %shared.name, partition, "the checkpoint moved under the lane; starting it again from there");
-                    lane.stop.send_replace(true);
-                    releasing.insert(partition, lane);
+            change = checkpoints.changed() => match checkpoints.seen(&shared, change) {
+                Seen::Lost(partition) => {
+                    if let Some(lane) = lanes.remove(&partition) {
+                        tracing::debug!(projection = %shared.name, partition, "the checkpoint moved under the lane; starting it again from there");
+                        lane.stop.send_replace(true);
+                        releasing.insert(partition, lane);
+                    }
                 }
-            }
+                Seen::Retired(next) => {
+                    tracing::info!(projection = %shared.base, version = shared.version, next, "switched over to a newer version; this one stops");
+                    shared.retired.store(true, std::sync::atomic::Ordering::SeqCst);
+                    break;
+                }
+                Seen::Nothing => {}
+            },
             Some(partition) = ended.recv() => {
                 // A partition's next lane starts only after the one being released ended, so
                 // the lane that ended is the one releasing, if any, else the current one (which
@@ -146,20 +153,26 @@ pub(super) async fn supervise<P: Projection>(
 }
 
 /// A watch on the projection's checkpoints, so that a lane whose partition another worker took,
-/// or an operator reset, stops at once rather than at its next commit.
+/// or an operator reset, stops at once rather than at its next commit; and on its live version,
+/// so that a version switched over from stops.
 #[derive(Default)]
 struct CheckpointWatch {
     watch: Option<kv::Watch>,
 }
 
 impl CheckpointWatch {
-    /// Opens the watch if it is not open (retried every heartbeat).
+    /// Opens the watch if it is not open (retried every heartbeat): this version's checkpoints
+    /// and the projection's live version.
     async fn open<P>(&mut self, shared: &Shared<P>) {
         if self.watch.is_some() {
             return;
         }
-        let keys = format!("{}.*", shared.name);
-        match shared.checkpoints.kv().watch(keys).await {
+        // Filters of one consumer must not overlap: version 1's `<name>.*` covers the live key.
+        let mut keys = vec![format!("{}.*", shared.name)];
+        if shared.name != shared.base {
+            keys.push(live_key(&shared.base));
+        }
+        match shared.checkpoints.kv().watch_many(keys).await {
             Ok(watch) => self.watch = Some(watch),
             Err(error) => tracing::warn!(%error, "cannot watch the projection's checkpoints"),
         }
@@ -172,28 +185,52 @@ impl CheckpointWatch {
         }
     }
 
-    /// The partition whose checkpoint `change` shows in other hands than this worker's.
-    fn lost<P>(
+    /// What `change` means for this worker: a partition whose checkpoint is in other hands, or
+    /// a newer live version.
+    fn seen<P>(
         &mut self,
         shared: &Shared<P>,
         change: Option<Result<kv::Entry, kv::WatcherError>>,
-    ) -> Option<u32> {
+    ) -> Seen {
         let entry = match change {
             Some(Ok(entry)) => entry,
             Some(Err(error)) => {
                 tracing::warn!(%error, "watching the checkpoints failed; watching again");
                 self.watch = None;
-                return None;
+                return Seen::Nothing;
             }
             None => {
                 self.watch = None;
-                return None;
+                return Seen::Nothing;
             }
         };
-        let partition = shared.checkpoints.partition_of(&entry.key)?;
+        if entry.key == live_key(&shared.base) {
+            let live = Live::of(Some(&entry));
+            return if live.retires(shared.version) {
+                Seen::Retired(live.next.unwrap_or(live.version))
+            } else {
+                Seen::Nothing
+            };
+        }
+        let Some(partition) = shared.checkpoints.partition_of(&entry.key) else {
+            return Seen::Nothing;
+        };
         let mine = entry.operation == kv::Operation::Put
-            && serde_json::from_slice::<super::checkpoint::Checkpoint>(&entry.value)
+            && serde_json::from_slice::<Checkpoint>(&entry.value)
                 .is_ok_and(|c| c.owner.as_deref() == Some(shared.worker.as_str()));
-        (!mine).then_some(partition)
+        if mine {
+            Seen::Nothing
+        } else {
+            Seen::Lost(partition)
+        }
     }
+}
+
+/// What the checkpoint watch showed.
+enum Seen {
+    Nothing,
+    /// The partition's checkpoint is in other hands (another worker, a reset, a rebuild).
+    Lost(u32),
+    /// This version is switched over from, to this one.
+    Retired(u32),
 }
