@@ -18,6 +18,7 @@ use crate::store::EventStore;
 use crate::stream::EventFilter;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -501,6 +502,104 @@ impl<P: Projection> ProjectionHandle<P> {
         let checkpoint = self.checkpoint.clone();
         let _aborted = self.task.await;
         *checkpoint.borrow()
+    }
+}
+
+/// The live version of each projection of one process, with the switch-over rule of the
+/// JetStream runner for in-memory runners: a new version ([`Projection::version`]) built beside
+/// the live one becomes live only once it has caught up with it, and the version it replaces
+/// is stopped first, so that a reader that looks the live version up before each read never
+/// sees a gap or a step back. Cloning shares it.
+#[derive(Debug, Clone, Default)]
+pub struct LiveVersions {
+    live: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+/// Why [`LiveVersions::switch_over`] did not switch.
+#[derive(Debug)]
+pub enum NotSwitched<P> {
+    /// Refused before anything changed: the live version's runner comes back, still running.
+    Refused {
+        /// The live version's runner.
+        live: ProjectionHandle<P>,
+        /// Why.
+        reason: NotSwitchedReason,
+    },
+    /// The live version was stopped, but the new one did not reach where it stopped in time:
+    /// the live version is unchanged (and no longer moves); switch again with a new handle of
+    /// it, or restart it from `stopped_at + 1`.
+    Late {
+        /// Where the live version stopped.
+        stopped_at: u64,
+        /// The new version's wait.
+        error: WaitTimeout,
+    },
+}
+
+/// Why a switch-over was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotSwitchedReason {
+    /// The new version is behind the live one: run it until it has caught up.
+    NotCaughtUp {
+        /// The live version's checkpoint.
+        live: u64,
+        /// The new version's.
+        new: u64,
+    },
+    /// The two are not versions of one projection, or the new one is not newer.
+    NotANewerVersion,
+}
+
+impl LiveVersions {
+    /// No switch-over yet: every projection's live version is 1.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The live version of projection `name`.
+    pub fn live(&self, name: &str) -> u32 {
+        self.live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .copied()
+            .unwrap_or(1)
+    }
+
+    /// Makes `new`'s version of the projection live in place of `live`'s, if `new` has caught
+    /// up with `live` (its checkpoint at or past `live`'s): stops `live`, waits (up to
+    /// `timeout`) until `new` has processed everything `live` had, then records the switch.
+    /// Returns the checkpoint `live` stopped at. The read model of the old version is the
+    /// application's to drop.
+    pub async fn switch_over<P: Projection, Q: Projection>(
+        &self,
+        live: ProjectionHandle<P>,
+        new: &ProjectionHandle<Q>,
+        timeout: Duration,
+    ) -> Result<u64, NotSwitched<P>> {
+        let refuse = |live, reason| Err(NotSwitched::Refused { live, reason });
+        let (old, next) = (live.projection(), new.projection());
+        if old.name() != next.name() || next.version() <= old.version() {
+            return refuse(live, NotSwitchedReason::NotANewerVersion);
+        }
+        if new.checkpoint() < live.checkpoint() {
+            let reason = NotSwitchedReason::NotCaughtUp {
+                live: live.checkpoint(),
+                new: new.checkpoint(),
+            };
+            return refuse(live, reason);
+        }
+        let name = next.name().to_owned();
+        let version = next.version();
+        let stopped_at = live.stop().await;
+        if let Err(error) = new.wait_for(stopped_at, timeout).await {
+            return Err(NotSwitched::Late { stopped_at, error });
+        }
+        self.live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name, version);
+        Ok(stopped_at)
     }
 }
 

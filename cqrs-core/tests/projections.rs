@@ -9,7 +9,9 @@
 mod common;
 
 use common::{Wallet, WalletCommand as Cmd, WalletEvent};
-use cqrs_core::projection::{InMemoryProjectionRunner, catch_up};
+use cqrs_core::projection::{
+    InMemoryProjectionRunner, LiveVersions, NotSwitched, NotSwitchedReason, catch_up,
+};
 use cqrs_core::read_model::{InMemoryReadModelStore, apply_once};
 use cqrs_core::testing::{EventLog, when_processed, when_projected};
 use cqrs_core::{
@@ -696,4 +698,94 @@ async fn the_projection_fixtures_follow_the_filter_and_deliver_batches_twice() {
     assert!(!snapshot.contains_key("s1"), "filtered out: {snapshot:?}");
     let runs = batched.runs.lock().unwrap().clone();
     assert_eq!(runs, [vec![1, 2], vec![1, 2], vec![4], vec![4]]);
+}
+
+/// Running totals per wallet id as version `version` of projection `totals`; while its gate is
+/// held shut (write-locked) it applies nothing.
+#[derive(Clone, Debug)]
+struct Totals {
+    version: u32,
+    model: InMemoryReadModelStore<u64>,
+    gate: Arc<tokio::sync::RwLock<()>>,
+}
+
+impl Projection for Totals {
+    fn name(&self) -> &str {
+        "totals"
+    }
+
+    fn version(&self) -> u32 {
+        self.version
+    }
+
+    async fn apply(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
+        let _open = self.gate.read().await;
+        apply_once(&self.model, &event.aggregate_id, event.position, |old| {
+            old.unwrap_or(0) + 1
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// In memory as on JetStream: a new version built beside the live one is refused until it has
+/// caught up, then made live with the old one stopped.
+#[tokio::test]
+async fn a_new_version_goes_live_only_once_caught_up() {
+    let store = InMemoryEventStore::new();
+    write_history(&Repository::new(store.clone()), 3, 4).await;
+    let versions = LiveVersions::new();
+    let v1 = Totals {
+        version: 1,
+        model: InMemoryReadModelStore::new(),
+        gate: Arc::default(),
+    };
+    let v2 = Totals {
+        version: 2,
+        model: InMemoryReadModelStore::new(),
+        gate: Arc::default(),
+    };
+    let live = InMemoryProjectionRunner::spawn(&store, v1.clone(), 0, fast_retry(1));
+    live.wait_for(store.head(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let shut = v2.gate.clone().write_owned().await;
+    let next = InMemoryProjectionRunner::spawn_batched(&store, v2.clone(), 0, fast_retry(1), 4);
+    let live = match versions
+        .switch_over(live, &next, Duration::from_secs(5))
+        .await
+    {
+        Err(NotSwitched::Refused {
+            live,
+            reason: NotSwitchedReason::NotCaughtUp { .. },
+        }) => live,
+        other => panic!("switched before catching up: {other:?}"),
+    };
+    assert_eq!(versions.live("totals"), 1);
+    drop(shut);
+    next.wait_for(store.head(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let stopped_at = versions
+        .switch_over(live, &next, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(stopped_at, store.head());
+    assert_eq!(versions.live("totals"), 2);
+    assert_eq!(
+        v2.model.entries().await.unwrap(),
+        v1.model.entries().await.unwrap()
+    );
+    // A version that is not newer: refused, and it keeps running.
+    let again = InMemoryProjectionRunner::spawn(&store, v2.clone(), 0, fast_retry(1));
+    let Err(NotSwitched::Refused { live, reason }) = versions
+        .switch_over(again, &next, Duration::from_secs(1))
+        .await
+    else {
+        panic!("switched to a version that is not newer");
+    };
+    assert_eq!(reason, NotSwitchedReason::NotANewerVersion);
+    assert_eq!(versions.live("totals"), 2);
+    live.stop().await;
+    next.stop().await;
 }

@@ -50,6 +50,16 @@
 //!   [`JetStreamProjectionRunner::reset`] (or [`reset_checkpoints`], without a store: the CLI's
 //!   `replay`) moves the checkpoints, and running workers carry on from there; [`replay`] reads
 //!   from a position or a point in time without touching the checkpoints.
+//! - **Versions (blue/green).** A projection has a
+//!   [`version`](cqrs_core::Projection::version); version `n > 1` runs as `<name>_v<n>`
+//!   ([`versioned_name`]) with checkpoints and workers of its own, so version 2 is built from the
+//!   first event beside the live version 1 (into a read model of its own, named after it).
+//!   [`JetStreamProjectionRunner::switch_over`] makes it live only once it has caught up: the
+//!   live version is marked as being switched from (the entry `<name>.live` in the checkpoints
+//!   bucket, which its runners watch: they stop and release), the new version catches up with
+//!   where they stopped, then it becomes the live version and the old checkpoints are deleted.
+//!   Readers ask [`JetStreamProjectionRunner::live_version`] which model to read and never see
+//!   a gap or a step back. A retired version refuses to start again.
 //! - **Stopping.** [`JetStreamProjectionHandle::stop`] finishes the batch in hand on every
 //!   partition, commits and releases each checkpoint, and withdraws the worker's announcement;
 //!   [`JetStreamProjectionHandle::abort`] stops as a crash would.
