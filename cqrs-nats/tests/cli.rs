@@ -26,6 +26,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use time::format_description::well_known::Rfc3339;
+use tokio::sync::Semaphore;
 
 const CONTEXT: &str = "bank";
 
@@ -474,7 +475,7 @@ async fn check_projections(url: &str) {
     assert_eq!(
         projections[0],
         serde_json::json!({
-            "name": "audit", "partitions": 0, "workers": 0, "owned": 0, "lag": 0,
+            "name": "audit", "live": null, "partitions": 0, "workers": 0, "owned": 0, "lag": 0,
             "position": 0, "highest_position": 0, "parked": 1, "checkpoints": false,
         })
     );
@@ -483,7 +484,7 @@ async fn check_projections(url: &str) {
     assert_eq!(
         projections[1],
         serde_json::json!({
-            "name": "balances", "partitions": 8, "workers": 0, "owned": 0, "lag": 0,
+            "name": "balances", "live": true, "partitions": 8, "workers": 0, "owned": 0, "lag": 0,
             "position": 0, "highest_position": 4, "parked": 2, "checkpoints": true,
         })
     );
@@ -493,14 +494,15 @@ async fn check_projections(url: &str) {
         [
             vec![
                 "PROJECTION",
+                "LIVE",
                 "PARTITIONS",
                 "WORKERS",
                 "LAG",
                 "POSITION",
                 "PARKED"
             ],
-            vec!["audit", "-", "0", "-", "-", "1", "(no", "checkpoint)"],
-            vec!["balances", "8", "0", "0", "0", "2"],
+            vec!["audit", "-", "-", "0", "-", "-", "1", "(no", "checkpoint)"],
+            vec!["balances", "yes", "8", "0", "0", "0", "2"],
         ],
         "{text}"
     );
@@ -529,13 +531,13 @@ async fn check_replay_of_a_stopped_projection(url: &str, js: &jetstream::Context
     assert_eq!(
         *row,
         serde_json::json!({
-            "name": "balances", "partitions": 8, "workers": 0, "owned": 0, "lag": 3,
+            "name": "balances", "live": true, "partitions": 8, "workers": 0, "owned": 0, "lag": 3,
             "position": 1, "highest_position": 1, "parked": 2, "checkpoints": true,
         })
     );
     let text = human(url, &["projections"]);
     assert!(
-        table_rows(&text).contains(&vec!["balances", "8", "0", "3", "1", "2"]),
+        table_rows(&text).contains(&vec!["balances", "yes", "8", "0", "3", "1", "2"]),
         "{text}"
     );
 }
@@ -580,7 +582,7 @@ async fn run_balances(url: &str, js: &jetstream::Context, last: &[u64]) {
     assert_eq!(
         doc["projections"][1],
         serde_json::json!({
-            "name": "balances", "partitions": 8, "workers": 1, "owned": 8, "lag": 0,
+            "name": "balances", "live": true, "partitions": 8, "workers": 1, "owned": 8, "lag": 0,
             "position": 0, "highest_position": 4, "parked": 2, "checkpoints": true,
         })
     );
@@ -774,18 +776,35 @@ async fn contexts_keep_their_name_and_partition_count() {
     assert_eq!(doc["total"], 2);
 }
 
-/// Counts what it applies: the positions, in the order applied.
+/// Counts what it applies: the positions, in the order applied. Of a version of its own (1 by
+/// default), and held back by a gate if it has one (each event waits for a permit).
 #[derive(Clone)]
 struct Counter {
     name: &'static str,
+    version: u32,
+    gate: Option<Arc<Semaphore>>,
     positions: Arc<Mutex<Vec<u64>>>,
 }
 
 impl Counter {
     fn new(name: &'static str) -> Self {
+        Self::versioned(name, 1)
+    }
+
+    fn versioned(name: &'static str, version: u32) -> Self {
         Self {
             name,
+            version,
+            gate: None,
             positions: Arc::default(),
+        }
+    }
+
+    /// Applies nothing until `gate` gives a permit per event (or is closed).
+    fn gated(self, gate: &Arc<Semaphore>) -> Self {
+        Self {
+            gate: Some(Arc::clone(gate)),
+            ..self
         }
     }
 
@@ -819,7 +838,17 @@ impl Projection for Counter {
         self.name
     }
 
+    fn version(&self) -> u32 {
+        self.version
+    }
+
     async fn apply(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
+        if let Some(gate) = &self.gate {
+            // Closed: open for good.
+            if let Ok(permit) = gate.acquire().await {
+                permit.forget();
+            }
+        }
         self.positions.lock().unwrap().push(event.position);
         Ok(())
     }
@@ -859,14 +888,14 @@ async fn replay_moves_a_running_projection_back() {
     assert_eq!(
         *row,
         serde_json::json!({
-            "name": "counter", "partitions": 8, "workers": 1, "owned": 8, "lag": 0,
+            "name": "counter", "live": true, "partitions": 8, "workers": 1, "owned": 8, "lag": 0,
             "position": 3, "highest_position": 4, "parked": 0, "checkpoints": true,
         })
     );
     let text = human(&url, &["projections"]);
     assert_eq!(
         table_rows(&text)[1..],
-        [vec!["counter", "8", "1", "0", "3", "0"]],
+        [vec!["counter", "yes", "8", "1", "0", "3", "0"]],
         "{text}"
     );
     assert_eq!(counter.applied().len(), 11);
@@ -876,6 +905,389 @@ async fn replay_moves_a_running_projection_back() {
     assert_eq!(row["workers"], 0, "the stopped worker withdrew: {row:#}");
     assert_eq!(row["owned"], 0, "{row:#}");
     assert_eq!(row["position"], 3, "{row:#}");
+}
+
+/// Blue/green with the CLI: versions 1 and 2 of `totals` run side by side, `projections` lists
+/// both with version 1 live; `switch-over --to 2` says what it would do without `--yes`
+/// (changing nothing), switches with it (version 1's runner retires, its checkpoints go) and
+/// then refuses as live already; a version 3 held back is refused as not caught up, leaving
+/// version 2 live and running.
+#[tokio::test(flavor = "multi_thread")]
+async fn switch_over_makes_a_caught_up_version_live() {
+    let server = NatsServer::start().await.expect("nats-server");
+    let url = server.url();
+    seed(&url).await;
+    let store = JetStreamEventStore::connect(&url, StoreConfig::new(CONTEXT))
+        .await
+        .expect("store");
+    open_and_deposit(&store, 10).await;
+    let js = store.jetstream().clone();
+    let last = last_positions(&js).await;
+    let head = 24;
+    assert_eq!(last.iter().max(), Some(&head), "{last:?}");
+    let ((v1, _), (v2, v2_counter)) = start_totals(&store, head).await;
+    settle(&js, "totals", &last, true).await;
+    settle(&js, "totals_v2", &last, true).await;
+    let row = |name: &str, live: bool| {
+        serde_json::json!({
+            "name": name, "live": live, "partitions": 8, "workers": 1, "owned": 8, "lag": 0,
+            "position": last.iter().min(), "highest_position": head, "parked": 0,
+            "checkpoints": true,
+        })
+    };
+    let doc = json(&url, &["projections"]);
+    assert_eq!(
+        doc["projections"],
+        serde_json::json!([row("totals", true), row("totals_v2", false)])
+    );
+    let lowest = last.iter().min().expect("partitions").to_string();
+    let text = human(&url, &["projections"]);
+    assert_eq!(
+        table_rows(&text)[1..],
+        [
+            vec!["totals", "yes", "8", "1", "0", &lowest, "0"],
+            vec!["totals_v2", "no", "8", "1", "0", &lowest, "0"],
+        ],
+        "{text}"
+    );
+
+    check_switch_over_refusals(&url, &js).await;
+    assert!(!v1.is_retired() && !v1.is_finished());
+
+    // Switched: version 2 is live, version 1's runner retired and its checkpoints are gone.
+    let doc = json(&url, &["switch-over", "totals", "--to", "2", "--yes"]);
+    assert_eq!(
+        doc,
+        serde_json::json!({
+            "projection": "totals", "context": CONTEXT, "to": 2, "outcome": "switched",
+            "from": 1, "checkpoints_removed": 8,
+        })
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !v1.is_finished() {
+        assert!(Instant::now() < deadline, "version 1's runner still runs");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(v1.is_retired());
+    assert!(!v2.is_retired() && !v2.is_finished());
+    assert_eq!(
+        JetStreamProjectionRunner::live_version(&store, "totals")
+            .await
+            .expect("live version"),
+        2
+    );
+    let doc = json(&url, &["projections"]);
+    assert_eq!(
+        doc["projections"],
+        serde_json::json!([row("totals_v2", true)]),
+        "{doc:#}"
+    );
+    let text = human(&url, &["projections"]);
+    assert_eq!(
+        table_rows(&text)[1..],
+        [vec!["totals_v2", "yes", "8", "1", "0", &lowest, "0"]],
+        "{text}"
+    );
+
+    check_already_live(&url);
+    let (v3, gate) = check_not_caught_up(&url, &store, &v2_counter, head).await;
+    assert!(!v2.is_retired() && !v2.is_finished(), "version 2 runs on");
+
+    // Once version 3 has caught up, it is switched to (the human line).
+    gate.close();
+    v3.wait_for(head + 1, Duration::from_secs(20))
+        .await
+        .expect("version 3 caught up");
+    let text = human(&url, &["switch-over", "totals", "--to", "3", "--yes"]);
+    assert_eq!(
+        text,
+        "projection totals (context bank): version 3 is live now, switched from version 2 (its \
+         runners stopped; 8 checkpoints removed)\n"
+    );
+    assert!(v2.is_retired());
+    assert!(!v3.is_retired());
+    let doc = json(&url, &["projections"]);
+    assert_eq!(doc["projections"][0]["name"], "totals_v3", "{doc:#}");
+    assert_eq!(doc["projections"][0]["live"], true, "{doc:#}");
+    assert_eq!(doc["projections"].as_array().map(Vec::len), Some(1));
+    v3.stop().await.expect("stop version 3");
+}
+
+/// Opens `n` more accounts and deposits on each: `2 n` events, spread over the partitions.
+async fn open_and_deposit(store: &JetStreamEventStore, n: usize) {
+    let accounts: Repository<BankAccount, _> = Repository::new(store.clone());
+    for i in 0..n {
+        let id = format!("d-{i}");
+        for command in [
+            AccountCommand::Open {
+                owner: "Dora".into(),
+                overdraft_limit: 0,
+            },
+            AccountCommand::Deposit { amount: 1 },
+        ] {
+            accounts
+                .execute(&id, command, CommandMetadata::root())
+                .await
+                .expect("command");
+        }
+    }
+}
+
+/// Versions 1 and 2 of `totals`, each caught up with the `head` events (applied once each).
+async fn start_totals(
+    store: &JetStreamEventStore,
+    head: u64,
+) -> (
+    (JetStreamProjectionHandle<Counter>, Counter),
+    (JetStreamProjectionHandle<Counter>, Counter),
+) {
+    let mut runners = Vec::new();
+    for version in [1, 2] {
+        let counter = Counter::versioned("totals", version);
+        let handle = JetStreamProjectionRunner::spawn(
+            store,
+            counter.clone(),
+            ProjectionConfig::new().heartbeat(Duration::from_millis(200)),
+        )
+        .await
+        .expect("spawn");
+        handle
+            .wait_for(head, Duration::from_secs(20))
+            .await
+            .expect("caught up");
+        let count = usize::try_from(head).expect("a count");
+        assert_eq!(counter.wait_for_count(count, 0).await.len(), count);
+        runners.push((handle, counter));
+    }
+    let v2 = runners.pop().expect("version 2");
+    let v1 = runners.pop().expect("version 1");
+    (v1, v2)
+}
+
+/// `switch-over` to the live version (or an earlier one) is refused: exit code 1, the document
+/// on stdout with `--json`, nothing on stdout without.
+fn check_already_live(url: &str) {
+    let again = cqrs(&[
+        "--server",
+        url,
+        "--json",
+        "switch-over",
+        "totals",
+        "--to",
+        "2",
+        "--yes",
+    ]);
+    assert_eq!(again.status.code(), Some(1));
+    let doc: Value = serde_json::from_slice(&again.stdout).expect("a JSON document");
+    assert_eq!(
+        doc,
+        serde_json::json!({
+            "projection": "totals", "context": CONTEXT, "to": 2, "outcome": "already_live",
+            "live": 2,
+        })
+    );
+    let message = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(
+        message,
+        "error: projection `totals` (context `bank`) not switched to version 2: version 2 is \
+         live already\n"
+    );
+    let again = cqrs(&[
+        "--server",
+        url,
+        "switch-over",
+        "totals",
+        "--to",
+        "1",
+        "--yes",
+    ]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(again.stdout.is_empty(), "a human refusal is on stderr only");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("version 2 is live already"));
+}
+
+/// Without `--yes`, `switch-over` says what it would do (exit code 2) and changes nothing; an
+/// unknown projection or context, or the name of a version, is an error that creates nothing.
+async fn check_switch_over_refusals(url: &str, js: &jetstream::Context) {
+    let kv = js
+        .get_key_value("PROJECTION_CHECKPOINTS_BANK")
+        .await
+        .expect("the checkpoints bucket");
+    let before = read_checkpoints(js, &Subjects::new(CONTEXT).expect("subjects"))
+        .await
+        .expect("checkpoints");
+    let mut watch = kv.watch(">").await.expect("watch");
+    let refused = cqrs(&["--server", url, "switch-over", "totals", "--to", "2"]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(refused.stdout.is_empty());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    for needle in [
+        "without --yes",
+        "version 2 of projection `totals` in context `bank`",
+        "live now: version 1",
+        "version 2 (`totals_v2`) has checkpoints on 8 of 8 partitions",
+        "0 events behind the head (version 1: 0 events)",
+        "the runners of version 1 would stop",
+    ] {
+        assert!(
+            message.contains(needle),
+            "{needle:?} missing from {message}"
+        );
+    }
+    assert_eq!(message.trim_end().lines().count(), 1, "{message}");
+
+    for (args, expected) in [
+        (
+            vec!["switch-over", "nope", "--to", "2", "--yes"],
+            "projection `nope` has no checkpoints in context `bank`",
+        ),
+        (
+            vec!["switch-over", "totals_v2", "--to", "3", "--yes"],
+            "`totals_v2` is version 2 of projection `totals`",
+        ),
+        (
+            vec![
+                "--context",
+                "bnak",
+                "switch-over",
+                "totals",
+                "--to",
+                "2",
+                "--yes",
+            ],
+            "context `bnak` not found",
+        ),
+    ] {
+        let output = cqrs(&[&["--server", url][..], &args].concat());
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        assert!(output.stdout.is_empty());
+        let message = String::from_utf8_lossy(&output.stderr);
+        assert!(message.contains(expected), "{message}");
+        assert_eq!(message.trim_end().lines().count(), 1, "{message}");
+    }
+    let zero = cqrs(&[
+        "--server",
+        url,
+        "switch-over",
+        "totals",
+        "--to",
+        "0",
+        "--yes",
+    ]);
+    assert_eq!(zero.status.code(), Some(2), "versions start at 1");
+    assert!(js.get_stream("EVENTS_BNAK").await.is_err());
+    assert!(
+        js.get_key_value("PROJECTION_CHECKPOINTS_BNAK")
+            .await
+            .is_err()
+    );
+
+    // Nothing written: no live version, the checkpoints as they were.
+    if let Ok(write) = tokio::time::timeout(Duration::from_millis(500), watch.next()).await {
+        panic!("a refused switch-over wrote to the bucket: {write:?}");
+    }
+    assert!(kv.get("totals.live").await.expect("get").is_none());
+    let after = read_checkpoints(js, &Subjects::new(CONTEXT).expect("subjects"))
+        .await
+        .expect("checkpoints");
+    assert_eq!(after, before);
+}
+
+/// A version 3 held back (it applies nothing until its gate opens) is refused: not caught up,
+/// exit code 1, nothing changed — version 2 stays live and its runner goes on applying.
+/// Returns version 3's runner and its gate.
+async fn check_not_caught_up(
+    url: &str,
+    store: &JetStreamEventStore,
+    v2: &Counter,
+    head: u64,
+) -> (JetStreamProjectionHandle<Counter>, Arc<Semaphore>) {
+    let js = store.jetstream();
+    let gate = Arc::new(Semaphore::new(0));
+    let v3 = JetStreamProjectionRunner::spawn(
+        store,
+        Counter::versioned("totals", 3).gated(&gate),
+        ProjectionConfig::new().heartbeat(Duration::from_millis(200)),
+    )
+    .await
+    .expect("spawn version 3");
+    // It takes every partition (its checkpoints at 0) and applies nothing.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while checkpoints_of(js, "totals_v3").await.len() < 8 {
+        assert!(Instant::now() < deadline, "version 3 took no partitions");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let kv = js
+        .get_key_value("PROJECTION_CHECKPOINTS_BANK")
+        .await
+        .expect("the checkpoints bucket");
+    let live = kv
+        .entry("totals.live")
+        .await
+        .expect("get")
+        .expect("a live version");
+    let output = cqrs(&[
+        "--server",
+        url,
+        "--json",
+        "switch-over",
+        "totals",
+        "--to",
+        "3",
+        "--patience-secs",
+        "1",
+        "--yes",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let doc: Value = serde_json::from_slice(&output.stdout).expect("a JSON document");
+    assert_eq!(
+        doc,
+        serde_json::json!({
+            "projection": "totals", "context": CONTEXT, "to": 3, "outcome": "not_caught_up",
+            "lag": head, "partitions_without_checkpoint": 0, "switch_under_way": false,
+        })
+    );
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        message.starts_with(
+            "error: projection `totals` (context `bank`) not switched to version 3: it has not \
+             caught up (24 events behind the head, 0 partitions without a checkpoint); nothing \
+             changed"
+        ),
+        "{message}"
+    );
+    assert_eq!(message.trim_end().lines().count(), 1, "{message}");
+    // Nothing changed: the live version's entry as it was, version 2 live and applying.
+    let now = kv
+        .entry("totals.live")
+        .await
+        .expect("get")
+        .expect("a live version");
+    assert_eq!((now.revision, now.value), (live.revision, live.value));
+    let rows = json(url, &["projections"]);
+    let lives: Vec<(&str, bool)> = rows["projections"]
+        .as_array()
+        .expect("projections")
+        .iter()
+        .map(|p| (p["name"].as_str().expect("name"), p["live"] == true))
+        .collect();
+    assert_eq!(
+        lives,
+        [("totals_v2", true), ("totals_v3", false)],
+        "{rows:#}"
+    );
+    let accounts: Repository<BankAccount, _> = Repository::new(store.clone());
+    accounts
+        .execute(
+            "a-1",
+            AccountCommand::Deposit { amount: 1 },
+            CommandMetadata::root(),
+        )
+        .await
+        .expect("deposit");
+    assert_eq!(v2.wait_for_count(25, 24).await, [head + 1]);
+    assert!(!v3.is_retired());
+    (v3, gate)
 }
 
 /// Each partition's checkpoint after a reset to `checkpoint` and catching up: the last event in
@@ -893,14 +1305,14 @@ fn check_grouped_projections(url: &str) {
     assert_eq!(
         projections[0],
         serde_json::json!({
-            "name": "counter", "partitions": 8, "workers": 1, "owned": 8, "lag": 0,
+            "name": "counter", "live": true, "partitions": 8, "workers": 1, "owned": 8, "lag": 0,
             "position": 0, "highest_position": 4, "parked": 0, "checkpoints": true,
         })
     );
     let text = human(url, &["projections"]);
     assert_eq!(
         table_rows(&text)[1..],
-        [vec!["counter", "8", "1", "0", "0", "0"]],
+        [vec!["counter", "yes", "8", "1", "0", "0", "0"]],
         "{text}"
     );
 }
@@ -1075,6 +1487,7 @@ fn help_lists_every_command() {
         "stats",
         "projections",
         "replay",
+        "switch-over",
         "catalog",
         "diagram",
     ];

@@ -9,15 +9,16 @@ use time::format_description::well_known::Rfc3339;
 /// Reads the event streams `EVENTS_<CONTEXT>` the library writes (never appending or changing
 /// events; reads use short-lived ordered consumers) and decodes the event envelope: versions,
 /// positions, types, schema versions, correlation/causation/command ids, actor, tenant and JSON
-/// bodies. `replay` is the one command that changes something (a projection's checkpoints),
-/// and only with `--yes`. `catalog` and `diagram` show the event types and state machines a
+/// bodies. `replay` and `switch-over` are the commands that change something (a projection's
+/// checkpoints, its live version), and only with `--yes`. `catalog` and `diagram` show the event types and state machines a
 /// binary registers (see `cqrs_nats::cli::Cli`); they need no server.
 ///
 /// Output is human-readable by default; `--json` prints one stable JSON document per
 /// invocation on stdout (the shape is documented on each command). Commands that scan a whole
 /// stream (`trace`, `stats`) or a long aggregate (`history`) report their progress on stderr
 /// when it is a terminal or with `--progress`, never on stdout. Errors are one line on stderr,
-/// exit code 1; invalid arguments, and `replay` without `--yes`, exit with code 2.
+/// exit code 1; invalid arguments, and `replay` or `switch-over` without `--yes`, exit with
+/// code 2.
 #[derive(Debug, Parser)]
 #[command(name = "cqrs", version, propagate_version = true)]
 pub(crate) struct Args {
@@ -144,7 +145,7 @@ pub(crate) enum Command {
         by: StatsBy,
     },
 
-    /// The projections of a context with their workers, lag and parked events.
+    /// The projections of a context with their live versions, workers, lag and parked events.
     ///
     /// A projection has one checkpoint per partition of the context's event stream (the KV
     /// bucket `PROJECTION_CHECKPOINTS_<CONTEXT>`, keys `<projection>.<k>`), shown as one row.
@@ -154,11 +155,18 @@ pub(crate) enum Command {
     /// counted on the dead-letter stream `DEADLETTER_<CONTEXT>` (subject
     /// `<context>.deadletter.<projection>`).
     ///
+    /// Each version of a projection is a row of its own: version N of `<projection>` runs as
+    /// `<projection>_vN` (version 1 as `<projection>`). LIVE says whether the row is the version
+    /// readers read (see `switch-over`): a row named `<base>_vN` (N ≥ 2) is version N of `<base>`
+    /// when `<base>` has a live version recorded or a row of its own, else version 1 of itself;
+    /// it is live when that version is its base's live version (1 until a switch-over). A row
+    /// with parked events only, of a projection never switched over, shows `-` (`null`).
+    ///
     /// JSON: `{"context", "stream", "head" (last position), "projections": [{"name",
-    /// "partitions" (its checkpoints), "workers" (live workers; 0 without a workers bucket),
-    /// "owned" (partitions a worker holds now), "lag" (events not yet handled), "position"
-    /// (the lowest checkpoint), "highest_position", "parked", "checkpoints" (false when only
-    /// parked events remain)}]}`.
+    /// "live" (bool, or null as above), "partitions" (its checkpoints), "workers" (live
+    /// workers; 0 without a workers bucket), "owned" (partitions a worker holds now), "lag"
+    /// (events not yet handled), "position" (the lowest checkpoint), "highest_position",
+    /// "parked", "checkpoints" (false when only parked events remain)}]}`.
     Projections,
 
     /// Move a projection's checkpoints back so that its running workers process events again.
@@ -187,6 +195,47 @@ pub(crate) enum Command {
         #[arg(long, value_name = "TIME", value_parser = parse_time)]
         from_time: Option<OffsetDateTime>,
         /// Do it: without, `replay` only says what it would do.
+        #[arg(long)]
+        yes: bool,
+    },
+
+    /// Make another version of a projection the live one (blue/green), once it has caught up.
+    ///
+    /// A projection's version N (`Projection::version`) runs as `<projection>_vN` (version 1
+    /// as `<projection>`) with checkpoints of its own; the live version is the one readers read,
+    /// recorded as `<projection>.live` in the KV bucket `PROJECTION_CHECKPOINTS_<CONTEXT>` (1
+    /// until a switch-over). Switching to version `--to` (as
+    /// `JetStreamProjectionRunner::switch_over` does) is refused, changing nothing, while that
+    /// version lacks a checkpoint on some partition or is further behind the head than the live
+    /// version (by more than an event per partition); otherwise the live version's runners stop, version `--to` catches up with where
+    /// they stopped (waiting at most `--patience-secs`), becomes live, and the old version's
+    /// checkpoints are deleted (its read model is the application's to drop). Run out of
+    /// patience, the switch stays under way — the old version stopped, readers still reading it
+    /// — until `switch-over` is run again. Creates nothing: an unknown context, or a projection
+    /// with neither checkpoints nor a live version in the context, is an error (exit code 1).
+    ///
+    /// Without `--yes` nothing is changed: it says on stderr what it would do (the live version,
+    /// the target and how far behind the head both are) and exits with code 2. A refused switch
+    /// (not caught up, or the version is live already) exits with code 1, saying why on stderr;
+    /// with `--json` its document is printed on stdout as well.
+    ///
+    /// JSON: `{"projection", "context", "to" (the version asked for), "outcome"}` and, by
+    /// outcome: `"switched"`: `"from"` (the version that was live), `"checkpoints_removed"` (of
+    /// `from`); `"not_caught_up"`: `"lag"` (events of version `to` behind the head),
+    /// `"partitions_without_checkpoint"`, `"switch_under_way"` (true when the live version's
+    /// runners were stopped and the wait for version `to` ran out: run `switch-over` again);
+    /// `"already_live"`: `"live"` (the live version, `to` or later).
+    SwitchOver {
+        /// The projection's name (its version 1 name, as its code names it).
+        projection: String,
+        /// The version to make live (version 1 is live until a switch-over).
+        #[arg(long, value_name = "VERSION", value_parser = clap::value_parser!(u32).range(1..))]
+        to: u32,
+        /// Seconds to wait for the new version to catch up with where the live version's runners
+        /// stopped.
+        #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+        patience_secs: u64,
+        /// Do it: without, `switch-over` only says what it would do.
         #[arg(long)]
         yes: bool,
     },

@@ -3,16 +3,20 @@
 use super::args::StatsBy;
 use super::model::{
     Bucket, CliError, ContextDoc, EventDoc, HistoryDoc, ProjectionDoc, ProjectionsDoc, ReplayDoc,
-    ReplayFromDoc, StatsDoc, StreamsDoc, TraceDoc, build_trace,
+    ReplayFromDoc, StatsDoc, StreamsDoc, SwitchOutcome, SwitchOverDoc, TraceDoc, build_trace,
+    version_of,
 };
 use super::progress::Progress;
 use crate::async_nats::{self, jetstream};
 use crate::deadletter::DeadLetters;
-use crate::projection::{Lag, StartFrom, live_workers, read_checkpoints, reset_checkpoints};
-use crate::{JetStreamEventStore, StoreConfig, Subjects};
+use crate::projection::{
+    Lag, StartFrom, SwitchOver, checkpoints_bucket, live_workers, read_checkpoints,
+    reset_checkpoints, versioned_name,
+};
+use crate::{JetStreamEventStore, JetStreamProjectionRunner, StoreConfig, Subjects};
 use cqrs_core::{EventFilter, EventStore, StreamId};
 use futures::TryStreamExt;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 use time::UtcOffset;
 use uuid::Uuid;
@@ -29,6 +33,15 @@ pub(crate) struct Tail {
     pub(crate) limit: Option<u64>,
     /// Time between polls.
     pub(crate) poll: Duration,
+}
+
+/// A projection's live version as recorded (`<projection>.live` in the checkpoints bucket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LiveVersion {
+    /// The version readers read.
+    pub(crate) version: u32,
+    /// The version a switch-over under way switches to (the live version's runners stopped).
+    pub(crate) next: Option<u32>,
 }
 
 /// A connection to the server.
@@ -375,12 +388,13 @@ impl Session {
     pub(crate) async fn projections(&self, context: &str) -> Result<ProjectionsDoc, CliError> {
         let (name, stream, info) = self.stream(context).await?;
         let parked = self.parked(context).await?;
-        let (workers, checkpoints) = match Subjects::from_stream_config(&info.config) {
+        let (workers, checkpoints, live) = match Subjects::from_stream_config(&info.config) {
             Some(subjects) => (
                 live_workers(&self.js, &subjects).await?,
                 read_checkpoints(&self.js, &subjects).await?,
+                self.live_versions(context, &subjects).await?,
             ),
-            None => (BTreeMap::new(), BTreeMap::new()),
+            None => (BTreeMap::new(), BTreeMap::new(), BTreeMap::new()),
         };
         let mut groups: BTreeMap<String, ProjectionDoc> = BTreeMap::new();
         for (projection, partitions) in checkpoints {
@@ -401,10 +415,18 @@ impl Session {
                 .or_insert_with(|| ProjectionDoc::empty(projection))
                 .parked = count;
         }
+        let names: BTreeSet<String> = groups.keys().cloned().collect();
+        let is_base = |base: &str| live.contains_key(base) || names.contains(base);
         let projections = groups
             .into_values()
             .map(|mut doc| {
                 doc.workers = workers.get(&doc.name).copied().unwrap_or(0);
+                let (base, version) = version_of(&doc.name, is_base);
+                doc.live = match live.get(base) {
+                    Some(live) => Some(live.version == version),
+                    None if doc.checkpoints => Some(version == 1),
+                    None => None,
+                };
                 doc
             })
             .collect();
@@ -476,6 +498,142 @@ impl Session {
         })
     }
 
+    /// `switch-over`: makes version `to` of `projection` the live one
+    /// ([`JetStreamProjectionRunner::switch_over`]); without `yes` only says what it would do
+    /// (an error with exit code 2). A refusal is a document too (its outcome says so).
+    pub(crate) async fn switch_over(
+        &self,
+        context: &str,
+        projection: &str,
+        to: u32,
+        patience: Duration,
+        yes: bool,
+    ) -> Result<SwitchOverDoc, CliError> {
+        let (_, stream, info) = self.stream(context).await?;
+        let subjects = subjects_of(&info.config)?;
+        let checkpoints = read_checkpoints(&self.js, &subjects).await?;
+        let lives = self.live_versions(context, &subjects).await?;
+        let (base, version) = version_of(projection, |base| {
+            lives.contains_key(base) || checkpoints.contains_key(base)
+        });
+        if version > 1 {
+            return Err(CliError::VersionName {
+                projection: projection.to_owned(),
+                base: base.to_owned(),
+                version,
+            });
+        }
+        // Known: a version of it has checkpoints, or it has a live version recorded (which
+        // switch-over writes into the checkpoints bucket: nothing is created).
+        let known = lives.contains_key(projection)
+            || checkpoints
+                .keys()
+                .any(|name| version_of(name, |base| base == projection).0 == projection);
+        if !known {
+            return Err(CliError::UnknownProjection {
+                projection: projection.to_owned(),
+                context: context.to_owned(),
+            });
+        }
+        if !yes {
+            let live = lives.get(projection).copied().unwrap_or(LiveVersion {
+                version: 1,
+                next: None,
+            });
+            let of = |version: u32| checkpoints.get(&versioned_name(projection, version));
+            let none = BTreeMap::new();
+            let target = of(to).unwrap_or(&none);
+            let lags = (
+                Lag::of_checkpoints(&stream, target).await?.total,
+                Lag::of_checkpoints(&stream, of(live.version).unwrap_or(&none))
+                    .await?
+                    .total,
+            );
+            let partitions = (target.len(), subjects.partitions() as usize);
+            return Err(CliError::NotConfirmed(would_switch(
+                context, projection, to, live, partitions, lags,
+            )));
+        }
+        let store = self.store(context).await?;
+        let outcome =
+            match JetStreamProjectionRunner::switch_over(&store, projection, to, patience).await? {
+                SwitchOver::Switched {
+                    from,
+                    to: _,
+                    checkpoints_removed,
+                } => SwitchOutcome::Switched {
+                    from,
+                    checkpoints_removed,
+                },
+                SwitchOver::NotCaughtUp {
+                    lag,
+                    partitions_without_checkpoint,
+                } => SwitchOutcome::NotCaughtUp {
+                    lag,
+                    partitions_without_checkpoint,
+                    switch_under_way: self
+                        .live_versions(context, &subjects)
+                        .await?
+                        .get(projection)
+                        .is_some_and(|live| live.next.is_some()),
+                },
+                SwitchOver::AlreadyLive { live } => SwitchOutcome::AlreadyLive { live },
+            };
+        Ok(SwitchOverDoc {
+            projection: projection.to_owned(),
+            context: context.to_owned(),
+            to,
+            outcome,
+        })
+    }
+
+    /// The recorded live versions of the context's projections (`<projection>.live` in the
+    /// checkpoints bucket), by projection name; a projection never switched over has none
+    /// (version 1 is live). Only reads.
+    async fn live_versions(
+        &self,
+        context: &str,
+        subjects: &Subjects,
+    ) -> Result<BTreeMap<String, LiveVersion>, CliError> {
+        let bucket = checkpoints_bucket(subjects);
+        let reading = || format!("reading bucket {bucket}");
+        let Some(kv) = crate::bucket::open_existing(&self.js, &bucket)
+            .await
+            .map_err(|e| CliError::jetstream(reading(), e))?
+        else {
+            return Ok(BTreeMap::new());
+        };
+        let keys: Vec<String> = kv
+            .keys()
+            .await
+            .map_err(|e| CliError::jetstream(reading(), e))?
+            .try_collect()
+            .await
+            .map_err(|e| CliError::jetstream(reading(), e))?;
+        let mut out = BTreeMap::new();
+        let mut store = None;
+        for (key, base) in keys
+            .iter()
+            .filter_map(|key| Some((key, key.strip_suffix(".live")?)))
+        {
+            let store = match &mut store {
+                Some(store) => store,
+                None => store.insert(self.store(context).await?),
+            };
+            let version = JetStreamProjectionRunner::live_version(store, base).await?;
+            // The switch-over under way, if any: `{"version": n, "next": m}`.
+            let next = kv
+                .get(key.as_str())
+                .await
+                .map_err(|e| CliError::jetstream(reading(), e))?
+                .and_then(|value| serde_json::from_slice::<serde_json::Value>(&value).ok())
+                .and_then(|value| value.get("next")?.as_u64())
+                .and_then(|next| u32::try_from(next).ok());
+            out.insert(base.to_owned(), LiveVersion { version, next });
+        }
+        Ok(out)
+    }
+
     /// Parked events per projection on the context's dead-letter stream (none if it is absent).
     async fn parked(&self, context: &str) -> Result<HashMap<String, u64>, CliError> {
         let name = DeadLetters::stream_name_for(context);
@@ -498,6 +656,48 @@ impl Session {
         }
         Ok(out)
     }
+}
+
+/// What `switch-over` without `--yes` says it would do: make version `to` live, `live` being
+/// the live version; `partitions`: the target's checkpoints and the partitions in all; `lags`:
+/// the target's and the live version's events behind the head.
+fn would_switch(
+    context: &str,
+    projection: &str,
+    to: u32,
+    live: LiveVersion,
+    (checkpoints, partitions): (usize, usize),
+    (target_lag, live_lag): (u64, u64),
+) -> String {
+    let under_way = live.next.map_or_else(String::new, |next| {
+        format!(", a switch to version {next} under way: its runners stopped")
+    });
+    let verdict = if to <= live.version {
+        format!("; refused: version {} is live already", live.version)
+    } else if live.next == Some(to) {
+        "; it would wait for it to catch up with where they stopped and complete the switch"
+            .to_owned()
+    } else if checkpoints < partitions {
+        "; refused until it has a checkpoint on every partition".to_owned()
+    } else {
+        format!(
+            "; once it has caught up, the runners of version {} would stop and its checkpoints \
+             be removed",
+            live.version
+        )
+    };
+    let events = |n: u64| format!("{n} event{}", plural(usize::try_from(n).unwrap_or(2)));
+    format!(
+        "switch-over would make version {to} of projection `{projection}` in context \
+         `{context}` live (live now: version {}{under_way}); version {to} (`{}`) has checkpoints \
+         on {checkpoints} of {partitions} partitions and is {} behind the head (version {}: \
+         {}){verdict}",
+        live.version,
+        versioned_name(projection, to),
+        events(target_lag),
+        live.version,
+        events(live_lag),
+    )
 }
 
 /// `s` after a count `n` of something.

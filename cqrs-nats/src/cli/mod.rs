@@ -4,7 +4,8 @@
 //! library writes it — stream `EVENTS_<CONTEXT>`, events stored under
 //! `<context>.events.<partition>.<tenant>.<type>.<id>`, the event envelope in headers — and shows
 //! aggregates' histories, the causal tree of a flow, contexts, statistics and projections (with
-//! their partitions and live workers); `replay` moves a projection's checkpoints back (with
+//! their live versions, partitions and live workers); `replay` moves a projection's checkpoints
+//! back and `switch-over` makes another version of a projection the live one (both with
 //! `--yes`). Every command prints a human-readable view by default and one stable JSON document
 //! with `--json` (shapes documented in `--help` of each command).
 //!
@@ -26,8 +27,10 @@
 //! ```
 //!
 //! Registered aggregates also give `history` its default context. Errors are one line on stderr
-//! with exit code 1; invalid arguments exit with code 2 (clap's usage message), as does `replay`
-//! without `--yes` (saying what it would do).
+//! with exit code 1; invalid arguments exit with code 2 (clap's usage message), as do `replay`
+//! and `switch-over` without `--yes` (saying what they would do). A switch-over refused (not
+//! caught up, or live already) exits with code 1, with its outcome's document on stdout with
+//! `--json`.
 
 mod args;
 mod commands;
@@ -156,7 +159,13 @@ impl Cli {
                     Err(e) => fail(&CliError::Output(e)),
                 }
             }
-            Err(e) => fail(&e),
+            Err(e) => {
+                if let Some(output) = e.output() {
+                    let mut out = std::io::stdout().lock();
+                    let _ = out.write_all(output.as_bytes()).and_then(|()| out.flush());
+                }
+                fail(&e)
+            }
         }
     }
 
@@ -287,8 +296,34 @@ impl Cli {
                 let replay = session.replay(&context, projection, from, *yes).await?;
                 output::render(json, &replay, output::replay)
             }
+            Command::SwitchOver {
+                projection,
+                to,
+                patience_secs,
+                yes,
+            } => {
+                let context = session.resolve_context(context).await?;
+                let patience = Duration::from_secs(*patience_secs);
+                let doc = session
+                    .switch_over(&context, projection, *to, patience, *yes)
+                    .await?;
+                switch_over(json, &doc)
+            }
             Command::Catalog | Command::Diagram { .. } => Ok(String::new()),
         }
+    }
+}
+
+/// What `switch-over` prints: its document, or the refusal (exit code 1) with the document on
+/// stdout with `--json`.
+fn switch_over(json: bool, doc: &model::SwitchOverDoc) -> Result<String, CliError> {
+    let text = output::render(json, doc, output::switch_over)?;
+    match output::switch_over_refusal(doc) {
+        None => Ok(text),
+        Some(message) => Err(CliError::Refused {
+            message,
+            output: if json { text } else { String::new() },
+        }),
     }
 }
 

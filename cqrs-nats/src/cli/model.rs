@@ -58,9 +58,33 @@ pub(crate) enum CliError {
         /// The context.
         context: String,
     },
+    /// `switch-over` given the name of a version of a projection (`<base>_vN`) instead of the
+    /// projection's own.
+    #[error(
+        "`{projection}` is version {version} of projection `{base}`: name the projection \
+         (`switch-over {base} --to …`)"
+    )]
+    VersionName {
+        /// The name given.
+        projection: String,
+        /// The projection it is a version of.
+        base: String,
+        /// Its version.
+        version: u32,
+    },
     /// A command that changes something, run without `--yes`: what it would do (exit code 2).
     #[error("not done without --yes: {0}")]
     NotConfirmed(String),
+    /// A change refused, nothing done (`switch-over` of a version that has not caught up, or is
+    /// live already). `output` is printed on stdout first (the outcome's JSON document with
+    /// `--json`, else nothing).
+    #[error("{message}")]
+    Refused {
+        /// Why, on stderr.
+        message: String,
+        /// What goes to stdout.
+        output: String,
+    },
     /// A JetStream request failed.
     #[error("{operation} failed")]
     JetStream {
@@ -135,6 +159,14 @@ impl CliError {
         match self {
             Self::NotConfirmed(_) => 2,
             _ => 1,
+        }
+    }
+
+    /// What the error prints on stdout before its line on stderr (a refusal's document).
+    pub(crate) fn output(&self) -> Option<&str> {
+        match self {
+            Self::Refused { output, .. } if !output.is_empty() => Some(output),
+            _ => None,
         }
     }
 
@@ -389,6 +421,9 @@ pub(crate) struct ProjectionsDoc {
 #[derive(Debug, Serialize)]
 pub(crate) struct ProjectionDoc {
     pub(crate) name: String,
+    /// Whether this row is the live version of its projection ([`version_of`]); `None` for a
+    /// row with parked events only, of a projection never switched over.
+    pub(crate) live: Option<bool>,
     /// Its checkpoints.
     pub(crate) partitions: usize,
     /// Its live workers.
@@ -411,6 +446,7 @@ impl ProjectionDoc {
     pub(crate) fn empty(name: String) -> Self {
         Self {
             name,
+            live: None,
             partitions: 0,
             workers: 0,
             owned: 0,
@@ -421,6 +457,62 @@ impl ProjectionDoc {
             checkpoints: false,
         }
     }
+}
+
+/// The projection a row of `projections` (a checkpoints name) is a version of, and which
+/// version: version `k` (≥ 2) of `base` when `name` is `versioned_name(base, k)` (`<base>_v<k>`)
+/// and `is_base(base)` (it has a live version recorded, or a row of its own); otherwise version
+/// 1 of `name` itself.
+pub(crate) fn version_of(name: &str, is_base: impl Fn(&str) -> bool) -> (&str, u32) {
+    let versioned = name.rsplit_once("_v").and_then(|(base, digits)| {
+        let version: u32 = digits.parse().ok()?;
+        // `_v2` only: not `_v1` (version 1 keeps its name), `_v02` or `_v+2`.
+        (!base.is_empty()
+            && version >= 2
+            && crate::projection::versioned_name(base, version) == name
+            && is_base(base))
+        .then_some((base, version))
+    });
+    versioned.unwrap_or((name, 1))
+}
+
+/// `switch-over`: the projection, the version asked for, and what happened.
+#[derive(Debug, Serialize)]
+pub(crate) struct SwitchOverDoc {
+    pub(crate) projection: String,
+    pub(crate) context: String,
+    /// The version asked for.
+    pub(crate) to: u32,
+    #[serde(flatten)]
+    pub(crate) outcome: SwitchOutcome,
+}
+
+/// What `switch-over` did (`"outcome"` and its fields in the JSON document).
+#[derive(Debug, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub(crate) enum SwitchOutcome {
+    /// Version `to` is live now.
+    Switched {
+        /// The version that was live.
+        from: u32,
+        /// Checkpoints of `from` deleted.
+        checkpoints_removed: usize,
+    },
+    /// Refused: version `to` has not caught up.
+    NotCaughtUp {
+        /// Its events behind the head.
+        lag: u64,
+        /// Partitions it has no checkpoint on.
+        partitions_without_checkpoint: usize,
+        /// The live version's runners were stopped (the wait for `to` ran out): readers still
+        /// read it, and it does not move until `switch-over` runs again.
+        switch_under_way: bool,
+    },
+    /// Refused: version `to`, or a later one, is live already.
+    AlreadyLive {
+        /// The live version.
+        live: u32,
+    },
 }
 
 /// `replay`.
@@ -536,4 +628,32 @@ pub(crate) struct AnalysisDoc {
     pub(crate) unreachable: Vec<&'static str>,
     pub(crate) dead_ends: Vec<&'static str>,
     pub(crate) clean: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_of_rows() {
+        let bases = |base: &str| ["totals", "a_v2"].contains(&base);
+        assert_eq!(version_of("totals", bases), ("totals", 1));
+        assert_eq!(version_of("totals_v2", bases), ("totals", 2));
+        assert_eq!(version_of("totals_v12", bases), ("totals", 12));
+        // A name of that shape whose base is unknown is a projection of its own.
+        assert_eq!(version_of("other_v2", bases), ("other_v2", 1));
+        // Not a version name: version 1 keeps its name, no leading zeros or signs, no base.
+        for name in [
+            "totals_v1",
+            "totals_v0",
+            "totals_v02",
+            "totals_v+2",
+            "totals_v",
+            "_v2",
+        ] {
+            assert_eq!(version_of(name, |_| true), (name, 1), "{name}");
+        }
+        assert_eq!(version_of("a_v2_v3", bases), ("a_v2", 3));
+        assert_eq!(version_of("a_v2", |_| true), ("a", 2));
+    }
 }

@@ -2,7 +2,7 @@
 
 use super::model::{
     CatalogDoc, CliError, CommandNode, EventDoc, HistoryDoc, ProjectionsDoc, ReplayDoc, StatsDoc,
-    StreamsDoc, TraceDoc,
+    StreamsDoc, SwitchOutcome, SwitchOverDoc, TraceDoc,
 };
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -284,6 +284,12 @@ pub(crate) fn projections(doc: &ProjectionsDoc) -> String {
         .map(|p| {
             vec![
                 p.name.clone(),
+                match p.live {
+                    Some(true) => "yes",
+                    Some(false) => "no",
+                    None => "-",
+                }
+                .to_owned(),
                 dash(p.checkpoints, p.partitions.to_string()),
                 p.workers.to_string(),
                 dash(p.checkpoints, p.lag.to_string()),
@@ -296,6 +302,7 @@ pub(crate) fn projections(doc: &ProjectionsDoc) -> String {
     out.push_str(&table(
         &[
             "PROJECTION",
+            "LIVE",
             "PARTITIONS",
             "WORKERS",
             "LAG",
@@ -327,6 +334,57 @@ pub(crate) fn replay(doc: &ReplayDoc) -> String {
         plural(doc.partitions_reset),
         doc.from.describe(),
     )
+}
+
+/// `switch-over`: one line saying what was done (a refusal prints nothing on stdout: see
+/// [`switch_over_refusal`]).
+pub(crate) fn switch_over(doc: &SwitchOverDoc) -> String {
+    match doc.outcome {
+        SwitchOutcome::Switched {
+            from,
+            checkpoints_removed,
+        } => format!(
+            "projection {} (context {}): version {} is live now, switched from version {from} \
+             (its runners stopped; {checkpoints_removed} checkpoint{} removed)\n",
+            doc.projection,
+            doc.context,
+            doc.to,
+            if checkpoints_removed == 1 { "" } else { "s" },
+        ),
+        SwitchOutcome::NotCaughtUp { .. } | SwitchOutcome::AlreadyLive { .. } => String::new(),
+    }
+}
+
+/// Why `switch-over` refused, if it did (one line for stderr).
+pub(crate) fn switch_over_refusal(doc: &SwitchOverDoc) -> Option<String> {
+    let plural = |n: u64| if n == 1 { "" } else { "s" };
+    let what = format!(
+        "projection `{}` (context `{}`) not switched to version {}",
+        doc.projection, doc.context, doc.to
+    );
+    match doc.outcome {
+        SwitchOutcome::Switched { .. } => None,
+        SwitchOutcome::AlreadyLive { live } => {
+            Some(format!("{what}: version {live} is live already"))
+        }
+        SwitchOutcome::NotCaughtUp {
+            lag,
+            partitions_without_checkpoint,
+            switch_under_way,
+        } => Some(format!(
+            "{what}: it has not caught up ({lag} event{} behind the head, {} partition{} \
+             without a checkpoint); {}",
+            plural(lag),
+            partitions_without_checkpoint,
+            plural(partitions_without_checkpoint as u64),
+            if switch_under_way {
+                "the switch is under way: the live version's runners stopped and readers still \
+                 read it; run switch-over again once it has caught up"
+            } else {
+                "nothing changed: run it until its lag is 0, then switch again"
+            }
+        )),
+    }
 }
 
 /// What `catalog` prints when nothing is registered (in the `--context` given).
