@@ -1168,6 +1168,51 @@ async fn blue_green_switches_over_to_a_caught_up_version_without_a_gap() {
         SwitchOver::AlreadyLive { live: 2 }
     );
 
+    // A version 3 that gets stuck half-way through its switch-over: rolled back, and version 2
+    // carries on.
+    let v3 = Totals::new(3);
+    let third = JetStreamProjectionRunner::spawn(&f.store, v3.clone(), config(1))
+        .await
+        .unwrap();
+    let head = write_concurrently(&f.store, rounds, rounds + 1).await;
+    third.wait_for(head, PATIENT).await.unwrap();
+    green.wait_for(head, PATIENT).await.unwrap();
+    let stuck = v3.gate.clone().write_owned().await;
+    let mut last = head;
+    for c in 0..2 {
+        last = f
+            .store
+            .append(
+                &StreamId::new("Counter", format!("c{c}")),
+                ExpectedVersion::Any,
+                vec![event("Added", 1)],
+                None,
+            )
+            .await
+            .unwrap()
+            .events[0]
+            .position;
+    }
+    green.wait_for(last, PATIENT).await.unwrap();
+    assert!(matches!(
+        JetStreamProjectionRunner::switch_over(&f.store, "totals", 3, Duration::from_millis(500))
+            .await
+            .unwrap(),
+        SwitchOver::NotCaughtUp { .. }
+    ));
+    assert_eq!(
+        JetStreamProjectionRunner::live_version(&f.store, "totals")
+            .await
+            .unwrap(),
+        2
+    );
+    let next = write_concurrently(&f.store, rounds + 1, rounds + 2).await;
+    green.wait_for(next, PATIENT).await.unwrap();
+    assert!(!green.is_finished() && !third.is_finished());
+    drop(stuck);
+    third.stop().await.unwrap();
+    let rounds = rounds + 2;
+
     // Events keep reaching the live version.
     let writing = Arc::new(AtomicBool::new(true));
     let writer = keep_writing(&f.store, rounds, &writing);

@@ -94,11 +94,13 @@ impl JetStreamProjectionRunner {
     /// (give or take an event in flight per partition). The switch goes in three steps, so that a
     /// reader that looks the live version up before each read never sees a gap or a step back:
     /// the live version is marked as being switched from, and its runners (which watch it)
-    /// stop and release their checkpoints; version `to` catches up with where they stopped;
-    /// then `to` becomes the live version and the old checkpoints are deleted. The old read
-    /// model is the application's to drop. Interrupted (or out of `patience` while waiting),
-    /// the switch is completed by calling this again; meanwhile readers read the old version,
-    /// which no longer moves.
+    /// pause and release their checkpoints; version `to` catches up with where they stopped;
+    /// then `to` becomes the live version, the old runners stop for good and the old
+    /// checkpoints are deleted. If `to` does not get there within `patience`, the switch is
+    /// rolled back (the old runners carry on) and the outcome is [`SwitchOver::NotCaughtUp`].
+    /// Interrupted half-way (the caller died), the old runners stay paused, readers read the
+    /// old version unchanged, and calling this again completes the switch. The old read model
+    /// is the application's to drop.
     pub async fn switch_over(
         store: &JetStreamEventStore,
         name: &str,
@@ -169,6 +171,15 @@ impl JetStreamProjectionRunner {
                 break;
             }
             if tokio::time::Instant::now() >= deadline {
+                // Rolled back: the old version's runners take their partitions again.
+                let back = Live {
+                    version: from,
+                    next: None,
+                };
+                if write_live(kv, name, back, revision).await?.is_none() {
+                    let (live, _) = read_live(kv, name).await?;
+                    return Ok(SwitchOver::AlreadyLive { live: live.version });
+                }
                 let (lag, _, missing) = behind().await?;
                 return Ok(SwitchOver::NotCaughtUp {
                     lag,
@@ -224,9 +235,8 @@ pub enum SwitchOver {
         /// Checkpoints of `from` deleted.
         checkpoints_removed: usize,
     },
-    /// Not done: the version asked for has not caught up yet (run it until its lag is 0, then
-    /// switch again). Nothing changed, unless the wait for the stopped old version ran out of
-    /// patience: then the old version is stopped and readers still read it; switch again.
+    /// Not done: the version asked for has not caught up yet (run it until it has, then switch
+    /// again). Nothing changed (a switch that ran out of patience was rolled back).
     NotCaughtUp {
         /// Its events behind the head.
         lag: u64,

@@ -56,8 +56,10 @@
 //!   first event beside the live version 1 (into a read model of its own, named after it).
 //!   [`JetStreamProjectionRunner::switch_over`] makes it live only once it has caught up: the
 //!   live version is marked as being switched from (the entry `<name>.live` in the checkpoints
-//!   bucket, which its runners watch: they stop and release), the new version catches up with
-//!   where they stopped, then it becomes the live version and the old checkpoints are deleted.
+//!   bucket, which its runners watch: they pause and release), the new version catches up with
+//!   where they stopped, then it becomes the live version, the old runners stop and the old
+//!   checkpoints are deleted (or, past the caller's patience, the switch is rolled back and the
+//!   old runners carry on).
 //!   Readers ask [`JetStreamProjectionRunner::live_version`] which model to read and never see
 //!   a gap or a step back. A retired version refuses to start again.
 //! - **Stopping.** [`JetStreamProjectionHandle::stop`] finishes the batch in hand on every

@@ -53,6 +53,7 @@ pub(super) async fn supervise<P: Projection>(
     let mut releasing: BTreeMap<u32, Lane> = BTreeMap::new();
     let (ended_tx, mut ended) = mpsc::unbounded_channel::<u32>();
     let mut checkpoints = CheckpointWatch::default();
+    let mut paused = false;
     let mut heartbeat = tokio::time::interval(shared.config.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The others count this worker gone `ttl` after its last heartbeat; it stops one heartbeat
@@ -89,10 +90,22 @@ pub(super) async fn supervise<P: Projection>(
                         releasing.insert(partition, lane);
                     }
                 }
-                Seen::Retired(next) => {
-                    tracing::info!(projection = %shared.base, version = shared.version, next, "switched over to a newer version; this one stops");
+                Seen::Live(live) if live.version > shared.version => {
+                    tracing::info!(projection = %shared.base, version = shared.version, live = live.version, "switched over to a newer version; this one stops");
                     shared.retired.store(true, std::sync::atomic::Ordering::SeqCst);
                     break;
+                }
+                Seen::Live(live) => {
+                    // A switch to a newer version under way: hold still (hand every partition
+                    // back) until it is done, or rolled back.
+                    paused = live.retires(shared.version);
+                    if paused {
+                        tracing::info!(projection = %shared.base, version = shared.version, "a switch-over to a newer version is under way; pausing");
+                        releasing.append(&mut lanes);
+                        for lane in releasing.values() {
+                            lane.stop.send_replace(true);
+                        }
+                    }
                 }
                 Seen::Nothing => {}
             },
@@ -105,43 +118,12 @@ pub(super) async fn supervise<P: Projection>(
                 }
             }
         }
-        if !membership.settled() {
-            // Joining: the other workers' announcements are still on their way.
+        if !membership.settled() || paused {
+            // Joining: the other workers' announcements are still on their way. Or paused.
             continue;
         }
         let owned = membership.assignment(shared.subjects.partitions());
-        let gone: Vec<u32> = lanes
-            .keys()
-            .copied()
-            .filter(|k| !owned.contains(k))
-            .collect();
-        for partition in gone {
-            if let Some(lane) = lanes.remove(&partition) {
-                tracing::debug!(projection = %shared.name, partition, "handing the partition over");
-                lane.stop.send_replace(true);
-                releasing.insert(partition, lane);
-            }
-        }
-        releasing.retain(|_, lane| !lane.task.is_finished());
-        for partition in owned {
-            if lanes.contains_key(&partition) || releasing.contains_key(&partition) {
-                continue;
-            }
-            let (stop_tx, stop_rx) = watch::channel(false);
-            let ended = ended_tx.clone();
-            let lane = run(Arc::clone(&shared), partition, stop_rx);
-            let task = tokio::spawn(async move {
-                lane.await;
-                let _sent = ended.send(partition);
-            });
-            lanes.insert(
-                partition,
-                Lane {
-                    stop: stop_tx,
-                    task,
-                },
-            );
-        }
+        assign(&shared, &owned, &mut lanes, &mut releasing, &ended_tx);
     }
     for lane in lanes.values().chain(releasing.values()) {
         lane.stop.send_replace(true);
@@ -150,6 +132,49 @@ pub(super) async fn supervise<P: Projection>(
         lane.finish().await;
     }
     membership.leave().await;
+}
+
+/// Hands over the lanes of partitions no longer `owned` and starts one on each owned partition
+/// that has none (and whose previous lane has ended).
+fn assign<P: Projection>(
+    shared: &Arc<Shared<P>>,
+    owned: &[u32],
+    lanes: &mut BTreeMap<u32, Lane>,
+    releasing: &mut BTreeMap<u32, Lane>,
+    ended_tx: &mpsc::UnboundedSender<u32>,
+) {
+    let gone: Vec<u32> = lanes
+        .keys()
+        .copied()
+        .filter(|k| !owned.contains(k))
+        .collect();
+    for partition in gone {
+        if let Some(lane) = lanes.remove(&partition) {
+            tracing::debug!(projection = %shared.name, partition, "handing the partition over");
+            lane.stop.send_replace(true);
+            releasing.insert(partition, lane);
+        }
+    }
+    releasing.retain(|_, lane| !lane.task.is_finished());
+    for &partition in owned {
+        if lanes.contains_key(&partition) || releasing.contains_key(&partition) {
+            continue;
+        }
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let ended = ended_tx.clone();
+        let lane = run(Arc::clone(shared), partition, stop_rx);
+        let task = tokio::spawn(async move {
+            lane.await;
+            let _sent = ended.send(partition);
+        });
+        lanes.insert(
+            partition,
+            Lane {
+                stop: stop_tx,
+                task,
+            },
+        );
+    }
 }
 
 /// A watch on the projection's checkpoints, so that a lane whose partition another worker took,
@@ -205,12 +230,7 @@ impl CheckpointWatch {
             }
         };
         if entry.key == live_key(&shared.base) {
-            let live = Live::of(Some(&entry));
-            return if live.retires(shared.version) {
-                Seen::Retired(live.next.unwrap_or(live.version))
-            } else {
-                Seen::Nothing
-            };
+            return Seen::Live(Live::of(Some(&entry)));
         }
         let Some(partition) = shared.checkpoints.partition_of(&entry.key) else {
             return Seen::Nothing;
@@ -231,6 +251,6 @@ enum Seen {
     Nothing,
     /// The partition's checkpoint is in other hands (another worker, a reset, a rebuild).
     Lost(u32),
-    /// This version is switched over from, to this one.
-    Retired(u32),
+    /// The projection's live version (and the one it is being switched to).
+    Live(Live),
 }
