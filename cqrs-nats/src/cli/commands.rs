@@ -10,7 +10,7 @@ use super::progress::Progress;
 use crate::async_nats::{self, jetstream};
 use crate::deadletter::DeadLetters;
 use crate::projection::{
-    Lag, StartFrom, SwitchOver, checkpoints_bucket, live_workers, read_checkpoints,
+    Lag, LiveVersion, StartFrom, SwitchOver, live_workers, read_checkpoints, read_live_versions,
     reset_checkpoints, versioned_name,
 };
 use crate::{JetStreamEventStore, JetStreamProjectionRunner, StoreConfig, Subjects};
@@ -33,15 +33,6 @@ pub(crate) struct Tail {
     pub(crate) limit: Option<u64>,
     /// Time between polls.
     pub(crate) poll: Duration,
-}
-
-/// A projection's live version as recorded (`<projection>.live` in the checkpoints bucket).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct LiveVersion {
-    /// The version readers read.
-    pub(crate) version: u32,
-    /// The version a switch-over under way switches to (the live version's runners stopped).
-    pub(crate) next: Option<u32>,
 }
 
 /// A connection to the server.
@@ -392,7 +383,7 @@ impl Session {
             Some(subjects) => (
                 live_workers(&self.js, &subjects).await?,
                 read_checkpoints(&self.js, &subjects).await?,
-                self.live_versions(context, &subjects).await?,
+                self.live_versions(&subjects).await?,
             ),
             None => (BTreeMap::new(), BTreeMap::new(), BTreeMap::new()),
         };
@@ -512,7 +503,7 @@ impl Session {
         let (_, stream, info) = self.stream(context).await?;
         let subjects = subjects_of(&info.config)?;
         let checkpoints = read_checkpoints(&self.js, &subjects).await?;
-        let lives = self.live_versions(context, &subjects).await?;
+        let lives = self.live_versions(&subjects).await?;
         let (base, version) = version_of(projection, |base| {
             lives.contains_key(base) || checkpoints.contains_key(base)
         });
@@ -572,7 +563,7 @@ impl Session {
                     lag,
                     partitions_without_checkpoint,
                     switch_under_way: self
-                        .live_versions(context, &subjects)
+                        .live_versions(&subjects)
                         .await?
                         .get(projection)
                         .is_some_and(|live| live.next.is_some()),
@@ -587,51 +578,12 @@ impl Session {
         })
     }
 
-    /// The recorded live versions of the context's projections (`<projection>.live` in the
-    /// checkpoints bucket), by projection name; a projection never switched over has none
-    /// (version 1 is live). Only reads.
+    /// The recorded live versions of the context's projections ([`read_live_versions`]).
     async fn live_versions(
         &self,
-        context: &str,
         subjects: &Subjects,
     ) -> Result<BTreeMap<String, LiveVersion>, CliError> {
-        let bucket = checkpoints_bucket(subjects);
-        let reading = || format!("reading bucket {bucket}");
-        let Some(kv) = crate::bucket::open_existing(&self.js, &bucket)
-            .await
-            .map_err(|e| CliError::jetstream(reading(), e))?
-        else {
-            return Ok(BTreeMap::new());
-        };
-        let keys: Vec<String> = kv
-            .keys()
-            .await
-            .map_err(|e| CliError::jetstream(reading(), e))?
-            .try_collect()
-            .await
-            .map_err(|e| CliError::jetstream(reading(), e))?;
-        let mut out = BTreeMap::new();
-        let mut store = None;
-        for (key, base) in keys
-            .iter()
-            .filter_map(|key| Some((key, key.strip_suffix(".live")?)))
-        {
-            let store = match &mut store {
-                Some(store) => store,
-                None => store.insert(self.store(context).await?),
-            };
-            let version = JetStreamProjectionRunner::live_version(store, base).await?;
-            // The switch-over under way, if any: `{"version": n, "next": m}`.
-            let next = kv
-                .get(key.as_str())
-                .await
-                .map_err(|e| CliError::jetstream(reading(), e))?
-                .and_then(|value| serde_json::from_slice::<serde_json::Value>(&value).ok())
-                .and_then(|value| value.get("next")?.as_u64())
-                .and_then(|next| u32::try_from(next).ok());
-            out.insert(base.to_owned(), LiveVersion { version, next });
-        }
-        Ok(out)
+        Ok(read_live_versions(&self.js, subjects).await?)
     }
 
     /// Parked events per projection on the context's dead-letter stream (none if it is absent).

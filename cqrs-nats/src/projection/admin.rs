@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use time::OffsetDateTime;
 
-use super::checkpoint::{Checkpoints, Live, read_live, write_live};
+use super::checkpoint::{Checkpoints, LiveVersion, read_live, write_live};
 use super::config::{ProjectionConfig, StartFrom};
 use super::handle::JetStreamProjectionHandle;
 use super::lag::Lag;
@@ -143,7 +143,7 @@ impl JetStreamProjectionRunner {
         let from = live.version;
         let mut revision = revision;
         if live.next != Some(to) {
-            let switching = Live {
+            let switching = LiveVersion {
                 version: from,
                 next: Some(to),
             };
@@ -172,7 +172,7 @@ impl JetStreamProjectionRunner {
             }
             if tokio::time::Instant::now() >= deadline {
                 // Rolled back: the old version's runners take their partitions again.
-                let back = Live {
+                let back = LiveVersion {
                     version: from,
                     next: None,
                 };
@@ -189,7 +189,7 @@ impl JetStreamProjectionRunner {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // 3. The new version is live; the old checkpoints go.
-        let done = Live {
+        let done = LiveVersion {
             version: to,
             next: None,
         };

@@ -208,16 +208,19 @@ pub(super) fn live_key(base: &str) -> String {
     format!("{base}.live")
 }
 
-/// The value of [`live_key`]: the version readers read, and while a switch-over is under way
-/// the version it switches to (the live version's runners stop when they see it).
+/// A projection's live version, as the entry `<projection>.live` in the checkpoints bucket
+/// records it (JSON): the version readers read and, while a switch-over is under way, the
+/// version it switches to (the live version's runners pause while it is set).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub(super) struct Live {
-    pub(super) version: u32,
+pub struct LiveVersion {
+    /// The version readers read.
+    pub version: u32,
+    /// The version a switch-over under way switches to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) next: Option<u32>,
+    pub next: Option<u32>,
 }
 
-impl Live {
+impl LiveVersion {
     /// What an entry of [`live_key`] says (version 1 for none, deleted or unreadable).
     pub(super) fn of(entry: Option<&kv::Entry>) -> Self {
         entry
@@ -236,13 +239,19 @@ impl Live {
 }
 
 /// The live version of projection `base` and the revision of its entry (0: none written).
-pub(super) async fn read_live(kv: &kv::Store, base: &str) -> Result<(Live, u64), StoreError> {
+pub(super) async fn read_live(
+    kv: &kv::Store,
+    base: &str,
+) -> Result<(LiveVersion, u64), StoreError> {
     let key = live_key(base);
     let entry = kv
         .entry(key.as_str())
         .await
         .map_err(|e| unavailable(format!("live version {key}: {e}")))?;
-    Ok((Live::of(entry.as_ref()), entry.map_or(0, |e| e.revision)))
+    Ok((
+        LiveVersion::of(entry.as_ref()),
+        entry.map_or(0, |e| e.revision),
+    ))
 }
 
 /// Writes `live` for `base` if the entry is still at `revision`: the new revision, or `None`
@@ -250,7 +259,7 @@ pub(super) async fn read_live(kv: &kv::Store, base: &str) -> Result<(Live, u64),
 pub(super) async fn write_live(
     kv: &kv::Store,
     base: &str,
-    live: Live,
+    live: LiveVersion,
     revision: u64,
 ) -> Result<Option<u64>, StoreError> {
     let key = live_key(base);
@@ -263,6 +272,30 @@ pub(super) async fn write_live(
         Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(None),
         Err(e) => Err(unavailable(format!("live version {key}: {e}"))),
     }
+}
+
+/// The recorded live versions of the context's projections, by projection name (a projection
+/// never switched over has none: its version 1 is live). Only reads; empty without a bucket.
+pub async fn read_live_versions(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+) -> Result<BTreeMap<String, LiveVersion>, StoreError> {
+    let bucket = checkpoints_bucket(subjects);
+    let Some(kv) = crate::bucket::open_existing(js, &bucket)
+        .await
+        .map_err(|e| unavailable(format!("bucket {bucket}: {e}")))?
+    else {
+        return Ok(BTreeMap::new());
+    };
+    let keys: Vec<String> = match kv.keys().await {
+        Ok(keys) => keys.try_collect().await.map_err(unavailable)?,
+        Err(e) => return Err(unavailable(format!("bucket {bucket}: {e}"))),
+    };
+    let mut all = BTreeMap::new();
+    for base in keys.iter().filter_map(|key| key.strip_suffix(".live")) {
+        all.insert(base.to_owned(), read_live(&kv, base).await?.0);
+    }
+    Ok(all)
 }
 
 fn decode(entry: &kv::Entry) -> Option<Checkpoint> {

@@ -106,7 +106,9 @@ mod runner;
 mod supervisor;
 
 pub use admin::{SwitchOver, live_workers, reset_checkpoints};
-pub use checkpoint::{Checkpoint, checkpoints_bucket, read_checkpoints};
+pub use checkpoint::{
+    Checkpoint, LiveVersion, checkpoints_bucket, read_checkpoints, read_live_versions,
+};
 pub use config::{ProjectionConfig, StartFrom};
 pub use cqrs_core::projection::versioned_name;
 pub use handle::JetStreamProjectionHandle;

@@ -10,7 +10,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::checkpoint::{Checkpoint, Live, live_key};
+use super::checkpoint::{Checkpoint, LiveVersion, live_key};
 use super::lane::{run, stopped};
 use super::membership::{MISSED_HEARTBEATS, Membership};
 use super::runner::Shared;
@@ -230,7 +230,7 @@ impl CheckpointWatch {
             }
         };
         if entry.key == live_key(&shared.base) {
-            return Seen::Live(Live::of(Some(&entry)));
+            return Seen::Live(LiveVersion::of(Some(&entry)));
         }
         let Some(partition) = shared.checkpoints.partition_of(&entry.key) else {
             return Seen::Nothing;
@@ -252,5 +252,5 @@ enum Seen {
     /// The partition's checkpoint is in other hands (another worker, a reset, a rebuild).
     Lost(u32),
     /// The projection's live version (and the one it is being switched to).
-    Live(Live),
+    Live(LiveVersion),
 }
