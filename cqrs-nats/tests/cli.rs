@@ -550,14 +550,7 @@ async fn start_caught_up(
     name: &'static str,
     last: &[u64],
 ) -> (JetStreamProjectionHandle<Counter>, Counter) {
-    let counter = Counter::new(name);
-    let handle = JetStreamProjectionRunner::spawn(
-        store,
-        counter.clone(),
-        ProjectionConfig::new().heartbeat(Duration::from_millis(200)),
-    )
-    .await
-    .expect("spawn");
+    let (handle, counter) = spawn_counter(store, Counter::new(name)).await;
     handle
         .wait_for(4, Duration::from_secs(20))
         .await
@@ -859,12 +852,7 @@ impl Projection for Counter {
 /// do (exit code 2); an unknown projection or context is an error that creates nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn replay_moves_a_running_projection_back() {
-    let server = NatsServer::start().await.expect("nats-server");
-    let url = server.url();
-    seed(&url).await;
-    let store = JetStreamEventStore::connect(&url, StoreConfig::new(CONTEXT))
-        .await
-        .expect("store");
+    let (_server, url, store) = seeded().await;
     let js = store.jetstream().clone();
     let last = last_positions(&js).await;
     assert!(
@@ -914,12 +902,7 @@ async fn replay_moves_a_running_projection_back() {
 /// version 2 live and running.
 #[tokio::test(flavor = "multi_thread")]
 async fn switch_over_makes_a_caught_up_version_live() {
-    let server = NatsServer::start().await.expect("nats-server");
-    let url = server.url();
-    seed(&url).await;
-    let store = JetStreamEventStore::connect(&url, StoreConfig::new(CONTEXT))
-        .await
-        .expect("store");
+    let (_server, url, store) = seeded().await;
     open_and_deposit(&store, 10).await;
     let js = store.jetstream().clone();
     let last = last_positions(&js).await;
@@ -1043,14 +1026,7 @@ async fn start_totals(
 ) {
     let mut runners = Vec::new();
     for version in [1, 2] {
-        let counter = Counter::versioned("totals", version);
-        let handle = JetStreamProjectionRunner::spawn(
-            store,
-            counter.clone(),
-            ProjectionConfig::new().heartbeat(Duration::from_millis(200)),
-        )
-        .await
-        .expect("spawn");
+        let (handle, counter) = spawn_counter(store, Counter::versioned("totals", version)).await;
         handle
             .wait_for(head, Duration::from_secs(20))
             .await
@@ -1067,18 +1043,7 @@ async fn start_totals(
 /// `switch-over` to the live version (or an earlier one) is refused: exit code 1, the document
 /// on stdout with `--json`, nothing on stdout without.
 fn check_already_live(url: &str) {
-    let again = cqrs(&[
-        "--server",
-        url,
-        "--json",
-        "switch-over",
-        "totals",
-        "--to",
-        "2",
-        "--yes",
-    ]);
-    assert_eq!(again.status.code(), Some(1));
-    let doc: Value = serde_json::from_slice(&again.stdout).expect("a JSON document");
+    let (doc, message) = refused_switch(url, &["--to", "2", "--yes"]);
     assert_eq!(
         doc,
         serde_json::json!({
@@ -1086,7 +1051,6 @@ fn check_already_live(url: &str) {
             "live": 2,
         })
     );
-    let message = String::from_utf8_lossy(&again.stderr);
     assert_eq!(
         message,
         "error: projection `totals` (context `bank`) not switched to version 2: version 2 is \
@@ -1117,24 +1081,17 @@ async fn check_switch_over_refusals(url: &str, js: &jetstream::Context) {
         .await
         .expect("checkpoints");
     let mut watch = kv.watch(">").await.expect("watch");
-    let refused = cqrs(&["--server", url, "switch-over", "totals", "--to", "2"]);
-    assert_eq!(refused.status.code(), Some(2));
-    assert!(refused.stdout.is_empty());
-    let message = String::from_utf8_lossy(&refused.stderr);
-    for needle in [
-        "without --yes",
-        "version 2 of projection `totals` in context `bank`",
-        "live now: version 1",
-        "version 2 (`totals_v2`) has checkpoints on 8 of 8 partitions",
-        "0 events behind the head (version 1: 0 events)",
-        "the runners of version 1 would stop",
-    ] {
-        assert!(
-            message.contains(needle),
-            "{needle:?} missing from {message}"
-        );
-    }
-    assert_eq!(message.trim_end().lines().count(), 1, "{message}");
+    refused_without_yes(
+        &["--server", url, "switch-over", "totals", "--to", "2"],
+        &[
+            "without --yes",
+            "version 2 of projection `totals` in context `bank`",
+            "live now: version 1",
+            "version 2 (`totals_v2`) has checkpoints on 8 of 8 partitions",
+            "0 events behind the head (version 1: 0 events)",
+            "the runners of version 1 would stop",
+        ],
+    );
 
     for (args, expected) in [
         (
@@ -1226,20 +1183,7 @@ async fn check_not_caught_up(
         .await
         .expect("get")
         .expect("a live version");
-    let output = cqrs(&[
-        "--server",
-        url,
-        "--json",
-        "switch-over",
-        "totals",
-        "--to",
-        "3",
-        "--patience-secs",
-        "1",
-        "--yes",
-    ]);
-    assert_eq!(output.status.code(), Some(1));
-    let doc: Value = serde_json::from_slice(&output.stdout).expect("a JSON document");
+    let (doc, message) = refused_switch(url, &["--to", "3", "--patience-secs", "1", "--yes"]);
     assert_eq!(
         doc,
         serde_json::json!({
@@ -1247,7 +1191,6 @@ async fn check_not_caught_up(
             "lag": head, "partitions_without_checkpoint": 0, "switch_under_way": false,
         })
     );
-    let message = String::from_utf8_lossy(&output.stderr);
     assert!(
         message.starts_with(
             "error: projection `totals` (context `bank`) not switched to version 3: it has not \
@@ -1323,23 +1266,16 @@ fn check_grouped_projections(url: &str) {
 async fn check_replay_refusals(url: &str, js: &jetstream::Context, counter: &Counter) {
     let before = checkpoints_of(js, "counter").await;
     let mut watch = watch_checkpoints(js, "counter").await;
-    let refused = cqrs(&["--server", url, "replay", "counter"]);
-    assert_eq!(refused.status.code(), Some(2));
-    assert!(refused.stdout.is_empty());
-    let message = String::from_utf8_lossy(&refused.stderr);
-    for needle in [
-        "without --yes",
-        "projection `counter`",
-        "(8 partitions)",
-        "the beginning",
-        "1 live worker",
-    ] {
-        assert!(
-            message.contains(needle),
-            "{needle:?} missing from {message}"
-        );
-    }
-    assert_eq!(message.trim_end().lines().count(), 1, "{message}");
+    refused_without_yes(
+        &["--server", url, "replay", "counter"],
+        &[
+            "without --yes",
+            "projection `counter`",
+            "(8 partitions)",
+            "the beginning",
+            "1 live worker",
+        ],
+    );
 
     // An unknown projection, an unknown context: errors, and nothing is created.
     for (args, expected) in [
@@ -1569,4 +1505,56 @@ fn unreachable_server_is_a_one_line_error() {
         assert!(message.contains(&url), "{message}");
         assert_eq!(message.trim_end().lines().count(), 1, "{message}");
     }
+}
+
+/// Runs `args` without `--yes`: refused with exit code 2, nothing on stdout, one line on stderr
+/// that says each of `needles`.
+fn refused_without_yes(args: &[&str], needles: &[&str]) {
+    let refused = cqrs(args);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(refused.stdout.is_empty());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    for needle in needles {
+        assert!(
+            message.contains(needle),
+            "{needle:?} missing from {message}"
+        );
+    }
+    assert_eq!(message.trim_end().lines().count(), 1, "{message}");
+}
+
+/// `--json switch-over totals <args>`, refused (exit code 1): the outcome document on stdout
+/// and the message on stderr.
+fn refused_switch(url: &str, args: &[&str]) -> (Value, String) {
+    let base = ["--server", url, "--json", "switch-over", "totals"];
+    let output = cqrs(&[&base[..], args].concat());
+    assert_eq!(output.status.code(), Some(1));
+    let doc = serde_json::from_slice(&output.stdout).expect("a JSON document");
+    (doc, String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+/// Runs `counter` on `store` with a short heartbeat.
+async fn spawn_counter(
+    store: &JetStreamEventStore,
+    counter: Counter,
+) -> (JetStreamProjectionHandle<Counter>, Counter) {
+    let handle = JetStreamProjectionRunner::spawn(
+        store,
+        counter.clone(),
+        ProjectionConfig::new().heartbeat(Duration::from_millis(200)),
+    )
+    .await
+    .expect("spawn");
+    (handle, counter)
+}
+
+/// A server with the seeded bank context, its URL and a store on that context.
+async fn seeded() -> (NatsServer, String, JetStreamEventStore) {
+    let server = NatsServer::start().await.expect("nats-server");
+    let url = server.url();
+    seed(&url).await;
+    let store = JetStreamEventStore::connect(&url, StoreConfig::new(CONTEXT))
+        .await
+        .expect("store");
+    (server, url, store)
 }

@@ -288,22 +288,7 @@ async fn restarted_projection_resumes_from_its_checkpoint() {
 #[tokio::test]
 async fn poison_event_is_parked_and_later_events_still_project() {
     let f = fixture().await.unwrap();
-    let append = |id: &'static str, n: u64| {
-        let store = f.store.clone();
-        async move {
-            store
-                .append(
-                    &StreamId::new("Counter", id),
-                    ExpectedVersion::Any,
-                    vec![event("Added", n)],
-                    None,
-                )
-                .await
-                .unwrap()
-                .events[0]
-                .position
-        }
-    };
+    let append = |id: &'static str, n: u64| add(&f.store, id, n);
     // The poison event between two events of another aggregate of its partition, all written
     // before the runner starts: one batch.
     let partition = |id: &str| {
@@ -586,17 +571,7 @@ async fn write_concurrently(store: &JetStreamEventStore, from: u64, to: u64) -> 
         tokio::spawn(async move {
             let mut last = 0;
             for n in from..to {
-                last = store
-                    .append(
-                        &StreamId::new("Counter", format!("c{c}")),
-                        ExpectedVersion::Any,
-                        vec![event("Added", n)],
-                        None,
-                    )
-                    .await
-                    .unwrap()
-                    .events[0]
-                    .position;
+                last = add(&store, &format!("c{c}"), n).await;
             }
             last
         })
@@ -1027,6 +1002,30 @@ fn keep_writing(
     })
 }
 
+/// Adds `n` to counters `c0` .. `c<counters - 1>`, one event each; the last position.
+async fn add_to_counters(store: &JetStreamEventStore, counters: usize, n: u64) -> u64 {
+    let mut last = 0;
+    for c in 0..counters {
+        last = add(store, &format!("c{c}"), n).await;
+    }
+    last
+}
+
+/// Appends `Added(n)` to counter `id`; its position.
+async fn add(store: &JetStreamEventStore, id: &str, n: u64) -> u64 {
+    store
+        .append(
+            &StreamId::new("Counter", id),
+            ExpectedVersion::Any,
+            vec![event("Added", n)],
+            None,
+        )
+        .await
+        .unwrap()
+        .events[0]
+        .position
+}
+
 /// Switches `totals` over to `to` until it is not refused for lagging.
 async fn switch_when_caught_up(store: &JetStreamEventStore, to: u32) -> SwitchOver {
     let deadline = tokio::time::Instant::now() + PATIENT;
@@ -1112,21 +1111,7 @@ async fn blue_green_switches_over_to_a_caught_up_version_without_a_gap() {
     let (rounds, head) = writer.await.unwrap();
     green.wait_for(head, PATIENT).await.unwrap();
     let shut = v2.gate.clone().write_owned().await;
-    let mut last = head;
-    for c in 0..4 {
-        last = f
-            .store
-            .append(
-                &StreamId::new("Counter", format!("c{c}")),
-                ExpectedVersion::Any,
-                vec![event("Added", 1000)],
-                None,
-            )
-            .await
-            .unwrap()
-            .events[0]
-            .position;
-    }
+    let last = add_to_counters(&f.store, 4, 1000).await;
     blue.wait_for(last, PATIENT).await.unwrap();
     let opening = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -1178,21 +1163,7 @@ async fn blue_green_switches_over_to_a_caught_up_version_without_a_gap() {
     third.wait_for(head, PATIENT).await.unwrap();
     green.wait_for(head, PATIENT).await.unwrap();
     let stuck = v3.gate.clone().write_owned().await;
-    let mut last = head;
-    for c in 0..2 {
-        last = f
-            .store
-            .append(
-                &StreamId::new("Counter", format!("c{c}")),
-                ExpectedVersion::Any,
-                vec![event("Added", 1)],
-                None,
-            )
-            .await
-            .unwrap()
-            .events[0]
-            .position;
-    }
+    let last = add_to_counters(&f.store, 2, 1).await;
     green.wait_for(last, PATIENT).await.unwrap();
     assert!(matches!(
         JetStreamProjectionRunner::switch_over(&f.store, "totals", 3, Duration::from_millis(500))

@@ -172,13 +172,8 @@ impl JetStreamProjectionRunner {
             }
             if tokio::time::Instant::now() >= deadline {
                 // Rolled back: the old version's runners take their partitions again.
-                let back = LiveVersion {
-                    version: from,
-                    next: None,
-                };
-                if write_live(kv, name, back, revision).await?.is_none() {
-                    let (live, _) = read_live(kv, name).await?;
-                    return Ok(SwitchOver::AlreadyLive { live: live.version });
+                if let Err(moved) = settle_live(kv, name, from, revision).await? {
+                    return Ok(moved);
                 }
                 let (lag, _, missing) = behind().await?;
                 return Ok(SwitchOver::NotCaughtUp {
@@ -189,13 +184,8 @@ impl JetStreamProjectionRunner {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // 3. The new version is live; the old checkpoints go.
-        let done = LiveVersion {
-            version: to,
-            next: None,
-        };
-        if write_live(kv, name, done, revision).await?.is_none() {
-            let (live, _) = read_live(kv, name).await?;
-            return Ok(SwitchOver::AlreadyLive { live: live.version });
+        if let Err(moved) = settle_live(kv, name, to, revision).await? {
+            return Ok(moved);
         }
         let mut removed = 0;
         for partition in 0..subjects.partitions() {
@@ -220,6 +210,25 @@ impl JetStreamProjectionRunner {
         )
         .await
     }
+}
+
+/// Records `version` as the live version of `name`, no switch under way, if the entry is still
+/// at `revision`; when someone else moved it, the outcome to report instead.
+async fn settle_live(
+    kv: &kv::Store,
+    name: &str,
+    version: u32,
+    revision: u64,
+) -> Result<Result<(), SwitchOver>, StoreError> {
+    let live = LiveVersion {
+        version,
+        next: None,
+    };
+    if write_live(kv, name, live, revision).await?.is_some() {
+        return Ok(Ok(()));
+    }
+    let (live, _) = read_live(kv, name).await?;
+    Ok(Err(SwitchOver::AlreadyLive { live: live.version }))
 }
 
 /// What [`JetStreamProjectionRunner::switch_over`] did.

@@ -280,22 +280,34 @@ pub async fn read_live_versions(
     js: &jetstream::Context,
     subjects: &Subjects,
 ) -> Result<BTreeMap<String, LiveVersion>, StoreError> {
-    let bucket = checkpoints_bucket(subjects);
-    let Some(kv) = crate::bucket::open_existing(js, &bucket)
-        .await
-        .map_err(|e| unavailable(format!("bucket {bucket}: {e}")))?
-    else {
+    let Some((kv, keys)) = existing_keys(js, subjects).await? else {
         return Ok(BTreeMap::new());
-    };
-    let keys: Vec<String> = match kv.keys().await {
-        Ok(keys) => keys.try_collect().await.map_err(unavailable)?,
-        Err(e) => return Err(unavailable(format!("bucket {bucket}: {e}"))),
     };
     let mut all = BTreeMap::new();
     for base in keys.iter().filter_map(|key| key.strip_suffix(".live")) {
         all.insert(base.to_owned(), read_live(&kv, base).await?.0);
     }
     Ok(all)
+}
+
+/// The context's checkpoints bucket and its keys, if the bucket exists (never creates it). A
+/// listing misses keys updated while it runs: read what it finds by key.
+async fn existing_keys(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+) -> Result<Option<(kv::Store, Vec<String>)>, StoreError> {
+    let bucket = checkpoints_bucket(subjects);
+    let Some(kv) = crate::bucket::open_existing(js, &bucket)
+        .await
+        .map_err(|e| unavailable(format!("bucket {bucket}: {e}")))?
+    else {
+        return Ok(None);
+    };
+    let keys: Vec<String> = match kv.keys().await {
+        Ok(keys) => keys.try_collect().await.map_err(unavailable)?,
+        Err(e) => return Err(unavailable(format!("bucket {bucket}: {e}"))),
+    };
+    Ok(Some((kv, keys)))
 }
 
 fn decode(entry: &kv::Entry) -> Option<Checkpoint> {
@@ -320,16 +332,8 @@ pub async fn read_checkpoints(
     js: &jetstream::Context,
     subjects: &Subjects,
 ) -> Result<BTreeMap<String, BTreeMap<u32, Checkpoint>>, StoreError> {
-    let bucket = checkpoints_bucket(subjects);
-    let Some(kv) = crate::bucket::open_existing(js, &bucket)
-        .await
-        .map_err(|e| unavailable(format!("bucket {bucket}: {e}")))?
-    else {
+    let Some((kv, keys)) = existing_keys(js, subjects).await? else {
         return Ok(BTreeMap::new());
-    };
-    let keys: Vec<String> = match kv.keys().await {
-        Ok(keys) => keys.try_collect().await.map_err(unavailable)?,
-        Err(e) => return Err(unavailable(format!("bucket {bucket}: {e}"))),
     };
     let projections: std::collections::BTreeSet<&str> = keys
         .iter()
