@@ -291,7 +291,7 @@ async fn read<P: Projection>(
         let Some(done) = handle(shared, owned.partition, &mut batch, stop).await else {
             return Ended::Stopped;
         };
-        owned.handled = done;
+        owned.handled = owned.handled.max(done);
         shared.progress.record(owned.partition, done);
         if let Some(error) = failed {
             return Ended::Failed(error);
@@ -312,7 +312,8 @@ async fn read<P: Projection>(
 
 /// Handles a batch (emptied): decodes it, parks what is unreadable, hands the projection the
 /// events its filter wants in one [`deliver_batch`], parks what that gives back. The position
-/// up to which every event is handled, or `None` when stopped while parking.
+/// up to which every event is handled (0 for a batch with nothing in it), or `None` when stopped
+/// while parking.
 async fn handle<P: Projection>(
     shared: &Shared<P>,
     partition: u32,
@@ -334,7 +335,10 @@ async fn handle<P: Projection>(
             time,
         });
     }
-    let last = stored.last()?.sequence;
+    let Some(last) = stored.last().map(|m| m.sequence) else {
+        // Nothing readable as a JetStream message: nothing moves.
+        return Some(0);
+    };
     let first = stored.first().map_or(last, |m| m.sequence);
     let span = tracing::debug_span!(
         "cqrs.nats.project",
