@@ -120,7 +120,7 @@ impl JetStreamProjectionRunner {
         let partitions = usize::try_from(subjects.partitions()).unwrap_or(usize::MAX);
         let old_name = versioned_name(name, live.version);
         // How far the target is behind, and how far behind the live version it is.
-        let old = Checkpoints::open(store.jetstream(), &subjects, &old_name, replicas).await?;
+        let old = checkpoints.of(&old_name);
         let behind = || async {
             let built = checkpoints.read_all(subjects.partitions()).await?;
             let lag = Lag::of_checkpoints(&stream, &built).await?.total;

@@ -102,6 +102,14 @@ impl Checkpoints {
         }))
     }
 
+    /// The checkpoints of projection `projection` in the same bucket.
+    pub(super) fn of(&self, projection: &str) -> Self {
+        Self {
+            kv: self.kv.clone(),
+            projection: projection.to_owned(),
+        }
+    }
+
     pub(super) fn key(&self, partition: u32) -> String {
         format!("{}.{partition}", self.projection)
     }

@@ -106,13 +106,9 @@ impl<P: Projection> JetStreamProjectionHandle<P> {
     /// Whether `partition` has handled every event of the projection's filter up to
     /// `position`, by its committed checkpoint or by having none to handle.
     pub(super) async fn processed_on_server(&self, partition: u32, position: u64) -> bool {
-        let Ok(read) = self.shared.checkpoints.read(partition).await else {
+        let Ok(handled) = self.handled(partition).await else {
             return false;
         };
-        let handled = read
-            .checkpoint
-            .map_or(self.shared.start, |c| c.position)
-            .max(self.shared.progress.of(partition));
         if handled >= position {
             return true;
         }
@@ -131,6 +127,16 @@ impl<P: Projection> JetStreamProjectionHandle<P> {
             }
         }
         true
+    }
+
+    /// How far `partition` is handled: its committed checkpoint (the configured start when it
+    /// has none), or this runner's progress on it when that is further.
+    async fn handled(&self, partition: u32) -> Result<u64, StoreError> {
+        let read = self.shared.checkpoints.read(partition).await?;
+        Ok(read
+            .checkpoint
+            .map_or(self.shared.start, |c| c.position)
+            .max(self.shared.progress.of(partition)))
     }
 
     /// The filter subjects `partition` is read with.
@@ -152,11 +158,7 @@ impl<P: Projection> JetStreamProjectionHandle<P> {
     pub async fn lag(&self) -> Result<Lag, StoreError> {
         let mut lag = Lag::default();
         for partition in 0..self.shared.subjects.partitions() {
-            let read = self.shared.checkpoints.read(partition).await?;
-            let handled = read
-                .checkpoint
-                .map_or(self.shared.start, |c| c.position)
-                .max(self.shared.progress.of(partition));
+            let handled = self.handled(partition).await?;
             let behind = behind(&self.shared.stream, &self.filter_of(partition), handled).await?;
             lag.add(partition, behind);
         }
