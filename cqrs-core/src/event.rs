@@ -14,7 +14,8 @@ use std::fmt::Debug;
 /// Implement it with `#[derive(DomainEvent)]` (feature `macros`), or by hand with the helpers
 /// [`encode_variant`] and [`decode_variant`].
 pub trait DomainEvent: Debug + Clone + Send + Sync + 'static {
-    /// The stable type name of this event, as stored (`Cqrs-Event-Type`).
+    /// The stable type name of this event, as stored (on JetStream, `type` in the `Cqrs-Envelope`
+    /// header).
     fn event_type(&self) -> &'static str;
 
     /// The current schema version of this event's variant (`Cqrs-Schema-Version`).

@@ -5,7 +5,12 @@
 //! `NATS_URL=nats://127.0.0.1:4222`. Knobs: `ACCOUNTS` (default 256), `COMMANDS` deposits per
 //! account (default 200), `WRITERS` (comma-separated concurrency levels, default `1,16`),
 //! `ROUNDS` (default 3), `VARIANTS` (comma-separated subset of `repository,store,bare,minimal`, the
-//! default, and `msgid`).
+//! default, and `msgid`), `FSYNC=always` (the bench's server fsyncs every write before the ack,
+//! `jetstream { sync_interval: always }`; the default is the server's lazy fsync).
+//!
+//! The output ends with one JSON line per variant and writer count,
+//! `{"variant": .., "writers": .., "fsync": .., "commands_per_s": .., "ratio": ..}`, `ratio` being
+//! the median over rounds of the variant's rate divided by `bare_minimal`'s in the same round.
 //!
 //! Workload: N bank accounts, opened before the clock starts, then M deposits each; C concurrent
 //! writers, writer `w` owning accounts `w, w + C, ...` and cycling through them (one deposit per
@@ -14,14 +19,14 @@
 //! connection; the stream is deleted afterwards. Variants:
 //! - `repository`: `Repository::<BankAccount>::execute(Deposit)` with `with_cache` (decides on
 //!   the cached state, appends with the expected version, idempotency key and metadata headers);
-//! - `store.append`: `JetStreamEventStore::append` of an encoded `Deposited` event (the writer
+//! - `store_append`: `JetStreamEventStore::append` of an encoded `Deposited` event (the writer
 //!   tracks the version), i.e. the store without the repository;
-//! - `bare-same-headers`: `jetstream.send_publish` of the same subjects, payload and headers as the
-//!   framework writes (`Nats-Msg-Id`, the `Cqrs-*` headers, `Content-Type`,
-//!   `Nats-Expected-Last-Subject-Sequence`), awaited ack, the writer tracking each account's last
+//! - `bare_same_headers`: `jetstream.send_publish` of the same subjects, payload and headers as the
+//!   framework writes (`Nats-Msg-Id`, `Cqrs-Envelope`, `Nats-Expected-Last-Subject-Sequence`),
+//!   awaited ack, the writer tracking each account's last
 //!   sequence; checked against a stored framework message before the numbers are printed;
-//! - `bare-minimal`: payload and `Nats-Expected-Last-Subject-Sequence` only, awaited ack;
-//! - `bare-msg-id` (only on request): the minimal one plus `Nats-Msg-Id`, to tell the cost of
+//! - `bare_minimal`: payload and `Nats-Expected-Last-Subject-Sequence` only, awaited ack;
+//! - `bare_msg_id` (only on request): the minimal one plus `Nats-Msg-Id`, to tell the cost of
 //!   deduplication from the cost of the other headers.
 //!
 //! Each round runs the variants in alternating order; the median round is reported, with the CPU
@@ -80,10 +85,10 @@ impl Variant {
     fn name(self) -> &'static str {
         match self {
             Self::Repository => "repository",
-            Self::Store => "store.append",
-            Self::BareSame => "bare-same-headers",
-            Self::BareMinimal => "bare-minimal",
-            Self::BareMsgId => "bare-msg-id",
+            Self::Store => "store_append",
+            Self::BareSame => "bare_same_headers",
+            Self::BareMinimal => "bare_minimal",
+            Self::BareMsgId => "bare_msg_id",
         }
     }
 
@@ -275,24 +280,19 @@ async fn run_store(workload: &Workload, context: &str, writers: usize) -> Durati
     elapsed
 }
 
-/// The framework's headers of one event of a root command, written by hand.
+/// The framework's headers of one event of a root command, written by hand: the event id,
+/// the envelope and the expectation.
 fn same_headers(version: u64, event_type: &str, expected_seq: u64) -> HeaderMap {
-    let command_id = Uuid::now_v7().to_string();
     let recorded_at = OffsetDateTime::now_utc()
         .format(&Rfc3339)
         .expect("format time");
+    let envelope = format!(
+        r#"{{"type":"{event_type}","version":{version},"command":"{}","actor":"{ACTOR}","recorded_at":"{recorded_at}"}}"#,
+        Uuid::now_v7()
+    );
     let mut h = HeaderMap::new();
     h.insert("Nats-Msg-Id", Uuid::now_v7().to_string().as_str());
-    h.insert("Cqrs-Event-Type", event_type);
-    h.insert("Cqrs-Schema-Version", "1");
-    h.insert("Cqrs-Aggregate-Version", version.to_string().as_str());
-    h.insert("Cqrs-Aggregate-Type", ACCOUNT);
-    h.insert("Cqrs-Correlation-Id", command_id.as_str());
-    h.insert("Cqrs-Causation-Id", command_id.as_str());
-    h.insert("Cqrs-Command-Id", command_id.as_str());
-    h.insert("Cqrs-Actor", ACTOR);
-    h.insert("Cqrs-Recorded-At", recorded_at.as_str());
-    h.insert("Content-Type", "application/json");
+    h.insert("Cqrs-Envelope", envelope.as_str());
     h.insert(
         "Nats-Expected-Last-Subject-Sequence",
         expected_seq.to_string().as_str(),
@@ -501,7 +501,7 @@ async fn check_same_wire_format(url: &str) -> String {
     // `Cqrs-Recorded-At`, which drops trailing zeros.
     assert!(
         framework.0 == bare.0 && framework.2 == bare.2 && framework.1.abs_diff(bare.1) <= 9,
-        "bare-same-headers must store what the framework stores: {framework:?} vs {bare:?}"
+        "bare_same_headers must store what the framework stores: {framework:?} vs {bare:?}"
     );
     format!(
         "{} headers of {} bytes (bare: {}) + {} byte payload per event: {}",
@@ -528,6 +528,8 @@ async fn main() {
         .split(',')
         .filter_map(|v| v.trim().parse().ok())
         .collect();
+    let fsync_always = std::env::var("FSYNC").is_ok_and(|v| v == "always");
+    let fsync = if fsync_always { "always" } else { "lazy" };
     let wanted = std::env::var("VARIANTS").unwrap_or_default();
     let variants: Vec<Variant> = if wanted.is_empty() {
         Variant::DEFAULT.to_vec()
@@ -540,9 +542,11 @@ async fn main() {
     let (_server, url, server_bin) = if let Ok(url) = std::env::var("NATS_URL") {
         (None, url, "external (NATS_URL)".to_owned())
     } else {
-        let server = cqrs_test_server::NatsServer::start()
-            .await
-            .expect("start nats-server");
+        let mut builder = cqrs_test_server::NatsServer::builder();
+        if fsync_always {
+            builder = builder.config("jetstream { sync_interval: always }\n");
+        }
+        let server = builder.start().await.expect("start nats-server");
         let url = server.url();
         if let Some(pid) = server.pid() {
             let _ = SERVER_PID.set(pid.to_string());
@@ -560,6 +564,14 @@ async fn main() {
     println!(
         "  server: nats-server {} ({server_bin}), url {url}",
         info.version
+    );
+    println!(
+        "  fsync: {} (FSYNC=always starts the server with `jetstream {{ sync_interval: always }}`)",
+        if fsync_always {
+            "sync_interval: always"
+        } else {
+            "lazy (the server's default)"
+        }
     );
     println!(
         "  client: async-nats, tokio multi-thread runtime, {} cores available",
@@ -582,7 +594,7 @@ async fn main() {
         stream.duplicate_window
     );
     println!(
-        "  wire format (framework == bare-same-headers, checked): {} + Nats-Expected-Last-Subject-Sequence",
+        "  wire format (framework == bare_same_headers, checked): {} + Nats-Expected-Last-Subject-Sequence",
         check_same_wire_format(&url).await
     );
     let workload = Workload {
@@ -592,6 +604,7 @@ async fn main() {
     };
     let mut run = 0usize;
     let mut summary = String::new();
+    let mut json = String::new();
     for &writers in &levels {
         let mut rates: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
         let mut cpu: Vec<Vec<(f64, f64)>> = vec![Vec::new(); variants.len()];
@@ -649,6 +662,19 @@ async fn main() {
                     let _ = write!(ratios, "  {:.2}x {}", median(per_round), reference.name());
                 }
             }
+            let minimal = index_of(Variant::BareMinimal).filter(|&r| r != index);
+            let ratio = minimal.map_or_else(
+                || "null".to_owned(),
+                |r| {
+                    let per_round = rates[index].iter().zip(&rates[r]).map(|(a, b)| a / b);
+                    format!("{:.3}", median(per_round.collect()))
+                },
+            );
+            let _ = writeln!(
+                json,
+                r#"{{"variant": "{}", "writers": {writers}, "fsync": "{fsync}", "commands_per_s": {rate:.0}, "ratio": {ratio}}}"#,
+                variant.name()
+            );
             let client = median(cpu.iter().map(|c| c.0).collect());
             let server = median(cpu.iter().map(|c| c.1).collect());
             let _ = writeln!(
@@ -659,4 +685,6 @@ async fn main() {
         }
     }
     println!("{summary}");
+    // One JSON line per variant and writer count; `ratio` is to `bare_minimal` of the same run.
+    print!("{json}");
 }

@@ -10,7 +10,7 @@
 //!   aggregate), so the server fences any writer that raced in between. Where that sequence
 //!   comes from: 0 for `NoStream`/`Exact(0)`; the store's memory of aggregate heads it has seen
 //!   (loads, appends; "version v is at sequence q" never changes, so it cannot be wrong); else a
-//!   leader read of the aggregate's last message, whose `Cqrs-Aggregate-Version` is compared with
+//!   leader read of the aggregate's last message, whose version is compared with
 //!   the expectation before anything is sent. Several events go out as one atomic batch
 //!   (ADR-50): all are stored or none. Server codes 10071 and 10164 become
 //!   [`StoreError::Conflict`]; `ExpectedVersion::Any` retries those a bounded number of times.
@@ -945,14 +945,7 @@ impl JetStreamEventStore {
         (after_version + 1..)
             .zip(events)
             .map(|(version, event)| {
-                let headers = headers::encode(
-                    event,
-                    stream.tenant.as_deref(),
-                    &stream.aggregate_type,
-                    version,
-                    &recorded_at,
-                )
-                .map_err(invalid)?;
+                let headers = headers::encode(event, version, &recorded_at).map_err(invalid)?;
                 let outgoing = Outgoing {
                     headers,
                     payload: event.payload.data.clone(),

@@ -39,8 +39,10 @@ async fn publish_plain(url: &str, subject: &str, headers: &[(&str, &str)], body:
         .sequence
 }
 
+/// A message in the first wire format, one header per field, as stores before the
+/// `Cqrs-Envelope` header wrote them (and foreign clients may still write): still read.
 #[tokio::test]
-async fn plain_client_message_in_the_documented_format_is_loaded() {
+async fn plain_client_message_in_the_first_wire_format_is_loaded() {
     let f = fixture().await.expect("fixture");
     let subjects = Subjects::new("test").unwrap();
     let subject = subjects.aggregate(Some("acme"), "Order", "o.1").unwrap();
@@ -112,6 +114,107 @@ async fn plain_client_message_in_the_documented_format_is_loaded() {
     assert_eq!(c.events[0].version, 2);
 }
 
+/// What README's "Wire format" tells a client in another language, done with a plain client:
+/// read the aggregate's last message by direct get, publish the next event with the expected
+/// sequence and the `Cqrs-Envelope` header. The store loads it and continues the aggregate.
+#[tokio::test]
+async fn plain_client_following_the_readme_appends_an_event_the_store_loads() {
+    let f = fixture().await.expect("fixture");
+    let stream = StreamId::new("Order", "o.1").with_tenant("acme");
+    // The framework starts the aggregate.
+    let first = f
+        .store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![event("Added", 0)],
+            None,
+        )
+        .await
+        .expect("append");
+    let client = async_nats::connect(f.server.url()).await.expect("connect");
+    // README: the aggregate's subject, and the stored subject with its partition token.
+    let subject = "test.events.acme.Order.o_2E1";
+    // FNV-1a 32 of the tenant, type and id tokens concatenated, modulo the 8 default partitions.
+    let hash = "acmeOrdero_2E1".bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    let stored = format!("test.events.{}.acme.Order.o_2E1", hash % 8);
+    assert_eq!(stored, f.store.stored_subject_for(&stream).unwrap());
+    let last = client
+        .request(
+            "$JS.API.DIRECT.GET.EVENTS_TEST",
+            format!(r#"{{"last_by_subj":"{stored}"}}"#).into(),
+        )
+        .await
+        .expect("direct get");
+    let headers = last.headers.expect("headers");
+    let sequence = headers.get("Nats-Sequence").expect("sequence").to_string();
+    let envelope: serde_json::Value =
+        serde_json::from_str(headers.get("Cqrs-Envelope").expect("envelope").as_str())
+            .expect("JSON");
+    let version = envelope["version"].as_u64().expect("version");
+    assert_eq!(
+        (sequence.parse::<u64>().unwrap(), version),
+        (first.events[0].position, 1)
+    );
+    let (event_id, command, trigger) = (new_id(), new_id(), new_id());
+    let mut map = HeaderMap::new();
+    map.insert("Nats-Msg-Id", event_id.to_string().as_str());
+    map.insert("Nats-Expected-Last-Subject-Sequence", sequence.as_str());
+    let body = serde_json::json!({
+        "type": "Paid",
+        "schema": 2,
+        "version": version + 1,
+        "command": command.to_string(),
+        "causation": null,
+        "command_causation": trigger.to_string(),
+        "actor": "service:go-importer",
+        "extra": {"source": "go"},
+        "a_field_from_the_future": true,
+    });
+    map.insert("Cqrs-Envelope", body.to_string().as_str());
+    let js = async_nats::jetstream::new(client);
+    let position = js
+        .publish_with_headers(subject, map, r#"{"amount":5}"#.into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack")
+        .sequence;
+    let loaded = load_all(&f.store, &stream).await.expect("load");
+    assert_eq!(loaded.len(), 2);
+    let e = &loaded[1];
+    assert_eq!((e.event_id, e.version, e.position), (event_id, 2, position));
+    assert_eq!(e.payload.event_type, "Paid");
+    assert_eq!(e.payload.schema_version, 2);
+    assert_eq!(e.payload.data, br#"{"amount":5}"#);
+    // Correlation absent: the command id; causation `null`: none.
+    assert_eq!(e.metadata.correlation_id, command);
+    assert_eq!(e.metadata.command_id, Some(command));
+    assert_eq!(e.metadata.causation_id, None);
+    assert_eq!(e.metadata.command_causation_id, Some(trigger));
+    assert_eq!(e.metadata.tenant.as_deref(), Some("acme"));
+    assert_eq!(e.metadata.actor.as_deref(), Some("service:go-importer"));
+    assert_eq!(
+        e.metadata.extra.get("source").map(String::as_str),
+        Some("go")
+    );
+    // No recorded_at: the server's timestamp.
+    assert!(e.recorded_at >= first.events[0].recorded_at - time::Duration::seconds(1));
+    let c = f
+        .store
+        .append(
+            &stream,
+            ExpectedVersion::Exact(2),
+            vec![event("Paid", 1)],
+            None,
+        )
+        .await
+        .expect("append after the plain client");
+    assert_eq!(c.events[0].version, 3);
+}
+
 #[tokio::test]
 async fn appended_events_carry_the_documented_headers() {
     let f = fixture().await.expect("fixture");
@@ -162,27 +265,43 @@ async fn appended_events_carry_the_documented_headers() {
                 .map(|v| v.as_str().to_owned())
         };
         assert_eq!(h("Nats-Msg-Id"), Some(recorded.event_id.to_string()));
-        assert_eq!(h("Cqrs-Event-Type").as_deref(), Some("Added"));
-        assert_eq!(h("Cqrs-Schema-Version").as_deref(), Some("1"));
-        assert_eq!(h("Cqrs-Aggregate-Version"), Some((i + 1).to_string()));
-        assert_eq!(h("Cqrs-Aggregate-Type").as_deref(), Some("Order"));
-        assert_eq!(
-            h("Cqrs-Correlation-Id"),
-            Some(command.correlation_id.to_string())
-        );
-        assert_eq!(h("Cqrs-Causation-Id"), Some(command.command_id.to_string()));
-        assert_eq!(h("Cqrs-Command-Id"), Some(command.command_id.to_string()));
-        assert_eq!(
-            h("Cqrs-Command-Causation-Id"),
-            None,
-            "absent for a root command"
-        );
-        assert_eq!(h("Cqrs-Actor").as_deref(), Some("user:42"));
-        assert_eq!(h("Cqrs-Tenant").as_deref(), Some("t.1"));
         assert_eq!(h("traceparent"), command.trace.clone());
-        assert_eq!(h("Content-Type").as_deref(), Some("application/json"));
-        assert_eq!(h("Cqrs-Extra-channel").as_deref(), Some("web"));
-        assert!(h("Cqrs-Recorded-At").is_some());
+        let envelope: serde_json::Value =
+            serde_json::from_str(&h("Cqrs-Envelope").expect("envelope header")).expect("JSON");
+        let at = envelope["recorded_at"]
+            .as_str()
+            .expect("recorded_at")
+            .to_owned();
+        assert_eq!(
+            envelope,
+            serde_json::json!({
+                "type": "Added",
+                "version": i + 1,
+                // A root command: correlation and causation are the command id, left out.
+                "command": command.command_id.to_string(),
+                "actor": "user:42",
+                "recorded_at": at,
+                "extra": {"channel": "web"},
+            })
+        );
+        // Nothing else: tenant, type and id are the subject's, the body is always JSON.
+        let mut names: Vec<String> = message.headers.iter().map(|(n, _)| n.to_string()).collect();
+        names.sort();
+        let mut expected = vec![
+            "Cqrs-Envelope",
+            "Nats-Batch-Id",
+            "Nats-Batch-Sequence",
+            "Nats-Msg-Id",
+            "traceparent",
+        ];
+        if i == 0 {
+            expected.push("Nats-Expected-Last-Subject-Sequence");
+        }
+        if i == 2 {
+            expected.push("Nats-Batch-Commit");
+        }
+        expected.sort_unstable();
+        assert_eq!(names, expected);
         // Atomic batch headers; the expectation rides on the first message.
         assert_eq!(h("Nats-Batch-Sequence"), Some((i + 1).to_string()));
         assert_eq!(
@@ -289,11 +408,31 @@ async fn invalid_names_and_oversized_events_are_refused_before_sending() {
         .await
         .expect_err("subject too long");
     assert!(matches!(err, StoreError::InvalidInput { .. }), "{err}");
-    let mut bad_meta = event("E", 0);
-    bad_meta.metadata.actor = Some("evil\r\nNats-Msg-Id: x".to_owned());
+    // Metadata travels JSON-escaped in `Cqrs-Envelope`: CR and LF cannot inject a header, and
+    // come back as they were.
+    let mut injecting = event("E", 0);
+    injecting.metadata.actor = Some("evil\r\nNats-Msg-Id: x".to_owned());
+    let injected = StreamId::new("Order", "injected");
+    f.store
+        .append(
+            &injected,
+            ExpectedVersion::NoStream,
+            vec![injecting.clone()],
+            None,
+        )
+        .await
+        .expect("metadata with CR LF");
+    let loaded = load_all(&f.store, &injected).await.expect("load");
+    assert_eq!(
+        (loaded[0].event_id, &loaded[0].metadata),
+        (injecting.event_id, &injecting.metadata)
+    );
+    // Only `traceparent` is a header of its own, and refuses them.
+    let mut bad_trace = event("E", 0);
+    bad_trace.metadata.trace = Some("00-x\r\nNats-Msg-Id: x".to_owned());
     let err = f
         .store
-        .append(&stream, ExpectedVersion::NoStream, vec![bad_meta], None)
+        .append(&stream, ExpectedVersion::NoStream, vec![bad_trace], None)
         .await
         .expect_err("header injection");
     assert!(matches!(err, StoreError::InvalidInput { .. }), "{err}");
