@@ -5,7 +5,7 @@
 //! `NATS_URL=nats://127.0.0.1:4222`. Knobs: `ACCOUNTS` (default 256), `COMMANDS` deposits per
 //! account (default 200), `WRITERS` (comma-separated concurrency levels, default `1,16`),
 //! `ROUNDS` (default 3), `VARIANTS` (comma-separated subset of `repository,store,bare,minimal`, the
-//! default, and `msgid`), `FSYNC=always` (the bench's server fsyncs every write before the ack,
+//! default, and `msgid`; `load` alone measures loads only), `FSYNC=always` (the bench's server fsyncs every write before the ack,
 //! `jetstream { sync_interval: always }`; the default is the server's lazy fsync).
 //!
 //! The output ends with one JSON line per variant and writer count,
@@ -28,6 +28,11 @@
 //! - `bare_minimal`: payload and `Nats-Expected-Last-Subject-Sequence` only, awaited ack;
 //! - `bare_msg_id` (only on request): the minimal one plus `Nats-Msg-Id`, to tell the cost of
 //!   deduplication from the cost of the other headers.
+//!
+//! - `load` (also run by default): one account of 10,000 events and one of 10, written with a
+//!   snapshot every 100 events; the unsnapshotted load of the long one (`EventStore::load`, all
+//!   events decoded) against a bare ordered consumer reading the same subject, and the times of
+//!   a `Repository::load` with snapshots of either.
 //!
 //! Each round runs the variants in alternating order; the median round is reported, with the CPU
 //! time the client process and (when the bench started it) the server spent per event, from
@@ -513,6 +518,121 @@ async fn check_same_wire_format(url: &str) -> String {
     )
 }
 
+/// What the `load` measurement found: events/s of an unsnapshotted load and of a bare ordered
+/// read of the same subject, and snapshotted load times.
+struct LoadNumbers {
+    store_rates: Vec<f64>,
+    bare_rates: Vec<f64>,
+    snapshotted_short: Vec<Duration>,
+    snapshotted_long: Vec<Duration>,
+}
+
+/// Fills one account with `LONG` events and one with `SHORT`, through a repository that takes
+/// a snapshot every 100 events, then times loads of them, `rounds` times each.
+async fn run_load(url: &str, rounds: usize) -> LoadNumbers {
+    const LONG: u64 = 10_000;
+    const SHORT: u64 = 10;
+    let config = StoreConfig::new("benchload");
+    let store = JetStreamEventStore::connect(url, config.clone())
+        .await
+        .expect("connect");
+    let filled = Repository::<BankAccount, _>::new(store.clone()).with_snapshots_every(100);
+    for (id, events) in [("long", LONG), ("short", SHORT)] {
+        let open = AccountCommand::Open {
+            owner: id.to_owned(),
+            overdraft_limit: 0,
+        };
+        filled
+            .execute(id, open, CommandMetadata::root().with_actor(ACTOR))
+            .await
+            .expect("open");
+        // Deposits in atomic batches of up to 1000 events, then one command that crosses a
+        // multiple of 100 and so leaves a snapshot.
+        let stream = StreamId::new(ACCOUNT, id);
+        let mut version = 1;
+        while version < events - 1 {
+            let count = (events - 1 - version).min(1000);
+            let batch: Vec<NewEvent> = (0..count)
+                .map(|_| encode(&AccountEvent::Deposited { amount: AMOUNT }).1)
+                .collect();
+            store
+                .append(&stream, ExpectedVersion::Exact(version), batch, None)
+                .await
+                .expect("fill");
+            version += count;
+        }
+        filled
+            .execute(
+                id,
+                AccountCommand::Deposit { amount: AMOUNT },
+                CommandMetadata::root().with_actor(ACTOR),
+            )
+            .await
+            .expect("last deposit");
+    }
+    let long = StreamId::new(ACCOUNT, "long");
+    let stored = store.stored_subject_for(&long).expect("subject");
+    let snapshotted = Repository::<BankAccount, _>::new(store.clone()).with_snapshots_every(100);
+    let client = async_nats::connect(url).await.expect("connect");
+    let stream = jetstream::new(client)
+        .get_stream(config.stream_name())
+        .await
+        .expect("stream");
+    let mut numbers = LoadNumbers {
+        store_rates: Vec::new(),
+        bare_rates: Vec::new(),
+        snapshotted_short: Vec::new(),
+        snapshotted_long: Vec::new(),
+    };
+    for _ in 0..rounds {
+        let start = Instant::now();
+        let events: Vec<_> =
+            futures::TryStreamExt::try_collect::<Vec<_>>(store.load(&long, 1).await.expect("load"))
+                .await
+                .expect("events");
+        assert_eq!(events.len() as u64, LONG);
+        numbers
+            .store_rates
+            .push(LONG as f64 / start.elapsed().as_secs_f64());
+
+        let start = Instant::now();
+        let consumer = stream
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                filter_subject: stored.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("consumer");
+        let mut messages = consumer.messages().await.expect("messages");
+        let mut read = 0;
+        while read < LONG {
+            futures::StreamExt::next(&mut messages)
+                .await
+                .expect("message")
+                .expect("message");
+            read += 1;
+        }
+        numbers
+            .bare_rates
+            .push(LONG as f64 / start.elapsed().as_secs_f64());
+
+        for (id, times) in [
+            ("short", &mut numbers.snapshotted_short),
+            ("long", &mut numbers.snapshotted_long),
+        ] {
+            let start = Instant::now();
+            let loaded = snapshotted
+                .load(&StreamId::new(ACCOUNT, id))
+                .await
+                .expect("load");
+            times.push(start.elapsed());
+            assert!(loaded.version() >= SHORT);
+        }
+    }
+    drop_context(store.client(), &config).await;
+    numbers
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(0.0)
@@ -683,6 +803,29 @@ async fn main() {
                 variant.name()
             );
         }
+    }
+    if wanted.is_empty() || wanted.split(',').any(|w| w.trim() == "load") {
+        let load = run_load(&url, rounds.max(3)).await;
+        let ratios = load
+            .store_rates
+            .iter()
+            .zip(&load.bare_rates)
+            .map(|(a, b)| a / b)
+            .collect();
+        let (store_rate, bare_rate) = (median(load.store_rates), median(load.bare_rates));
+        let ms =
+            |times: Vec<Duration>| median(times.iter().map(|t| t.as_secs_f64() * 1e3).collect());
+        let (short, long) = (ms(load.snapshotted_short), ms(load.snapshotted_long));
+        let ratio = median(ratios);
+        let _ = writeln!(
+            summary,
+            "load (median of {} rounds)\n  unsnapshotted 10,000 events: {store_rate:.0} events/s, bare ordered read {bare_rate:.0} events/s, {ratio:.2}x\n  snapshotted (every 100): 10 events {short:.2} ms, 10,000 events {long:.2} ms",
+            rounds.max(3)
+        );
+        let _ = writeln!(
+            json,
+            r#"{{"variant": "load", "events": 10000, "events_per_s": {store_rate:.0}, "bare_ordered_read_events_per_s": {bare_rate:.0}, "ratio": {ratio:.3}, "snapshotted_ms_10": {short:.3}, "snapshotted_ms_10000": {long:.3}}}"#
+        );
     }
     println!("{summary}");
     // One JSON line per variant and writer count; `ratio` is to `bare_minimal` of the same run.

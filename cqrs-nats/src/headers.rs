@@ -266,8 +266,10 @@ impl serde::Serialize for Causation {
 impl<'de> serde::Deserialize<'de> for Causation {
     /// Only called for a present field: `null` is [`Causation::Nothing`].
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Ok(<Option<Uuid> as serde::Deserialize>::deserialize(deserializer)?
-            .map_or(Self::Nothing, Self::Id))
+        Ok(
+            <Option<Uuid> as serde::Deserialize>::deserialize(deserializer)?
+                .map_or(Self::Nothing, Self::Id),
+        )
     }
 }
 
@@ -368,6 +370,25 @@ fn header(message: &StreamMessage, name: HeaderName) -> Option<&str> {
     message.headers.get_last(name).map(HeaderValue::as_str)
 }
 
+/// A message a consumer delivered, in the form a direct get answers: its stream sequence and
+/// timestamp come from the reply subject.
+pub(crate) fn from_consumer(
+    message: async_nats::jetstream::Message,
+) -> Result<StreamMessage, String> {
+    let info = message
+        .info()
+        .map_err(|e| format!("a consumer delivered a message without JetStream metadata: {e}"))?;
+    let (sequence, time) = (info.stream_sequence, info.published);
+    let message = message.message;
+    Ok(StreamMessage {
+        subject: message.subject,
+        sequence,
+        headers: message.headers.unwrap_or_default(),
+        payload: message.payload,
+        time,
+    })
+}
+
 /// The fields of an envelope, whichever wire format carried them.
 struct Fields {
     event_type: String,
@@ -377,16 +398,56 @@ struct Fields {
     metadata: Metadata,
 }
 
+/// The aggregate a stored subject names.
+type Aggregate = (Option<String>, String, String);
+
 /// Reads the event in `message`, a message of the aggregate stream subject `message.subject`.
 pub(crate) fn decode(
     subjects: &Subjects,
     message: &StreamMessage,
 ) -> Result<RecordedEvent, StoreError> {
+    Decoder::new(subjects).decode(message)
+}
+
+/// Reads the events of one aggregate's messages, parsing their subject once rather than per
+/// message.
+pub(crate) struct Decoder<'a> {
+    subjects: &'a Subjects,
+    last: Option<(async_nats::Subject, Aggregate)>,
+}
+
+impl<'a> Decoder<'a> {
+    pub(crate) fn new(subjects: &'a Subjects) -> Self {
+        Self {
+            subjects,
+            last: None,
+        }
+    }
+
+    /// [`decode`], reusing the aggregate of the previous message when the subject is the same.
+    pub(crate) fn decode(&mut self, message: &StreamMessage) -> Result<RecordedEvent, StoreError> {
+        let aggregate = match &self.last {
+            Some((subject, aggregate)) if *subject == message.subject => aggregate.clone(),
+            _ => {
+                let aggregate = self.subjects.parse(message.subject.as_str()).map_err(|e| {
+                    StoreError::MalformedEnvelope {
+                        position: message.sequence,
+                        reason: e.to_string(),
+                    }
+                })?;
+                self.last = Some((message.subject.clone(), aggregate.clone()));
+                aggregate
+            }
+        };
+        decode_of(aggregate, message)
+    }
+}
+
+/// Reads the event in `message` of aggregate `aggregate`.
+fn decode_of(aggregate: Aggregate, message: &StreamMessage) -> Result<RecordedEvent, StoreError> {
     let position = message.sequence;
     let malformed = |reason: String| StoreError::MalformedEnvelope { position, reason };
-    let (tenant, aggregate_type, aggregate_id) = subjects
-        .parse(message.subject.as_str())
-        .map_err(|e| malformed(e.to_string()))?;
+    let (tenant, aggregate_type, aggregate_id) = aggregate;
     let event_id = header(message, name::MSG_ID)
         .ok_or_else(|| malformed(format!("header `{MSG_ID}` is missing")))?;
     let event_id = Uuid::parse_str(event_id).map_err(|e| {

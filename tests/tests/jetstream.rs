@@ -625,6 +625,87 @@ async fn loads_page_through_long_histories() {
     assert_eq!(after, loaded[7..]);
 }
 
+/// A long aggregate's tail is read by an ordered consumer after the first page: it must give
+/// exactly what paging gives, end on its own, and leave no consumer behind, also when the
+/// reader stops early.
+#[tokio::test]
+async fn long_histories_read_by_a_consumer_match_the_pages() {
+    let server = NatsServer::start().await.expect("server");
+    let consumer_read = JetStreamEventStore::connect(server.url(), StoreConfig::new("test"))
+        .await
+        .expect("connect");
+    // Pages of 1000: what follows the first page stays under the consumer threshold.
+    let paged =
+        JetStreamEventStore::connect(server.url(), StoreConfig::new("test").load_batch(1000))
+            .await
+            .expect("connect");
+    let stream = StreamId::new("Order", "long");
+    let other = StreamId::new("Order", "other");
+    let mut version = 0;
+    for round in 0..3u64 {
+        let events: Vec<NewEvent> = (0..900).map(|n| event("E", round * 900 + n)).collect();
+        consumer_read
+            .append(&stream, ExpectedVersion::Exact(version), events, None)
+            .await
+            .expect("append");
+        version += 900;
+        consumer_read
+            .append(&other, ExpectedVersion::Any, vec![event("O", round)], None)
+            .await
+            .expect("append other");
+    }
+    let by_consumer = load_all(&consumer_read, &stream).await.expect("load");
+    let by_pages = load_all(&paged, &stream).await.expect("load");
+    assert_eq!(
+        by_consumer.iter().map(|e| e.version).collect::<Vec<_>>(),
+        (1..=2700).collect::<Vec<_>>()
+    );
+    assert_eq!(by_consumer, by_pages);
+    let after: Events = consumer_read
+        .load_after(&stream, by_consumer[99].stream_position())
+        .await
+        .expect("load_after")
+        .try_collect()
+        .await
+        .expect("read");
+    assert_eq!(after, by_consumer[100..]);
+    let from: Events = consumer_read
+        .load(&stream, 2600)
+        .await
+        .expect("load")
+        .try_collect()
+        .await
+        .expect("read");
+    assert_eq!(from, by_consumer[2599..]);
+    // A reader that stops in the middle of the tail.
+    let mut partial = consumer_read.load(&stream, 1).await.expect("load");
+    for _ in 0..600 {
+        partial.try_next().await.expect("read").expect("event");
+    }
+    let js_stream = consumer_read
+        .jetstream()
+        .get_stream("EVENTS_TEST")
+        .await
+        .expect("stream");
+    // Past the first page of 512, the rest comes from a consumer.
+    let mut info = js_stream.clone();
+    assert_eq!(info.info().await.expect("info").state.consumer_count, 1);
+    drop(partial);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut info = js_stream.clone();
+        let consumers = info.info().await.expect("info").state.consumer_count;
+        if consumers == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{consumers} load consumers left behind"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn provisioning_creates_verifies_and_refuses_conflicts() {
     let server = NatsServer::start().await.expect("server");

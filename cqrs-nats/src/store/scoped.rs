@@ -227,12 +227,19 @@ impl Inner {
             .publish_with_reply(target.to_owned(), pending.reply_to.clone(), body.into())
             .await
             .map_err(|e| unavailable(OP, e))?;
-        let mut messages = Vec::new();
+        let mut messages = Vec::with_capacity(self.config.load_batch);
+        // One timer for the whole page: a timeout per message registered a timer per message.
+        let deadline = tokio::time::sleep(self.config.request_timeout);
+        tokio::pin!(deadline);
         loop {
-            let reply = tokio::time::timeout(self.config.request_timeout, pending.replies.recv())
-                .await
-                .map_err(|_| unavailable(OP, format!("no answer to a read on `{target}` in time")))?
-                .ok_or_else(|| unavailable(OP, "connection closed during a read"))?;
+            let reply = tokio::select! {
+                biased;
+                reply = pending.replies.recv() => reply,
+                () = &mut deadline => {
+                    return Err(unavailable(OP, format!("no complete answer to a read on `{target}` in time")));
+                }
+            }
+            .ok_or_else(|| unavailable(OP, "connection closed during a read"))?;
             // Only the tenant read service answers with these headers; the stream's own answers
             // (the operator's load path) are not searched for them.
             if self.config.scoped_reads {
