@@ -4,13 +4,16 @@
 //! `NATS_SERVER_BIN`; `bash scripts/test.sh` installs it), or point it at a server with
 //! `NATS_URL=nats://127.0.0.1:4222`. Knobs: `ACCOUNTS` (default 256), `COMMANDS` deposits per
 //! account (default 200), `WRITERS` (comma-separated concurrency levels, default `1,16`),
-//! `ROUNDS` (default 3), `VARIANTS` (comma-separated subset of `repository,store,bare,minimal`, the
-//! default, and `msgid`; `load` alone measures loads only), `FSYNC=always` (the bench's server fsyncs every write before the ack,
+//! `ROUNDS` (default 3), `VARIANTS` (comma-separated subset of `repository,s2,store,bare,minimal`,
+//! the default, and `msgid`; `load` alone measures loads only), `FSYNC=always` (the bench's server fsyncs every write before the ack,
 //! `jetstream { sync_interval: always }`; the default is the server's lazy fsync).
 //!
 //! The output ends with one JSON line per variant and writer count,
-//! `{"variant": .., "writers": .., "fsync": .., "commands_per_s": .., "ratio": ..}`, `ratio` being
-//! the median over rounds of the variant's rate divided by `bare_minimal`'s in the same round.
+//! `{"variant": .., "writers": .., "fsync": .., "commands_per_s": .., "ratio": ..,
+//! "stored_bytes_per_event": ..}`, `ratio` being the median over rounds of the variant's rate
+//! divided by `bare_minimal`'s in the same round, and the bytes of the stream's message blocks on
+//! disk per message (the opened accounts' events included) before it is deleted (with
+//! `NATS_URL`, the uncompressed bytes the stream's state reports).
 //!
 //! Workload: N bank accounts, opened before the clock starts, then M deposits each; C concurrent
 //! writers, writer `w` owning accounts `w, w + C, ...` and cycling through them (one deposit per
@@ -19,6 +22,7 @@
 //! connection; the stream is deleted afterwards. Variants:
 //! - `repository`: `Repository::<BankAccount>::execute(Deposit)` with `with_cache` (decides on
 //!   the cached state, appends with the expected version, idempotency key and metadata headers);
+//! - `repository_s2`: the same on a stream made with `StoreConfig::compressed(true)` (S2);
 //! - `store_append`: `JetStreamEventStore::append` of an encoded `Deposited` event (the writer
 //!   tracks the version), i.e. the store without the repository;
 //! - `bare_same_headers`: `jetstream.send_publish` of the same subjects, payload and headers as the
@@ -65,6 +69,7 @@ const ACCOUNT: &str = "BankAccount";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Variant {
     Repository,
+    RepositoryS2,
     Store,
     BareSame,
     BareMinimal,
@@ -73,14 +78,16 @@ enum Variant {
 
 impl Variant {
     /// The variants run when `VARIANTS` is not set.
-    const DEFAULT: [Self; 4] = [
+    const DEFAULT: [Self; 5] = [
         Self::Repository,
+        Self::RepositoryS2,
         Self::Store,
         Self::BareSame,
         Self::BareMinimal,
     ];
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 6] = [
         Self::Repository,
+        Self::RepositoryS2,
         Self::Store,
         Self::BareSame,
         Self::BareMinimal,
@@ -90,6 +97,7 @@ impl Variant {
     fn name(self) -> &'static str {
         match self {
             Self::Repository => "repository",
+            Self::RepositoryS2 => "repository_s2",
             Self::Store => "store_append",
             Self::BareSame => "bare_same_headers",
             Self::BareMinimal => "bare_minimal",
@@ -100,6 +108,7 @@ impl Variant {
     fn key(self) -> &'static str {
         match self {
             Self::Repository => "repository",
+            Self::RepositoryS2 => "s2",
             Self::Store => "store",
             Self::BareSame => "bare",
             Self::BareMinimal => "minimal",
@@ -183,16 +192,57 @@ where
 static SERVER_PID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 static LAST_SAMPLE: std::sync::Mutex<Option<Sample>> = std::sync::Mutex::new(None);
 
+/// Stored bytes per message of the last run's stream, from its state before it was deleted.
+static LAST_BYTES: std::sync::Mutex<Option<f64>> = std::sync::Mutex::new(None);
+
+/// The store directory of the server the bench started.
+static STORE_DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Bytes of stream `stream`'s message blocks under the JetStream directory `dir`
+/// (`<dir>/<account>/streams/<stream>/msgs/`).
+fn disk_bytes(dir: &std::path::Path, stream: &str) -> u64 {
+    let Ok(accounts) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut total = 0;
+    for account in accounts.flatten() {
+        let msgs = account.path().join("streams").join(stream).join("msgs");
+        if let Ok(blocks) = std::fs::read_dir(msgs) {
+            total += blocks
+                .flatten()
+                .filter_map(|b| b.metadata().ok())
+                .map(|m| m.len())
+                .sum::<u64>();
+        }
+    }
+    total
+}
+
 async fn drop_context(client: &async_nats::Client, config: &StoreConfig) {
     let js = jetstream::new(client.clone());
+    if let Ok(mut stream) = js.get_stream(config.stream_name()).await
+        && let Ok(info) = stream.info().await
+        && info.state.messages > 0
+    {
+        // On disk when the bench runs the server (the state counts bytes before compression).
+        let bytes = STORE_DIR.get().map_or(info.state.bytes, |dir| {
+            disk_bytes(&dir.join("jetstream"), &config.stream_name())
+        });
+        *LAST_BYTES.lock().expect("bytes") = Some(bytes as f64 / info.state.messages as f64);
+    }
     let _ = js.delete_stream(config.stream_name()).await;
     let _ = js
         .delete_stream(format!("KV_{}", config.bucket_name()))
         .await;
 }
 
-async fn run_repository(workload: &Workload, context: &str, writers: usize) -> Duration {
-    let config = StoreConfig::new(context);
+async fn run_repository(
+    workload: &Workload,
+    context: &str,
+    writers: usize,
+    compressed: bool,
+) -> Duration {
+    let config = StoreConfig::new(context).compressed(compressed);
     let store = JetStreamEventStore::connect(workload.url.as_str(), config.clone())
         .await
         .expect("connect");
@@ -671,6 +721,7 @@ async fn main() {
         if let Some(pid) = server.pid() {
             let _ = SERVER_PID.set(pid.to_string());
         }
+        let _ = STORE_DIR.set(server.store_dir());
         let bin = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server on PATH".into());
         (Some(server), url, bin)
     };
@@ -728,6 +779,7 @@ async fn main() {
     for &writers in &levels {
         let mut rates: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
         let mut cpu: Vec<Vec<(f64, f64)>> = vec![Vec::new(); variants.len()];
+        let mut bytes: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
         for round in 0..rounds {
             let mut order: Vec<usize> = (0..variants.len()).collect();
             if round % 2 == 1 {
@@ -739,7 +791,12 @@ async fn main() {
                 let variant = variants[index];
                 let context = format!("bench{run}");
                 let elapsed = match variant {
-                    Variant::Repository => run_repository(&workload, &context, writers).await,
+                    Variant::Repository => {
+                        run_repository(&workload, &context, writers, false).await
+                    }
+                    Variant::RepositoryS2 => {
+                        run_repository(&workload, &context, writers, true).await
+                    }
                     Variant::Store => run_store(&workload, &context, writers).await,
                     Variant::BareSame => run_bare(&workload, &context, writers, Wire::Same).await,
                     Variant::BareMinimal => {
@@ -749,6 +806,9 @@ async fn main() {
                 };
                 let rate = total / elapsed.as_secs_f64();
                 rates[index].push(rate);
+                if let Some(per_event) = LAST_BYTES.lock().expect("bytes").take() {
+                    bytes[index].push(per_event);
+                }
                 if let Some(sample) = *LAST_SAMPLE.lock().expect("sample") {
                     let per_op = |ticks: u64| ticks as f64 * 10_000.0 / total;
                     cpu[index].push((per_op(sample.client_ticks), per_op(sample.server_ticks)));
@@ -790,9 +850,10 @@ async fn main() {
                     format!("{:.3}", median(per_round.collect()))
                 },
             );
+            let stored = median(bytes[index].clone());
             let _ = writeln!(
                 json,
-                r#"{{"variant": "{}", "writers": {writers}, "fsync": "{fsync}", "commands_per_s": {rate:.0}, "ratio": {ratio}}}"#,
+                r#"{{"variant": "{}", "writers": {writers}, "fsync": "{fsync}", "commands_per_s": {rate:.0}, "ratio": {ratio}, "stored_bytes_per_event": {stored:.0}}}"#,
                 variant.name()
             );
             let client = median(cpu.iter().map(|c| c.0).collect());

@@ -88,6 +88,7 @@ pub struct StoreConfig {
     partitions: u32,
     scoped_reads: bool,
     create_missing: bool,
+    compressed: bool,
 }
 
 impl StoreConfig {
@@ -104,6 +105,7 @@ impl StoreConfig {
             partitions: crate::subject::DEFAULT_PARTITIONS,
             scoped_reads: false,
             create_missing: true,
+            compressed: false,
         }
     }
 
@@ -130,6 +132,15 @@ impl StoreConfig {
     /// The partition count this configuration asks for.
     pub fn partition_count(&self) -> u32 {
         self.partitions
+    }
+
+    /// Whether the context's stream compresses what it stores (JetStream's S2; off by default).
+    /// Fixed when the stream is created: connecting with the other setting to an existing stream
+    /// is a [`NatsStoreError::StreamConflict`]. `examples/bench.rs` measures what it costs and
+    /// saves (variant `repository_s2`).
+    pub fn compressed(mut self, compressed: bool) -> Self {
+        self.compressed = compressed;
+        self
     }
 
     /// Stream and bucket replicas (1 locally, 3 in a cluster).
@@ -194,6 +205,11 @@ impl StoreConfig {
             max_messages_per_subject: -1,
             max_messages: -1,
             max_bytes: -1,
+            compression: Some(if self.compressed {
+                stream::Compression::S2
+            } else {
+                stream::Compression::None
+            }),
             ..Default::default()
         }
     }
@@ -379,6 +395,14 @@ fn config_differences(want: &stream::Config, have: &stream::Config) -> Vec<Strin
             have_flag.to_string(),
         );
     }
+    // A stream created without the field reports no compression.
+    let compression = |c: &Option<stream::Compression>| c.clone().unwrap_or(stream::Compression::None);
+    check(
+        "compression",
+        compression(&have.compression) == compression(&want.compression),
+        format!("{:?}", compression(&want.compression)),
+        format!("{:?}", compression(&have.compression)),
+    );
     check(
         "duplicate_window",
         have.duplicate_window == want.duplicate_window,
@@ -1804,6 +1828,11 @@ mod tests {
         let diffs = config_differences(&want, &have);
         assert_eq!(diffs.len(), 2, "{diffs:?}");
         assert!(diffs[0].starts_with("deny_delete"));
+        have = want.clone();
+        have.compression = None;
+        assert!(config_differences(&want, &have).is_empty(), "none is no compression");
+        have.compression = Some(stream::Compression::S2);
+        assert!(config_differences(&want, &have)[0].starts_with("compression"));
     }
 
     #[test]

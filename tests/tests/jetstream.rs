@@ -706,6 +706,43 @@ async fn long_histories_read_by_a_consumer_match_the_pages() {
     }
 }
 
+/// `StoreConfig::compressed` makes an S2-compressed stream that stores and loads events like
+/// any other; the other setting on the same stream is a conflict, not a silent change.
+#[tokio::test]
+async fn compressed_streams_store_and_load_events() {
+    let server = NatsServer::start().await.expect("server");
+    let store = JetStreamEventStore::connect(server.url(), StoreConfig::new("zip").compressed(true))
+        .await
+        .expect("connect");
+    let info = store
+        .jetstream()
+        .get_stream("EVENTS_ZIP")
+        .await
+        .expect("stream")
+        .cached_info()
+        .clone();
+    assert_eq!(
+        info.config.compression,
+        Some(jetstream::stream::Compression::S2)
+    );
+    let stream = StreamId::new("Order", "z");
+    let events: Vec<NewEvent> = (0..20).map(|n| event("E", n)).collect();
+    let committed = store
+        .append(&stream, ExpectedVersion::NoStream, events, None)
+        .await
+        .expect("append");
+    assert_eq!(load_all(&store, &stream).await.expect("load"), committed.events);
+    let err = JetStreamEventStore::connect(server.url(), StoreConfig::new("zip"))
+        .await
+        .expect_err("uncompressed on a compressed stream");
+    match err {
+        NatsStoreError::StreamConflict { differences, .. } => {
+            assert!(differences.iter().any(|d| d.starts_with("compression")), "{differences:?}");
+        }
+        other => panic!("expected StreamConflict, got {other}"),
+    }
+}
+
 #[tokio::test]
 async fn provisioning_creates_verifies_and_refuses_conflicts() {
     let server = NatsServer::start().await.expect("server");
