@@ -711,9 +711,10 @@ async fn long_histories_read_by_a_consumer_match_the_pages() {
 #[tokio::test]
 async fn compressed_streams_store_and_load_events() {
     let server = NatsServer::start().await.expect("server");
-    let store = JetStreamEventStore::connect(server.url(), StoreConfig::new("zip").compressed(true))
-        .await
-        .expect("connect");
+    let store =
+        JetStreamEventStore::connect(server.url(), StoreConfig::new("zip").compressed(true))
+            .await
+            .expect("connect");
     let info = store
         .jetstream()
         .get_stream("EVENTS_ZIP")
@@ -731,13 +732,19 @@ async fn compressed_streams_store_and_load_events() {
         .append(&stream, ExpectedVersion::NoStream, events, None)
         .await
         .expect("append");
-    assert_eq!(load_all(&store, &stream).await.expect("load"), committed.events);
+    assert_eq!(
+        load_all(&store, &stream).await.expect("load"),
+        committed.events
+    );
     let err = JetStreamEventStore::connect(server.url(), StoreConfig::new("zip"))
         .await
         .expect_err("uncompressed on a compressed stream");
     match err {
         NatsStoreError::StreamConflict { differences, .. } => {
-            assert!(differences.iter().any(|d| d.starts_with("compression")), "{differences:?}");
+            assert!(
+                differences.iter().any(|d| d.starts_with("compression")),
+                "{differences:?}"
+            );
         }
         other => panic!("expected StreamConflict, got {other}"),
     }

@@ -24,7 +24,8 @@
 //! lagging follower may serve: a stale head makes an append fail with a retryable
 //! [`StoreError::Conflict`], never lose an update.
 
-use super::{Inner, StoreConfig, backend, chain_text, unavailable};
+use super::failure::{backend, chain_text, unavailable};
+use super::{Inner, StoreConfig};
 use crate::headers;
 use crate::permissions::{Violation, api};
 use crate::reads::{READ_ERROR_HEADER, READ_PENDING_HEADER, READ_RETRYABLE_HEADER, ReadRequest};

@@ -99,7 +99,9 @@ impl SnapshotBucket {
         let ack = self.js.send_publish(self.subject(key), publish).await?;
         match ack.await {
             Ok(_) => Ok(Write::Written),
-            Err(e) if super::jetstream_code(&e).is_some_and(|c| c == 10071 || c == 10164) => {
+            Err(e)
+                if super::failure::jetstream_code(&e).is_some_and(super::failure::is_conflict) =>
+            {
                 Ok(Write::Raced)
             }
             Err(e) => Err(e.into()),

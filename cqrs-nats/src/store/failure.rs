@@ -1,0 +1,187 @@
+//! How the server's answers are classified: one place for every error code the store acts on.
+
+use async_nats::jetstream::{self, ErrorCode};
+use cqrs_core::StoreError;
+use std::fmt;
+
+/// The JetStream API error code somewhere in `error`'s source chain.
+pub(super) fn jetstream_code(error: &(dyn std::error::Error + 'static)) -> Option<u64> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(js) = e.downcast_ref::<jetstream::Error>() {
+            return Some(js.error_code().0);
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// `error` and its sources as one line, without the repetitions async-nats errors carry.
+pub(super) fn chain_text(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut current = error.source();
+    while let Some(e) = current {
+        // async-nats errors often repeat their source in their own message.
+        let more = e.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        current = e.source();
+    }
+    text
+}
+
+/// How a publish failed.
+pub(super) enum Failure {
+    /// Another writer was first (10071, 10164).
+    Conflict,
+    /// An atomic batch carried a message id the stream already has (10201).
+    DuplicateBatch,
+    /// The server asks to come back later (a duplicate in flight, too many open batches).
+    Busy(String),
+    /// Too many events, or headers too large.
+    TooLarge(String),
+    /// No acknowledgement came: the append may or may not have been stored.
+    OutcomeUnknown(String),
+    /// The stream cannot take writes now (no leader, no cluster, no resources).
+    Unavailable(String),
+    /// The user may not publish there.
+    PermissionDenied(String),
+    /// Anything else.
+    Backend(cqrs_core::error::BoxError),
+}
+
+/// Whether `code` says another writer was first: 10071 (wrong last sequence, with the actual
+/// one) or 10164 (the same without it, in a cluster or inside an atomic batch).
+pub(super) fn is_conflict(code: u64) -> bool {
+    code == ErrorCode::STREAM_WRONG_LAST_SEQUENCE.0
+        || code == ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT.0
+}
+
+pub(super) fn classify_code(code: u64, text: String) -> Failure {
+    let code = ErrorCode(code);
+    match code {
+        _ if is_conflict(code.0) => Failure::Conflict,
+        ErrorCode::ATOMIC_PUBLISH_CONTAINS_DUPLICATE_MESSAGE => Failure::DuplicateBatch,
+        // A retry raced its original (cluster), or too many batches in flight: back off.
+        ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT
+        | ErrorCode::ATOMIC_PUBLISH_TOO_MANY_INFLIGHT => Failure::Busy(text),
+        ErrorCode::ATOMIC_PUBLISH_TOO_LARGE_BATCH | ErrorCode::STREAM_HEADER_EXCEEDS_MAXIMUM => {
+            Failure::TooLarge(text)
+        }
+        // No cluster, no leader (an election is on), no JetStream, or the server is short of
+        // resources for the moment.
+        ErrorCode::CLUSTER_NOT_AVAILABLE
+        | ErrorCode::CLUSTER_NOT_LEADER
+        | ErrorCode::JETSTREAM_NOT_ENABLED
+        | ErrorCode::INSUFFICIENT_RESOURCES => Failure::Unavailable(text),
+        _ => Failure::Backend(text.into()),
+    }
+}
+
+pub(super) fn classify_publish(error: &jetstream::context::PublishError) -> Failure {
+    use jetstream::context::PublishErrorKind as K;
+    let text = chain_text(error);
+    if text.to_lowercase().contains("permission") {
+        return Failure::PermissionDenied(text);
+    }
+    match error.kind() {
+        K::WrongLastSequence => Failure::Conflict,
+        K::TimedOut | K::BrokenPipe => Failure::OutcomeUnknown(text),
+        K::StreamNotFound | K::MaxAckPending => Failure::Unavailable(text),
+        K::MaxPayloadExceeded => Failure::TooLarge(text),
+        _ => match jetstream_code(error) {
+            Some(code) => classify_code(code, text),
+            None => Failure::Backend(text.into()),
+        },
+    }
+}
+
+pub(super) fn classify_request(error: &async_nats::RequestError) -> Failure {
+    use async_nats::RequestErrorKind as K;
+    let text = chain_text(error);
+    if text.to_lowercase().contains("permission") {
+        return Failure::PermissionDenied(text);
+    }
+    match error.kind() {
+        K::NoResponders | K::TimedOut => Failure::Unavailable(text),
+        _ => Failure::Backend(text.into()),
+    }
+}
+
+/// An error reply of the JetStream API: `{"error":{"code":..,"err_code":..,"description":..}}`.
+#[derive(serde::Deserialize)]
+pub(super) struct ApiErrorReply {
+    pub(super) error: ApiError,
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct ApiError {
+    #[serde(default)]
+    pub(super) code: u64,
+    #[serde(default)]
+    pub(super) err_code: u64,
+    #[serde(default)]
+    pub(super) description: String,
+}
+
+pub(super) fn unavailable(operation: &'static str, reason: impl fmt::Display) -> StoreError {
+    StoreError::Unavailable {
+        operation,
+        reason: reason.to_string(),
+    }
+}
+
+pub(super) fn backend(
+    operation: &'static str,
+    source: impl Into<cqrs_core::error::BoxError>,
+) -> StoreError {
+    StoreError::Backend {
+        operation,
+        source: source.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflict_codes_are_conflicts() {
+        assert!(matches!(
+            classify_code(10071, String::new()),
+            Failure::Conflict
+        ));
+        assert!(matches!(
+            classify_code(10164, String::new()),
+            Failure::Conflict
+        ));
+        assert!(matches!(
+            classify_code(10201, String::new()),
+            Failure::DuplicateBatch
+        ));
+        assert!(matches!(
+            classify_code(10158, String::new()),
+            Failure::Busy(_)
+        ));
+        assert!(matches!(
+            classify_code(10210, String::new()),
+            Failure::Busy(_)
+        ));
+        for unavailable in [10008, 10009, 10023, 10076] {
+            assert!(matches!(
+                classify_code(unavailable, String::new()),
+                Failure::Unavailable(_)
+            ));
+        }
+        assert!(matches!(
+            classify_code(10199, String::new()),
+            Failure::TooLarge(_)
+        ));
+        assert!(matches!(
+            classify_code(10060, String::new()),
+            Failure::Backend(_)
+        ));
+    }
+}

@@ -1,0 +1,304 @@
+//! Loads: an aggregate's events page by page, its tail by an ordered consumer, its last message.
+
+use super::Inner;
+use super::failure::{backend, chain_text, unavailable};
+use crate::headers;
+use crate::permissions::api;
+use async_nats::jetstream::{self, stream};
+use cqrs_core::{EventStream, RecordedEvent, StoreError};
+use futures::FutureExt;
+use futures::stream::{self as fstream, StreamExt, TryStreamExt};
+use std::sync::Arc;
+use tracing::Instrument;
+use uuid::Uuid;
+
+/// How many events must follow the first page of a load for the rest to be read by a consumer
+/// rather than page by page: creating the consumer costs about as much as a page.
+const LONG_TAIL: u64 = 2_000;
+
+/// Where the next events of a load come from.
+enum Source {
+    /// A page being fetched.
+    Page(Prefetch),
+    /// An ordered consumer reading the rest.
+    Tail(Box<Tail>),
+    /// Nothing more.
+    Done,
+}
+
+/// The rest of a long aggregate, read by an ordered consumer filtered to its subject.
+struct Tail {
+    messages: jetstream::consumer::pull::Ordered,
+    remaining: u64,
+    stream: stream::Stream<()>,
+    name: String,
+}
+
+impl Tail {
+    async fn open(
+        inner: &Arc<Inner>,
+        subject: &str,
+        from_seq: u64,
+        remaining: u64,
+    ) -> Result<Self, StoreError> {
+        use jetstream::consumer::{DeliverPolicy, pull};
+        const OP: &str = "load";
+        // Named, so that the filter is part of the create's API subject (see `read_all`).
+        let name = format!("cqrs-load-{}", Uuid::now_v7().simple());
+        let create = [
+            api::consumer_create(&inner.stream_name, &name, subject),
+            format!("$JS.API.CONSUMER.CREATE.{}.{name}", inner.stream_name),
+        ];
+        let config = pull::OrderedConfig {
+            name: Some(name.clone()),
+            filter_subject: subject.to_owned(),
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: from_seq,
+            },
+            ..Default::default()
+        };
+        let create: Vec<&str> = create.iter().map(String::as_str).collect();
+        let consumer = inner
+            .guard
+            .run(&create, inner.stream.create_consumer(config))
+            .await
+            .map_err(|violation| inner.denied(OP, subject, &violation))?
+            .map_err(|e| unavailable(OP, chain_text(&e)))?;
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| unavailable(OP, chain_text(&e)))?;
+        Ok(Self {
+            messages,
+            remaining,
+            stream: inner.stream.clone(),
+            name,
+        })
+    }
+
+    /// Up to `max` messages: those already delivered, at least one.
+    async fn next_chunk(
+        &mut self,
+        max: usize,
+    ) -> Result<Vec<jetstream::message::StreamMessage>, StoreError> {
+        const OP: &str = "load";
+        let mut chunk = Vec::with_capacity(max.min(usize::try_from(self.remaining).unwrap_or(max)));
+        while self.remaining > 0 && chunk.len() < max {
+            let next = if chunk.is_empty() {
+                self.messages.next().await
+            } else {
+                match self.messages.next().now_or_never() {
+                    Some(next) => next,
+                    None => break,
+                }
+            };
+            let message = next
+                .ok_or_else(|| unavailable(OP, "the consumer ended before the aggregate's end"))?
+                .map_err(|e| unavailable(OP, chain_text(&e)))?;
+            chunk.push(headers::from_consumer(message).map_err(|e| backend(OP, e))?);
+            self.remaining -= 1;
+        }
+        Ok(chunk)
+    }
+}
+
+impl Drop for Tail {
+    fn drop(&mut self) {
+        // The server would remove it after its inactivity threshold; free it now.
+        let (stream, name) = (self.stream.clone(), std::mem::take(&mut self.name));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = stream.delete_consumer(&name).await;
+            });
+        }
+    }
+}
+
+/// One page of an aggregate's messages, fetched on a task of its own so that it travels while
+/// the page before it is decoded; aborted when the load is dropped.
+struct Prefetch {
+    task:
+        tokio::task::JoinHandle<Result<(Vec<jetstream::message::StreamMessage>, u64), StoreError>>,
+}
+
+impl Prefetch {
+    fn start(inner: &Arc<Inner>, subject: String, from_seq: u64) -> Self {
+        let inner = Arc::clone(inner);
+        let span = tracing::debug_span!(
+            "cqrs.nats.load_page",
+            subject = %subject,
+            from_sequence = from_seq,
+            events = tracing::field::Empty,
+            pending = tracing::field::Empty,
+        );
+        let task = tokio::spawn(
+            async move {
+                let page = inner
+                    .page(&subject, from_seq, inner.config.load_batch)
+                    .await;
+                if let Ok((messages, pending)) = &page {
+                    tracing::Span::current()
+                        .record("events", messages.len())
+                        .record("pending", pending);
+                }
+                page
+            }
+            .instrument(span),
+        );
+        Self { task }
+    }
+
+    async fn finish(mut self) -> Result<(Vec<jetstream::message::StreamMessage>, u64), StoreError> {
+        match (&mut self.task).await {
+            Ok(page) => page,
+            Err(join) => Err(unavailable(
+                "load",
+                format!("the page fetch failed: {join}"),
+            )),
+        }
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Inner {
+    /// The aggregate's last message, read from the stream leader.
+    pub(super) async fn last(&self, subject: &str) -> Result<Option<RecordedEvent>, StoreError> {
+        let Some(message) = self.last_message(subject).await? else {
+            return Ok(None);
+        };
+        let event = headers::decode(&self.subjects, &message)?;
+        self.remember(subject, &event);
+        Ok(Some(event))
+    }
+
+    /// The events of `subject` from stream sequence `from_seq` on, lazily; `first_version` is
+    /// the version the first yielded event must have (`None`: any, with events below
+    /// `min_version` skipped).
+    ///
+    /// They come in pages of batched direct gets; while one page is decoded and consumed, the
+    /// next is already being fetched. When the first page says that more than
+    /// [`LONG_TAIL`] events follow, the rest is read by an ordered consumer instead, which
+    /// streams at the server's pace (a batched direct get answers message by message, each
+    /// with a full set of stream headers): exactly as many messages as the page said remain, so
+    /// the load still ends on a count, never on a timeout.
+    pub(super) fn events(
+        self: &Arc<Self>,
+        subject: String,
+        from_seq: u64,
+        min_version: u64,
+        first_version: Option<u64>,
+    ) -> EventStream {
+        struct State {
+            source: Source,
+            expect_version: Option<u64>,
+        }
+        let inner = Arc::clone(self);
+        let start = State {
+            source: Source::Page(Prefetch::start(&inner, subject.clone(), from_seq.max(1))),
+            expect_version: first_version,
+        };
+        fstream::try_unfold(start, move |mut state| {
+            let inner = Arc::clone(&inner);
+            let subject = subject.clone();
+            async move {
+                let messages = match std::mem::replace(&mut state.source, Source::Done) {
+                    Source::Done => return Ok(None),
+                    Source::Page(fetching) => {
+                        let (messages, pending) = fetching.finish().await?;
+                        // Ask for what follows before decoding this page.
+                        if pending > 0
+                            && let Some(last) = messages.last()
+                        {
+                            let next = last.sequence + 1;
+                            let tail = if pending > LONG_TAIL && !inner.config.scoped_reads {
+                                match Tail::open(&inner, &subject, next, pending).await {
+                                    Ok(tail) => Some(Box::new(tail)),
+                                    // A user who may read but not create consumers: page on.
+                                    Err(StoreError::PermissionDenied { reason, .. }) => {
+                                        tracing::debug!(%reason, "reading the rest page by page");
+                                        None
+                                    }
+                                    Err(other) => return Err(other),
+                                }
+                            } else {
+                                None
+                            };
+                            state.source = match tail {
+                                Some(tail) => Source::Tail(tail),
+                                None => Source::Page(Prefetch::start(&inner, subject.clone(), next)),
+                            };
+                        }
+                        messages
+                    }
+                    Source::Tail(mut tail) => {
+                        let messages = tail.next_chunk(inner.config.load_batch).await?;
+                        if tail.remaining > 0 {
+                            state.source = Source::Tail(tail);
+                        }
+                        messages
+                    }
+                };
+                let mut events = Vec::with_capacity(messages.len());
+                let mut decoder = headers::Decoder::new(&inner.subjects);
+                for message in &messages {
+                    let event = decoder.decode(message)?;
+                    if let Some(expected) = state.expect_version
+                        && event.version != expected
+                    {
+                        return Err(StoreError::MalformedEnvelope {
+                            position: event.position,
+                            reason: format!(
+                                "aggregate version {} where version {expected} was expected (versions must be gapless)",
+                                event.version
+                            ),
+                        });
+                    }
+                    state.expect_version = Some(event.version + 1);
+                    if event.version >= min_version {
+                        events.push(Ok(event));
+                    }
+                }
+                if let Some(last) = events.last().and_then(|e| e.as_ref().ok()) {
+                    inner.remember(&subject, last);
+                }
+                Ok(Some((fstream::iter(events), state)))
+            }
+        })
+        .try_flatten()
+        .boxed()
+    }
+
+    /// Scans `subject` for the commit whose event ids are `ids` (the first, then as many of the
+    /// following as match in order).
+    pub(super) async fn find_ids(
+        self: &Arc<Self>,
+        subject: &str,
+        ids: &[Uuid],
+    ) -> Result<Option<Vec<RecordedEvent>>, StoreError> {
+        let Some(&first) = ids.first() else {
+            return Ok(None);
+        };
+        let mut events = self.events(subject.to_owned(), 1, 0, None);
+        let mut found: Vec<RecordedEvent> = Vec::new();
+        while let Some(event) = events.try_next().await? {
+            if found.is_empty() {
+                if event.event_id == first {
+                    found.push(event);
+                }
+            } else if ids.get(found.len()) == Some(&event.event_id) {
+                found.push(event);
+            } else {
+                break;
+            }
+            if found.len() == ids.len() {
+                break;
+            }
+        }
+        Ok((!found.is_empty()).then_some(found))
+    }
+}

@@ -1,0 +1,129 @@
+//! `read_all`: an ordered consumer over the whole stream, filtered as narrowly as the filter
+//! allows, ending at the head as of the call.
+
+use super::JetStreamEventStore;
+use super::failure::{backend, chain_text, unavailable};
+use crate::headers;
+use crate::permissions::api;
+use async_nats::jetstream;
+use cqrs_core::{EventFilter, EventStream, StoreError, StreamId};
+use futures::stream::{self as fstream, StreamExt};
+use std::sync::Arc;
+use uuid::Uuid;
+
+impl JetStreamEventStore {
+    /// The consumer filter subjects that narrow `filter` on the server (the client applies the
+    /// whole filter anyway).
+    fn filter_subjects(&self, filter: &EventFilter) -> Vec<String> {
+        let subjects = &self.inner.subjects;
+        let narrowed = crate::projection::filter_subjects(subjects, filter);
+        if narrowed.is_empty() {
+            vec![subjects.all_events()]
+        } else {
+            narrowed
+        }
+    }
+
+    pub(super) async fn read_all_inner(
+        &self,
+        filter: &EventFilter,
+        from_position: u64,
+    ) -> Result<EventStream, StoreError> {
+        use jetstream::consumer::{DeliverPolicy, pull};
+        const OP: &str = "read all";
+        if self.inner.config.scoped_reads {
+            return self.inner.read_all_scoped(filter, from_position).await;
+        }
+        let all = StreamId::new("*", "*");
+        let info = [api::stream_info(&self.inner.stream_name)];
+        let stream = self
+            .inner
+            .guarded(
+                OP,
+                &all,
+                &info,
+                self.inner.js.get_stream(&self.inner.stream_name),
+            )
+            .await?
+            .map_err(|e| unavailable(OP, chain_text(&e)))?;
+        let head = stream.cached_info().state.last_sequence;
+        let start = from_position.max(1);
+        if start > head {
+            return Ok(fstream::empty().boxed());
+        }
+        let mut filters = self.filter_subjects(filter);
+        let (filter_subject, filter_subjects) = if filters.len() == 1 {
+            (filters.pop().unwrap_or_default(), Vec::new())
+        } else {
+            (String::new(), filters)
+        };
+        // Named, so that a single filter subject is part of the create's API subject, where
+        // per-tenant permissions can allow it.
+        let name = format!("cqrs-read-{}", Uuid::now_v7().simple());
+        let create = [
+            api::consumer_create(&self.inner.stream_name, &name, &filter_subject),
+            format!("$JS.API.CONSUMER.CREATE.{}.{name}", self.inner.stream_name),
+        ];
+        let config = pull::OrderedConfig {
+            name: Some(name),
+            filter_subject,
+            filter_subjects,
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: start,
+            },
+            ..Default::default()
+        };
+        let consumer = self
+            .inner
+            .guarded(OP, &all, &create, stream.create_consumer(config))
+            .await?
+            .map_err(|e| unavailable(OP, chain_text(&e)))?;
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(fstream::empty().boxed());
+        }
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| unavailable(OP, chain_text(&e)))?;
+        let inner = Arc::clone(&self.inner);
+        let filter = filter.clone();
+        let events = fstream::try_unfold(Some(messages), move |state| {
+            let inner = Arc::clone(&inner);
+            let filter = filter.clone();
+            async move {
+                let Some(mut messages) = state else {
+                    return Ok(None);
+                };
+                loop {
+                    let Some(message) = messages.next().await else {
+                        return Err(unavailable(OP, "the consumer ended before the head"));
+                    };
+                    let message = message.map_err(|e| unavailable(OP, chain_text(&e)))?;
+                    let info = message.info().map_err(|e| backend(OP, e.to_string()))?;
+                    let (sequence, pending, time) =
+                        (info.stream_sequence, info.pending, info.published);
+                    if sequence > head {
+                        return Ok(None);
+                    }
+                    let stored = jetstream::message::StreamMessage {
+                        subject: message.subject.clone(),
+                        sequence,
+                        headers: message.headers.clone().unwrap_or_default(),
+                        payload: message.payload.clone(),
+                        time,
+                    };
+                    let event = headers::decode(&inner.subjects, &stored)?;
+                    let next = (sequence < head && pending > 0).then_some(messages);
+                    if filter.matches(&event) {
+                        return Ok(Some((event, next)));
+                    }
+                    match next {
+                        Some(m) => messages = m,
+                        None => return Ok(None),
+                    }
+                }
+            }
+        });
+        Ok(events.boxed())
+    }
+}
