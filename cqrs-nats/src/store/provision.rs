@@ -47,7 +47,7 @@ impl JetStreamEventStore {
     ///
     /// The store installs an event callback on `options` (replacing one set before) that
     /// records the server's permission violations, so that a denied request fails at once with
-    /// [`StoreError::PermissionDenied`] instead of timing out (see [`crate::permissions`]). To
+    /// [`StoreError::PermissionDenied`](cqrs_core::StoreError::PermissionDenied) instead of timing out (see [`crate::permissions`]). To
     /// keep a callback of your own, feed a [`PermissionWatch`] from it and use
     /// [`from_client_with_watch`](Self::from_client_with_watch).
     pub async fn connect_with_options(
@@ -70,8 +70,8 @@ impl JetStreamEventStore {
     /// [`StoreConfig::create_missing`]`(false)` nothing is created.
     ///
     /// The store cannot see the connection's events here: a request the server's permissions
-    /// refuse ends in a timeout ([`StoreError::Unavailable`], [`StoreError::OutcomeUnknown`] for
-    /// an append), not in [`StoreError::PermissionDenied`]. Prefer
+    /// refuse ends in a timeout ([`StoreError::Unavailable`](cqrs_core::StoreError::Unavailable), [`StoreError::OutcomeUnknown`](cqrs_core::StoreError::OutcomeUnknown) for
+    /// an append), not in [`StoreError::PermissionDenied`](cqrs_core::StoreError::PermissionDenied). Prefer
     /// [`from_client_with_watch`](Self::from_client_with_watch).
     pub async fn from_client(client: Client, config: StoreConfig) -> Result<Self, NatsStoreError> {
         Box::pin(Self::with_guard(client, config, None)).await
@@ -79,7 +79,7 @@ impl JetStreamEventStore {
 
     /// [`from_client`](Self::from_client) on a connection whose event callback feeds `watch`
     /// ([`PermissionWatch::install`] or [`PermissionWatch::observe`]): permission violations
-    /// fail the requests they concern at once, with [`StoreError::PermissionDenied`].
+    /// fail the requests they concern at once, with [`StoreError::PermissionDenied`](cqrs_core::StoreError::PermissionDenied).
     pub async fn from_client_with_watch(
         client: Client,
         config: StoreConfig,
