@@ -130,7 +130,11 @@ impl CommandMetadata {
         self
     }
 
-    /// Requires the aggregate to be at exactly this version (0: not yet created).
+    /// Requires the aggregate to be at exactly this version (0: not yet created): the version
+    /// the caller based the command on. The repository checks it before deciding, so a command
+    /// based on another version is [`StoreError::Conflict`](crate::StoreError::Conflict) —
+    /// never a refusal by a state the caller has not seen — unless it is a retry of this very
+    /// command, which gets its original events.
     pub fn with_expected_version(mut self, version: u64) -> Self {
         self.expected_version = Some(version);
         self

@@ -292,6 +292,14 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 None => self.load(stream).await?,
             };
             trust_cache = false;
+            // A pinned version is checked before deciding: a command based on an older state is
+            // a conflict, whatever the newer state would say to it — unless it is a retry of a
+            // command that succeeded, which gets its original outcome.
+            if let Some(pinned) = metadata.expected_version
+                && pinned != loaded.version()
+            {
+                return self.stale_pin(stream, &key, pinned, loaded.version()).await;
+            }
             let refusal = if A::STATE_MACHINE && loaded.state.declared_target(&command).is_none() {
                 Some(CommandError::InvalidTransition(InvalidTransition {
                     aggregate: A::TYPE,
@@ -371,6 +379,26 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 }
                 Err(error) => return Err(error.into()),
             }
+        }
+    }
+
+    /// The answer to a command pinned at `pinned` while `stream` is at `actual`: its original
+    /// events if it is a retry of a command that succeeded, else a conflict.
+    async fn stale_pin(
+        &self,
+        stream: &StreamId,
+        key: &crate::IdempotencyKey,
+        pinned: u64,
+        actual: u64,
+    ) -> Result<Vec<EventEnvelope<A::Event>>, CommandError<A::Error>> {
+        match self.store.find_commit(stream, key).await? {
+            Some(original) => decode_committed::<A>(&original),
+            None => Err(StoreError::Conflict {
+                stream: stream.clone(),
+                expected: ExpectedVersion::Exact(pinned),
+                actual: Some(actual),
+            }
+            .into()),
         }
     }
 

@@ -154,6 +154,17 @@ async fn failures_are_typed() {
         )
         .await;
     assert_eq!(kind(conflict), Some(FailureKind::Conflict));
+    // `Cqrs-Expected-Version` is checked before deciding: a submitted order refuses `Submit`,
+    // but a command based on version 0 is told it is stale.
+    let stale_refused = f
+        .commands
+        .send::<Order>(
+            "o-1",
+            &submit(),
+            &CommandMetadata::root().with_expected_version(0),
+        )
+        .await;
+    assert_eq!(kind(stale_refused), Some(FailureKind::Conflict));
 }
 
 #[tokio::test]

@@ -5,8 +5,8 @@
 use cqrs_core::doc::{Counter, CounterCommand};
 use cqrs_core::metadata::new_id;
 use cqrs_core::{
-    CommandMetadata, Committed, EventFilter, EventStore, ExpectedVersion, IdempotencyKey, Metadata,
-    NewEvent, Repository, Snapshot, StoreError, StreamId, StreamPosition,
+    CommandError, CommandMetadata, Committed, EventFilter, EventStore, ExpectedVersion,
+    IdempotencyKey, Metadata, NewEvent, Repository, Snapshot, StoreError, StreamId, StreamPosition,
 };
 use cqrs_tests::event;
 use futures::TryStreamExt;
@@ -87,6 +87,7 @@ conformance!(
     snapshots_roundtrip_and_keep_the_newest,
     find_commit_finds_the_original,
     repository_retries_conflicts,
+    a_stale_pinned_version_is_a_conflict_before_deciding,
     read_all_of_one_tenant,
     ;
     across_tenants:
@@ -939,6 +940,75 @@ async fn find_commit_finds_the_original<S: EventStore>(store: S) {
             .await
             .expect("find")
             .is_none()
+    );
+}
+
+/// `with_expected_version` pins the version a command is based on: a stale pin is a conflict
+/// even where the newer state would refuse the command (it must not read as a refusal), a pin
+/// ahead of the aggregate is one too, and a retry of the pinned command that succeeded gets
+/// its original events.
+async fn a_stale_pinned_version_is_a_conflict_before_deciding<S: EventStore + Clone>(store: S) {
+    use examples::order_fulfilment::{Channel, Item, Order, OrderCommand};
+    let repo = Repository::<Order, _>::new(store.clone());
+    let submit = OrderCommand::Submit {
+        items: vec![Item {
+            sku: "book".into(),
+            quantity: 1,
+        }],
+        channel: Channel::Web,
+    };
+    repo.execute("o-pin", submit, CommandMetadata::root())
+        .await
+        .expect("submit");
+    let pay = |id: &str| OrderCommand::Pay {
+        payment_id: id.into(),
+    };
+    // Desk A pays, based on version 1.
+    let desk_a = CommandMetadata::root().with_expected_version(1);
+    let paid = repo
+        .execute("o-pin", pay("a"), desk_a.clone())
+        .await
+        .expect("desk A pays");
+    // Desk B, also based on version 1: a paid order refuses `Pay`, but B's answer is a conflict.
+    let stale = repo
+        .execute(
+            "o-pin",
+            pay("b"),
+            CommandMetadata::root().with_expected_version(1),
+        )
+        .await
+        .expect_err("stale pin");
+    match stale {
+        CommandError::Store(StoreError::Conflict {
+            expected, actual, ..
+        }) => assert_eq!((expected, actual), (ExpectedVersion::Exact(1), Some(2))),
+        other => panic!("expected a conflict, got {other}"),
+    }
+    // A pin ahead of the aggregate.
+    let ahead = repo
+        .execute(
+            "o-pin",
+            pay("c"),
+            CommandMetadata::root().with_expected_version(5),
+        )
+        .await
+        .expect_err("pin ahead");
+    assert!(
+        matches!(&ahead, CommandError::Store(e) if e.is_conflict()),
+        "{ahead}"
+    );
+    // Desk A's retry: its original events, nothing new.
+    let again = repo
+        .execute("o-pin", pay("a"), desk_a)
+        .await
+        .expect("retry");
+    assert_eq!(again, paid);
+    assert_eq!(
+        repo.load(&StreamId::new("Order", "o-pin"))
+            .await
+            .expect("load")
+            .version(),
+        2
     );
 }
 
