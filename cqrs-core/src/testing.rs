@@ -17,7 +17,10 @@
 //! The synchronous `when` needs no runtime and works inside async tests too; `when_async` runs
 //! the command through a [`Repository`] over an [`InMemoryEventStore`] holding the given events,
 //! so metadata, versions and the store's rules take part. Assertions are `#[track_caller]`:
-//! a failure points at the test line and shows expected and actual side by side.
+//! a failure points at the test line and shows expected and actual side by side. The async
+//! entry points (`when_async`, [`when_projected`], [`when_projected_in_batches`]) take the
+//! caller's line before their future starts (`#[track_caller]` does not reach into an
+//! `async fn`) and name it in their failure messages.
 
 // Every assertion here panics by design: that is how a test fails.
 #![allow(clippy::missing_panics_doc)]
@@ -35,6 +38,7 @@ use crate::store::EventStore;
 use crate::stream::{ExpectedVersion, StreamId};
 use std::collections::HashMap;
 use std::fmt::{Debug, Write as _};
+use std::panic::Location;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -117,8 +121,25 @@ impl<A: Aggregate> Given<A> {
     /// history, under `metadata`; the stored envelopes are available from
     /// [`Then::envelopes`].
     ///
-    /// Panics if the store fails (a test setup problem, not a domain outcome).
-    pub async fn when_async(self, command: A::Command, metadata: CommandMetadata) -> Then<A> {
+    /// Panics if the store fails (a test setup problem, not a domain outcome); the message names
+    /// the line that called `when_async`.
+    #[track_caller]
+    pub fn when_async(
+        self,
+        command: A::Command,
+        metadata: CommandMetadata,
+    ) -> impl Future<Output = Then<A>> {
+        // `#[track_caller]` does not reach into an `async fn`: take the caller's line here.
+        let caller = Location::caller();
+        self.when_async_at(caller, command, metadata)
+    }
+
+    async fn when_async_at(
+        self,
+        caller: &'static Location<'static>,
+        command: A::Command,
+        metadata: CommandMetadata,
+    ) -> Then<A> {
         let store = InMemoryEventStore::new();
         let repository = Repository::<A, _>::new(store.clone());
         let stream = Repository::<A, InMemoryEventStore>::stream_id(
@@ -139,7 +160,7 @@ impl<A: Aggregate> Given<A> {
                 Err(e) => Err(e.to_string()),
             };
             if let Err(error) = appended {
-                panic!("could not seed the given events: {error}");
+                panic!("could not seed the given events: {error} (when_async at {caller})");
             }
         }
         let command_name = A::command_name(&command);
@@ -150,7 +171,9 @@ impl<A: Aggregate> Given<A> {
             Ok(envelopes) => {
                 let state = match repository.load(&stream).await {
                     Ok(loaded) => loaded.state,
-                    Err(error) => panic!("could not reload the aggregate: {error}"),
+                    Err(error) => {
+                        panic!("could not reload the aggregate: {error} (when_async at {caller})")
+                    }
                 };
                 let events = envelopes.iter().map(|e| e.payload.clone()).collect();
                 Ok((state, events, Some(envelopes)))
@@ -162,11 +185,13 @@ impl<A: Aggregate> Given<A> {
                 match A::replay(&self.history).decide(command) {
                     Err(error) => Err(error),
                     Ok(_) => panic!(
-                        "the repository refused `{command_name}` ({invalid}), but `decide` accepts it: `declared_target` and `decide` disagree"
+                        "the repository refused `{command_name}` ({invalid}), but `decide` accepts it: `declared_target` and `decide` disagree (when_async at {caller})"
                     ),
                 }
             }
-            Err(CommandError::Store(error)) => panic!("the in-memory store failed: {error}"),
+            Err(CommandError::Store(error)) => {
+                panic!("the in-memory store failed: {error} (when_async at {caller})")
+            }
         };
         Then {
             command_name,
@@ -367,14 +392,28 @@ impl EventLog {
 
 /// Applies the `events` that `projection`'s filter selects, in order, each twice — the second
 /// delivery must be a no-op, as redelivery after a crash is — then returns for assertions on the
-/// read model. Panics on a handler error.
-pub async fn when_projected<P: Projection>(projection: &P, events: &[RecordedEvent]) {
+/// read model. Panics on a handler error, naming the line that called it.
+#[track_caller]
+pub fn when_projected<'a, P: Projection>(
+    projection: &'a P,
+    events: &'a [RecordedEvent],
+) -> impl Future<Output = ()> + 'a {
+    // `#[track_caller]` does not reach into an `async fn`: take the caller's line here.
+    let caller = Location::caller();
+    when_projected_at(caller, projection, events)
+}
+
+async fn when_projected_at<P: Projection>(
+    caller: &'static Location<'static>,
+    projection: &P,
+    events: &[RecordedEvent],
+) {
     let filter = projection.filter();
     for event in events.iter().filter(|e| filter.matches(e)) {
         for delivery in ["first", "repeated"] {
             if let Err(error) = projection.apply(event).await {
                 panic!(
-                    "projection `{}` failed on the {delivery} delivery of {}: {error}",
+                    "projection `{}` failed on the {delivery} delivery of {}: {error} (when_projected at {caller})",
                     projection.name(),
                     describe(event)
                 );
@@ -385,8 +424,20 @@ pub async fn when_projected<P: Projection>(projection: &P, events: &[RecordedEve
 
 /// [`when_projected`] for a projection that applies batches: the selected `events` go to
 /// [`Projection::apply_batch`] in runs of `batch` (the last run shorter), each run twice, as a
-/// runner delivers them and a redelivery repeats them. Panics on a handler error.
-pub async fn when_projected_in_batches<P: Projection>(
+/// runner delivers them and a redelivery repeats them. Panics on a handler error, naming the
+/// line that called it.
+#[track_caller]
+pub fn when_projected_in_batches<'a, P: Projection>(
+    projection: &'a P,
+    events: &'a [RecordedEvent],
+    batch: usize,
+) -> impl Future<Output = ()> + 'a {
+    let caller = Location::caller();
+    when_projected_in_batches_at(caller, projection, events, batch)
+}
+
+async fn when_projected_in_batches_at<P: Projection>(
+    caller: &'static Location<'static>,
     projection: &P,
     events: &[RecordedEvent],
     batch: usize,
@@ -402,7 +453,7 @@ pub async fn when_projected_in_batches<P: Projection>(
             if let Err(error) = projection.apply_batch(run).await {
                 let (first, last) = (&run[0], &run[run.len() - 1]);
                 panic!(
-                    "projection `{}` failed on the {delivery} delivery of the batch from {} to {}: {error}",
+                    "projection `{}` failed on the {delivery} delivery of the batch from {} to {}: {error} (when_projected_in_batches at {caller})",
                     projection.name(),
                     describe(first),
                     describe(last)
@@ -607,5 +658,45 @@ mod tests {
             .when_async(CounterCommand::Add(0), CommandMetadata::root())
             .await
             .then_error(CounterError::Zero);
+    }
+
+    /// A projection that fails on everything it is given.
+    struct Failing;
+
+    impl Projection for Failing {
+        fn name(&self) -> &'static str {
+            "failing"
+        }
+
+        async fn apply(&self, _: &RecordedEvent) -> Result<(), crate::HandlerError> {
+            Err(crate::HandlerError::new("refused"))
+        }
+    }
+
+    /// The async fixtures cannot rely on `#[track_caller]` inside their futures: their failure
+    /// messages name the test line that called them.
+    #[test]
+    fn async_fixture_failures_name_the_calling_line() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let events = EventLog::new()
+            .append(
+                &StreamId::new("Counter", "c"),
+                [CounterEvent::Added { amount: 1 }],
+            )
+            .events()
+            .to_vec();
+        let here = |line: u32| format!("{}:{line}:", file!());
+
+        let line = line!() + 1;
+        let projected = when_projected(&Failing, &events);
+        let message = panic_message(std::panic::AssertUnwindSafe(|| runtime.block_on(projected)));
+        assert!(message.contains(&here(line)), "{message}");
+
+        let line = line!() + 1;
+        let batched = when_projected_in_batches(&Failing, &events, 8);
+        let message = panic_message(std::panic::AssertUnwindSafe(|| runtime.block_on(batched)));
+        assert!(message.contains(&here(line)), "{message}");
     }
 }
