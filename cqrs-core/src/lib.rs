@@ -49,5 +49,5 @@ pub use projection::{HandlerError, Projection, Reactor, RetryPolicy, WithReactor
 pub use read_model::{ReadModelStore, Versioned};
 pub use repository::{Loaded, Repository};
 pub use state_machine::StateMachine;
-pub use store::{Committed, EventStore, EventStream, Snapshot};
+pub use store::{AppendTo, Committed, EventStore, EventStream, Snapshot};
 pub use stream::{EventFilter, ExpectedVersion, StreamId, StreamPosition};

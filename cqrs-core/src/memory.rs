@@ -3,7 +3,7 @@
 use crate::envelope::{NewEvent, RecordedEvent};
 use crate::error::StoreError;
 use crate::metadata::IdempotencyKey;
-use crate::store::{Committed, EventStore, EventStream, Snapshot};
+use crate::store::{AppendTo, Committed, EventStore, EventStream, Snapshot, check_parts};
 use crate::stream::{EventFilter, ExpectedVersion, StreamId, StreamPosition};
 use futures::{Stream, StreamExt, stream};
 use std::collections::HashMap;
@@ -57,8 +57,9 @@ struct State {
     log: Vec<RecordedEvent>,
     /// Indices into `log` of each stream's events, in version order.
     streams: HashMap<StreamId, Vec<usize>>,
-    /// Which commit (stream and log range) an idempotency key produced.
-    commits: HashMap<IdempotencyKey, (StreamId, Range<usize>)>,
+    /// Which commit an idempotency key produced: the stream and log range of each part (one for
+    /// an `append`, one per aggregate for an `append_all`).
+    commits: HashMap<IdempotencyKey, Vec<(StreamId, Range<usize>)>>,
     snapshots: HashMap<StreamId, Snapshot>,
 }
 
@@ -198,17 +199,18 @@ impl State {
         events: Vec<NewEvent>,
         key: IdempotencyKey,
     ) -> Result<Committed, StoreError> {
-        if let Some((original, range)) = self.commits.get(&key) {
-            if original != stream {
-                return Err(StoreError::IdempotencyKeyReused {
+        if let Some(parts) = self.commits.get(&key) {
+            // The same event ids may have gone out as this aggregate's part of a larger commit.
+            return match parts.iter().find(|(original, _)| original == stream) {
+                Some((_, range)) => Ok(self.committed(range.clone(), true)),
+                None => Err(StoreError::IdempotencyKeyReused {
                     key: key.to_string(),
                     stream: stream.clone(),
-                    original: original.clone(),
-                });
-            }
-            return Ok(self.committed(range.clone(), true));
+                    original: parts[0].0.clone(),
+                }),
+            };
         }
-        let current = self.streams.get(stream).map_or(0, Vec::len) as u64;
+        let current = self.version(stream);
         if !expected.is_satisfied_by(current) {
             return Err(StoreError::Conflict {
                 stream: stream.clone(),
@@ -216,7 +218,74 @@ impl State {
                 actual: Some(current),
             });
         }
+        let range = self.push(stream, events, OffsetDateTime::now_utc());
+        self.commits
+            .insert(key, vec![(stream.clone(), range.clone())]);
+        Ok(self.committed(range, false))
+    }
+
+    fn append_all(
+        &mut self,
+        parts: Vec<AppendTo>,
+        key: IdempotencyKey,
+    ) -> Result<Vec<Committed>, StoreError> {
+        if let Some(original) = self.commits.get(&key) {
+            let same = original.len() == parts.len()
+                && original
+                    .iter()
+                    .zip(&parts)
+                    .all(|((s, _), p)| *s == p.stream);
+            if !same {
+                return Err(StoreError::IdempotencyKeyReused {
+                    key: key.to_string(),
+                    stream: parts[0].stream.clone(),
+                    original: original[0].0.clone(),
+                });
+            }
+            return Ok(original
+                .iter()
+                .map(|(_, range)| self.committed(range.clone(), true))
+                .collect());
+        }
+        for part in &parts {
+            let current = self.version(&part.stream);
+            if !part.expected.is_satisfied_by(current) {
+                return Err(StoreError::Conflict {
+                    stream: part.stream.clone(),
+                    expected: part.expected,
+                    actual: Some(current),
+                });
+            }
+        }
         let recorded_at = OffsetDateTime::now_utc();
+        let ranges: Vec<(StreamId, Range<usize>)> = parts
+            .into_iter()
+            .map(|part| {
+                let range = self.push(&part.stream, part.events, recorded_at);
+                (part.stream, range)
+            })
+            .collect();
+        let committed = ranges
+            .iter()
+            .map(|(_, range)| self.committed(range.clone(), false))
+            .collect();
+        self.commits.insert(key, ranges);
+        Ok(committed)
+    }
+
+    /// The version `stream` is at.
+    fn version(&self, stream: &StreamId) -> u64 {
+        self.streams.get(stream).map_or(0, Vec::len) as u64
+    }
+
+    /// Writes `events` after the end of `stream`; returns their range in the log.
+    fn push(
+        &mut self,
+        stream: &StreamId,
+        events: Vec<NewEvent>,
+        recorded_at: OffsetDateTime,
+    ) -> Range<usize> {
+        let current = self.version(stream);
         let start = self.log.len();
         let indices = self.streams.entry(stream.clone()).or_default();
         for (offset, event) in (1u64..).zip(events) {
@@ -234,9 +303,7 @@ impl State {
                 payload: event.payload,
             });
         }
-        let range = start..self.log.len();
-        self.commits.insert(key, (stream.clone(), range.clone()));
-        Ok(self.committed(range, false))
+        start..self.log.len()
     }
 }
 
@@ -268,6 +335,33 @@ impl EventStore for InMemoryEventStore {
         Ok(committed)
     }
 
+    async fn append_all(
+        &self,
+        parts: Vec<AppendTo>,
+        idempotency: Option<&IdempotencyKey>,
+    ) -> Result<Vec<Committed>, StoreError> {
+        check_parts(&parts, usize::MAX)?;
+        // Without an explicit key the first event id is the key, as for `append`.
+        let key = idempotency.cloned().unwrap_or_else(|| {
+            let first = parts
+                .first()
+                .and_then(|p| p.events.first())
+                .map(|e| e.event_id)
+                .unwrap_or_default();
+            IdempotencyKey::new(format!("event:{first}"))
+        });
+        let mut state = self.state();
+        let committed = state.append_all(parts, key)?;
+        if !committed.iter().any(|c| c.duplicate) {
+            // Sent under the lock, so subscribers see appends in position order.
+            for event in committed.iter().flat_map(|c| &c.events) {
+                let _no_subscribers = self.shared.feed.send(event.clone());
+            }
+        }
+        drop(state);
+        Ok(committed)
+    }
+
     async fn load(&self, stream: &StreamId, from_version: u64) -> Result<EventStream, StoreError> {
         Ok(self.stream_events(stream.clone(), from_version))
     }
@@ -278,12 +372,11 @@ impl EventStore for InMemoryEventStore {
         key: &IdempotencyKey,
     ) -> Result<Option<Committed>, StoreError> {
         let state = self.state();
-        Ok(match state.commits.get(key) {
-            Some((original, range)) if original == stream => {
-                Some(state.committed(range.clone(), true))
-            }
-            _ => None,
-        })
+        Ok(state
+            .commits
+            .get(key)
+            .and_then(|parts| parts.iter().find(|(original, _)| original == stream))
+            .map(|(_, range)| state.committed(range.clone(), true)))
     }
 
     async fn stream_position(&self, stream: &StreamId) -> Result<StreamPosition, StoreError> {

@@ -31,6 +31,109 @@ impl Committed {
     }
 }
 
+/// One aggregate's part of a multi-aggregate commit ([`EventStore::append_all`]): its events and
+/// the version it must be at.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// use cqrs_core::{AppendTo, EventStore, ExpectedVersion, InMemoryEventStore, Metadata, NewEvent, StreamId};
+/// use cqrs_core::doc::CounterEvent;
+/// use cqrs_core::metadata::new_id;
+///
+/// let store = InMemoryEventStore::new();
+/// let added = |amount| NewEvent::encode(&CounterEvent::Added { amount }, new_id(), Metadata::standalone());
+/// let (a, b) = (StreamId::new("Counter", "a"), StreamId::new("Counter", "b"));
+/// let both = store
+///     .append_all(
+///         vec![
+///             AppendTo::new(a.clone(), ExpectedVersion::NoStream, vec![added(1)?]),
+///             AppendTo::new(b.clone(), ExpectedVersion::NoStream, vec![added(2)?]),
+///         ],
+///         None,
+///     )
+///     .await?;
+/// assert_eq!(both[1].events[0].position, both[0].events[0].position + 1);
+///
+/// // `b` is at version 1 now: a commit expecting it new is refused as a whole.
+/// let err = store
+///     .append_all(
+///         vec![
+///             AppendTo::new(a.clone(), ExpectedVersion::Exact(1), vec![added(3)?]),
+///             AppendTo::new(b.clone(), ExpectedVersion::NoStream, vec![added(4)?]),
+///         ],
+///         None,
+///     )
+///     .await
+///     .unwrap_err();
+/// assert!(matches!(err, cqrs_core::StoreError::Conflict { ref stream, .. } if *stream == b));
+/// assert_eq!(store.stream_position(&a).await?.version, 1);
+/// # Ok::<_, cqrs_core::StoreError>(())
+/// # }).unwrap();
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppendTo {
+    /// The aggregate.
+    pub stream: StreamId,
+    /// The version it must be at: [`ExpectedVersion::NoStream`] or [`ExpectedVersion::Exact`]
+    /// (a multi-aggregate decision is based on the versions it read).
+    pub expected: ExpectedVersion,
+    /// Its new events, at least one.
+    pub events: Vec<NewEvent>,
+}
+
+impl AppendTo {
+    /// `events` for `stream`, which must be at version `expected`.
+    pub fn new(stream: StreamId, expected: ExpectedVersion, events: Vec<NewEvent>) -> Self {
+        Self {
+            stream,
+            expected,
+            events,
+        }
+    }
+}
+
+/// Checks the shape of a multi-aggregate commit before anything is sent: parts present, each
+/// with events and an exact expectation, no aggregate twice, at most `max` events in all.
+pub fn check_parts(parts: &[AppendTo], max: usize) -> Result<(), StoreError> {
+    let invalid = |stream: &StreamId, reason: &str| StoreError::InvalidInput {
+        stream: stream.clone(),
+        reason: reason.to_owned(),
+    };
+    let Some(first) = parts.first() else {
+        return Err(invalid(
+            &StreamId::new("*", "*"),
+            "a multi-aggregate commit needs at least one part",
+        ));
+    };
+    let mut seen = std::collections::HashSet::new();
+    for part in parts {
+        if part.events.is_empty() {
+            return Err(StoreError::empty_append(&part.stream));
+        }
+        if part.expected == ExpectedVersion::Any {
+            return Err(invalid(
+                &part.stream,
+                "every part of a multi-aggregate commit needs the version it was decided on (NoStream or Exact), not Any",
+            ));
+        }
+        if !seen.insert(&part.stream) {
+            return Err(invalid(
+                &part.stream,
+                "the aggregate appears twice in one commit; put all its events in one part",
+            ));
+        }
+    }
+    let count: usize = parts.iter().map(|p| p.events.len()).sum();
+    if count > max {
+        return Err(StoreError::TooManyEvents {
+            stream: first.stream.clone(),
+            count,
+            max,
+        });
+    }
+    Ok(())
+}
+
 /// A serialised aggregate state at a stream position.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -65,6 +168,40 @@ pub trait EventStore: Send + Sync + 'static {
         events: Vec<NewEvent>,
         idempotency: Option<&IdempotencyKey>,
     ) -> impl Future<Output = Result<Committed, StoreError>> + Send;
+
+    /// Appends to several aggregates atomically: every part's expected version must hold, then
+    /// all events are stored, or none. Returns one [`Committed`] per part, in order; positions
+    /// follow the parts' order.
+    ///
+    /// A version that does not hold is [`StoreError::Conflict`] naming that aggregate. A retry
+    /// with the same idempotency key (and event ids) returns the original commits with
+    /// `duplicate = true`, also when its expected versions have gone stale meanwhile; an
+    /// unknown outcome is resolved by looking the event ids up, as for [`append`](Self::append).
+    ///
+    /// The default commits a single part through [`append`](Self::append) and refuses more with
+    /// [`StoreError::InvalidInput`]: a backend that can write several aggregates atomically
+    /// overrides it (both stores of this workspace do).
+    fn append_all(
+        &self,
+        parts: Vec<AppendTo>,
+        idempotency: Option<&IdempotencyKey>,
+    ) -> impl Future<Output = Result<Vec<Committed>, StoreError>> + Send {
+        async move {
+            check_parts(&parts, usize::MAX)?;
+            let mut parts = parts;
+            match (parts.pop(), parts.is_empty()) {
+                (Some(part), true) => Ok(vec![
+                    self.append(&part.stream, part.expected, part.events, idempotency)
+                        .await?,
+                ]),
+                (Some(part), false) => Err(StoreError::InvalidInput {
+                    stream: part.stream,
+                    reason: "this store cannot commit to several aggregates atomically".to_owned(),
+                }),
+                (None, _) => Ok(Vec::new()),
+            }
+        }
+    }
 
     /// The events of `stream` from version `from_version` (1 for all) to its current end.
     fn load(
@@ -147,6 +284,14 @@ impl<S: EventStore> EventStore for Arc<S> {
         idempotency: Option<&IdempotencyKey>,
     ) -> impl Future<Output = Result<Committed, StoreError>> + Send {
         (**self).append(stream, expected, events, idempotency)
+    }
+
+    fn append_all(
+        &self,
+        parts: Vec<AppendTo>,
+        idempotency: Option<&IdempotencyKey>,
+    ) -> impl Future<Output = Result<Vec<Committed>, StoreError>> + Send {
+        (**self).append_all(parts, idempotency)
     }
 
     fn load(

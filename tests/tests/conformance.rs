@@ -5,7 +5,7 @@
 use cqrs_core::doc::{Counter, CounterCommand};
 use cqrs_core::metadata::new_id;
 use cqrs_core::{
-    CommandError, CommandMetadata, Committed, EventFilter, EventStore, ExpectedVersion,
+    AppendTo, CommandError, CommandMetadata, Committed, EventFilter, EventStore, ExpectedVersion,
     IdempotencyKey, Metadata, NewEvent, Repository, Snapshot, StoreError, StreamId, StreamPosition,
 };
 use cqrs_tests::event;
@@ -88,6 +88,10 @@ conformance!(
     find_commit_finds_the_original,
     repository_retries_conflicts,
     a_stale_pinned_version_is_a_conflict_before_deciding,
+    multi_aggregate_commits_are_all_or_nothing,
+    racing_multi_aggregate_commits_are_all_or_nothing,
+    retried_multi_aggregate_commit_writes_nothing_new,
+    malformed_multi_aggregate_commits_are_refused,
     read_all_of_one_tenant,
     ;
     across_tenants:
@@ -1010,6 +1014,229 @@ async fn a_stale_pinned_version_is_a_conflict_before_deciding<S: EventStore + Cl
             .version(),
         2
     );
+}
+
+/// The events of a commit to `a` and `b` whose ids derive from `key`: `n_a` for `a`, then `n_b`
+/// for `b`.
+fn two_parts(
+    key: &IdempotencyKey,
+    (a, expected_a, n_a): (&StreamId, ExpectedVersion, usize),
+    (b, expected_b, n_b): (&StreamId, ExpectedVersion, usize),
+) -> Vec<AppendTo> {
+    let ids: Vec<NewEvent> = keyed(key, n_a + n_b, &Metadata::standalone());
+    vec![
+        AppendTo::new(a.clone(), expected_a, ids[..n_a].to_vec()),
+        AppendTo::new(b.clone(), expected_b, ids[n_a..].to_vec()),
+    ]
+}
+
+/// Events for two aggregates go in together, each guarded by its own version; when one version
+/// does not hold, the conflict names that aggregate and neither gets anything.
+async fn multi_aggregate_commits_are_all_or_nothing<S: EventStore>(store: S) {
+    let (a, b) = (
+        StreamId::new("Account", "multi-a"),
+        StreamId::new("Account", "multi-b"),
+    );
+    for stream in [&a, &b] {
+        store
+            .append(
+                stream,
+                ExpectedVersion::NoStream,
+                vec![event("Opened", 0)],
+                None,
+            )
+            .await
+            .expect("open");
+    }
+    let key = IdempotencyKey::new("transfer-1");
+    let committed = store
+        .append_all(
+            two_parts(
+                &key,
+                (&a, ExpectedVersion::Exact(1), 1),
+                (&b, ExpectedVersion::Exact(1), 2),
+            ),
+            Some(&key),
+        )
+        .await
+        .expect("commit");
+    assert_eq!(committed.len(), 2);
+    assert!(committed.iter().all(|c| !c.duplicate));
+    assert_eq!(versions(&committed[0].events), [2]);
+    assert_eq!(versions(&committed[1].events), [2, 3]);
+    let positions: Vec<u64> = committed
+        .iter()
+        .flat_map(|c| c.events.iter().map(|e| e.position))
+        .collect();
+    assert!(
+        positions.windows(2).all(|w| w[1] == w[0] + 1),
+        "one batch, contiguous in the parts' order: {positions:?}"
+    );
+    assert_eq!(load_all(&store, &a).await[1..], committed[0].events[..]);
+    assert_eq!(load_all(&store, &b).await[1..], committed[1].events[..]);
+
+    // `b` moved on: the commit is refused as a whole, and the conflict names `b`.
+    let stale = IdempotencyKey::new("transfer-2");
+    let err = store
+        .append_all(
+            two_parts(
+                &stale,
+                (&a, ExpectedVersion::Exact(2), 1),
+                (&b, ExpectedVersion::Exact(1), 1),
+            ),
+            Some(&stale),
+        )
+        .await
+        .expect_err("stale part");
+    match err {
+        StoreError::Conflict {
+            stream,
+            expected,
+            actual,
+        } => assert_eq!(
+            (stream, expected, actual),
+            (b.clone(), ExpectedVersion::Exact(1), Some(3))
+        ),
+        other => panic!("expected a conflict naming {b}, got {other}"),
+    }
+    assert_eq!(
+        versions(&load_all(&store, &a).await),
+        [1, 2],
+        "nothing for a"
+    );
+    assert_eq!(
+        versions(&load_all(&store, &b).await),
+        [1, 2, 3],
+        "nothing for b"
+    );
+}
+
+/// Transfers between two hot accounts race each other and single appends to one of them:
+/// whatever wins, every transfer is on both accounts or on neither, and versions stay gapless.
+async fn racing_multi_aggregate_commits_are_all_or_nothing<S: EventStore + Clone>(store: S) {
+    let (a, b) = (
+        StreamId::new("Account", "race-a"),
+        StreamId::new("Account", "race-b"),
+    );
+    for stream in [&a, &b] {
+        store
+            .append(
+                stream,
+                ExpectedVersion::NoStream,
+                vec![event("Opened", 0)],
+                None,
+            )
+            .await
+            .expect("open");
+    }
+    let mut tasks = Vec::new();
+    for n in 0..8u64 {
+        let (transfer_store, transfer_a, transfer_b) = (store.clone(), a.clone(), b.clone());
+        tasks.push(tokio::spawn(async move {
+            let (store, a, b) = (transfer_store, transfer_a, transfer_b);
+            let key = IdempotencyKey::new(format!("race-transfer-{n}"));
+            let mut parts = two_parts(
+                &key,
+                (&a, ExpectedVersion::Exact(1), 1),
+                (&b, ExpectedVersion::Exact(1), 1),
+            );
+            for part in &mut parts {
+                part.events[0].payload.data = format!("{{\"transfer\":{n}}}").into_bytes();
+            }
+            store.append_all(parts, Some(&key)).await.map(|_| ())
+        }));
+        let (store, b) = (store.clone(), b.clone());
+        tasks.push(tokio::spawn(async move {
+            store
+                .append(
+                    &b,
+                    ExpectedVersion::Exact(1),
+                    vec![event("Single", n)],
+                    None,
+                )
+                .await
+                .map(|_| ())
+        }));
+    }
+    let mut won = 0;
+    for task in tasks {
+        match task.await.expect("task") {
+            Ok(()) => won += 1,
+            Err(e) if e.is_conflict() => {}
+            Err(other) => panic!("racing writers get conflicts, not {other}"),
+        }
+    }
+    assert_eq!(won, 1, "every writer expected version 1 of b: one wins");
+    let (on_a, on_b) = (load_all(&store, &a).await, load_all(&store, &b).await);
+    assert_eq!(versions(&on_b), [1, 2]);
+    let transfers = |events: &[cqrs_core::RecordedEvent]| -> Vec<Vec<u8>> {
+        events
+            .iter()
+            .filter(|e| e.payload.data.starts_with(b"{\"transfer\""))
+            .map(|e| e.payload.data.clone())
+            .collect()
+    };
+    assert_eq!(
+        transfers(&on_a),
+        transfers(&on_b),
+        "a transfer is on both or on neither"
+    );
+    assert_eq!(on_a.len(), 1 + transfers(&on_a).len());
+}
+
+/// A multi-aggregate commit retried with the same key and event ids writes nothing new: with
+/// its original versions (now stale) and with current ones.
+async fn retried_multi_aggregate_commit_writes_nothing_new<S: EventStore>(store: S) {
+    let (a, b) = (
+        StreamId::new("Account", "retry-a"),
+        StreamId::new("Account", "retry-b"),
+    );
+    let key = IdempotencyKey::new("open-both");
+    let parts = || {
+        two_parts(
+            &key,
+            (&a, ExpectedVersion::NoStream, 2),
+            (&b, ExpectedVersion::NoStream, 1),
+        )
+    };
+    let first = store.append_all(parts(), Some(&key)).await.expect("commit");
+    let again = store.append_all(parts(), Some(&key)).await.expect("retry");
+    assert!(again.iter().all(|c| c.duplicate), "reported as duplicates");
+    let strip = |c: &[Committed]| c.iter().map(|c| c.events.clone()).collect::<Vec<_>>();
+    assert_eq!(strip(&again), strip(&first));
+    assert_eq!(load_all(&store, &a).await, first[0].events);
+    assert_eq!(load_all(&store, &b).await, first[1].events);
+}
+
+/// Bad shapes are refused before anything is written.
+async fn malformed_multi_aggregate_commits_are_refused<S: EventStore>(store: S) {
+    let a = StreamId::new("Account", "shape-a");
+    let b = StreamId::new("Account", "shape-b");
+    let one = || vec![event("E", 0)];
+    let cases = [
+        vec![],
+        vec![
+            AppendTo::new(a.clone(), ExpectedVersion::NoStream, one()),
+            AppendTo::new(b.clone(), ExpectedVersion::NoStream, vec![]),
+        ],
+        vec![
+            AppendTo::new(a.clone(), ExpectedVersion::NoStream, one()),
+            AppendTo::new(b.clone(), ExpectedVersion::Any, one()),
+        ],
+        vec![
+            AppendTo::new(a.clone(), ExpectedVersion::NoStream, one()),
+            AppendTo::new(a.clone(), ExpectedVersion::NoStream, one()),
+        ],
+    ];
+    for parts in cases {
+        let err = store
+            .append_all(parts, None)
+            .await
+            .expect_err("malformed commit");
+        assert!(matches!(err, StoreError::InvalidInput { .. }), "{err}");
+    }
+    assert!(load_all(&store, &a).await.is_empty());
+    assert!(load_all(&store, &b).await.is_empty());
 }
 
 async fn repository_retries_conflicts<S: EventStore + Clone>(store: S) {

@@ -5,8 +5,8 @@
 use cqrs_core::doc::{Counter, CounterCommand};
 use cqrs_core::metadata::new_id;
 use cqrs_core::{
-    CommandMetadata, DecodeError, EventFilter, EventStore, ExpectedVersion, NewEvent, Repository,
-    Snapshot, StoreError, StreamId, StreamPosition,
+    AppendTo, CommandMetadata, DecodeError, EventFilter, EventStore, ExpectedVersion, NewEvent,
+    Repository, Snapshot, StoreError, StreamId, StreamPosition,
 };
 use cqrs_nats::async_nats::{self, HeaderMap, jetstream};
 use cqrs_nats::{JetStreamEventStore, NatsStoreError, StoreConfig, Subjects};
@@ -1135,6 +1135,55 @@ async fn a_lost_ack_is_outcome_unknown_and_the_retry_finds_the_original() {
         1,
         "written once"
     );
+}
+
+/// The acknowledgement of a multi-aggregate commit is lost: the caller is told the outcome is
+/// unknown, and the retry (same event ids) finds both parts instead of writing them again.
+#[tokio::test]
+async fn a_lost_ack_of_a_multi_aggregate_commit_is_resolved() {
+    let server = NatsServer::start().await.expect("server");
+    // The commit message goes to the last part's subject: answers stop from there on.
+    let proxy = Proxy::start(server.port(), b"PUB test.events._.Account.lost-b").await;
+    let store = JetStreamEventStore::connect(
+        proxy.url(),
+        StoreConfig::new("test").request_timeout(Duration::from_millis(300)),
+    )
+    .await
+    .expect("connect");
+    let (a, b) = (
+        StreamId::new("Account", "lost-a"),
+        StreamId::new("Account", "lost-b"),
+    );
+    let parts = vec![
+        AppendTo::new(
+            a.clone(),
+            ExpectedVersion::NoStream,
+            vec![event("Debited", 0)],
+        ),
+        AppendTo::new(
+            b.clone(),
+            ExpectedVersion::NoStream,
+            vec![event("Credited", 0)],
+        ),
+    ];
+    let err = store
+        .append_all(parts.clone(), None)
+        .await
+        .expect_err("no ack");
+    match err {
+        StoreError::OutcomeUnknown { event_id, .. } => {
+            assert_eq!(event_id, parts[0].events[0].event_id);
+        }
+        other => panic!("expected OutcomeUnknown, got {other}"),
+    }
+    proxy.release();
+    let retried = store.append_all(parts.clone(), None).await.expect("retry");
+    assert!(retried.iter().all(|c| c.duplicate));
+    for (committed, part) in retried.iter().zip(&parts) {
+        assert_eq!(committed.events[0].event_id, part.events[0].event_id);
+        let stored = load_all(&store, &part.stream).await.expect("load");
+        assert_eq!(stored, committed.events, "written once");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,9 +16,9 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 /// One event ready to go out.
-struct Outgoing {
-    headers: HeaderBuilder,
-    payload: Vec<u8>,
+pub(super) struct Outgoing {
+    pub(super) headers: HeaderBuilder,
+    pub(super) payload: Vec<u8>,
 }
 
 impl JetStreamEventStore {
@@ -43,7 +43,7 @@ impl JetStreamEventStore {
         Ok(())
     }
 
-    fn prepare(
+    pub(super) fn prepare(
         &self,
         stream: &StreamId,
         events: &[NewEvent],
@@ -77,39 +77,48 @@ impl JetStreamEventStore {
         outgoing: Vec<Outgoing>,
         expected_seq: u64,
     ) -> Result<(u64, bool), Failure> {
-        let count = outgoing.len() as u64;
-        let mut outgoing = outgoing;
-        let Some(mut first) = outgoing.first_mut().map(|o| std::mem::take(&mut o.headers)) else {
-            return Err(Failure::Backend("empty append".into()));
-        };
-        first.control(
-            Control::ExpectedLastSubjectSequence,
-            expected_seq.to_string(),
-        );
+        let mut messages: Vec<(&str, HeaderBuilder, Vec<u8>)> = outgoing
+            .into_iter()
+            .map(|o| (subject, o.headers, o.payload))
+            .collect();
+        if let Some((_, first, _)) = messages.first_mut() {
+            first.control(
+                Control::ExpectedLastSubjectSequence,
+                expected_seq.to_string(),
+            );
+        }
+        self.send_batch(messages).await
+    }
+
+    /// Sends `messages` (subject, headers with any expectation, payload): one message alone, or
+    /// several as one atomic batch, whose messages may go to different subjects of the stream.
+    /// Returns the sequence of the first stored message and whether the server reported a
+    /// duplicate.
+    pub(super) async fn send_batch(
+        &self,
+        messages: Vec<(&str, HeaderBuilder, Vec<u8>)>,
+    ) -> Result<(u64, bool), Failure> {
+        let count = messages.len() as u64;
+        let mut messages = messages.into_iter();
         if count == 1 {
-            let payload = outgoing
-                .first_mut()
-                .map(|o| std::mem::take(&mut o.payload))
-                .unwrap_or_default();
-            return self.send_commit(subject, first, payload, count).await;
+            let Some((subject, headers, payload)) = messages.next() else {
+                return Err(Failure::Backend("empty append".into()));
+            };
+            return self.send_commit(subject, headers, payload, count).await;
         }
         let batch_id = Uuid::now_v7().simple().to_string();
         let mut last = None;
-        for (index, message) in outgoing.into_iter().enumerate() {
-            let mut h = if index == 0 {
-                std::mem::take(&mut first)
-            } else {
-                message.headers
-            };
+        for (index, (subject, mut h, payload)) in messages.enumerate() {
             h.control(Control::BatchId, batch_id.clone());
             h.control(Control::BatchSequence, (index + 1).to_string());
             if index as u64 + 1 == count {
                 h.control(Control::BatchCommit, "1".to_owned());
-                last = Some((h, message.payload));
+                last = Some((subject, h, payload));
             } else if index == 0 {
+                // Asked, so that a batch refused at its first message fails at once.
                 let request = async_nats::Request::new()
                     .headers(h.build())
-                    .payload(message.payload.into())
+                    .payload(payload.into())
                     .timeout(Some(self.inner.config.request_timeout));
                 let reply = self
                     .inner
@@ -129,12 +138,12 @@ impl JetStreamEventStore {
             } else {
                 self.inner
                     .client
-                    .publish_with_headers(subject.to_owned(), h.build(), message.payload.into())
+                    .publish_with_headers(subject.to_owned(), h.build(), payload.into())
                     .await
                     .map_err(|e| Failure::Unavailable(e.to_string()))?;
             }
         }
-        let Some((h, payload)) = last else {
+        let Some((subject, h, payload)) = last else {
             return Err(Failure::Backend("batch without a commit message".into()));
         };
         self.send_commit(subject, h, payload, count).await
@@ -172,7 +181,11 @@ impl JetStreamEventStore {
     }
 
     /// The original commit of the event ids `ids` on `subject`, if it exists.
-    async fn original(&self, subject: &str, ids: &[Uuid]) -> Result<Option<Committed>, StoreError> {
+    pub(super) async fn original(
+        &self,
+        subject: &str,
+        ids: &[Uuid],
+    ) -> Result<Option<Committed>, StoreError> {
         Ok(self
             .inner
             .find_ids(subject, ids)
@@ -400,7 +413,7 @@ impl JetStreamEventStore {
 
 /// The recorded form of `events`, stored from stream sequence `first_seq` on after version
 /// `after_version`.
-fn recorded(
+pub(super) fn recorded(
     stream: &StreamId,
     events: Vec<NewEvent>,
     after_version: u64,

@@ -14,6 +14,11 @@
 //!   the expectation before anything is sent. Several events go out as one atomic batch
 //!   (ADR-50): all are stored or none. Server codes 10071 and 10164 become
 //!   [`StoreError::Conflict`]; `ExpectedVersion::Any` retries those a bounded number of times.
+//! - **Multi-aggregate commits** (`append_all`) go out as one atomic batch across the
+//!   aggregates' subjects; each aggregate's first message carries its own expected sequence, so
+//!   the server stores all of them only if every aggregate is where the caller read it. A
+//!   refused batch is a [`StoreError::Conflict`] naming an aggregate that moved (read back
+//!   after the refusal: the server does not say which).
 //! - **Idempotency.** Event ids are `Nats-Msg-Id`s. A retried append is answered with the
 //!   original commit: from the server's duplicate ack, or, after a conflict or a whole-batch
 //!   duplicate rejection (10201), by looking the event ids up on the aggregate's subject. An ack
@@ -54,8 +59,8 @@ use crate::subject::{SubjectError, Subjects};
 use async_nats::Client;
 use async_nats::jetstream::{self, stream};
 use cqrs_core::{
-    Committed, EventFilter, EventStore, EventStream, ExpectedVersion, IdempotencyKey, NewEvent,
-    Snapshot, StoreError, StreamId, StreamPosition,
+    AppendTo, Committed, EventFilter, EventStore, EventStream, ExpectedVersion, IdempotencyKey,
+    NewEvent, Snapshot, StoreError, StreamId, StreamPosition,
 };
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -83,6 +88,7 @@ struct Inner {
 }
 
 mod append;
+mod append_all;
 mod config;
 mod failure;
 mod heads;
@@ -234,6 +240,21 @@ impl EventStore for JetStreamEventStore {
         }
         .instrument(span)
         .await
+    }
+
+    async fn append_all(
+        &self,
+        parts: Vec<AppendTo>,
+        _idempotency: Option<&IdempotencyKey>,
+    ) -> Result<Vec<Committed>, StoreError> {
+        // As for `append`, the key reaches the server as the event ids.
+        let span = tracing::debug_span!(
+            "cqrs.nats.append_all",
+            aggregates = parts.len(),
+            events = parts.iter().map(|p| p.events.len()).sum::<usize>(),
+            correlation_id = ?parts.first().and_then(|p| p.events.first()).map(|e| e.metadata.correlation_id),
+        );
+        self.append_all_inner(parts).instrument(span).await
     }
 
     async fn load(&self, stream: &StreamId, from_version: u64) -> Result<EventStream, StoreError> {

@@ -1,0 +1,266 @@
+//! Multi-aggregate commits: the events of several aggregates in one atomic batch (ADR-50), each
+//! aggregate's first message carrying its own `Nats-Expected-Last-Subject-Sequence`. The server
+//! checks every expectation against the stream as it was before the batch and stores all the
+//! messages or none.
+
+use super::append::{Outgoing, recorded};
+use super::failure::Failure;
+use super::heads::Last;
+use super::{JetStreamEventStore, MAX_BATCH};
+use crate::headers::{Control, HeaderBuilder};
+use cqrs_core::store::check_parts;
+use cqrs_core::{AppendTo, Committed, ExpectedVersion, NewEvent, StoreError, StreamId};
+use std::time::Duration;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// One aggregate's part, with what the store needs to send and to look it up again.
+struct Part {
+    stream: StreamId,
+    expected: ExpectedVersion,
+    events: Vec<NewEvent>,
+    /// The subject it is published to.
+    publish_to: String,
+    /// The subject it is stored under.
+    subject: String,
+    ids: Vec<Uuid>,
+}
+
+impl JetStreamEventStore {
+    /// [`EventStore::append_all`](cqrs_core::EventStore::append_all) on JetStream.
+    pub(super) async fn append_all_inner(
+        &self,
+        parts: Vec<AppendTo>,
+    ) -> Result<Vec<Committed>, StoreError> {
+        check_parts(&parts, MAX_BATCH)?;
+        let mut parts: Vec<Part> = parts
+            .into_iter()
+            .map(|p| {
+                Ok(Part {
+                    publish_to: self.subject_or_invalid(&p.stream)?,
+                    subject: self.stored_subject_or_invalid(&p.stream)?,
+                    ids: p.events.iter().map(|e| e.event_id).collect(),
+                    stream: p.stream,
+                    expected: p.expected,
+                    events: p.events,
+                })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        if parts.len() == 1 {
+            let part = parts.remove(0);
+            return Ok(vec![
+                self.append_inner(&part.stream, part.expected, part.events)
+                    .await?,
+            ]);
+        }
+        let mut attempt = 0u32;
+        loop {
+            let heads = self.heads_of(&parts, attempt == 0).await?;
+            if let Some((index, head)) = parts
+                .iter()
+                .zip(&heads)
+                .enumerate()
+                .find(|(_, (part, head))| !part.expected.is_satisfied_by(head.version))
+                .map(|(index, (_, head))| (index, *head))
+            {
+                return match self.originals(&parts).await? {
+                    Some(originals) => Ok(originals),
+                    None => Err(conflict(&parts[index], head.version)),
+                };
+            }
+            let recorded_at = OffsetDateTime::now_utc();
+            let mut messages: Vec<(&str, HeaderBuilder, Vec<u8>)> = Vec::new();
+            for (part, head) in parts.iter().zip(&heads) {
+                let outgoing =
+                    self.prepare(&part.stream, &part.events, head.version, recorded_at)?;
+                for (
+                    index,
+                    Outgoing {
+                        mut headers,
+                        payload,
+                    },
+                ) in outgoing.into_iter().enumerate()
+                {
+                    if index == 0 {
+                        headers.control(
+                            Control::ExpectedLastSubjectSequence,
+                            head.sequence.to_string(),
+                        );
+                    }
+                    messages.push((part.publish_to.as_str(), headers, payload));
+                }
+            }
+            let subjects: Vec<&str> = parts.iter().map(|p| p.publish_to.as_str()).collect();
+            let published = self
+                .inner
+                .guard
+                .run(&subjects, self.send_batch(messages))
+                .await;
+            let failure =
+                match published.unwrap_or_else(|v| Err(Failure::PermissionDenied(v.to_string()))) {
+                    Ok((first_seq, false)) => {
+                        return Ok(self.recorded_parts(parts, &heads, first_seq, recorded_at));
+                    }
+                    // A batch whose message ids the stream has: a retry of a commit that landed.
+                    Ok((_, true)) => Failure::DuplicateBatch,
+                    Err(failure) => failure,
+                };
+            match failure {
+                Failure::Busy(_) if attempt < self.inner.config.any_version_retries => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(10 << attempt.min(6))).await;
+                }
+                failure => return self.settle(&parts, failure).await,
+            }
+        }
+    }
+
+    /// The stream sequence and version of each part's aggregate: from the store's memory of
+    /// heads when `trust_known`, else a leader read.
+    async fn heads_of(&self, parts: &[Part], trust_known: bool) -> Result<Vec<Last>, StoreError> {
+        let mut heads = Vec::with_capacity(parts.len());
+        for part in parts {
+            let known = match part.expected {
+                ExpectedVersion::NoStream | ExpectedVersion::Exact(0) => Some(Last::default()),
+                ExpectedVersion::Exact(version) if trust_known => self
+                    .inner
+                    .known()
+                    .get(&part.subject)
+                    .filter(|k| k.version == version),
+                _ => None,
+            };
+            heads.push(match known {
+                Some(known) => known,
+                None => self.read_head(&part.subject).await?,
+            });
+        }
+        Ok(heads)
+    }
+
+    async fn read_head(&self, subject: &str) -> Result<Last, StoreError> {
+        Ok(self
+            .inner
+            .last(subject)
+            .await?
+            .map_or(Last::default(), |e| Last {
+                sequence: e.position,
+                version: e.version,
+            }))
+    }
+
+    /// The commits of a batch stored from `first_seq` on, in the parts' order.
+    fn recorded_parts(
+        &self,
+        parts: Vec<Part>,
+        heads: &[Last],
+        first_seq: u64,
+        recorded_at: OffsetDateTime,
+    ) -> Vec<Committed> {
+        let mut next = first_seq;
+        parts
+            .into_iter()
+            .zip(heads)
+            .map(|(part, head)| {
+                let count = part.events.len() as u64;
+                let committed =
+                    recorded(&part.stream, part.events, head.version, next, recorded_at);
+                next += count;
+                if let Some(last) = committed.events.last() {
+                    self.inner.remember(&part.subject, last);
+                }
+                committed
+            })
+            .collect()
+    }
+
+    /// Every part's original commit, if the commit was stored before (a retry); `None` if none
+    /// of them was. A commit found in part only cannot come from an atomic batch.
+    async fn originals(&self, parts: &[Part]) -> Result<Option<Vec<Committed>>, StoreError> {
+        let mut found = Vec::with_capacity(parts.len());
+        for part in parts {
+            found.push(self.original(&part.subject, &part.ids).await?);
+        }
+        match found.iter().filter(|f| f.is_some()).count() {
+            0 => Ok(None),
+            n if n == parts.len() => Ok(Some(found.into_iter().flatten().collect())),
+            _ => Err(StoreError::InvalidInput {
+                stream: parts[0].stream.clone(),
+                reason: "some of this commit's event ids are stored on their aggregates and some are not: they were used by other appends; give every commit fresh event ids".to_owned(),
+            }),
+        }
+    }
+
+    /// What a failed batch means, once nothing more is to be tried.
+    async fn settle(&self, parts: &[Part], failure: Failure) -> Result<Vec<Committed>, StoreError> {
+        const OP: &str = "append";
+        let first = &parts[0];
+        match failure {
+            Failure::Conflict => {
+                if let Some(originals) = self.originals(parts).await? {
+                    return Ok(originals);
+                }
+                // Name an aggregate that moved: the server does not say which.
+                for part in parts {
+                    let head = self.read_head(&part.subject).await?;
+                    if !part.expected.is_satisfied_by(head.version) {
+                        return Err(conflict(part, head.version));
+                    }
+                }
+                let head = self.read_head(&first.subject).await?;
+                Err(conflict(first, head.version))
+            }
+            Failure::DuplicateBatch => match self.originals(parts).await? {
+                Some(originals) => Ok(originals),
+                None => Err(StoreError::InvalidInput {
+                    stream: first.stream.clone(),
+                    reason: "the event ids of this commit were already used by another append within the duplicate window; give every commit fresh event ids".to_owned(),
+                }),
+            },
+            Failure::OutcomeUnknown(reason) | Failure::Busy(reason) => {
+                match self.originals(parts).await {
+                    Ok(Some(mut originals)) => {
+                        for committed in &mut originals {
+                            committed.duplicate = false;
+                        }
+                        Ok(originals)
+                    }
+                    Ok(None) => Err(StoreError::OutcomeUnknown {
+                        stream: first.stream.clone(),
+                        event_id: first.ids[0],
+                        reason,
+                    }),
+                    Err(lookup) => Err(StoreError::OutcomeUnknown {
+                        stream: first.stream.clone(),
+                        event_id: first.ids[0],
+                        reason: format!("{reason}; looking the events up failed too: {lookup}"),
+                    }),
+                }
+            }
+            Failure::TooLarge(reason) => Err(StoreError::InvalidInput {
+                stream: first.stream.clone(),
+                reason,
+            }),
+            Failure::Unavailable(reason) => Err(StoreError::Unavailable {
+                operation: OP,
+                reason,
+            }),
+            Failure::PermissionDenied(reason) => Err(StoreError::PermissionDenied {
+                operation: OP,
+                stream: first.stream.clone(),
+                reason,
+            }),
+            Failure::Backend(source) => Err(StoreError::Backend {
+                operation: OP,
+                source,
+            }),
+        }
+    }
+}
+
+fn conflict(part: &Part, actual: u64) -> StoreError {
+    StoreError::Conflict {
+        stream: part.stream.clone(),
+        expected: part.expected,
+        actual: Some(actual),
+    }
+}
