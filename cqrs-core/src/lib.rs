@@ -28,6 +28,7 @@ pub mod state_machine;
 pub mod store;
 pub mod stream;
 pub mod testing;
+pub mod unit_of_work;
 
 #[doc(hidden)]
 pub mod doc;
@@ -51,3 +52,4 @@ pub use repository::{Loaded, Repository};
 pub use state_machine::StateMachine;
 pub use store::{AppendTo, Committed, EventStore, EventStream, Snapshot};
 pub use stream::{EventFilter, ExpectedVersion, StreamId, StreamPosition};
+pub use unit_of_work::UnitOfWork;

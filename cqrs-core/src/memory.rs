@@ -3,7 +3,9 @@
 use crate::envelope::{NewEvent, RecordedEvent};
 use crate::error::StoreError;
 use crate::metadata::IdempotencyKey;
-use crate::store::{AppendTo, Committed, EventStore, EventStream, Snapshot, check_parts};
+use crate::store::{
+    AppendTo, Committed, EventStore, EventStream, Snapshot, check_parts, find_commit_by_scan,
+};
 use crate::stream::{EventFilter, ExpectedVersion, StreamId, StreamPosition};
 use futures::{Stream, StreamExt, stream};
 use std::collections::HashMap;
@@ -371,12 +373,20 @@ impl EventStore for InMemoryEventStore {
         stream: &StreamId,
         key: &IdempotencyKey,
     ) -> Result<Option<Committed>, StoreError> {
-        let state = self.state();
-        Ok(state
-            .commits
-            .get(key)
-            .and_then(|parts| parts.iter().find(|(original, _)| original == stream))
-            .map(|(_, range)| state.committed(range.clone(), true)))
+        let found = {
+            let state = self.state();
+            state
+                .commits
+                .get(key)
+                .and_then(|parts| parts.iter().find(|(original, _)| original == stream))
+                .map(|(_, range)| state.committed(range.clone(), true))
+        };
+        match found {
+            Some(found) => Ok(Some(found)),
+            // Events whose ids derive from `key` though another key committed them (a unit of
+            // work's part): found by their ids, as JetStream finds them.
+            None => find_commit_by_scan(self, stream, key).await,
+        }
     }
 
     async fn stream_position(&self, stream: &StreamId) -> Result<StreamPosition, StoreError> {

@@ -300,26 +300,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             {
                 return self.stale_pin(stream, &key, pinned, loaded.version()).await;
             }
-            let refusal = if A::STATE_MACHINE && loaded.state.declared_target(&command).is_none() {
-                Some(CommandError::InvalidTransition(InvalidTransition {
-                    aggregate: A::TYPE,
-                    state: loaded.state.state_name(),
-                    command: A::command_name(&command),
-                }))
-            } else {
-                None
-            };
-            let decided = if let Some(refusal) = refusal {
-                Err(refusal)
-            } else {
-                let _decide =
-                    tracing::debug_span!("cqrs.decide", version = loaded.version()).entered();
-                loaded
-                    .state
-                    .decide(command.clone())
-                    .map_err(CommandError::Rejected)
-            };
-            let events = match decided {
+            let events = match decide(&loaded, command.clone()) {
                 Ok(events) => events,
                 Err(_) if from_cache => continue,
                 // A retry of a command that already succeeded may be refused by the state it
@@ -501,6 +482,24 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         let events = self.store.load(stream, 1).await?;
         fold(Loaded::default(), events, |e| e.recorded_at <= at).await
     }
+}
+
+/// What `command` decides on `loaded`: a state machine refuses an undeclared transition before
+/// `decide` runs ([`CommandError::InvalidTransition`]), a domain refusal is
+/// [`CommandError::Rejected`].
+pub(crate) fn decide<A: Aggregate>(
+    loaded: &Loaded<A>,
+    command: A::Command,
+) -> Result<Vec<A::Event>, CommandError<A::Error>> {
+    if A::STATE_MACHINE && loaded.state.declared_target(&command).is_none() {
+        return Err(CommandError::InvalidTransition(InvalidTransition {
+            aggregate: A::TYPE,
+            state: loaded.state.state_name(),
+            command: A::command_name(&command),
+        }));
+    }
+    let _decide = tracing::debug_span!("cqrs.decide", version = loaded.version()).entered();
+    loaded.state.decide(command).map_err(CommandError::Rejected)
 }
 
 impl<A: Aggregate> Default for Loaded<A> {

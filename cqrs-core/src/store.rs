@@ -230,21 +230,7 @@ pub trait EventStore: Send + Sync + 'static {
         stream: &StreamId,
         key: &IdempotencyKey,
     ) -> impl Future<Output = Result<Option<Committed>, StoreError>> + Send {
-        async move {
-            let mut events = self.load(stream, 1).await?;
-            let mut found: Vec<RecordedEvent> = Vec::new();
-            while let Some(event) = events.try_next().await? {
-                if event.event_id == key.event_id(found.len()) {
-                    found.push(event);
-                } else if !found.is_empty() {
-                    break;
-                }
-            }
-            Ok((!found.is_empty()).then_some(Committed {
-                events: found,
-                duplicate: true,
-            }))
-        }
+        find_commit_by_scan(self, stream, key)
     }
 
     /// Where `stream` stands now (version 0 and position 0 when it has no events).
@@ -273,6 +259,31 @@ pub trait EventStore: Send + Sync + 'static {
         stream: &StreamId,
         snapshot: Snapshot,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// [`EventStore::find_commit`] by reading `stream`: the events whose ids the repository derives
+/// from `key` ([`IdempotencyKey::event_id`] 0, 1, ...), in a row.
+///
+/// # Errors
+/// What reading `stream` fails with.
+pub async fn find_commit_by_scan<S: EventStore + ?Sized>(
+    store: &S,
+    stream: &StreamId,
+    key: &IdempotencyKey,
+) -> Result<Option<Committed>, StoreError> {
+    let mut events = store.load(stream, 1).await?;
+    let mut found: Vec<RecordedEvent> = Vec::new();
+    while let Some(event) = events.try_next().await? {
+        if event.event_id == key.event_id(found.len()) {
+            found.push(event);
+        } else if !found.is_empty() {
+            break;
+        }
+    }
+    Ok((!found.is_empty()).then_some(Committed {
+        events: found,
+        duplicate: true,
+    }))
 }
 
 impl<S: EventStore> EventStore for Arc<S> {

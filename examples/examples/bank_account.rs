@@ -1,8 +1,9 @@
 //! Run with: `cargo run -p examples --example bank_account` (in-memory store), or
 //! `cargo run -p examples --example bank_account -- --nats nats://127.0.0.1:4222` (JetStream).
 //!
-//! The basics: commands, a rule that rejects one, time travel to an earlier version, and the
-//! event log with its correlation and causation metadata.
+//! The basics: commands, a rule that rejects one, a transfer between two accounts committed
+//! atomically, time travel to an earlier version, and the event log with its correlation and
+//! causation metadata.
 
 use cqrs_core::InMemoryEventStore;
 

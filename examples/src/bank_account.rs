@@ -224,10 +224,53 @@ impl BankAccount {
     }
 }
 
+/// Opens account `from` with 4000 and moves 2500 of it to `to` in one atomic commit, each
+/// command under fresh `metadata()`.
+///
+/// A transfer touches two accounts: a unit of work decides each command on its own account and
+/// commits both, each account guarded by the version it was decided on.
+async fn transfer<S: cqrs_core::EventStore>(
+    accounts: &cqrs_core::Repository<BankAccount, S>,
+    from: &str,
+    to: &str,
+    metadata: impl Fn() -> cqrs_core::CommandMetadata,
+    out: &mut impl std::fmt::Write,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    use cqrs_core::Repository;
+    let open = AccountCommand::Open {
+        owner: "Alice".into(),
+        overdraft_limit: 0,
+    };
+    accounts.execute(from, open, metadata()).await?;
+    let deposit = AccountCommand::Deposit { amount: 4_000 };
+    accounts.execute(from, deposit, metadata()).await?;
+    let command = metadata();
+    let tenant = command.tenant.clone();
+    let mut transfer = cqrs_core::UnitOfWork::new(command);
+    let withdraw = AccountCommand::Withdraw { amount: 2_500 };
+    transfer.execute(accounts, from, withdraw).await?;
+    let deposit = AccountCommand::Deposit { amount: 2_500 };
+    transfer.execute(accounts, to, deposit).await?;
+    let moved = transfer.commit(accounts.store()).await?;
+    let balance = |id| Repository::<BankAccount, S>::stream_id(id, tenant.as_deref());
+    writeln!(
+        out,
+        "transfer of 2500 from {from} to {to}: positions {:?}, balances {:?} and {:?}",
+        moved
+            .iter()
+            .flat_map(|c| c.events.iter().map(|e| e.position))
+            .collect::<Vec<_>>(),
+        accounts.load(&balance(from)).await?.state.balance(),
+        accounts.load(&balance(to)).await?.state.balance(),
+    )?;
+    Ok(())
+}
+
 /// The `bank_account` example's walkthrough, written to `out`, against any event store.
 ///
-/// Opens an account, deposits, withdraws into the overdraft, has a withdrawal refused, travels
-/// back to an earlier version and prints the full event log with its metadata.
+/// Opens an account, deposits, withdraws into the overdraft, has a withdrawal refused, moves
+/// money from a second account in one atomic commit, travels back to an earlier version and
+/// prints the full event log with its metadata.
 pub async fn demo<S: cqrs_core::EventStore>(
     store: S,
     out: &mut impl std::fmt::Write,
@@ -279,6 +322,8 @@ pub async fn demo<S: cqrs_core::EventStore>(
     {
         writeln!(out, "rejected: {reason}")?;
     }
+
+    transfer(&accounts, "acc-2", id, as_alice, out).await?;
 
     let earlier = accounts.state_at_version(&stream, 2).await?;
     writeln!(

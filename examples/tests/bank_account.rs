@@ -66,12 +66,18 @@ fn check_story(out: &str) {
         lines[5],
         "rejected: balance must be zero to close, it is -3000"
     );
-    assert_eq!(lines[6], "time travel to v2: balance Some(12000)");
-    assert_eq!(lines[7], "event log:");
-    assert_eq!(lines.len(), 11, "{out}");
-    for (i, line) in lines[8..].iter().enumerate() {
+    assert_eq!(
+        lines[6],
+        "transfer of 2500 from acc-2 to acc-1: positions [6, 7], balances Some(1500) and Some(-500)",
+        "one atomic commit, contiguous positions"
+    );
+    assert_eq!(lines[7], "time travel to v2: balance Some(12000)");
+    assert_eq!(lines[8], "event log:");
+    assert_eq!(lines.len(), 13, "{out}");
+    let positions = [1, 2, 3, 7];
+    for (i, line) in lines[9..].iter().enumerate() {
         assert!(
-            line.starts_with(&format!("  #{} v{} ", i + 1, i + 1)),
+            line.starts_with(&format!("  #{} v{} ", positions[i], i + 1)),
             "{line}"
         );
         assert!(line.contains("tenant=acme actor=user:alice"), "{line}");

@@ -7,6 +7,7 @@ use cqrs_core::metadata::new_id;
 use cqrs_core::{
     AppendTo, CommandError, CommandMetadata, Committed, EventFilter, EventStore, ExpectedVersion,
     IdempotencyKey, Metadata, NewEvent, Repository, Snapshot, StoreError, StreamId, StreamPosition,
+    UnitOfWork,
 };
 use cqrs_tests::event;
 use futures::TryStreamExt;
@@ -92,6 +93,7 @@ conformance!(
     racing_multi_aggregate_commits_are_all_or_nothing,
     retried_multi_aggregate_commit_writes_nothing_new,
     malformed_multi_aggregate_commits_are_refused,
+    a_unit_of_work_transfers_atomically_and_once,
     read_all_of_one_tenant,
     ;
     across_tenants:
@@ -1237,6 +1239,105 @@ async fn malformed_multi_aggregate_commits_are_refused<S: EventStore>(store: S) 
     }
     assert!(load_all(&store, &a).await.is_empty());
     assert!(load_all(&store, &b).await.is_empty());
+}
+
+/// A transfer through a `UnitOfWork`: both accounts move or neither; a unit decided on a state
+/// that moved before the commit is a conflict naming that account; a unit run again with the
+/// same metadata writes nothing new, also when the new state refuses its commands.
+async fn a_unit_of_work_transfers_atomically_and_once<S: EventStore + Clone>(store: S) {
+    use examples::bank_account::{AccountCommand, BankAccount};
+    let accounts = Repository::<BankAccount, _>::new(store.clone());
+    let balances = || async {
+        let mut out = Vec::new();
+        for id in ["uow-a", "uow-b"] {
+            let loaded = accounts
+                .load(&StreamId::new("BankAccount", id))
+                .await
+                .expect("load");
+            out.push(loaded.state.balance().expect("open"));
+        }
+        out
+    };
+    for id in ["uow-a", "uow-b"] {
+        let open = AccountCommand::Open {
+            owner: id.into(),
+            overdraft_limit: 0,
+        };
+        accounts
+            .execute(id, open, CommandMetadata::root())
+            .await
+            .expect("open");
+    }
+    accounts
+        .execute(
+            "uow-a",
+            AccountCommand::Deposit { amount: 100 },
+            CommandMetadata::root(),
+        )
+        .await
+        .expect("deposit");
+    let transfer = |metadata: CommandMetadata, amount| {
+        let accounts = accounts.clone();
+        async move {
+            let mut unit = UnitOfWork::new(metadata);
+            unit.execute(&accounts, "uow-a", AccountCommand::Withdraw { amount })
+                .await?;
+            unit.execute(&accounts, "uow-b", AccountCommand::Deposit { amount })
+                .await?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(unit)
+        }
+    };
+    let first = CommandMetadata::root();
+    let unit = transfer(first.clone(), 30).await.expect("decide");
+    assert_eq!(unit.aggregates().len(), 2);
+    let committed = unit.commit(&store).await.expect("commit");
+    assert!(committed.iter().all(|c| !c.duplicate));
+    assert_eq!(balances().await, [70, 30]);
+
+    // Decided, then `uow-b` moves before the commit: nothing is stored.
+    let stale = transfer(CommandMetadata::root(), 10).await.expect("decide");
+    accounts
+        .execute(
+            "uow-b",
+            AccountCommand::Deposit { amount: 5 },
+            CommandMetadata::root(),
+        )
+        .await
+        .expect("another writer");
+    match stale.commit(&store).await.expect_err("stale unit") {
+        StoreError::Conflict { stream, .. } => {
+            assert_eq!(stream, StreamId::new("BankAccount", "uow-b"));
+        }
+        other => panic!("expected a conflict naming uow-b, got {other}"),
+    }
+    assert_eq!(balances().await, [70, 35]);
+
+    // The first transfer again: the same events, nothing new.
+    let again = transfer(first, 30).await.expect("decide again");
+    let retried = again.commit(&store).await.expect("retry");
+    assert!(retried.iter().all(|c| c.duplicate));
+    assert_eq!(
+        retried.iter().map(|c| c.events.clone()).collect::<Vec<_>>(),
+        committed
+            .iter()
+            .map(|c| c.events.clone())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(balances().await, [70, 35]);
+
+    // Emptying `uow-a`, then the same unit again: `uow-a` now refuses the withdrawal, and the
+    // retry still answers with the original commit.
+    let all = CommandMetadata::root();
+    let unit = transfer(all.clone(), 70).await.expect("decide");
+    let emptied = unit.commit(&store).await.expect("commit");
+    assert_eq!(balances().await, [0, 105]);
+    let again = transfer(all, 70).await.expect("a retry is not refused");
+    let retried = again.commit(&store).await.expect("retry");
+    assert_eq!(
+        retried.iter().map(|c| c.events.clone()).collect::<Vec<_>>(),
+        emptied.iter().map(|c| c.events.clone()).collect::<Vec<_>>()
+    );
+    assert_eq!(balances().await, [0, 105]);
 }
 
 async fn repository_retries_conflicts<S: EventStore + Clone>(store: S) {

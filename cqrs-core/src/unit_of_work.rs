@@ -1,0 +1,195 @@
+//! Commands on several aggregates committed together: a transfer debits one account and
+//! credits another, or neither happens.
+
+use crate::aggregate::Aggregate;
+use crate::envelope::NewEvent;
+use crate::error::{CommandError, StoreError};
+use crate::metadata::{CommandMetadata, IdempotencyKey};
+use crate::repository::{Repository, decide};
+use crate::store::{AppendTo, Committed, EventStore};
+use crate::stream::{ExpectedVersion, StreamId};
+use tracing::Instrument;
+
+/// Commands on several aggregates, each decided on its own aggregate's current state, whose
+/// events are appended in one atomic commit ([`EventStore::append_all`]): every aggregate must
+/// still be at the version its command was decided on, or nothing is stored and the commit is
+/// a [`StoreError::Conflict`] naming the aggregate that moved (then run the whole unit again).
+///
+/// All events carry the unit's metadata; their ids derive from its idempotency key and their
+/// aggregate, so a unit
+/// run again with the same metadata after it committed writes nothing new and
+/// [`commit`](Self::commit) returns the original events — also when the states it moved now
+/// refuse its commands: [`execute`](Self::execute) then answers with the aggregate's part of
+/// the original commit.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// use cqrs_core::doc::{Counter, CounterCommand};
+/// use cqrs_core::{CommandMetadata, InMemoryEventStore, Repository, StreamId, UnitOfWork};
+///
+/// let store = InMemoryEventStore::new();
+/// let counters = Repository::<Counter, _>::new(store.clone());
+/// let mut unit = UnitOfWork::new(CommandMetadata::root());
+/// unit.execute(&counters, "a", CounterCommand::Add(1)).await?;
+/// unit.execute(&counters, "b", CounterCommand::Add(2)).await?;
+/// let committed = unit.commit(&store).await?;
+/// assert_eq!(committed.len(), 2);
+/// assert_eq!(counters.load(&StreamId::new("Counter", "b")).await?.state.value, 2);
+/// # Ok::<_, Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+#[derive(Debug)]
+pub struct UnitOfWork {
+    metadata: CommandMetadata,
+    key: IdempotencyKey,
+    parts: Vec<AppendTo>,
+    /// Events staged so far.
+    staged: usize,
+    /// Every aggregate a command ran on, in order, staged or not.
+    aggregates: Vec<StreamId>,
+    /// Whether a command found this unit's earlier commit: the unit is a retry.
+    retried: bool,
+}
+
+impl UnitOfWork {
+    /// An empty unit whose commands all run under `metadata` (its tenant, actor, flow and
+    /// idempotency key).
+    pub fn new(metadata: CommandMetadata) -> Self {
+        Self {
+            key: metadata.idempotency_key(),
+            metadata,
+            parts: Vec::new(),
+            staged: 0,
+            aggregates: Vec::new(),
+            retried: false,
+        }
+    }
+
+    /// Loads aggregate `aggregate_id` through `repository` (its cache and snapshots), decides
+    /// `command` on it and stages the events, expecting the aggregate to stay at the version
+    /// just loaded. Returns the decided events. A refusal stages nothing; an aggregate the
+    /// unit already has is [`StoreError::InvalidInput`] (give it one command that does both).
+    pub async fn execute<A: Aggregate, S: EventStore>(
+        &mut self,
+        repository: &Repository<A, S>,
+        aggregate_id: &str,
+        command: A::Command,
+    ) -> Result<Vec<A::Event>, CommandError<A::Error>> {
+        let stream = Repository::<A, S>::stream_id(aggregate_id, self.metadata.tenant.as_deref());
+        if self.aggregates.contains(&stream) {
+            return Err(StoreError::InvalidInput {
+                stream,
+                reason: "the unit of work already has a command for this aggregate; decide both in one command".to_owned(),
+            }
+            .into());
+        }
+        self.aggregates.push(stream.clone());
+        let loaded = repository.load(&stream).await?;
+        let events = match decide(&loaded, command) {
+            Ok(events) => events,
+            // A retry of a unit that committed may be refused by the state it produced.
+            Err(refusal) => {
+                let key = part_key(&self.key, &stream);
+                return match repository.store().find_commit(&stream, &key).await? {
+                    Some(original) => {
+                        self.retried = true;
+                        original
+                            .events
+                            .iter()
+                            .map(|e| {
+                                e.decode::<A::Event>()
+                                    .map(|e| e.payload)
+                                    .map_err(|source| decode_error(e, source).into())
+                            })
+                            .collect()
+                    }
+                    None => Err(refusal),
+                };
+            }
+        };
+        if events.is_empty() {
+            return Ok(events);
+        }
+        let event_metadata = self.metadata.event_metadata();
+        let key = part_key(&self.key, &stream);
+        let encoded = events
+            .iter()
+            .enumerate()
+            .map(|(i, event)| NewEvent::encode(event, key.event_id(i), event_metadata.clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(StoreError::from)?;
+        self.staged += events.len();
+        let expected = match loaded.version() {
+            0 => ExpectedVersion::NoStream,
+            version => ExpectedVersion::Exact(version),
+        };
+        self.parts.push(AppendTo::new(stream, expected, encoded));
+        Ok(events)
+    }
+
+    /// The aggregates the unit's commands ran on, in order.
+    pub fn aggregates(&self) -> &[StreamId] {
+        &self.aggregates
+    }
+
+    /// Appends every staged event atomically; one [`Committed`] per aggregate with events, in
+    /// the order their commands ran (none when no command decided anything).
+    pub async fn commit<S: EventStore>(self, store: &S) -> Result<Vec<Committed>, StoreError> {
+        if self.retried {
+            return self.originals(store).await;
+        }
+        if self.parts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let span = tracing::info_span!(
+            "cqrs.unit_of_work",
+            aggregates = self.parts.len(),
+            events = self.staged,
+            correlation_id = %self.metadata.correlation_id,
+            command_id = %self.metadata.command_id,
+        );
+        store
+            .append_all(self.parts, Some(&self.key))
+            .instrument(span)
+            .await
+    }
+
+    /// The unit's earlier commit, aggregate by aggregate.
+    async fn originals<S: EventStore>(self, store: &S) -> Result<Vec<Committed>, StoreError> {
+        let mut originals = Vec::new();
+        for stream in &self.aggregates {
+            match store
+                .find_commit(stream, &part_key(&self.key, stream))
+                .await?
+            {
+                Some(original) => originals.push(original),
+                None if self.parts.iter().all(|p| p.stream != *stream) => {}
+                None => {
+                    return Err(StoreError::InvalidInput {
+                        stream: stream.clone(),
+                        reason: format!(
+                            "idempotency key `{}` was committed before without this aggregate: a retried unit of work must run the same commands",
+                            self.key
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(originals)
+    }
+}
+
+/// The key an aggregate's part of a unit is found again by: its event ids derive from it, so
+/// that every part's ids differ and each part can be looked up on its own aggregate.
+fn part_key(key: &IdempotencyKey, stream: &StreamId) -> IdempotencyKey {
+    IdempotencyKey::new(format!("{key}/{stream}"))
+}
+
+fn decode_error(event: &crate::RecordedEvent, source: crate::event::DecodeError) -> StoreError {
+    StoreError::Decode {
+        stream: event.stream_id(),
+        version: event.version,
+        position: event.position,
+        source,
+    }
+}
