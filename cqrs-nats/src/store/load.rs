@@ -80,12 +80,16 @@ impl Tail {
     async fn next_chunk(
         &mut self,
         max: usize,
+        timeout: std::time::Duration,
     ) -> Result<Vec<jetstream::message::StreamMessage>, StoreError> {
         const OP: &str = "load";
         let mut chunk = Vec::with_capacity(max.min(usize::try_from(self.remaining).unwrap_or(max)));
         while self.remaining > 0 && chunk.len() < max {
             let next = if chunk.is_empty() {
-                self.messages.next().await
+                // The same patience as for a page: a stalled consumer is `Unavailable`.
+                tokio::time::timeout(timeout, self.messages.next())
+                    .await
+                    .map_err(|_| unavailable(OP, "the consumer delivered nothing in time"))?
             } else {
                 match self.messages.next().now_or_never() {
                     Some(next) => next,
@@ -236,7 +240,9 @@ impl Inner {
                         messages
                     }
                     Source::Tail(mut tail) => {
-                        let messages = tail.next_chunk(inner.config.load_batch).await?;
+                        let messages = tail
+                            .next_chunk(inner.config.load_batch, inner.config.request_timeout)
+                            .await?;
                         if tail.remaining > 0 {
                             state.source = Source::Tail(tail);
                         }
