@@ -1032,13 +1032,9 @@ fn two_parts(
     ]
 }
 
-/// Events for two aggregates go in together, each guarded by its own version; when one version
-/// does not hold, the conflict names that aggregate and neither gets anything.
-async fn multi_aggregate_commits_are_all_or_nothing<S: EventStore>(store: S) {
-    let (a, b) = (
-        StreamId::new("Account", "multi-a"),
-        StreamId::new("Account", "multi-b"),
-    );
+/// Accounts `a` and `b`, each opened with one event.
+async fn open_two<S: EventStore>(store: &S, a: &str, b: &str) -> (StreamId, StreamId) {
+    let (a, b) = (StreamId::new("Account", a), StreamId::new("Account", b));
     for stream in [&a, &b] {
         store
             .append(
@@ -1050,6 +1046,13 @@ async fn multi_aggregate_commits_are_all_or_nothing<S: EventStore>(store: S) {
             .await
             .expect("open");
     }
+    (a, b)
+}
+
+/// Events for two aggregates go in together, each guarded by its own version; when one version
+/// does not hold, the conflict names that aggregate and neither gets anything.
+async fn multi_aggregate_commits_are_all_or_nothing<S: EventStore>(store: S) {
+    let (a, b) = open_two(&store, "multi-a", "multi-b").await;
     let key = IdempotencyKey::new("transfer-1");
     let committed = store
         .append_all(
@@ -1116,21 +1119,7 @@ async fn multi_aggregate_commits_are_all_or_nothing<S: EventStore>(store: S) {
 /// Transfers between two hot accounts race each other and single appends to one of them:
 /// whatever wins, every transfer is on both accounts or on neither, and versions stay gapless.
 async fn racing_multi_aggregate_commits_are_all_or_nothing<S: EventStore + Clone>(store: S) {
-    let (a, b) = (
-        StreamId::new("Account", "race-a"),
-        StreamId::new("Account", "race-b"),
-    );
-    for stream in [&a, &b] {
-        store
-            .append(
-                stream,
-                ExpectedVersion::NoStream,
-                vec![event("Opened", 0)],
-                None,
-            )
-            .await
-            .expect("open");
-    }
+    let (a, b) = open_two(&store, "race-a", "race-b").await;
     let mut tasks = Vec::new();
     for n in 0..8u64 {
         let (transfer_store, transfer_a, transfer_b) = (store.clone(), a.clone(), b.clone());

@@ -153,18 +153,15 @@ impl StoreConfig {
 /// What the differences between a wanted and an existing stream config are.
 pub(super) fn config_differences(want: &stream::Config, have: &stream::Config) -> Vec<String> {
     let mut diffs = Vec::new();
-    let mut check = |field: &str, ok: bool, expected: String, found: String| {
-        if !ok {
-            diffs.push(format!("{field}: expected {expected}, found {found}"));
-        }
-    };
+    let check =
+        |diffs: &mut Vec<String>, field: &str, ok: bool, expected: String, found: String| {
+            if !ok {
+                diffs.push(format!("{field}: expected {expected}, found {found}"));
+            }
+        };
+    same(&mut diffs, "subjects", &want.subjects, &have.subjects);
     check(
-        "subjects",
-        have.subjects == want.subjects,
-        format!("{:?}", want.subjects),
-        format!("{:?}", have.subjects),
-    );
-    check(
+        &mut diffs,
         "subject_transform",
         have.subject_transform
             .as_ref()
@@ -179,23 +176,13 @@ pub(super) fn config_differences(want: &stream::Config, have: &stream::Config) -
             have.subject_transform
         ),
     );
-    check(
-        "storage",
-        have.storage == want.storage,
-        format!("{:?}", want.storage),
-        format!("{:?}", have.storage),
-    );
-    check(
-        "retention",
-        have.retention == want.retention,
-        format!("{:?}", want.retention),
-        format!("{:?}", have.retention),
-    );
-    check(
+    same(&mut diffs, "storage", &want.storage, &have.storage);
+    same(&mut diffs, "retention", &want.retention, &have.retention);
+    same(
+        &mut diffs,
         "num_replicas",
-        have.num_replicas == want.num_replicas,
-        want.num_replicas.to_string(),
-        have.num_replicas.to_string(),
+        &want.num_replicas,
+        &have.num_replicas,
     );
     for (field, want_flag, have_flag) in [
         (
@@ -207,42 +194,51 @@ pub(super) fn config_differences(want: &stream::Config, have: &stream::Config) -
         ("deny_delete", want.deny_delete, have.deny_delete),
         ("deny_purge", want.deny_purge, have.deny_purge),
     ] {
-        check(
-            field,
-            want_flag == have_flag,
-            want_flag.to_string(),
-            have_flag.to_string(),
-        );
+        same(&mut diffs, field, &want_flag, &have_flag);
     }
     // A stream created without the field reports no compression.
     let compression =
         |c: &Option<stream::Compression>| c.clone().unwrap_or(stream::Compression::None);
-    check(
+    same(
+        &mut diffs,
         "compression",
-        compression(&have.compression) == compression(&want.compression),
-        format!("{:?}", compression(&want.compression)),
-        format!("{:?}", compression(&have.compression)),
+        &compression(&want.compression),
+        &compression(&have.compression),
     );
-    check(
+    same(
+        &mut diffs,
         "duplicate_window",
-        have.duplicate_window == want.duplicate_window,
-        format!("{:?}", want.duplicate_window),
-        format!("{:?}", have.duplicate_window),
+        &want.duplicate_window,
+        &have.duplicate_window,
     );
     for (field, value) in [
         ("max_msgs_per_subject", have.max_messages_per_subject),
         ("max_msgs", have.max_messages),
         ("max_bytes", have.max_bytes),
     ] {
-        check(field, value <= 0, "unlimited".to_owned(), value.to_string());
+        check(
+            &mut diffs,
+            field,
+            value <= 0,
+            "unlimited".to_owned(),
+            value.to_string(),
+        );
     }
     check(
+        &mut diffs,
         "max_age",
         have.max_age.is_zero(),
         "unlimited".to_owned(),
         format!("{:?}", have.max_age),
     );
     diffs
+}
+
+/// Records a difference when `want` and `have` differ.
+fn same<T: PartialEq + std::fmt::Debug>(diffs: &mut Vec<String>, field: &str, want: &T, have: &T) {
+    if want != have {
+        diffs.push(format!("{field}: expected {want:?}, found {have:?}"));
+    }
 }
 
 #[cfg(test)]
