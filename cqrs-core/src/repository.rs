@@ -178,9 +178,10 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         self
     }
 
-    /// The stream of aggregate `aggregate_id` under `tenant`.
+    /// The stream of aggregate `aggregate_id` under `tenant`; [`StreamId::of`] names it without
+    /// a store type.
     pub fn stream_id(aggregate_id: &str, tenant: Option<&str>) -> StreamId {
-        StreamId::new(A::TYPE, aggregate_id).with_optional_tenant(tenant.map(str::to_owned))
+        StreamId::of::<A>(aggregate_id, tenant)
     }
 
     /// The current state of `stream`: from the cache or the latest snapshot, plus newer events.

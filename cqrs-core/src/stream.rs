@@ -26,6 +26,22 @@ impl StreamId {
         }
     }
 
+    /// The stream of aggregate `aggregate_id` of type `A` under `tenant`: what a
+    /// [`Repository`](crate::Repository) of `A` reads and writes for commands with that tenant,
+    /// named without a store type.
+    ///
+    /// ```
+    /// use cqrs_core::StreamId;
+    /// use cqrs_core::doc::Counter;
+    ///
+    /// let stream = StreamId::of::<Counter>("c-1", Some("acme"));
+    /// assert_eq!(stream, StreamId::new("Counter", "c-1").with_tenant("acme"));
+    /// assert_eq!(stream.to_string(), "acme/Counter/c-1");
+    /// ```
+    pub fn of<A: crate::Aggregate>(aggregate_id: impl Into<String>, tenant: Option<&str>) -> Self {
+        Self::new(A::TYPE, aggregate_id).with_optional_tenant(tenant.map(str::to_owned))
+    }
+
     /// The same stream under `tenant`.
     pub fn with_tenant(mut self, tenant: impl Into<String>) -> Self {
         self.tenant = Some(tenant.into());

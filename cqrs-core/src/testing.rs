@@ -142,10 +142,7 @@ impl<A: Aggregate> Given<A> {
     ) -> Then<A> {
         let store = InMemoryEventStore::new();
         let repository = Repository::<A, _>::new(store.clone());
-        let stream = Repository::<A, InMemoryEventStore>::stream_id(
-            TEST_AGGREGATE_ID,
-            metadata.tenant.as_deref(),
-        );
+        let stream = StreamId::of::<A>(TEST_AGGREGATE_ID, metadata.tenant.as_deref());
         if !self.history.is_empty() {
             let seeded = self
                 .history

@@ -75,7 +75,7 @@ impl UnitOfWork {
         aggregate_id: &str,
         command: A::Command,
     ) -> Result<Vec<A::Event>, CommandError<A::Error>> {
-        let stream = Repository::<A, S>::stream_id(aggregate_id, self.metadata.tenant.as_deref());
+        let stream = StreamId::of::<A>(aggregate_id, self.metadata.tenant.as_deref());
         if self.aggregates.contains(&stream) {
             return Err(StoreError::InvalidInput {
                 stream,

@@ -236,7 +236,6 @@ async fn transfer<S: cqrs_core::EventStore>(
     metadata: impl Fn() -> cqrs_core::CommandMetadata,
     out: &mut impl std::fmt::Write,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    use cqrs_core::Repository;
     let open = AccountCommand::Open {
         owner: "Alice".into(),
         overdraft_limit: 0,
@@ -252,7 +251,7 @@ async fn transfer<S: cqrs_core::EventStore>(
     let deposit = AccountCommand::Deposit { amount: 2_500 };
     transfer.execute(accounts, to, deposit).await?;
     let moved = transfer.commit(accounts.store()).await?;
-    let balance = |id| Repository::<BankAccount, S>::stream_id(id, tenant.as_deref());
+    let balance = |id| cqrs_core::StreamId::of::<BankAccount>(id, tenant.as_deref());
     writeln!(
         out,
         "transfer of 2500 from {from} to {to}: positions {:?}, balances {:?} and {:?}",
@@ -279,7 +278,7 @@ pub async fn demo<S: cqrs_core::EventStore>(
 
     let accounts = Repository::<BankAccount, S>::new(store).with_snapshots_every(10);
     let id = "acc-1";
-    let stream = Repository::<BankAccount, S>::stream_id(id, Some("acme"));
+    let stream = cqrs_core::StreamId::of::<BankAccount>(id, Some("acme"));
     let as_alice = || {
         CommandMetadata::root()
             .with_tenant("acme")

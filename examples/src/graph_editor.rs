@@ -413,7 +413,7 @@ pub async fn demo<H: ProjectionHost>(
     }
 
     // The instant g-1's version 9 was recorded: later, the graph changes again.
-    let g1 = Repository::<Graph, H::Store>::stream_id("g-1", None);
+    let g1 = cqrs_core::StreamId::of::<Graph>("g-1", None);
     let history = graphs.history(&g1, 1).await?;
     let before_removal = history
         .iter()
@@ -468,7 +468,7 @@ async fn time_travel<S: EventStore + Clone>(
     out: &mut impl fmt::Write,
     report: &mut GraphEditorReport,
 ) -> Result<(), BoxError> {
-    let g1 = Repository::<Graph, S>::stream_id("g-1", None);
+    let g1 = cqrs_core::StreamId::of::<Graph>("g-1", None);
     let at_version = graphs.state_at_version(&g1, 4).await?;
     writeln!(
         out,

@@ -316,7 +316,7 @@ where
     }
 
     let orders = Repository::<Order, S>::new(store);
-    let stream = Repository::<Order, S>::stream_id(id, None);
+    let stream = cqrs_core::StreamId::of::<Order>(id, None);
     write!(out, "{}", causal_chain(&orders.history(&stream, 1).await?))?;
     Ok(())
 }

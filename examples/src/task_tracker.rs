@@ -589,7 +589,7 @@ async fn store_legacy_task<S: EventStore + Clone>(
         schema_version: 1,
         data: br#"{"title":"Migrate the wiki","assignee":"carol"}"#.to_vec(),
     };
-    let stream = Repository::<Task, S>::stream_id("t-0", Some("acme"));
+    let stream = cqrs_core::StreamId::of::<Task>("t-0", Some("acme"));
     let mut metadata = Metadata::standalone();
     metadata.tenant = Some("acme".to_owned());
     metadata.actor = Some("system:import".to_owned());

@@ -36,10 +36,7 @@ async fn round_trip(store: &JetStreamEventStore, id: &str) {
     let committed = repo.execute(id, deposit, metadata()).await.unwrap();
     assert_eq!(committed[0].version, 2);
     let history = repo
-        .history(
-            &Repository::<BankAccount, JetStreamEventStore>::stream_id(id, None),
-            1,
-        )
+        .history(&cqrs_core::StreamId::of::<BankAccount>(id, None), 1)
         .await
         .unwrap();
     let versions: Vec<u64> = history.iter().map(|e| e.version).collect();
@@ -179,9 +176,7 @@ async fn tls_connects_with_the_ca_and_refuses_an_untrusted_server_at_once() {
     .await
     .unwrap();
     let loaded = Repository::<BankAccount, _>::new(again)
-        .load(&Repository::<BankAccount, JetStreamEventStore>::stream_id(
-            "acc-tls", None,
-        ))
+        .load(&cqrs_core::StreamId::of::<BankAccount>("acc-tls", None))
         .await
         .unwrap();
     assert_eq!(loaded.version(), 2);

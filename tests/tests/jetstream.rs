@@ -1372,7 +1372,7 @@ async fn the_snapshot_bucket_refuses_roll_ups() {
     repo.execute("c-1", CounterCommand::Add(3), CommandMetadata::root())
         .await
         .expect("execute");
-    let stream = Repository::<Counter, JetStreamEventStore>::stream_id("c-1", None);
+    let stream = StreamId::of::<Counter>("c-1", None);
     assert!(store.load_snapshot(&stream).await.expect("load").is_some());
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-Rollup", "all");

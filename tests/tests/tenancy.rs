@@ -24,7 +24,7 @@ const ACCOUNTS_PER_TENANT: usize = 2;
 const DEPOSITS: usize = 3;
 
 fn account(tenant: &str, a: usize) -> StreamId {
-    Repository::<BankAccount, JetStreamEventStore>::stream_id(&format!("acc-{a}"), Some(tenant))
+    StreamId::of::<BankAccount>(&format!("acc-{a}"), Some(tenant))
 }
 
 /// What the denials looked like: the operations, and the slowest.

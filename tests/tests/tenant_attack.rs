@@ -322,7 +322,7 @@ async fn tenants_at_work(url: &str) -> (JetStreamEventStore, JetStreamEventStore
             .await
             .unwrap();
     }
-    let t2_account = Repository::<BankAccount, JetStreamEventStore>::stream_id("acc-0", Some("t2"));
+    let t2_account = StreamId::of::<BankAccount>("acc-0", Some("t2"));
     assert!(t2.load_snapshot(&t2_account).await.unwrap().is_some());
     // t1 has an account and a snapshot of its own, the targets of its roll-ups.
     let t1 = tenant_store(url, "t1").await.unwrap();
