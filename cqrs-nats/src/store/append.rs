@@ -5,7 +5,6 @@ use super::failure::{
     ApiErrorReply, Failure, backend, chain_text, classify_code, classify_publish, classify_request,
     unavailable,
 };
-use super::heads::Last;
 use super::{JetStreamEventStore, MAX_BATCH};
 use crate::headers::{self, Control, HeaderBuilder};
 use crate::permissions::api;
@@ -272,27 +271,7 @@ impl JetStreamEventStore {
         let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
         let mut attempt = 0u32;
         loop {
-            let known = match expected {
-                _ if attempt > 0 => None,
-                ExpectedVersion::NoStream | ExpectedVersion::Exact(0) => Some(Last::default()),
-                ExpectedVersion::Exact(version) => self
-                    .inner
-                    .known()
-                    .get(&subject)
-                    .filter(|k| k.version == version),
-                ExpectedVersion::Any => self.inner.known().get(&subject),
-            };
-            let last = match known {
-                Some(known) => known,
-                None => self
-                    .inner
-                    .last(&subject)
-                    .await?
-                    .map_or(Last::default(), |e| Last {
-                        sequence: e.position,
-                        version: e.version,
-                    }),
-            };
+            let last = self.inner.head(&subject, expected, attempt == 0).await?;
             if !expected.is_satisfied_by(last.version) {
                 if let Some(original) = self.original(&subject, &ids).await? {
                     return Ok(original);
@@ -396,17 +375,10 @@ impl JetStreamEventStore {
                     "{reason}; looking the event up failed too: {lookup}"
                 ))),
             },
-            Failure::TooLarge(reason) => Err(StoreError::InvalidInput {
-                stream: stream.clone(),
-                reason,
+            terminal => Err(match terminal.terminal(OP, stream) {
+                Ok(error) => error,
+                Err(_) => backend(OP, "a publish failure was left unclassified"),
             }),
-            Failure::Unavailable(reason) => Err(unavailable(OP, reason)),
-            Failure::PermissionDenied(reason) => Err(StoreError::PermissionDenied {
-                operation: OP,
-                stream: stream.clone(),
-                reason,
-            }),
-            Failure::Backend(source) => Err(backend(OP, source)),
         })
     }
 }

@@ -115,37 +115,22 @@ impl JetStreamEventStore {
         }
     }
 
-    /// The stream sequence and version of each part's aggregate: from the store's memory of
-    /// heads when `trust_known`, else a leader read.
+    /// The stream sequence and version of each part's aggregate, as a single append finds them.
     async fn heads_of(&self, parts: &[Part], trust_known: bool) -> Result<Vec<Last>, StoreError> {
         let mut heads = Vec::with_capacity(parts.len());
         for part in parts {
-            let known = match part.expected {
-                ExpectedVersion::NoStream | ExpectedVersion::Exact(0) => Some(Last::default()),
-                ExpectedVersion::Exact(version) if trust_known => self
-                    .inner
-                    .known()
-                    .get(&part.subject)
-                    .filter(|k| k.version == version),
-                _ => None,
-            };
-            heads.push(match known {
-                Some(known) => known,
-                None => self.read_head(&part.subject).await?,
-            });
+            heads.push(
+                self.inner
+                    .head(&part.subject, part.expected, trust_known)
+                    .await?,
+            );
         }
         Ok(heads)
     }
 
+    /// The aggregate's head as the stream leader has it now.
     async fn read_head(&self, subject: &str) -> Result<Last, StoreError> {
-        Ok(self
-            .inner
-            .last(subject)
-            .await?
-            .map_or(Last::default(), |e| Last {
-                sequence: e.position,
-                version: e.version,
-            }))
+        self.inner.head(subject, ExpectedVersion::Any, false).await
     }
 
     /// The commits of a batch stored from `first_seq` on, in the parts' order.
@@ -236,22 +221,12 @@ impl JetStreamEventStore {
                     }),
                 }
             }
-            Failure::TooLarge(reason) => Err(StoreError::InvalidInput {
-                stream: first.stream.clone(),
-                reason,
-            }),
-            Failure::Unavailable(reason) => Err(StoreError::Unavailable {
-                operation: OP,
-                reason,
-            }),
-            Failure::PermissionDenied(reason) => Err(StoreError::PermissionDenied {
-                operation: OP,
-                stream: first.stream.clone(),
-                reason,
-            }),
-            Failure::Backend(source) => Err(StoreError::Backend {
-                operation: OP,
-                source,
+            terminal => Err(match terminal.terminal(OP, &first.stream) {
+                Ok(error) => error,
+                Err(_) => StoreError::Backend {
+                    operation: OP,
+                    source: "a publish failure was left unclassified".into(),
+                },
             }),
         }
     }

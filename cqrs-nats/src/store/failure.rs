@@ -1,7 +1,7 @@
 //! How the server's answers are classified: one place for every error code the store acts on.
 
 use async_nats::jetstream::{self, ErrorCode};
-use cqrs_core::StoreError;
+use cqrs_core::{StoreError, StreamId};
 use std::fmt;
 
 /// The JetStream API error code somewhere in `error`'s source chain.
@@ -50,6 +50,32 @@ pub(super) enum Failure {
     PermissionDenied(String),
     /// Anything else.
     Backend(cqrs_core::error::BoxError),
+}
+
+impl Failure {
+    /// The error for a failure that no lookup or retry can turn into a commit: too large,
+    /// unavailable, refused or anything else; `None` for the ones the caller resolves first
+    /// (conflicts, duplicates, busy, unknown outcomes).
+    pub(super) fn terminal(
+        self,
+        operation: &'static str,
+        stream: &StreamId,
+    ) -> Result<StoreError, Self> {
+        match self {
+            Self::TooLarge(reason) => Ok(StoreError::InvalidInput {
+                stream: stream.clone(),
+                reason,
+            }),
+            Self::Unavailable(reason) => Ok(unavailable(operation, reason)),
+            Self::PermissionDenied(reason) => Ok(StoreError::PermissionDenied {
+                operation,
+                stream: stream.clone(),
+                reason,
+            }),
+            Self::Backend(source) => Ok(backend(operation, source)),
+            other => Err(other),
+        }
+    }
 }
 
 /// Whether `code` says another writer was first: 10071 (wrong last sequence, with the actual

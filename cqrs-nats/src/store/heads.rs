@@ -1,7 +1,7 @@
 //! What the store remembers of aggregate heads between calls.
 
 use super::Inner;
-use cqrs_core::RecordedEvent;
+use cqrs_core::{ExpectedVersion, RecordedEvent, StoreError};
 use std::collections::HashMap;
 use std::sync::PoisonError;
 
@@ -57,5 +57,31 @@ impl Inner {
                 version: event.version,
             },
         );
+    }
+
+    /// The stream sequence and version of `subject`'s last event, for an append expecting
+    /// `expected`: unless `trust_known` is false (a retry), 0 for a new aggregate or the
+    /// remembered head where it can serve the expectation; else a leader read.
+    pub(super) async fn head(
+        &self,
+        subject: &str,
+        expected: ExpectedVersion,
+        trust_known: bool,
+    ) -> Result<Last, StoreError> {
+        let known = match expected {
+            _ if !trust_known => None,
+            ExpectedVersion::NoStream | ExpectedVersion::Exact(0) => Some(Last::default()),
+            ExpectedVersion::Exact(version) => {
+                self.known().get(subject).filter(|k| k.version == version)
+            }
+            ExpectedVersion::Any => self.known().get(subject),
+        };
+        Ok(match known {
+            Some(known) => known,
+            None => self.last(subject).await?.map_or(Last::default(), |e| Last {
+                sequence: e.position,
+                version: e.version,
+            }),
+        })
     }
 }
