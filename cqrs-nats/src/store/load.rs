@@ -18,12 +18,41 @@ const LONG_TAIL: u64 = 2_000;
 
 /// Where the next events of a load come from.
 enum Source {
-    /// A page being fetched.
+    /// The first page, fetched when the stream is first polled: nothing to overlap it with.
+    First(u64),
+    /// A page being fetched while the one before it is decoded.
     Page(Prefetch),
     /// An ordered consumer reading the rest.
     Tail(Box<Tail>),
     /// Nothing more.
     Done,
+}
+
+impl Source {
+    /// What follows a page that says `pending` more messages match: nothing, the next page
+    /// (already on its way while this one is decoded), or a consumer for a long tail.
+    async fn after(
+        inner: &Arc<Inner>,
+        subject: &str,
+        page: &[jetstream::message::StreamMessage],
+        pending: u64,
+    ) -> Result<Self, StoreError> {
+        let Some(last) = page.last().filter(|_| pending > 0) else {
+            return Ok(Self::Done);
+        };
+        let next = last.sequence + 1;
+        if pending > LONG_TAIL && !inner.config.scoped_reads {
+            match Tail::open(inner, subject, next, pending).await {
+                Ok(tail) => return Ok(Self::Tail(Box::new(tail))),
+                // A user who may read but not create consumers: page on.
+                Err(StoreError::PermissionDenied { reason, .. }) => {
+                    tracing::debug!(%reason, "reading the rest page by page");
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(Self::Page(Prefetch::start(inner, subject.to_owned(), next)))
+    }
 }
 
 /// The rest of a long aggregate, read by an ordered consumer filtered to its subject.
@@ -203,7 +232,7 @@ impl Inner {
         }
         let inner = Arc::clone(self);
         let start = State {
-            source: Source::Page(Prefetch::start(&inner, subject.clone(), from_seq.max(1))),
+            source: Source::First(from_seq.max(1)),
             expect_version: first_version,
         };
         fstream::try_unfold(start, move |mut state| {
@@ -212,31 +241,15 @@ impl Inner {
             async move {
                 let messages = match std::mem::replace(&mut state.source, Source::Done) {
                     Source::Done => return Ok(None),
+                    Source::First(from) => {
+                        let (messages, pending) =
+                            inner.page(&subject, from, inner.config.load_batch).await?;
+                        state.source = Source::after(&inner, &subject, &messages, pending).await?;
+                        messages
+                    }
                     Source::Page(fetching) => {
                         let (messages, pending) = fetching.finish().await?;
-                        // Ask for what follows before decoding this page.
-                        if pending > 0
-                            && let Some(last) = messages.last()
-                        {
-                            let next = last.sequence + 1;
-                            let tail = if pending > LONG_TAIL && !inner.config.scoped_reads {
-                                match Tail::open(&inner, &subject, next, pending).await {
-                                    Ok(tail) => Some(Box::new(tail)),
-                                    // A user who may read but not create consumers: page on.
-                                    Err(StoreError::PermissionDenied { reason, .. }) => {
-                                        tracing::debug!(%reason, "reading the rest page by page");
-                                        None
-                                    }
-                                    Err(other) => return Err(other),
-                                }
-                            } else {
-                                None
-                            };
-                            state.source = match tail {
-                                Some(tail) => Source::Tail(tail),
-                                None => Source::Page(Prefetch::start(&inner, subject.clone(), next)),
-                            };
-                        }
+                        state.source = Source::after(&inner, &subject, &messages, pending).await?;
                         messages
                     }
                     Source::Tail(mut tail) => {
