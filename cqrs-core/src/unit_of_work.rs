@@ -43,8 +43,6 @@ pub struct UnitOfWork {
     metadata: CommandMetadata,
     key: IdempotencyKey,
     parts: Vec<AppendTo>,
-    /// Events staged so far.
-    staged: usize,
     /// Every aggregate a command ran on, in order, staged or not.
     aggregates: Vec<StreamId>,
     /// Whether a command found this unit's earlier commit: the unit is a retry.
@@ -59,7 +57,6 @@ impl UnitOfWork {
             key: metadata.idempotency_key(),
             metadata,
             parts: Vec::new(),
-            staged: 0,
             aggregates: Vec::new(),
             retried: false,
         }
@@ -118,7 +115,6 @@ impl UnitOfWork {
             .map(|(i, event)| NewEvent::encode(event, key.event_id(i), event_metadata.clone()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(StoreError::from)?;
-        self.staged += events.len();
         let expected = match loaded.version() {
             0 => ExpectedVersion::NoStream,
             version => ExpectedVersion::Exact(version),
@@ -144,7 +140,7 @@ impl UnitOfWork {
         let span = tracing::info_span!(
             "cqrs.unit_of_work",
             aggregates = self.parts.len(),
-            events = self.staged,
+            events = self.parts.iter().map(|p| p.events.len()).sum::<usize>(),
             correlation_id = %self.metadata.correlation_id,
             command_id = %self.metadata.command_id,
         );
