@@ -1,7 +1,8 @@
 //! `#[transitions]` on the impl block of an aggregate: parse -> validate -> expand.
 //!
 //! State machines: methods marked `#[transition(from = A, on = Cmd, to = B)]` become the arms
-//! of the generated `decide`; `fn evolve` moves into the generated impl. Plain aggregates: `fn
+//! of the generated `decide` (`from = A { field }` binds a field of the state for the handler);
+//! `fn evolve` moves into the generated impl. Plain aggregates: `fn
 //! decide` and `fn evolve` move into it.
 
 use crate::aggregate::command_alias;
@@ -52,13 +53,53 @@ struct Model {
 
 struct TransitionDecl {
     from: Vec<Ident>,
+    /// The fields each `from` state binds (`from = OnLoan { member }`), aligned with `from`.
+    state_fields: Vec<Vec<StateField>>,
     on: Option<Ident>,
     /// `on = Pay(..)`: a tuple variant, whose fields the handler's parameters bind in order.
     tuple: bool,
     to: Option<Ident>,
     handler: Ident,
-    /// The handler's parameters after `&self`: the command variant's fields, by name.
+    /// The handler's parameters after `&self` that are not state fields: the command variant's
+    /// fields, by name.
     fields: Vec<Ident>,
+    /// All the handler's parameters after `&self`, in order: the call's arguments.
+    args: Vec<Ident>,
+}
+
+/// A state field a handler binds: `field`, or `field: name` to give it another parameter name
+/// (when the command has a field of the same name).
+#[derive(Clone)]
+struct StateField {
+    field: Ident,
+    binding: Ident,
+}
+
+impl syn::parse::Parse for StateField {
+    fn parse(input: syn::parse::ParseStream<'_>) -> syn::Result<Self> {
+        let field: Ident = input.parse()?;
+        let binding = if input.peek(syn::Token![:]) {
+            input.parse::<syn::Token![:]>()?;
+            input.parse()?
+        } else {
+            field.clone()
+        };
+        Ok(Self { field, binding })
+    }
+}
+
+/// `State`, `State { field, .. }` or `State { field: name }` in `from = ...`.
+fn parse_state(input: syn::parse::ParseStream<'_>) -> syn::Result<(Ident, Vec<StateField>)> {
+    let state: Ident = input.parse()?;
+    let mut fields = Vec::new();
+    if input.peek(syn::token::Brace) {
+        let content;
+        syn::braced!(content in input);
+        fields.extend(
+            content.parse_terminated(<StateField as syn::parse::Parse>::parse, syn::Token![,])?,
+        );
+    }
+    Ok((state, fields))
 }
 
 fn parse(ctxt: &Ctxt, mut item: ItemImpl) -> Model {
@@ -118,12 +159,13 @@ fn parse(ctxt: &Ctxt, mut item: ItemImpl) -> Model {
                 }
                 if !attrs.is_empty() {
                     // The framework fixes a handler's shape: `&self` even when the state does
-                    // not matter, a `Result` even when it cannot fail.
+                    // not matter, a `Result` even when it cannot fail, state fields by reference.
                     method.attrs.push(syn::parse_quote!(
                         #[allow(
                             clippy::unused_self,
                             clippy::unnecessary_wraps,
-                            clippy::needless_pass_by_value
+                            clippy::needless_pass_by_value,
+                            clippy::trivially_copy_pass_by_ref
                         )]
                     ));
                     let fields = handler_fields(ctxt, &method);
@@ -213,11 +255,13 @@ fn parse_transition(
 ) -> TransitionDecl {
     let mut decl = TransitionDecl {
         from: Vec::new(),
+        state_fields: Vec::new(),
         on: None,
         tuple: false,
         to: None,
         handler: handler.clone(),
-        fields: fields.to_vec(),
+        fields: Vec::new(),
+        args: fields.to_vec(),
     };
     let mut from_given = false;
     let result = attr.parse_nested_meta(|meta| {
@@ -234,13 +278,18 @@ fn parse_transition(
             if value.peek(syn::token::Bracket) {
                 let content;
                 let bracket = syn::bracketed!(content in value);
-                let states = content.parse_terminated(<Ident as syn::parse::Parse>::parse, syn::Token![,])?;
+                let states = content.parse_terminated(parse_state, syn::Token![,])?;
                 if states.is_empty() {
                     ctxt.error_at(bracket.span.join(), "`from = [...]` lists at least one state");
                 }
-                decl.from.extend(states);
+                for (state, fields) in states {
+                    decl.from.push(state);
+                    decl.state_fields.push(fields);
+                }
             } else {
-                decl.from.push(value.parse()?);
+                let (state, fields) = parse_state(value)?;
+                decl.from.push(state);
+                decl.state_fields.push(fields);
             }
         } else if meta.path.is_ident("on") {
             once(decl.on.is_some());
@@ -288,7 +337,38 @@ fn parse_transition(
             missing("to", "the state its events lead to, `to = Submitted`");
         }
     }
+    bind_state_fields(ctxt, &mut decl);
     decl
+}
+
+/// Parameters named like a field the `from` state binds take that field; the others are the
+/// command's. A bound field no parameter takes is an error at the field.
+fn bind_state_fields(ctxt: &Ctxt, decl: &mut TransitionDecl) {
+    let handler = &decl.handler;
+    for (state, bound) in decl.from.iter().zip(&decl.state_fields) {
+        for StateField { binding, .. } in bound {
+            if !decl.args.contains(binding) {
+                ctxt.error_spanned_by(
+                    binding,
+                    format!(
+                        "`{binding}` is bound from state `{state}`, but `{handler}` has no parameter `{binding}`; add `{binding}: &Type` after `&self`"
+                    ),
+                );
+            }
+        }
+    }
+    decl.fields = decl
+        .args
+        .iter()
+        .filter(|arg| {
+            !decl
+                .state_fields
+                .iter()
+                .flatten()
+                .any(|f| f.binding == **arg)
+        })
+        .cloned()
+        .collect();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -379,10 +459,21 @@ fn state_machine_items(model: &Model, alias: &Ident) -> TokenStream {
         let Some(on) = &t.on else {
             return TokenStream::new();
         };
-        let states = t.from.iter().map(|s| quote!(#state_path::#s { .. }));
+        let states = t.from.iter().zip(&t.state_fields).map(|(s, bound)| {
+            // Shorthand where the names agree: `field: field` would trip a lint in user code.
+            let bound = bound.iter().map(|StateField { field, binding }| {
+                if field == binding {
+                    quote!(#binding)
+                } else {
+                    quote!(#field: #binding)
+                }
+            });
+            quote!(#state_path::#s { #(#bound,)* .. })
+        });
         let fields = &t.fields;
+        let args = &t.args;
         let handler = &t.handler;
-        let call = quote_spanned!(handler.span()=> Self::#handler(self, #(#fields),*));
+        let call = quote_spanned!(handler.span()=> Self::#handler(self, #(#args),*));
         // The variant path carries the span of `on = ...`, so that a shape mismatch points there.
         let alias = Ident::new(&alias.to_string(), on.span());
         let command = if t.tuple {

@@ -127,25 +127,30 @@ impl BankAccount {
         Ok(vec![AccountEvent::Deposited { amount }])
     }
 
-    #[transition(from = Open, on = Withdraw, to = Open)]
-    fn withdraw(&self, amount: Cents) -> Result<Vec<AccountEvent>, AccountError> {
+    // The handler binds the fields of the state it leaves: `balance` and `overdraft_limit` come
+    // from `Open { .. }`, `amount` from the command.
+    #[transition(from = Open { balance, overdraft_limit }, on = Withdraw, to = Open)]
+    fn withdraw(
+        &self,
+        balance: &Cents,
+        overdraft_limit: &Cents,
+        amount: Cents,
+    ) -> Result<Vec<AccountEvent>, AccountError> {
         positive(amount)?;
-        let (balance, overdraft_limit) = self.funds();
         if balance - amount < -overdraft_limit {
             return Err(AccountError::InsufficientFunds {
-                balance,
+                balance: *balance,
                 requested: amount,
-                overdraft_limit,
+                overdraft_limit: *overdraft_limit,
             });
         }
         Ok(vec![AccountEvent::Withdrawn { amount }])
     }
 
-    #[transition(from = Open, on = Close, to = Closed)]
-    fn close(&self) -> Result<Vec<AccountEvent>, AccountError> {
-        let (balance, _) = self.funds();
-        if balance != 0 {
-            return Err(AccountError::BalanceNotZero(balance));
+    #[transition(from = Open { balance }, on = Close, to = Closed)]
+    fn close(&self, balance: &Cents) -> Result<Vec<AccountEvent>, AccountError> {
+        if *balance != 0 {
+            return Err(AccountError::BalanceNotZero(*balance));
         }
         Ok(vec![AccountEvent::Closed])
     }
@@ -190,18 +195,6 @@ impl BankAccount {
             (_, AccountEvent::Closed) => Self::Closed,
             // Events are facts: one that does not fit the state leaves it unchanged.
             (state, _) => state,
-        }
-    }
-
-    /// Balance and overdraft limit; zeros unless open (the handlers above run only when open).
-    fn funds(&self) -> (Cents, Cents) {
-        match self {
-            Self::Open {
-                balance,
-                overdraft_limit,
-                ..
-            } => (*balance, *overdraft_limit),
-            _ => (0, 0),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! A state machine with unit, struct and tuple states, a `from` list, unit and struct commands,
-//! a renamed aggregate, terminal states, and the generated table.
+//! a handler that binds the fields of the state it leaves, a renamed aggregate, terminal states,
+//! and the generated table.
 use cqrs_core::{Aggregate, DomainEvent, InvalidTransition, transitions};
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +23,8 @@ enum TicketCommand {
 enum TicketError {
     #[error("empty title")]
     EmptyTitle,
+    #[error("the title is already {0}")]
+    Unchanged(String),
     #[error(transparent)]
     InvalidTransition(#[from] InvalidTransition),
 }
@@ -59,10 +62,14 @@ impl Ticket {
         Ok(vec![TicketEvent::Closed])
     }
 
-    /// A tuple variant: `(..)` after its name, parameters bind its fields in order.
-    #[transition(from = Open, on = Rename(..), to = Open)]
-    fn rename(&self, title: String) -> Result<Vec<TicketEvent>, TicketError> {
-        Ok(vec![TicketEvent::Opened { title }])
+    /// A tuple variant: `(..)` after its name, parameters bind its fields in order. `title` is
+    /// the field of the `Open` state the ticket is in (by reference), `new` the command's.
+    #[transition(from = Open { title }, on = Rename(..), to = Open)]
+    fn rename(&self, title: &String, new: String) -> Result<Vec<TicketEvent>, TicketError> {
+        if *title == new {
+            return Err(TicketError::Unchanged(new));
+        }
+        Ok(vec![TicketEvent::Opened { title: new }])
     }
 
     /// Handlers and other methods live side by side.
@@ -87,6 +94,10 @@ fn main() {
     assert_eq!(ticket.state_name(), "Open");
     let (ticket, _) = ticket.transition(TicketCommand::Rename("u".into())).unwrap();
     assert_eq!(ticket, Ticket::Open { title: "u".into() });
+    assert_eq!(
+        ticket.decide(TicketCommand::Rename("u".into())),
+        Err(TicketError::Unchanged("u".into()))
+    );
     assert_eq!(Ticket::command_name(&TicketCommand::Rename("v".into())), "Rename");
     let assign = TicketCommand::Assign { to: "ann".into(), note: String::new() };
     assert_eq!(ticket.declared_target(&assign), Some("Assigned"));
