@@ -232,10 +232,12 @@ impl State {
         key: IdempotencyKey,
     ) -> Result<Vec<Committed>, StoreError> {
         if let Some(original) = self.commits.get(&key) {
-            let same = original.len() == parts.len()
+            // Only written parts are recorded: a retry's guards are not checked again.
+            let written = parts.iter().filter(|p| !p.is_guard());
+            let same = original.len() == written.clone().count()
                 && original
                     .iter()
-                    .zip(&parts)
+                    .zip(written)
                     .all(|((s, _), p)| *s == p.stream);
             if !same {
                 return Err(StoreError::IdempotencyKeyReused {
@@ -244,10 +246,17 @@ impl State {
                     original: original[0].0.clone(),
                 });
             }
-            return Ok(original
-                .iter()
-                .map(|(_, range)| self.committed(range.clone(), true))
-                .collect());
+            let mut ranges = original.iter();
+            let mut originals = Vec::with_capacity(parts.len());
+            for part in &parts {
+                let range = if part.is_guard() {
+                    0..0
+                } else {
+                    ranges.next().map_or(0..0, |(_, range)| range.clone())
+                };
+                originals.push(self.committed(range, true));
+            }
+            return Ok(originals);
         }
         for part in &parts {
             let current = self.version(&part.stream);
@@ -271,7 +280,10 @@ impl State {
             .iter()
             .map(|(_, range)| self.committed(range.clone(), false))
             .collect();
-        self.commits.insert(key, ranges);
+        self.commits.insert(
+            key,
+            ranges.into_iter().filter(|(_, r)| !r.is_empty()).collect(),
+        );
         Ok(committed)
     }
 
@@ -346,8 +358,8 @@ impl EventStore for InMemoryEventStore {
         // Without an explicit key the first event id is the key, as for `append`.
         let key = idempotency.cloned().unwrap_or_else(|| {
             let first = parts
-                .first()
-                .and_then(|p| p.events.first())
+                .iter()
+                .find_map(|p| p.events.first())
                 .map(|e| e.event_id)
                 .unwrap_or_default();
             IdempotencyKey::new(format!("event:{first}"))

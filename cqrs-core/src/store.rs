@@ -32,7 +32,9 @@ impl Committed {
 }
 
 /// One aggregate's part of a multi-aggregate commit ([`EventStore::append_all`]): its events and
-/// the version it must be at.
+/// the version it must be at — or, with no events, a *read guard* ([`AppendTo::guard`]): an
+/// aggregate the decision read but does not change, which must still be at that version when
+/// the commit is stored.
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
@@ -67,6 +69,19 @@ impl Committed {
 ///     .unwrap_err();
 /// assert!(matches!(err, cqrs_core::StoreError::Conflict { ref stream, .. } if *stream == b));
 /// assert_eq!(store.stream_position(&a).await?.version, 1);
+///
+/// // Valid only while `b` is still at version 1 (a read guard): `b` gets nothing.
+/// let guarded = store
+///     .append_all(
+///         vec![
+///             AppendTo::new(a.clone(), ExpectedVersion::Exact(1), vec![added(5)?]),
+///             AppendTo::guard(b.clone(), ExpectedVersion::Exact(1)),
+///         ],
+///         None,
+///     )
+///     .await?;
+/// assert!(guarded[1].events.is_empty());
+/// assert_eq!(store.stream_position(&b).await?.version, 1);
 /// # Ok::<_, cqrs_core::StoreError>(())
 /// # }).unwrap();
 /// ```
@@ -77,12 +92,13 @@ pub struct AppendTo {
     /// The version it must be at: [`ExpectedVersion::NoStream`] or [`ExpectedVersion::Exact`]
     /// (a multi-aggregate decision is based on the versions it read).
     pub expected: ExpectedVersion,
-    /// Its new events, at least one.
+    /// Its new events; none for a read guard.
     pub events: Vec<NewEvent>,
 }
 
 impl AppendTo {
-    /// `events` for `stream`, which must be at version `expected`.
+    /// `events` for `stream`, which must be at version `expected`. With no events the part is
+    /// a read guard, as made by [`AppendTo::guard`].
     pub fn new(stream: StreamId, expected: ExpectedVersion, events: Vec<NewEvent>) -> Self {
         Self {
             stream,
@@ -90,10 +106,25 @@ impl AppendTo {
             events,
         }
     }
+
+    /// A read guard: the commit holds only while `stream` is at version `expected`
+    /// ([`ExpectedVersion::NoStream`]: while it has no events), though it writes nothing to it —
+    /// "valid only while account B is still at version 7", "only while the username is
+    /// unclaimed". If it moved, the commit stores nothing and is a [`StoreError::Conflict`]
+    /// naming it. Its [`Committed`] has no events.
+    pub fn guard(stream: StreamId, expected: ExpectedVersion) -> Self {
+        Self::new(stream, expected, Vec::new())
+    }
+
+    /// Whether this part only guards its aggregate (it has no events).
+    pub fn is_guard(&self) -> bool {
+        self.events.is_empty()
+    }
 }
 
-/// Checks the shape of a multi-aggregate commit before anything is sent: parts present, each
-/// with events and an exact expectation, no aggregate twice, at most `max` events in all.
+/// Checks the shape of a multi-aggregate commit before anything is sent: parts present, at
+/// least one with events, each with an exact expectation, no aggregate twice, at most `max`
+/// events in all.
 pub fn check_parts(parts: &[AppendTo], max: usize) -> Result<(), StoreError> {
     let invalid = |stream: &StreamId, reason: &str| StoreError::InvalidInput {
         stream: stream.clone(),
@@ -105,15 +136,15 @@ pub fn check_parts(parts: &[AppendTo], max: usize) -> Result<(), StoreError> {
             "a multi-aggregate commit needs at least one part",
         ));
     };
+    if parts.iter().all(AppendTo::is_guard) {
+        return Err(StoreError::empty_append(&first.stream));
+    }
     let mut seen = std::collections::HashSet::new();
     for part in parts {
-        if part.events.is_empty() {
-            return Err(StoreError::empty_append(&part.stream));
-        }
         if part.expected == ExpectedVersion::Any {
             return Err(invalid(
                 &part.stream,
-                "every part of a multi-aggregate commit needs the version it was decided on (NoStream or Exact), not Any",
+                "every part of a multi-aggregate commit needs the version it was decided on (NoStream or Exact), not Any; a read guard needs the version that was read",
             ));
         }
         if !seen.insert(&part.stream) {
@@ -173,6 +204,9 @@ pub trait EventStore: Send + Sync + 'static {
     /// all events are stored, or none. Returns one [`Committed`] per part, in order; positions
     /// follow the parts' order.
     ///
+    /// Parts without events are read guards ([`AppendTo::guard`]): checked like the others,
+    /// written to never; their [`Committed`] has no events.
+    ///
     /// A version that does not hold is [`StoreError::Conflict`] naming that aggregate. A retry
     /// with the same idempotency key (and event ids) returns the original commits with
     /// `duplicate = true`, also when its expected versions have gone stale meanwhile; an
@@ -196,7 +230,7 @@ pub trait EventStore: Send + Sync + 'static {
                 ]),
                 (Some(part), false) => Err(StoreError::InvalidInput {
                     stream: part.stream,
-                    reason: "this store cannot commit to several aggregates atomically".to_owned(),
+                    reason: "this store cannot commit to several aggregates atomically, nor guard one it does not write".to_owned(),
                 }),
                 (None, _) => Ok(Vec::new()),
             }

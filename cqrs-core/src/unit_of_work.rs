@@ -5,7 +5,7 @@ use crate::aggregate::Aggregate;
 use crate::envelope::NewEvent;
 use crate::error::{CommandError, StoreError};
 use crate::metadata::{CommandMetadata, IdempotencyKey};
-use crate::repository::{Repository, decide};
+use crate::repository::{Loaded, Repository, decide};
 use crate::store::{AppendTo, Committed, EventStore};
 use crate::stream::{ExpectedVersion, StreamId};
 use tracing::Instrument;
@@ -35,6 +35,33 @@ use tracing::Instrument;
 /// let committed = unit.commit(&store).await?;
 /// assert_eq!(committed.len(), 2);
 /// assert_eq!(counters.load(&StreamId::new("Counter", "b")).await?.state.value, 2);
+/// # Ok::<_, Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+///
+/// A unit can also depend on aggregates it reads but does not change ([`read`](Self::read),
+/// [`guard`](Self::guard)): if one of them moved before the commit, nothing is stored and the
+/// commit is a [`StoreError::Conflict`] naming it.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// use cqrs_core::doc::{Counter, CounterCommand};
+/// use cqrs_core::{CommandMetadata, InMemoryEventStore, Repository, StoreError, StreamId, UnitOfWork};
+///
+/// let store = InMemoryEventStore::new();
+/// let counters = Repository::<Counter, _>::new(store.clone());
+/// counters.execute("limit", CounterCommand::Add(5), CommandMetadata::root()).await?;
+///
+/// // Add to `a` what `limit` holds, valid only while `limit` stays as read.
+/// let mut unit = UnitOfWork::new(CommandMetadata::root());
+/// let limit = unit.read(&counters, "limit").await?;
+/// unit.execute(&counters, "a", CounterCommand::Add(limit.state.value)).await?;
+///
+/// // `limit` moves before the commit: nothing is stored.
+/// counters.execute("limit", CounterCommand::Add(1), CommandMetadata::root()).await?;
+/// let err = unit.commit(&store).await.unwrap_err();
+/// assert!(matches!(err, StoreError::Conflict { ref stream, .. } if stream.aggregate_id == "limit"));
+/// assert_eq!(counters.load(&StreamId::new("Counter", "a")).await?.version(), 0);
 /// # Ok::<_, Box<dyn std::error::Error>>(())
 /// # }).unwrap();
 /// ```
@@ -73,13 +100,7 @@ impl UnitOfWork {
         command: A::Command,
     ) -> Result<Vec<A::Event>, CommandError<A::Error>> {
         let stream = StreamId::of::<A>(aggregate_id, self.metadata.tenant.as_deref());
-        if self.aggregates.contains(&stream) {
-            return Err(StoreError::InvalidInput {
-                stream,
-                reason: "the unit of work already has a command for this aggregate; decide both in one command".to_owned(),
-            }
-            .into());
-        }
+        self.check_new(&stream)?;
         self.aggregates.push(stream.clone());
         let loaded = repository.load(&stream).await?;
         let events = match decide(&loaded, command) {
@@ -123,31 +144,93 @@ impl UnitOfWork {
         Ok(events)
     }
 
+    /// Loads aggregate `aggregate_id` through `repository` and makes the commit depend on what
+    /// was read: a *read guard*. The aggregate gets no events; if it moves past the version
+    /// loaded here before the commit, the commit stores nothing and is a
+    /// [`StoreError::Conflict`] naming it. For decisions over aggregates the unit reads but
+    /// does not change: pay the account a username points to, only while the username still
+    /// points there.
+    ///
+    /// An aggregate the unit already has is [`StoreError::InvalidInput`] (a command on it
+    /// already depends on its version).
+    pub async fn read<A: Aggregate, S: EventStore>(
+        &mut self,
+        repository: &Repository<A, S>,
+        aggregate_id: &str,
+    ) -> Result<Loaded<A>, StoreError> {
+        let stream = StreamId::of::<A>(aggregate_id, self.metadata.tenant.as_deref());
+        self.check_new(&stream)?;
+        let loaded = repository.load(&stream).await?;
+        self.guard(stream, loaded.version())?;
+        Ok(loaded)
+    }
+
+    /// A read guard on a version read elsewhere (a read model that records the versions it
+    /// saw): the commit holds only while `stream` is at `version` (0: while it has no events).
+    /// See [`read`](Self::read).
+    pub fn guard(&mut self, stream: StreamId, version: u64) -> Result<(), StoreError> {
+        self.check_new(&stream)?;
+        let expected = match version {
+            0 => ExpectedVersion::NoStream,
+            version => ExpectedVersion::Exact(version),
+        };
+        self.parts.push(AppendTo::guard(stream, expected));
+        Ok(())
+    }
+
+    /// Refuses an aggregate the unit already has, commanded or guarded.
+    fn check_new(&self, stream: &StreamId) -> Result<(), StoreError> {
+        if self.aggregates.contains(stream) || self.parts.iter().any(|p| p.stream == *stream) {
+            return Err(StoreError::InvalidInput {
+                stream: stream.clone(),
+                reason: "the unit of work already has this aggregate: give it one command that does both, and read or guard only aggregates it does not command".to_owned(),
+            });
+        }
+        Ok(())
+    }
+
     /// The aggregates the unit's commands ran on, in order.
     pub fn aggregates(&self) -> &[StreamId] {
         &self.aggregates
     }
 
-    /// Appends every staged event atomically; one [`Committed`] per aggregate with events, in
-    /// the order their commands ran (none when no command decided anything).
+    /// The aggregates the unit reads but does not change, in order ([`read`](Self::read),
+    /// [`guard`](Self::guard)).
+    pub fn guards(&self) -> impl Iterator<Item = &StreamId> {
+        self.parts
+            .iter()
+            .filter(|p| p.is_guard())
+            .map(|p| &p.stream)
+    }
+
+    /// Appends every staged event atomically, if every guard still holds; one [`Committed`]
+    /// per aggregate with events, in the order their commands ran (none when no command
+    /// decided anything).
     pub async fn commit<S: EventStore>(self, store: &S) -> Result<Vec<Committed>, StoreError> {
         if self.retried {
             return self.originals(store).await;
         }
-        if self.parts.is_empty() {
+        if self.parts.iter().all(AppendTo::is_guard) {
             return Ok(Vec::new());
         }
         let span = tracing::info_span!(
             "cqrs.unit_of_work",
-            aggregates = self.parts.len(),
+            aggregates = self.parts.iter().filter(|p| !p.is_guard()).count(),
+            guards = self.parts.iter().filter(|p| p.is_guard()).count(),
             events = self.parts.iter().map(|p| p.events.len()).sum::<usize>(),
             correlation_id = %self.metadata.correlation_id,
             command_id = %self.metadata.command_id,
         );
-        store
+        let guards: Vec<bool> = self.parts.iter().map(AppendTo::is_guard).collect();
+        let committed = store
             .append_all(self.parts, Some(&self.key))
             .instrument(span)
-            .await
+            .await?;
+        Ok(committed
+            .into_iter()
+            .zip(guards)
+            .filter_map(|(committed, guard)| (!guard).then_some(committed))
+            .collect())
     }
 
     /// The unit's earlier commit, aggregate by aggregate.

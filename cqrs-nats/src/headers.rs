@@ -63,6 +63,12 @@ pub const ENVELOPE: &str = "Cqrs-Envelope";
 pub const TRACEPARENT: &str = "traceparent";
 /// `Nats-Expected-Last-Subject-Sequence`.
 pub const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
+/// `Nats-Expected-Last-Subject-Sequence-Subject`: the subject the expected sequence is checked
+/// on, when it is not the one published to (a read guard's carrier).
+pub const EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: &str =
+    "Nats-Expected-Last-Subject-Sequence-Subject";
+/// `Nats-TTL`: how long the stream keeps a message (a read guard's carrier).
+pub const TTL: &str = "Nats-TTL";
 /// `Nats-Batch-Id`.
 pub const BATCH_ID: &str = "Nats-Batch-Id";
 /// `Nats-Batch-Sequence`.
@@ -103,6 +109,9 @@ mod name {
     pub(super) const TRACEPARENT: HeaderName = HeaderName::from_static(super::TRACEPARENT);
     pub(super) const EXPECTED_LAST_SUBJECT_SEQUENCE: HeaderName =
         HeaderName::from_static(super::EXPECTED_LAST_SUBJECT_SEQUENCE);
+    pub(super) const EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: HeaderName =
+        HeaderName::from_static(super::EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT);
+    pub(super) const TTL: HeaderName = HeaderName::from_static(super::TTL);
     pub(super) const BATCH_ID: HeaderName = HeaderName::from_static(super::BATCH_ID);
     pub(super) const BATCH_SEQUENCE: HeaderName = HeaderName::from_static(super::BATCH_SEQUENCE);
     pub(super) const BATCH_COMMIT: HeaderName = HeaderName::from_static(super::BATCH_COMMIT);
@@ -137,6 +146,10 @@ mod name {
 pub(crate) enum Control {
     /// `Nats-Expected-Last-Subject-Sequence`.
     ExpectedLastSubjectSequence,
+    /// `Nats-Expected-Last-Subject-Sequence-Subject` (a stored subject made by the store).
+    ExpectedLastSubjectSequenceSubject,
+    /// `Nats-TTL`.
+    Ttl,
     /// `Nats-Batch-Id`.
     BatchId,
     /// `Nats-Batch-Sequence`.
@@ -152,6 +165,11 @@ impl Control {
                 name::EXPECTED_LAST_SUBJECT_SEQUENCE,
                 EXPECTED_LAST_SUBJECT_SEQUENCE,
             ),
+            Self::ExpectedLastSubjectSequenceSubject => (
+                name::EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
+                EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
+            ),
+            Self::Ttl => (name::TTL, TTL),
             Self::BatchId => (name::BATCH_ID, BATCH_ID),
             Self::BatchSequence => (name::BATCH_SEQUENCE, BATCH_SEQUENCE),
             Self::BatchCommit => (name::BATCH_COMMIT, BATCH_COMMIT),

@@ -387,6 +387,20 @@ impl Subjects {
         self.filter_in(None, tenant, aggregate_type)
     }
 
+    /// `<context>.guards.<tenant token>`: where a commit with read guards publishes one
+    /// carrier message per guard ([`cqrs_core::AppendTo::guard`]). A carrier holds no event:
+    /// it only carries the guard's `Nats-Expected-Last-Subject-Sequence` check into the atomic
+    /// batch, and it expires a second after it is stored (`Nats-TTL`).
+    pub fn guards(&self, tenant: Option<&str>) -> String {
+        format!("{}.guards.{}", self.context, encode_tenant(tenant))
+    }
+
+    /// `<context>.guards.*`: the carrier subjects of every tenant, which the context's stream
+    /// listens on beside [`Self::stream_subject`].
+    pub fn guards_all(&self) -> String {
+        format!("{}.guards.*", self.context)
+    }
+
     /// `<context>.reads.<tenant token>`: where a tenant-scoped store asks the
     /// [`TenantReadService`](crate::TenantReadService) for pages of tenant `tenant`'s events.
     pub fn tenant_reads(&self, tenant: Option<&str>) -> String {

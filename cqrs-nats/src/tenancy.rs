@@ -77,6 +77,11 @@ impl TenantAccess {
                 purpose: "append: the stream stores what is published to the tenant's own subjects; the answer is the append's acknowledgement",
             },
             TenantService {
+                subject: self.subjects.guards(self.tenant.as_deref()),
+                streamed: false,
+                purpose: "read guards: a commit's carrier message for each of the tenant's aggregates it read but does not write (no event; it expires a second after it is stored)",
+            },
+            TenantService {
                 subject: format!("$JS.API.DIRECT.GET.{stream}.{context}.events.*.{tenant}.>"),
                 streamed: false,
                 purpose: "an aggregate's last event (the head an append expects): a direct get by subject answers the last message of the subject in the request subject, and only the tenant's subjects match",
@@ -173,7 +178,7 @@ mod tests {
     fn every_service_names_the_tenant() {
         let access = TenantAccess::new("bank", Some("t1")).unwrap_or_else(|e| panic!("{e}"));
         let services = access.services();
-        assert_eq!(services.len(), 5);
+        assert_eq!(services.len(), 6);
         for service in &services {
             assert!(
                 service.subject.split('.').any(|t| t == "t1"),
@@ -202,9 +207,9 @@ mod tests {
         assert!(account.contains(
             "{ user: t1, password: p, permissions: { publish: { allow: [\"bank.events.t1.>\""
         ));
-        assert_eq!(account.matches("account: OPS").count(), 5);
+        assert_eq!(account.matches("account: OPS").count(), 6);
         let exports = access.exports("T1");
-        assert_eq!(exports.matches("accounts: [T1]").count(), 5);
+        assert_eq!(exports.matches("accounts: [T1]").count(), 6);
         assert_eq!(exports.matches("response_type: stream").count(), 1);
     }
 }

@@ -1,7 +1,9 @@
-//! A bank account: open, deposit, withdraw within an overdraft limit, close.
+//! A bank account: open, deposit, withdraw within an overdraft limit, close; and usernames
+//! that point to accounts, so that money can be paid to `@alice`.
 //!
 //! The account is a small state machine — `Unopened -> Open -> Closed` — declared with
-//! `#[derive(Aggregate)]`, `#[transitions]` and `#[derive(DomainEvent)]`.
+//! `#[derive(Aggregate)]`, `#[transitions]` and `#[derive(DomainEvent)]`. A [`Username`] is
+//! another: `Free -> Claimed -> Free`, claimed by one account at a time.
 
 use cqrs_core::{Aggregate, DomainEvent, InvalidTransition, transitions};
 use serde::{Deserialize, Serialize};
@@ -199,6 +201,92 @@ impl BankAccount {
     }
 }
 
+/// A username: free until an account claims it; then it points to that account, and no other
+/// can claim it, until it is released.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, Aggregate)]
+#[aggregate(command = UsernameCommand, event = UsernameEvent, error = UsernameError)]
+pub enum Username {
+    /// Nobody has it.
+    #[default]
+    Free,
+    /// An account has it.
+    Claimed {
+        /// The account's id.
+        account: String,
+    },
+}
+
+/// What can be asked of a username.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UsernameCommand {
+    /// Point the username to an account.
+    Claim {
+        /// The account's id.
+        account: String,
+    },
+    /// Free the username.
+    Release,
+}
+
+/// What happened to a username.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, DomainEvent)]
+pub enum UsernameEvent {
+    /// An account claimed the username.
+    Claimed {
+        /// The account's id.
+        account: String,
+    },
+    /// The username was freed.
+    Released,
+}
+
+/// Why a username refuses a command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UsernameError {
+    /// Another account has the username.
+    #[error("the username is taken by {holder}")]
+    Taken {
+        /// The account that has it.
+        holder: String,
+    },
+    /// The command makes no sense in the username's state.
+    #[error(transparent)]
+    InvalidTransition(#[from] InvalidTransition),
+}
+
+#[transitions]
+impl Username {
+    #[transition(from = Free, on = Claim, to = Claimed)]
+    fn claim(&self, account: String) -> Result<Vec<UsernameEvent>, UsernameError> {
+        Ok(vec![UsernameEvent::Claimed { account }])
+    }
+
+    // Claimed already: refused, naming the holder (the state's `account`, bound as `holder`).
+    #[transition(from = Claimed { account: holder }, on = Claim, to = Claimed)]
+    fn taken(&self, holder: &str, account: String) -> Result<Vec<UsernameEvent>, UsernameError> {
+        if holder == account {
+            return Ok(Vec::new());
+        }
+        Err(UsernameError::Taken {
+            holder: holder.to_owned(),
+        })
+    }
+
+    #[transition(from = Claimed, on = Release, to = Free)]
+    fn release(&self) -> Result<Vec<UsernameEvent>, UsernameError> {
+        Ok(vec![UsernameEvent::Released])
+    }
+
+    fn evolve(self, event: &UsernameEvent) -> Self {
+        match event {
+            UsernameEvent::Claimed { account } => Self::Claimed {
+                account: account.clone(),
+            },
+            UsernameEvent::Released => Self::Free,
+        }
+    }
+}
+
 fn positive(amount: Cents) -> Result<(), AccountError> {
     if amount > 0 {
         Ok(())
@@ -258,12 +346,95 @@ async fn transfer<S: cqrs_core::EventStore>(
     Ok(())
 }
 
+/// A payment to whatever account `@username` points to, decided but not committed: it reads
+/// the username (a read guard, so the commit holds only while the username still points there),
+/// then withdraws from `from` and deposits to that account.
+async fn pay_to_username<S: cqrs_core::EventStore>(
+    accounts: &cqrs_core::Repository<BankAccount, S>,
+    usernames: &cqrs_core::Repository<Username, S>,
+    from: &str,
+    username: &str,
+    amount: Cents,
+    metadata: cqrs_core::CommandMetadata,
+) -> Result<(cqrs_core::UnitOfWork, String), Box<dyn std::error::Error + Send + Sync>> {
+    let mut payment = cqrs_core::UnitOfWork::new(metadata);
+    let Username::Claimed { account } = payment.read(usernames, username).await?.state else {
+        return Err(format!("nobody has @{username}").into());
+    };
+    payment
+        .execute(accounts, from, AccountCommand::Withdraw { amount })
+        .await?;
+    payment
+        .execute(accounts, &account, AccountCommand::Deposit { amount })
+        .await?;
+    Ok((payment, account))
+}
+
+/// `@alice` claimed for `to` (and refused to `from`), a payment from `from` to `@alice`, and a
+/// second payment refused because `@alice` was released between its decision and its commit.
+async fn usernames<S: cqrs_core::EventStore + Clone>(
+    accounts: &cqrs_core::Repository<BankAccount, S>,
+    from: &str,
+    to: &str,
+    metadata: impl Fn() -> cqrs_core::CommandMetadata,
+    out: &mut impl std::fmt::Write,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    use cqrs_core::{CommandError, StoreError};
+    let usernames = cqrs_core::Repository::<Username, S>::new(accounts.store().clone());
+    let claim = |account: &str| UsernameCommand::Claim {
+        account: account.to_owned(),
+    };
+    usernames.execute("alice", claim(to), metadata()).await?;
+    writeln!(out, "@alice claimed by {to}")?;
+    match usernames.execute("alice", claim(from), metadata()).await {
+        Err(CommandError::Rejected(reason)) => writeln!(out, "@alice for {from}: {reason}")?,
+        other => return Err(format!("a second claim of @alice got {other:?}").into()),
+    }
+
+    let tenant = metadata().tenant;
+    let balance = |id: &str| {
+        let stream = cqrs_core::StreamId::of::<BankAccount>(id, tenant.as_deref());
+        async move { Ok::<_, StoreError>(accounts.load(&stream).await?.state.balance().unwrap_or(0)) }
+    };
+    let (payment, payee) =
+        pay_to_username(accounts, &usernames, from, "alice", 500, metadata()).await?;
+    payment.commit(accounts.store()).await?;
+    writeln!(
+        out,
+        "paid 500 from {from} to @alice ({payee}): balances {} and {}",
+        balance(from).await?,
+        balance(&payee).await?
+    )?;
+
+    // Decided while @alice points to `to`; @alice is released before the commit.
+    let (payment, _) =
+        pay_to_username(accounts, &usernames, from, "alice", 500, metadata()).await?;
+    usernames
+        .execute("alice", UsernameCommand::Release, metadata())
+        .await?;
+    match payment.commit(accounts.store()).await {
+        Err(StoreError::Conflict {
+            stream, expected, ..
+        }) => writeln!(
+            out,
+            "payment refused: {} {} moved since it was read at {expected:?}; balances {} and {}",
+            stream.aggregate_type,
+            stream.aggregate_id,
+            balance(from).await?,
+            balance(to).await?
+        )?,
+        other => return Err(format!("a payment to a released @alice got {other:?}").into()),
+    }
+    Ok(())
+}
+
 /// The `bank_account` example's walkthrough, written to `out`, against any event store.
 ///
 /// Opens an account, deposits, withdraws into the overdraft, has a withdrawal refused, moves
-/// money from a second account in one atomic commit, travels back to an earlier version and
-/// prints the full event log with its metadata.
-pub async fn demo<S: cqrs_core::EventStore>(
+/// money from a second account in one atomic commit, travels back to an earlier version,
+/// prints the full event log with its metadata, then claims a username for the first account
+/// and pays to it, guarded by reading where the username points.
+pub async fn demo<S: cqrs_core::EventStore + Clone>(
     store: S,
     out: &mut impl std::fmt::Write,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -342,5 +513,6 @@ pub async fn demo<S: cqrs_core::EventStore>(
                 .map_or_else(|| "-".to_owned(), |c| c.to_string()),
         )?;
     }
-    Ok(())
+
+    usernames(&accounts, "acc-2", id, as_alice, out).await
 }

@@ -73,9 +73,9 @@ fn check_story(out: &str) {
     );
     assert_eq!(lines[7], "time travel to v2: balance Some(12000)");
     assert_eq!(lines[8], "event log:");
-    assert_eq!(lines.len(), 13, "{out}");
+    assert_eq!(lines.len(), 17, "{out}");
     let positions = [1, 2, 3, 7];
-    for (i, line) in lines[9..].iter().enumerate() {
+    for (i, line) in lines[9..13].iter().enumerate() {
         assert!(
             line.starts_with(&format!("  #{} v{} ", positions[i], i + 1)),
             "{line}"
@@ -83,4 +83,18 @@ fn check_story(out: &str) {
         assert!(line.contains("tenant=acme actor=user:alice"), "{line}");
         assert!(!line.contains("causation=-"), "{line}");
     }
+    assert_eq!(lines[13], "@alice claimed by acc-1");
+    assert_eq!(
+        lines[14],
+        "@alice for acc-2: the username is taken by acc-1"
+    );
+    assert_eq!(
+        lines[15],
+        "paid 500 from acc-2 to @alice (acc-1): balances 1000 and 0"
+    );
+    assert_eq!(
+        lines[16],
+        "payment refused: Username alice moved since it was read at Exact(1); balances 1000 and 0",
+        "the read guard on @alice refuses a payment decided before it was released"
+    );
 }

@@ -54,7 +54,7 @@ fn offline_error(args: &[&str]) -> String {
 fn catalog_lists_the_registered_event_types() {
     let doc = offline_json(&["catalog"]);
     let aggregates = doc["aggregates"].as_array().expect("aggregates");
-    assert_eq!(aggregates.len(), 4, "{doc:#}");
+    assert_eq!(aggregates.len(), 5, "{doc:#}");
     assert_eq!(aggregates[0]["aggregate_type"], "BankAccount");
     assert_eq!(aggregates[0]["context"], "bank");
     assert_eq!(aggregates[0]["state_machine"], true);
@@ -62,17 +62,22 @@ fn catalog_lists_the_registered_event_types() {
         aggregates[0]["event_enum"],
         "examples::bank_account::AccountEvent"
     );
-    assert_eq!(aggregates[1]["aggregate_type"], "Order");
+    assert_eq!(aggregates[1]["aggregate_type"], "Username");
     assert_eq!(
         aggregates[1]["event_types"],
+        serde_json::json!(["Claimed", "Released"])
+    );
+    assert_eq!(aggregates[2]["aggregate_type"], "Order");
+    assert_eq!(
+        aggregates[2]["event_types"],
         serde_json::json!(["Submitted", "PaymentValidated", "Shipped", "Cancelled"])
     );
 
     let events = doc["events"].as_array().expect("events");
-    assert_eq!(events.len(), 18, "{doc:#}");
+    assert_eq!(events.len(), 20, "{doc:#}");
     // A plain (not state-machine) aggregate is listed too.
-    assert_eq!(aggregates[3]["aggregate_type"], "Graph");
-    assert_eq!(aggregates[3]["state_machine"], false);
+    assert_eq!(aggregates[4]["aggregate_type"], "Graph");
+    assert_eq!(aggregates[4]["state_machine"], false);
     let find = |name: &str| {
         events
             .iter()
@@ -93,7 +98,7 @@ fn catalog_lists_the_registered_event_types() {
     assert_eq!(find("Opened")["context"], "bank");
 
     let text = offline(&["catalog"]);
-    assert!(text.starts_with("4 aggregates, 18 event types\n"), "{text}");
+    assert!(text.starts_with("5 aggregates, 20 event types\n"), "{text}");
     let row = |cells: &[&str]| {
         text.lines()
             .any(|line| line.split_whitespace().collect::<Vec<_>>() == cells)
@@ -130,8 +135,8 @@ fn catalog_lists_the_registered_event_types() {
 
     // `--context` keeps one context's types.
     let bank = offline_json(&["--context", "bank", "catalog"]);
-    assert_eq!(bank["aggregates"].as_array().map(Vec::len), Some(1));
-    assert_eq!(bank["events"].as_array().map(Vec::len), Some(4));
+    assert_eq!(bank["aggregates"].as_array().map(Vec::len), Some(2));
+    assert_eq!(bank["events"].as_array().map(Vec::len), Some(6));
     let text = offline(&["--context", "nowhere", "catalog"]);
     assert_eq!(text, "no event types registered in context nowhere\n");
 }
@@ -203,12 +208,12 @@ fn diagram_of_an_unregistered_aggregate_names_the_registered_ones() {
     let message = offline_error(&["diagram", "Invoice"]);
     assert_eq!(
         message,
-        "error: aggregate `Invoice` is not registered; registered: BankAccount (bank), Order (sales), Task (tasks), Graph (graphs)\n"
+        "error: aggregate `Invoice` is not registered; registered: BankAccount (bank), Username (bank), Order (sales), Task (tasks), Graph (graphs)\n"
     );
     let message = offline_error(&["--context", "bank", "diagram", "Order"]);
     assert!(
         message.contains(
-            "`Order` is not registered in context `bank`; registered: BankAccount (bank)"
+            "`Order` is not registered in context `bank`; registered: BankAccount (bank), Username (bank)"
         ),
         "{message}"
     );
@@ -224,7 +229,7 @@ fn help_names_the_registered_types() {
     let text = offline(&["--help"]);
     assert!(
         text.contains(
-            "Registered aggregates: BankAccount (bank), Order (sales), Task (tasks), Graph (graphs); 18 event types. \
+            "Registered aggregates: BankAccount (bank), Username (bank), Order (sales), Task (tasks), Graph (graphs); 20 event types. \
              `catalog` lists them, `diagram <AGGREGATE>` draws a state machine."
         ),
         "{text}"

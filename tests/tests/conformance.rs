@@ -93,7 +93,10 @@ conformance!(
     racing_multi_aggregate_commits_are_all_or_nothing,
     retried_multi_aggregate_commit_writes_nothing_new,
     malformed_multi_aggregate_commits_are_refused,
+    read_guards_hold_or_conflict_naming_the_guard,
+    racing_read_guards_never_commit_after_the_guard_moved,
     a_unit_of_work_transfers_atomically_and_once,
+    a_unit_of_work_reads_under_a_guard,
     read_all_of_one_tenant,
     ;
     across_tenants:
@@ -1206,9 +1209,20 @@ async fn malformed_multi_aggregate_commits_are_refused<S: EventStore>(store: S) 
     let one = || vec![event("E", 0)];
     let cases = [
         vec![],
+        // Read guards only: nothing to write.
+        vec![
+            AppendTo::guard(a.clone(), ExpectedVersion::NoStream),
+            AppendTo::guard(b.clone(), ExpectedVersion::NoStream),
+        ],
+        // A guard needs the version that was read.
         vec![
             AppendTo::new(a.clone(), ExpectedVersion::NoStream, one()),
-            AppendTo::new(b.clone(), ExpectedVersion::NoStream, vec![]),
+            AppendTo::guard(b.clone(), ExpectedVersion::Any),
+        ],
+        // An aggregate both written and guarded.
+        vec![
+            AppendTo::new(a.clone(), ExpectedVersion::NoStream, one()),
+            AppendTo::guard(a.clone(), ExpectedVersion::NoStream),
         ],
         vec![
             AppendTo::new(a.clone(), ExpectedVersion::NoStream, one()),
@@ -1525,5 +1539,240 @@ async fn both_stores_agree_on_random_operation_sequences() {
     assert!(
         fresh > 20 && duplicates > 5 && conflicts > 20 && reused > 0,
         "fresh {fresh}, duplicates {duplicates}, conflicts {conflicts}, reused {reused}"
+    );
+}
+
+/// A read guard: the commit holds only while the guarded aggregate is at the version that was
+/// read, and writes nothing to it. When it moved, the conflict names the guard and nothing is
+/// stored; a guarded commit that landed, retried after its guard moved, answers with the
+/// originals and writes nothing new.
+async fn read_guards_hold_or_conflict_naming_the_guard<S: EventStore>(store: S) {
+    use ExpectedVersion::{Exact, NoStream};
+    let (a, b) = open_two(&store, "guard-a", "guard-b").await;
+    let name = StreamId::new("Username", "guard-name");
+    let parts = |key: &IdempotencyKey, on_a, on_b, on_name| {
+        vec![
+            AppendTo::guard(b.clone(), on_b),
+            AppendTo::new(a.clone(), on_a, keyed(key, 1, &Metadata::standalone())),
+            AppendTo::guard(name.clone(), on_name),
+        ]
+    };
+    let key = IdempotencyKey::new("guarded-1");
+    let committed = store
+        .append_all(parts(&key, Exact(1), Exact(1), NoStream), Some(&key))
+        .await
+        .expect("the guards hold");
+    assert_eq!(committed.len(), 3, "one commit per part, guards included");
+    assert!(committed[0].events.is_empty() && committed[2].events.is_empty());
+    assert_eq!(versions(&committed[1].events), [2]);
+    assert_eq!(load_all(&store, &a).await[1..], committed[1].events[..]);
+    assert_eq!(
+        versions(&load_all(&store, &b).await),
+        [1],
+        "a guard writes nothing"
+    );
+    assert!(load_all(&store, &name).await.is_empty());
+
+    // `b` moves on: a commit guarded by `b` at version 1 is refused, naming `b`.
+    store
+        .append(&b, Exact(1), vec![event("Moved", 0)], None)
+        .await
+        .expect("b moves");
+    let stale = IdempotencyKey::new("guarded-2");
+    let attempt = parts(&stale, Exact(2), Exact(1), NoStream);
+    assert_refused(&store, attempt, &stale, (&b, Exact(1), 2)).await;
+    // The name gets claimed: a commit guarded by its absence is refused, naming it.
+    store
+        .append(&name, NoStream, vec![event("Claimed", 0)], None)
+        .await
+        .expect("claim");
+    let late = IdempotencyKey::new("guarded-3");
+    let attempt = parts(&late, Exact(2), Exact(2), NoStream);
+    assert_refused(&store, attempt, &late, (&name, NoStream, 1)).await;
+    assert_eq!(
+        versions(&load_all(&store, &a).await),
+        [1, 2],
+        "nothing more for a"
+    );
+
+    // The first commit again, though both its guards have moved: the originals, nothing new.
+    let again = store
+        .append_all(parts(&key, Exact(1), Exact(1), NoStream), Some(&key))
+        .await
+        .expect("a retry");
+    assert!(again.iter().all(|c| c.duplicate), "{again:?}");
+    assert_eq!(again[1].events, committed[1].events);
+    assert!(again[0].events.is_empty() && again[2].events.is_empty());
+    assert_eq!(versions(&load_all(&store, &a).await), [1, 2]);
+}
+
+/// Asserts that `parts` are refused with a conflict naming `guard`, expecting `expected`,
+/// finding `actual`.
+async fn assert_refused<S: EventStore>(
+    store: &S,
+    parts: Vec<AppendTo>,
+    key: &IdempotencyKey,
+    (guard, expected, actual): (&StreamId, ExpectedVersion, u64),
+) {
+    match store.append_all(parts, Some(key)).await {
+        Err(StoreError::Conflict {
+            stream,
+            expected: e,
+            actual: a,
+        }) => assert_eq!((&stream, e, a), (guard, expected, Some(actual))),
+        other => panic!("expected a conflict naming {guard}, got {other:?}"),
+    }
+}
+
+/// Guarded commits race a writer of the aggregate they guard: every commit that lands was
+/// stored before the guarded aggregate moved, every one refused names it and wrote nothing.
+async fn racing_read_guards_never_commit_after_the_guard_moved<S: EventStore + Clone>(store: S) {
+    let (_, b) = open_two(&store, "race-guard-x", "race-guard-b").await;
+    // The guard moves once every writer has made its first commit; they go on until refused.
+    let started = std::sync::Arc::new(tokio::sync::Barrier::new(5));
+    let mut writers = Vec::new();
+    for w in 0..4u64 {
+        let (store, b, started) = (store.clone(), b.clone(), started.clone());
+        writers.push(tokio::spawn(async move {
+            let mut outcomes = Vec::new();
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+            for n in 0u64.. {
+                let a = StreamId::new("Account", format!("race-guarded-{w}-{n}"));
+                let key = IdempotencyKey::new(format!("race-guarded-{w}-{n}"));
+                let parts = vec![
+                    AppendTo::new(
+                        a.clone(),
+                        ExpectedVersion::NoStream,
+                        keyed(&key, 1, &Metadata::standalone()),
+                    ),
+                    AppendTo::guard(b.clone(), ExpectedVersion::Exact(1)),
+                ];
+                let outcome = store.append_all(parts, Some(&key)).await;
+                let refused = outcome.is_err();
+                outcomes.push((a, outcome));
+                if n == 0 {
+                    started.wait().await;
+                }
+                if refused || tokio::time::Instant::now() > deadline {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            outcomes
+        }));
+    }
+    let mover = {
+        let (store, b) = (store.clone(), b.clone());
+        tokio::spawn(async move {
+            started.wait().await;
+            // A guard being checked may hold the subject for a moment (a clustered stream
+            // refuses a second check in flight): try again while `b` is still where it was.
+            for _ in 0..100 {
+                match store
+                    .append(&b, ExpectedVersion::Exact(1), vec![event("Moved", 0)], None)
+                    .await
+                {
+                    Ok(committed) => return committed.events[0].position,
+                    Err(e) if e.is_conflict() => tokio::task::yield_now().await,
+                    Err(other) => panic!("moving b: {other}"),
+                }
+            }
+            panic!("b never moved");
+        })
+    };
+    let moved_at = mover.await.expect("mover");
+    let (mut landed, mut refused) = (0, 0);
+    for writer in writers {
+        for (a, outcome) in writer.await.expect("writer") {
+            match outcome {
+                Ok(committed) => {
+                    landed += 1;
+                    let position = committed[0].events[0].position;
+                    assert!(
+                        position < moved_at,
+                        "{a} landed at {position}, after its guard moved at {moved_at}"
+                    );
+                }
+                Err(StoreError::Conflict { stream, .. }) => {
+                    refused += 1;
+                    assert_eq!(stream, b, "the conflict names the guard");
+                    assert!(load_all(&store, &a).await.is_empty(), "{a} got nothing");
+                }
+                Err(other) => panic!("guarded writers get conflicts, not {other}"),
+            }
+        }
+    }
+    assert!(
+        landed >= 4,
+        "every writer landed a commit before the guard moved"
+    );
+    assert_eq!(refused, 4, "every writer ran until its guard refused it");
+    assert_eq!(versions(&load_all(&store, &b).await), [1, 2]);
+}
+
+/// A unit of work that reads an aggregate it does not change: the commit holds while the
+/// aggregate stays as read and is a conflict naming it once it moved; a read aggregate cannot
+/// also be commanded in the same unit.
+async fn a_unit_of_work_reads_under_a_guard<S: EventStore + Clone>(store: S) {
+    let counters = Repository::<Counter, _>::new(store.clone());
+    counters
+        .execute("uow-limit", CounterCommand::Add(5), CommandMetadata::root())
+        .await
+        .expect("limit");
+    let decide = || async {
+        let mut unit = UnitOfWork::new(CommandMetadata::root());
+        let limit = unit.read(&counters, "uow-limit").await.expect("read");
+        unit.execute(
+            &counters,
+            "uow-total",
+            CounterCommand::Add(limit.state.value),
+        )
+        .await
+        .expect("decide");
+        assert_eq!(
+            unit.guards().collect::<Vec<_>>(),
+            [&StreamId::new("Counter", "uow-limit")]
+        );
+        unit
+    };
+    let committed = decide().await.commit(&store).await.expect("commit");
+    assert_eq!(committed.len(), 1, "one commit per aggregate with events");
+    let total = |counters: &Repository<Counter, S>| {
+        let counters = counters.clone();
+        async move {
+            counters
+                .load(&StreamId::new("Counter", "uow-total"))
+                .await
+                .expect("load")
+                .state
+                .value
+        }
+    };
+    assert_eq!(total(&counters).await, 5);
+
+    let stale = decide().await;
+    counters
+        .execute("uow-limit", CounterCommand::Add(1), CommandMetadata::root())
+        .await
+        .expect("the limit moves");
+    match stale.commit(&store).await {
+        Err(StoreError::Conflict { stream, .. }) => {
+            assert_eq!(stream, StreamId::new("Counter", "uow-limit"));
+        }
+        other => panic!("expected a conflict naming the read aggregate, got {other:?}"),
+    }
+    assert_eq!(total(&counters).await, 5, "nothing stored");
+
+    let mut unit = UnitOfWork::new(CommandMetadata::root());
+    unit.read(&counters, "uow-limit").await.expect("read");
+    let both = unit
+        .execute(&counters, "uow-limit", CounterCommand::Add(1))
+        .await;
+    assert!(
+        matches!(
+            both,
+            Err(CommandError::Store(StoreError::InvalidInput { .. }))
+        ),
+        "{both:?}"
     );
 }

@@ -762,7 +762,7 @@ async fn provisioning_creates_verifies_and_refuses_conflicts() {
         .await
         .expect("stream");
     let config = &info.cached_info().config;
-    assert_eq!(config.subjects, ["sales.events.*.*.*"]);
+    assert_eq!(config.subjects, ["sales.events.*.*.*", "sales.guards.*"]);
     let transform = config
         .subject_transform
         .as_ref()
@@ -775,6 +775,7 @@ async fn provisioning_creates_verifies_and_refuses_conflicts() {
     assert!(
         config.allow_atomic_publish
             && config.allow_direct
+            && config.allow_message_ttl
             && config.deny_delete
             && config.deny_purge
     );
@@ -849,6 +850,88 @@ async fn provisioning_creates_verifies_and_refuses_conflicts() {
         .await
         .expect_err("invalid context");
     assert!(matches!(err, NatsStoreError::InvalidConfig(_)), "{err}");
+}
+
+/// A stream made before read guards (no carrier subject, no per-message TTLs): a store that may
+/// not change it attaches and refuses guarded commits with a typed error saying what to do; one
+/// that may updates it in place, keeping its events, and its guards' carriers then expire.
+#[tokio::test]
+async fn a_stream_made_before_read_guards_is_updated_in_place() {
+    let server = NatsServer::start().await.expect("server");
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    let mut earlier = StoreConfig::new("ledger").stream_config();
+    earlier.subjects.truncate(1);
+    earlier.allow_message_ttl = false;
+    js.create_stream(earlier).await.expect("an earlier stream");
+    let (a, b) = (StreamId::new("Account", "a"), StreamId::new("Account", "b"));
+    let guarded = |expected_a| {
+        vec![
+            AppendTo::new(a.clone(), expected_a, vec![event("E", 1)]),
+            AppendTo::guard(b.clone(), ExpectedVersion::NoStream),
+        ]
+    };
+
+    let attached = JetStreamEventStore::from_client(
+        client.clone(),
+        StoreConfig::new("ledger").create_missing(false),
+    )
+    .await
+    .expect("attach to the earlier stream");
+    attached
+        .append(&a, ExpectedVersion::NoStream, vec![event("E", 0)], None)
+        .await
+        .expect("plain appends work as before");
+    match attached
+        .append_all(guarded(ExpectedVersion::Exact(1)), None)
+        .await
+    {
+        Err(StoreError::InvalidInput { stream, reason }) => {
+            assert_eq!(stream, b);
+            assert!(reason.contains("create_missing(true)"), "{reason}");
+        }
+        other => panic!("expected InvalidInput naming the guard, got {other:?}"),
+    }
+
+    let owner = JetStreamEventStore::from_client(client.clone(), StoreConfig::new("ledger"))
+        .await
+        .expect("update the earlier stream");
+    let config = js
+        .get_stream("EVENTS_LEDGER")
+        .await
+        .expect("stream")
+        .cached_info()
+        .config
+        .clone();
+    assert_eq!(config.subjects, ["ledger.events.*.*.*", "ledger.guards.*"]);
+    assert!(config.allow_message_ttl && config.deny_delete && config.deny_purge);
+    let committed = owner
+        .append_all(guarded(ExpectedVersion::Exact(1)), None)
+        .await
+        .expect("a guarded commit");
+    assert_eq!(committed[0].events[0].version, 2);
+    assert_eq!(load_all(&owner, &a).await.expect("load").len(), 2);
+    // Read while the carrier is still stored: readers see events only.
+    let all: Vec<_> = owner
+        .read_all(&EventFilter::all(), 1)
+        .await
+        .expect("read_all")
+        .try_collect()
+        .await
+        .expect("read");
+    assert_eq!(all.len(), 2, "readers never see carriers");
+    // The carrier is stored with the event and expires on its own: the stream ends up holding
+    // the two events only.
+    let mut stream = js.get_stream("EVENTS_LEDGER").await.expect("stream");
+    let mut messages = u64::MAX;
+    for _ in 0..100 {
+        messages = stream.info().await.expect("info").state.messages;
+        if messages == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(messages, 2, "the guard's carrier expired");
 }
 
 /// Stream names on the server, sorted.

@@ -8,8 +8,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use cqrs_core::{
-    CommandError, CommandMetadata, EventFilter, EventStore, ExpectedVersion, RecordedEvent,
-    Repository, StoreError, StreamId,
+    AppendTo, CommandError, CommandMetadata, EventFilter, EventStore, ExpectedVersion,
+    RecordedEvent, Repository, StoreError, StreamId, UnitOfWork,
 };
 use cqrs_nats::{JetStreamEventStore, NatsStoreError};
 use cqrs_tests::event;
@@ -87,6 +87,24 @@ async fn trespass(store: &JetStreamEventStore, tenant: &str, victim: &str, denia
         .await;
     denials.check("append (expected version)", since.elapsed(), result);
 
+    // A commit of the tenant's own that depends on the victim's aggregate (a read guard): its
+    // carrier goes to the victim's guard subject, refused at the publish; nothing is stored.
+    let since = Instant::now();
+    let result = store
+        .append_all(
+            vec![
+                AppendTo::new(
+                    StreamId::of::<BankAccount>("guard-probe", Some(tenant)),
+                    ExpectedVersion::NoStream,
+                    intruder(),
+                ),
+                AppendTo::guard(target.clone(), ExpectedVersion::NoStream),
+            ],
+            None,
+        )
+        .await;
+    denials.check("append guarded by another tenant", since.elapsed(), result);
+
     let since = Instant::now();
     let result = match store.load(&target, 1).await {
         Ok(events) => events.try_collect::<Vec<_>>().await,
@@ -135,13 +153,21 @@ async fn work(store: &JetStreamEventStore, tenant: &str) -> Vec<i64> {
             .with_actor(format!("user:{tenant}"))
     };
     let mut balances = Vec::new();
+    // Account 1 opens only while account 0 does not exist yet (a read guard on the tenant's own
+    // aggregate, through the tenant's guard subject); then account 0 opens on its own.
+    let mut unit = UnitOfWork::new(metadata());
+    unit.read(&repo, "acc-0").await.unwrap();
+    let open = |owner: &str| AccountCommand::Open {
+        owner: owner.to_owned(),
+        overdraft_limit: 0,
+    };
+    unit.execute(&repo, "acc-1", open(tenant)).await.unwrap();
+    assert_eq!(unit.commit(store).await.unwrap().len(), 1);
     for a in 0..ACCOUNTS_PER_TENANT {
         let id = format!("acc-{a}");
-        let open = AccountCommand::Open {
-            owner: tenant.to_owned(),
-            overdraft_limit: 0,
-        };
-        repo.execute(&id, open, metadata()).await.unwrap();
+        if a != 1 {
+            repo.execute(&id, open(tenant), metadata()).await.unwrap();
+        }
         for d in 0..DEPOSITS {
             let amount = i64::try_from(d + 1).unwrap();
             repo.execute(&id, AccountCommand::Deposit { amount }, metadata())
@@ -294,5 +320,5 @@ async fn tenants_are_isolated_by_nats_permissions() {
         per_tenant,
         BTreeMap::from([("t1".to_owned(), each), ("t2".to_owned(), each)])
     );
-    assert_eq!(denials.operations.values().sum::<usize>(), 14);
+    assert_eq!(denials.operations.values().sum::<usize>(), 16);
 }

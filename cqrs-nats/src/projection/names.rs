@@ -8,9 +8,15 @@ use cqrs_core::EventFilter;
 pub(super) const MAX_FILTER_SUBJECTS: usize = 64;
 
 /// The consumer filter subjects that narrow `filter` on the server (the runner applies the whole
-/// filter anyway). Empty: the whole context.
+/// filter anyway): never empty, `<context>.events.>` at the widest, so that no reader sees
+/// the stream's other messages (read guards' carriers).
 pub fn filter_subjects(subjects: &Subjects, filter: &EventFilter) -> Vec<String> {
-    filter_subjects_in(subjects, filter, None)
+    let narrowed = filter_subjects_in(subjects, filter, None);
+    if narrowed.is_empty() {
+        vec![subjects.all_events()]
+    } else {
+        narrowed
+    }
 }
 
 /// [`filter_subjects`] within one partition (`Some`): never empty then, the partition's
@@ -80,4 +86,27 @@ pub fn workers_bucket(subjects: &Subjects) -> String {
         "PROJECTION_WORKERS_{}",
         subjects.context().to_ascii_uppercase()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_filter_reads_the_events_only() {
+        let subjects = Subjects::with_partitions("bank", 4).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            filter_subjects(&subjects, &EventFilter::all()),
+            ["bank.events.>"],
+            "never the whole stream: read guards' carriers share it"
+        );
+        assert_eq!(
+            filter_subjects_in(&subjects, &EventFilter::all(), Some(2)),
+            ["bank.events.2.>"]
+        );
+        assert_eq!(
+            filter_subjects(&subjects, &EventFilter::all().aggregate_type("Account")),
+            ["bank.events.*.*.Account.*"]
+        );
+    }
 }

@@ -20,6 +20,9 @@ pub(super) struct Outgoing {
     pub(super) payload: Vec<u8>,
 }
 
+/// A message of a batch: the subject it is published to, its headers and its body.
+pub(super) type Message<'s> = (&'s str, HeaderBuilder, Vec<u8>);
+
 impl JetStreamEventStore {
     fn check_size(&self, stream: &StreamId, outgoing: &Outgoing) -> Result<(), StoreError> {
         let max = self.inner.client.max_payload();
@@ -76,7 +79,7 @@ impl JetStreamEventStore {
         outgoing: Vec<Outgoing>,
         expected_seq: u64,
     ) -> Result<(u64, bool), Failure> {
-        let mut messages: Vec<(&str, HeaderBuilder, Vec<u8>)> = outgoing
+        let mut messages: Vec<Message> = outgoing
             .into_iter()
             .map(|o| (subject, o.headers, o.payload))
             .collect();
@@ -95,7 +98,7 @@ impl JetStreamEventStore {
     /// duplicate.
     pub(super) async fn send_batch(
         &self,
-        messages: Vec<(&str, HeaderBuilder, Vec<u8>)>,
+        messages: Vec<Message<'_>>,
     ) -> Result<(u64, bool), Failure> {
         let count = messages.len() as u64;
         let mut messages = messages.into_iter();

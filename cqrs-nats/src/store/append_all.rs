@@ -2,8 +2,15 @@
 //! aggregate's first message carrying its own `Nats-Expected-Last-Subject-Sequence`. The server
 //! checks every expectation against the stream as it was before the batch and stores all the
 //! messages or none.
+//!
+//! A read guard ([`AppendTo::guard`]) writes nothing to its aggregate, so its check rides on a
+//! carrier message after the events: published to `<context>.guards.<tenant>` with
+//! `Nats-Expected-Last-Subject-Sequence` set to the guarded aggregate's stream sequence and
+//! `Nats-Expected-Last-Subject-Sequence-Subject` naming its stored subject (server 2.11+). The
+//! carrier holds no event and expires a second after it is stored (`Nats-TTL: 1s`); no reader
+//! sees it, since every reader filters on `<context>.events.>`.
 
-use super::append::{Outgoing, recorded};
+use super::append::{Message, Outgoing, recorded};
 use super::failure::Failure;
 use super::heads::Last;
 use super::{JetStreamEventStore, MAX_BATCH};
@@ -37,7 +44,13 @@ impl JetStreamEventStore {
             .into_iter()
             .map(|p| {
                 Ok(Part {
-                    publish_to: self.subject_or_invalid(&p.stream)?,
+                    publish_to: if p.is_guard() {
+                        // Checked like a subject to write: the guard's tenant and id are valid.
+                        self.subject_or_invalid(&p.stream)?;
+                        self.inner.subjects.guards(p.stream.tenant.as_deref())
+                    } else {
+                        self.subject_or_invalid(&p.stream)?
+                    },
                     subject: self.stored_subject_or_invalid(&p.stream)?,
                     ids: p.events.iter().map(|e| e.event_id).collect(),
                     stream: p.stream,
@@ -52,6 +65,18 @@ impl JetStreamEventStore {
                 self.append_inner(&part.stream, part.expected, part.events)
                     .await?,
             ]);
+        }
+        if let Some(guard) = parts.iter().find(|p| p.events.is_empty())
+            && !self.inner.read_guards
+        {
+            return Err(StoreError::InvalidInput {
+                stream: guard.stream.clone(),
+                reason: format!(
+                    "the stream of context `{}` predates read guards (it does not listen on `{}`): open the context once with StoreConfig::create_missing(true) to update it",
+                    self.inner.config.context,
+                    self.inner.subjects.guards_all()
+                ),
+            });
         }
         let mut attempt = 0u32;
         loop {
@@ -69,27 +94,7 @@ impl JetStreamEventStore {
                 };
             }
             let recorded_at = OffsetDateTime::now_utc();
-            let mut messages: Vec<(&str, HeaderBuilder, Vec<u8>)> = Vec::new();
-            for (part, head) in parts.iter().zip(&heads) {
-                let outgoing =
-                    self.prepare(&part.stream, &part.events, head.version, recorded_at)?;
-                for (
-                    index,
-                    Outgoing {
-                        mut headers,
-                        payload,
-                    },
-                ) in outgoing.into_iter().enumerate()
-                {
-                    if index == 0 {
-                        headers.control(
-                            Control::ExpectedLastSubjectSequence,
-                            head.sequence.to_string(),
-                        );
-                    }
-                    messages.push((part.publish_to.as_str(), headers, payload));
-                }
-            }
+            let messages = self.batch(&parts, &heads, recorded_at)?;
             let subjects: Vec<&str> = parts.iter().map(|p| p.publish_to.as_str()).collect();
             let published = self
                 .inner
@@ -113,6 +118,46 @@ impl JetStreamEventStore {
                 failure => return self.settle(&parts, failure).await,
             }
         }
+    }
+
+    /// The batch's messages: every part's events, each part's first carrying its expected
+    /// subject sequence, then a carrier per read guard. Events come first so that they are
+    /// stored one after the other from the batch's first sequence on.
+    fn batch<'p>(
+        &self,
+        parts: &'p [Part],
+        heads: &[Last],
+        recorded_at: OffsetDateTime,
+    ) -> Result<Vec<Message<'p>>, StoreError> {
+        let mut messages = Vec::new();
+        for (part, head) in parts.iter().zip(heads) {
+            if part.events.is_empty() {
+                continue;
+            }
+            let outgoing = self.prepare(&part.stream, &part.events, head.version, recorded_at)?;
+            for (
+                index,
+                Outgoing {
+                    mut headers,
+                    payload,
+                },
+            ) in outgoing.into_iter().enumerate()
+            {
+                if index == 0 {
+                    headers.control(
+                        Control::ExpectedLastSubjectSequence,
+                        head.sequence.to_string(),
+                    );
+                }
+                messages.push((part.publish_to.as_str(), headers, payload));
+            }
+        }
+        for (part, head) in parts.iter().zip(heads) {
+            if part.events.is_empty() {
+                messages.push((part.publish_to.as_str(), carrier(part, head), Vec::new()));
+            }
+        }
+        Ok(messages)
     }
 
     /// The stream sequence and version of each part's aggregate, as a single append finds them.
@@ -159,15 +204,25 @@ impl JetStreamEventStore {
     }
 
     /// Every part's original commit, if the commit was stored before (a retry); `None` if none
-    /// of them was. A commit found in part only cannot come from an atomic batch.
+    /// of them was. A commit found in part only cannot come from an atomic batch. A guard's
+    /// original is an empty commit: it wrote nothing.
     async fn originals(&self, parts: &[Part]) -> Result<Option<Vec<Committed>>, StoreError> {
         let mut found = Vec::with_capacity(parts.len());
         for part in parts {
-            found.push(self.original(&part.subject, &part.ids).await?);
+            found.push(if part.events.is_empty() {
+                Some(Committed {
+                    events: Vec::new(),
+                    duplicate: true,
+                })
+            } else {
+                self.original(&part.subject, &part.ids).await?
+            });
         }
-        match found.iter().filter(|f| f.is_some()).count() {
+        let written = parts.iter().filter(|p| !p.events.is_empty()).count();
+        let guards = parts.len() - written;
+        match found.iter().filter(|f| f.is_some()).count() - guards {
             0 => Ok(None),
-            n if n == parts.len() => Ok(Some(found.into_iter().flatten().collect())),
+            n if n == written => Ok(Some(found.into_iter().flatten().collect())),
             _ => Err(StoreError::InvalidInput {
                 stream: parts[0].stream.clone(),
                 reason: "some of this commit's event ids are stored on their aggregates and some are not: they were used by other appends; give every commit fresh event ids".to_owned(),
@@ -178,7 +233,12 @@ impl JetStreamEventStore {
     /// What a failed batch means, once nothing more is to be tried.
     async fn settle(&self, parts: &[Part], failure: Failure) -> Result<Vec<Committed>, StoreError> {
         const OP: &str = "append";
-        let first = &parts[0];
+        // The first part with events (there is one): what an unknown outcome is reported for.
+        let first = parts
+            .iter()
+            .find(|p| !p.events.is_empty())
+            .unwrap_or(&parts[0]);
+        let first_id = first.ids.first().copied().unwrap_or_default();
         match failure {
             Failure::Conflict => {
                 if let Some(originals) = self.originals(parts).await? {
@@ -211,12 +271,12 @@ impl JetStreamEventStore {
                     }
                     Ok(None) => Err(StoreError::OutcomeUnknown {
                         stream: first.stream.clone(),
-                        event_id: first.ids[0],
+                        event_id: first_id,
                         reason,
                     }),
                     Err(lookup) => Err(StoreError::OutcomeUnknown {
                         stream: first.stream.clone(),
-                        event_id: first.ids[0],
+                        event_id: first_id,
                         reason: format!("{reason}; looking the events up failed too: {lookup}"),
                     }),
                 }
@@ -230,6 +290,21 @@ impl JetStreamEventStore {
             }),
         }
     }
+}
+
+/// The carrier of a read guard: checks that the guarded aggregate is still at `head`.
+fn carrier(part: &Part, head: &Last) -> HeaderBuilder {
+    let mut headers = HeaderBuilder::default();
+    headers.control(
+        Control::ExpectedLastSubjectSequence,
+        head.sequence.to_string(),
+    );
+    headers.control(
+        Control::ExpectedLastSubjectSequenceSubject,
+        part.subject.clone(),
+    );
+    headers.control(Control::Ttl, "1s".to_owned());
+    headers
 }
 
 fn conflict(part: &Part, actual: u64) -> StoreError {

@@ -122,7 +122,10 @@ impl StoreConfig {
     pub fn stream_config(&self) -> stream::Config {
         stream::Config {
             name: self.stream_name(),
-            subjects: vec![format!("{}.events.*.*.*", self.context)],
+            subjects: vec![
+                format!("{}.events.*.*.*", self.context),
+                format!("{}.guards.*", self.context),
+            ],
             subject_transform: Some(stream::SubjectTransform {
                 source: format!("{}.events.*.*.*", self.context),
                 destination: Subjects::with_partitions(&self.context, self.partitions)
@@ -134,6 +137,8 @@ impl StoreConfig {
             num_replicas: self.replicas,
             allow_atomic_publish: true,
             allow_direct: true,
+            // Read guards' carriers expire on their own (`Nats-TTL`).
+            allow_message_ttl: true,
             deny_delete: true,
             deny_purge: true,
             duplicate_window: self.duplicate_window,
@@ -191,6 +196,11 @@ pub(super) fn config_differences(want: &stream::Config, have: &stream::Config) -
             have.allow_atomic_publish,
         ),
         ("allow_direct", want.allow_direct, have.allow_direct),
+        (
+            "allow_msg_ttl",
+            want.allow_message_ttl,
+            have.allow_message_ttl,
+        ),
         ("deny_delete", want.deny_delete, have.deny_delete),
         ("deny_purge", want.deny_purge, have.deny_purge),
     ] {
@@ -232,6 +242,24 @@ pub(super) fn config_differences(want: &stream::Config, have: &stream::Config) -
         format!("{:?}", have.max_age),
     );
     diffs
+}
+
+/// `have` with what later versions added to a context's stream, if it lacks any: the read
+/// guards' carrier subject and per-message TTLs. Both are additive (existing messages and
+/// readers are untouched; the server refuses only to switch TTLs off again), so an older stream
+/// is updated in place rather than refused.
+pub(super) fn with_additions(
+    want: &stream::Config,
+    have: &stream::Config,
+) -> Option<stream::Config> {
+    let mut updated = have.clone();
+    for subject in &want.subjects {
+        if !updated.subjects.contains(subject) {
+            updated.subjects.push(subject.clone());
+        }
+    }
+    updated.allow_message_ttl |= want.allow_message_ttl;
+    (updated != *have).then_some(updated)
 }
 
 /// Records a difference when `want` and `have` differ.

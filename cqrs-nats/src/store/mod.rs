@@ -85,6 +85,9 @@ struct Inner {
     known: Mutex<KnownHeads>,
     replies: tokio::sync::OnceCell<Replies>,
     guard: Guard,
+    /// Whether the stream stores read guards' carriers (a stream made before them and not
+    /// updated since does not listen on their subject).
+    read_guards: bool,
 }
 
 mod append;

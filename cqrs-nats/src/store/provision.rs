@@ -2,7 +2,7 @@
 //! or verified (never reconfigured).
 
 use super::config::MIN_SERVER_VERSION_TEXT;
-use super::config::config_differences;
+use super::config::{config_differences, with_additions};
 use super::heads::KnownHeads;
 use super::snapshots::{self, SnapshotBucket};
 use super::{Inner, JetStreamEventStore, MIN_SERVER_VERSION, StoreConfig};
@@ -114,11 +114,14 @@ impl JetStreamEventStore {
         js.set_timeout(config.request_timeout);
         let bucket = config.bucket_name();
         // A tenant-scoped store touches nothing stream-wide: it neither verifies nor creates.
-        let has_bucket = if config.scoped_reads {
-            true
+        let (has_bucket, read_guards) = if config.scoped_reads {
+            (true, true)
         } else {
-            Self::provision_stream(&js, &config, &guard).await?;
-            Self::provision_bucket(&js, &config, &guard).await?
+            let read_guards = Self::provision_stream(&js, &config, &guard).await?;
+            (
+                Self::provision_bucket(&js, &config, &guard).await?,
+                read_guards,
+            )
         };
         let no_info = |e| provision_error(format!("stream {}", config.stream_name()), e);
         let stream = js
@@ -142,21 +145,24 @@ impl JetStreamEventStore {
                 known: Mutex::new(KnownHeads::default()),
                 replies: tokio::sync::OnceCell::new(),
                 guard,
+                read_guards,
             }),
         })
     }
 
+    /// Creates or verifies the context's stream; `Ok(false)` when it is a stream of an earlier
+    /// version, without read guards, that this store may not update.
     async fn provision_stream(
         js: &jetstream::Context,
         config: &StoreConfig,
         guard: &Guard,
-    ) -> Result<(), NatsStoreError> {
+    ) -> Result<bool, NatsStoreError> {
         let want = config.stream_config();
         let name = want.name.clone();
-        let verify = |stream: stream::Stream| {
-            let diffs = config_differences(&want, &stream.cached_info().config);
+        let verify = |found: &stream::Config| {
+            let diffs = config_differences(&want, found);
             if diffs.is_empty() {
-                Ok(())
+                Ok(true)
             } else {
                 Err(NatsStoreError::StreamConflict {
                     stream: name.clone(),
@@ -168,7 +174,26 @@ impl JetStreamEventStore {
         let info = api::stream_info(&name);
         let found = guard.run(&[&info], js.get_stream(&name)).await;
         match found.map_err(|v| NatsStoreError::denied(what(), &v))? {
-            Ok(stream) => return verify(stream),
+            Ok(stream) => {
+                let have = &stream.cached_info().config;
+                let Some(updated) = with_additions(&want, have) else {
+                    return verify(have);
+                };
+                // Anything else that differs is a conflict, whether or not this store may update.
+                verify(&updated)?;
+                if !config.create_missing {
+                    tracing::warn!(stream = %name, "the stream predates read guards: commits with guards are refused until the context is opened once with create_missing(true)");
+                    return Ok(false);
+                }
+                let update = api::stream_update(&name);
+                let updated = guard
+                    .run(&[&update], js.update_stream(&updated))
+                    .await
+                    .map_err(|v| NatsStoreError::denied(what(), &v))?
+                    .map_err(|e| provision_error(what(), e))?;
+                tracing::info!(stream = %name, "stream updated: it now stores read guards' carriers ({}.guards.*, with per-message TTLs)", config.context);
+                return verify(&updated.config);
+            }
             Err(e) if crate::error::is_stream_not_found(&e) => {}
             Err(e) => return Err(provision_error(format!("stream {name}"), e)),
         }
@@ -181,10 +206,10 @@ impl JetStreamEventStore {
         let create = api::stream_create(&name);
         let created = guard.run(&[&create], js.create_stream(want.clone())).await;
         match created.map_err(|v| NatsStoreError::denied(what(), &v))? {
-            Ok(stream) => verify(stream),
+            Ok(stream) => verify(&stream.cached_info().config),
             Err(create_error) => match js.get_stream(&name).await {
                 // Another process created it in between: verify theirs.
-                Ok(stream) => verify(stream),
+                Ok(stream) => verify(&stream.cached_info().config),
                 Err(_) => Err(provision_error(format!("stream {name}"), create_error)),
             },
         }

@@ -12,18 +12,6 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 impl JetStreamEventStore {
-    /// The consumer filter subjects that narrow `filter` on the server (the client applies the
-    /// whole filter anyway).
-    fn filter_subjects(&self, filter: &EventFilter) -> Vec<String> {
-        let subjects = &self.inner.subjects;
-        let narrowed = crate::projection::filter_subjects(subjects, filter);
-        if narrowed.is_empty() {
-            vec![subjects.all_events()]
-        } else {
-            narrowed
-        }
-    }
-
     pub(super) async fn read_all_inner(
         &self,
         filter: &EventFilter,
@@ -51,7 +39,7 @@ impl JetStreamEventStore {
         if start > head {
             return Ok(fstream::empty().boxed());
         }
-        let mut filters = self.filter_subjects(filter);
+        let mut filters = crate::projection::filter_subjects(&self.inner.subjects, filter);
         let (filter_subject, filter_subjects) = if filters.len() == 1 {
             (filters.pop().unwrap_or_default(), Vec::new())
         } else {

@@ -5,7 +5,7 @@
 //! `diagram BankAccount --format dot`, `--json catalog`; every `cqrs` command works too).
 #![forbid(unsafe_code)]
 
-use examples::bank_account::BankAccount;
+use examples::bank_account::{BankAccount, Username};
 use examples::graph_editor::Graph;
 use examples::order_fulfilment::Order;
 use examples::task_tracker::Task;
@@ -13,6 +13,7 @@ use examples::task_tracker::Task;
 fn main() -> std::process::ExitCode {
     cqrs_nats::cli::Cli::new()
         .aggregate_in::<BankAccount>("bank")
+        .aggregate_in::<Username>("bank")
         .aggregate_in::<Order>("sales")
         .aggregate_in::<Task>("tasks")
         .aggregate_in::<Graph>("graphs")
