@@ -5,7 +5,7 @@
 //! `NATS_URL=nats://127.0.0.1:4222`. Knobs: `ACCOUNTS` (default 256), `COMMANDS` deposits per
 //! account (default 200), `WRITERS` (comma-separated concurrency levels, default `1,16`),
 //! `ROUNDS` (default 3), `VARIANTS` (comma-separated subset of `repository,s2,store,bare,minimal`,
-//! the default, and `msgid`; `load` alone measures loads only), `FSYNC=always` (the bench's server fsyncs every write before the ack,
+//! the default, and `msgid`, `envelope`; `load` alone measures loads only), `FSYNC=always` (the bench's server fsyncs every write before the ack,
 //! `jetstream { sync_interval: always }`; the default is the server's lazy fsync).
 //!
 //! The output ends with one JSON line per variant and writer count,
@@ -31,7 +31,10 @@
 //!   sequence; checked against a stored framework message before the numbers are printed;
 //! - `bare_minimal`: payload and `Nats-Expected-Last-Subject-Sequence` only, awaited ack;
 //! - `bare_msg_id` (only on request): the minimal one plus `Nats-Msg-Id`, to tell the cost of
-//!   deduplication from the cost of the other headers.
+//!   deduplication from the cost of the other headers;
+//! - `bare_envelope_only` (only on request): the framework's envelope with the event id inside
+//!   it and the expectation, no `Nats-Msg-Id`: what leaving deduplication to the expected
+//!   version would give.
 //!
 //! - `load` (also run by default): one account of 10,000 events and one of 10, written with a
 //!   snapshot every 100 events; the unsnapshotted load of the long one (`EventStore::load`, all
@@ -74,6 +77,7 @@ enum Variant {
     BareSame,
     BareMinimal,
     BareMsgId,
+    BareEnvelope,
 }
 
 impl Variant {
@@ -85,13 +89,14 @@ impl Variant {
         Self::BareSame,
         Self::BareMinimal,
     ];
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 7] = [
         Self::Repository,
         Self::RepositoryS2,
         Self::Store,
         Self::BareSame,
         Self::BareMinimal,
         Self::BareMsgId,
+        Self::BareEnvelope,
     ];
 
     fn name(self) -> &'static str {
@@ -102,6 +107,7 @@ impl Variant {
             Self::BareSame => "bare_same_headers",
             Self::BareMinimal => "bare_minimal",
             Self::BareMsgId => "bare_msg_id",
+            Self::BareEnvelope => "bare_envelope_only",
         }
     }
 
@@ -113,6 +119,7 @@ impl Variant {
             Self::BareSame => "bare",
             Self::BareMinimal => "minimal",
             Self::BareMsgId => "msgid",
+            Self::BareEnvelope => "envelope",
         }
     }
 }
@@ -355,6 +362,25 @@ fn same_headers(version: u64, event_type: &str, expected_seq: u64) -> HeaderMap 
     h
 }
 
+/// [`same_headers`] without `Nats-Msg-Id`: the event id travels in the envelope.
+fn envelope_only(version: u64, event_type: &str, expected_seq: u64) -> HeaderMap {
+    let recorded_at = OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .expect("format time");
+    let envelope = format!(
+        r#"{{"id":"{}","type":"{event_type}","version":{version},"command":"{}","actor":"{ACTOR}","recorded_at":"{recorded_at}"}}"#,
+        Uuid::now_v7(),
+        Uuid::now_v7()
+    );
+    let mut h = HeaderMap::new();
+    h.insert("Cqrs-Envelope", envelope.as_str());
+    h.insert(
+        "Nats-Expected-Last-Subject-Sequence",
+        expected_seq.to_string().as_str(),
+    );
+    h
+}
+
 /// What the bare publishes carry besides the payload.
 #[derive(Debug, Clone, Copy)]
 enum Wire {
@@ -364,6 +390,9 @@ enum Wire {
     Minimal,
     /// `Nats-Expected-Last-Subject-Sequence` and `Nats-Msg-Id` (what deduplication costs).
     MsgId,
+    /// The framework's envelope with the event id inside it, and the expectation: no
+    /// `Nats-Msg-Id`.
+    EnvelopeOnly,
 }
 
 async fn run_bare(workload: &Workload, context: &str, writers: usize, wire: Wire) -> Duration {
@@ -420,6 +449,9 @@ async fn run_bare(workload: &Workload, context: &str, writers: usize, wire: Wire
                         Wire::Minimal => PublishMessage::build()
                             .payload(body.clone())
                             .expected_last_subject_sequence(*last),
+                        Wire::EnvelopeOnly => PublishMessage::build()
+                            .payload(body.clone())
+                            .headers(envelope_only(version, &event_type, *last)),
                         Wire::MsgId => PublishMessage::build()
                             .payload(body.clone())
                             .message_id(Uuid::now_v7().to_string())
@@ -803,6 +835,9 @@ async fn main() {
                         run_bare(&workload, &context, writers, Wire::Minimal).await
                     }
                     Variant::BareMsgId => run_bare(&workload, &context, writers, Wire::MsgId).await,
+                    Variant::BareEnvelope => {
+                        run_bare(&workload, &context, writers, Wire::EnvelopeOnly).await
+                    }
                 };
                 let rate = total / elapsed.as_secs_f64();
                 rates[index].push(rate);
