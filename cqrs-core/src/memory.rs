@@ -401,6 +401,11 @@ impl EventStore for InMemoryEventStore {
         }
     }
 
+    /// Every idempotency key is kept: a repeat is recognised at any age.
+    fn deduplication_window(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     async fn stream_position(&self, stream: &StreamId) -> Result<StreamPosition, StoreError> {
         let state = self.state();
         Ok(state

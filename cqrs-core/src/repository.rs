@@ -283,6 +283,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         // as a conflict or a refusal, and then the state is brought up to date and the command
         // decided again, which costs no retry because the caller's expectation was not at fault.
         let mut trust_cache = true;
+        let mut looked_up = false;
         loop {
             let cached = trust_cache
                 .then(|| self.cached(stream, metadata.expected_version))
@@ -315,6 +316,14 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             };
             if events.is_empty() {
                 return Ok(Vec::new());
+            }
+            // A repeat the store would not recognise by itself (older than its deduplication
+            // window, or of unknown age): its first attempt may be in the history already.
+            if !looked_up && may_repeat_an_old_commit(&self.store, metadata) {
+                looked_up = true;
+                if let Some(original) = self.store.find_commit(stream, &key).await? {
+                    return decode_committed::<A>(&original);
+                }
             }
             let expected =
                 ExpectedVersion::Exact(metadata.expected_version.unwrap_or(loaded.version()));
@@ -488,6 +497,39 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
 /// What `command` decides on `loaded`: a state machine refuses an undeclared transition before
 /// `decide` runs ([`CommandError::InvalidTransition`]), a domain refusal is
 /// [`CommandError::Rejected`].
+/// Whether a repeat of the command under `metadata` could come later than `store` recognises
+/// repeats by itself ([`EventStore::deduplication_window`]), so that its key must be looked up
+/// before its events are appended. A command id that is a UUID v7 says when the command was
+/// issued; one issued within half the window (the other half is room for clocks that differ)
+/// needs no lookup. An explicit idempotency key, or an id without a time, always does.
+pub(crate) fn may_repeat_an_old_commit<S: EventStore>(
+    store: &S,
+    metadata: &CommandMetadata,
+) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    outlives_window(store.deduplication_window(), metadata, now)
+}
+
+/// [`may_repeat_an_old_commit`] at `now` (since the Unix epoch).
+fn outlives_window(
+    window: Option<std::time::Duration>,
+    metadata: &CommandMetadata,
+    now: std::time::Duration,
+) -> bool {
+    let Some(window) = window else {
+        return false;
+    };
+    if metadata.idempotency_key.is_some() {
+        return true;
+    }
+    let Some((seconds, nanos)) = metadata.command_id.get_timestamp().map(|t| t.to_unix()) else {
+        return true;
+    };
+    now.abs_diff(std::time::Duration::new(seconds, nanos)) >= window / 2
+}
+
 pub(crate) fn decide<A: Aggregate>(
     loaded: &Loaded<A>,
     command: A::Command,
@@ -549,4 +591,44 @@ async fn fold<A: Aggregate>(
         loaded.position = envelope.stream_position();
     }
     Ok(loaded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    #[test]
+    fn only_commands_issued_within_half_the_window_skip_the_lookup() {
+        let window = Some(Duration::from_secs(120));
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let fresh = CommandMetadata::root();
+        assert!(!outlives_window(window, &fresh, now));
+        assert!(!outlives_window(
+            window,
+            &fresh,
+            now + Duration::from_secs(59)
+        ));
+        assert!(outlives_window(
+            window,
+            &fresh,
+            now + Duration::from_secs(61)
+        ));
+        // A clock ahead of ours by more than half the window: looked up too.
+        assert!(outlives_window(
+            window,
+            &fresh,
+            now.saturating_sub(Duration::from_secs(61))
+        ));
+        // No time in the id, or an explicit key: always looked up.
+        let derived = CommandMetadata::root_with_id(crate::metadata::derived_id(&[b"x"]));
+        assert!(outlives_window(window, &derived, now));
+        let keyed = CommandMetadata::root().with_idempotency_key("k");
+        assert!(outlives_window(window, &keyed, now));
+        // A store that keeps every key needs no lookup; one that keeps none, always.
+        assert!(!outlives_window(None, &keyed, now));
+        assert!(outlives_window(Some(Duration::ZERO), &fresh, now));
+    }
 }

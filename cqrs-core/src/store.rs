@@ -267,6 +267,18 @@ pub trait EventStore: Send + Sync + 'static {
         find_commit_by_scan(self, stream, key)
     }
 
+    /// How long after an append the store recognises a repeat of it by itself, even when the
+    /// repeat's expected version holds — a command decided again on the state its first attempt
+    /// produced (JetStream: the stream's duplicate window, which `Nats-Msg-Id` answers).
+    /// `None`: always (the in-memory store keeps every idempotency key).
+    ///
+    /// A repeat that may be older — a command whose id is not a fresh UUID v7, or has an
+    /// explicit idempotency key — is looked up with [`find_commit`](Self::find_commit) by the
+    /// repository before it is appended. The default, zero, has every command looked up.
+    fn deduplication_window(&self) -> Option<std::time::Duration> {
+        Some(std::time::Duration::ZERO)
+    }
+
     /// Where `stream` stands now (version 0 and position 0 when it has no events).
     fn stream_position(
         &self,
@@ -361,6 +373,10 @@ impl<S: EventStore> EventStore for Arc<S> {
         key: &IdempotencyKey,
     ) -> impl Future<Output = Result<Option<Committed>, StoreError>> + Send {
         (**self).find_commit(stream, key)
+    }
+
+    fn deduplication_window(&self) -> Option<std::time::Duration> {
+        (**self).deduplication_window()
     }
 
     fn stream_position(

@@ -5,7 +5,7 @@ use crate::aggregate::Aggregate;
 use crate::envelope::NewEvent;
 use crate::error::{CommandError, StoreError};
 use crate::metadata::{CommandMetadata, IdempotencyKey};
-use crate::repository::{Loaded, Repository, decide};
+use crate::repository::{Loaded, Repository, decide, may_repeat_an_old_commit};
 use crate::store::{AppendTo, Committed, EventStore};
 use crate::stream::{ExpectedVersion, StreamId};
 use tracing::Instrument;
@@ -103,24 +103,13 @@ impl UnitOfWork {
         self.check_new(&stream)?;
         self.aggregates.push(stream.clone());
         let loaded = repository.load(&stream).await?;
+        let key = part_key(&self.key, &stream);
         let events = match decide(&loaded, command) {
             Ok(events) => events,
             // A retry of a unit that committed may be refused by the state it produced.
             Err(refusal) => {
-                let key = part_key(&self.key, &stream);
                 return match repository.store().find_commit(&stream, &key).await? {
-                    Some(original) => {
-                        self.retried = true;
-                        original
-                            .events
-                            .iter()
-                            .map(|e| {
-                                e.decode::<A::Event>()
-                                    .map(|e| e.payload)
-                                    .map_err(|source| decode_error(e, source).into())
-                            })
-                            .collect()
-                    }
+                    Some(original) => self.original::<A>(&original),
                     None => Err(refusal),
                 };
             }
@@ -128,8 +117,13 @@ impl UnitOfWork {
         if events.is_empty() {
             return Ok(events);
         }
+        // A repeat older than the store recognises by itself: looked up, as by the repository.
+        if may_repeat_an_old_commit(repository.store(), &self.metadata)
+            && let Some(original) = repository.store().find_commit(&stream, &key).await?
+        {
+            return self.original::<A>(&original);
+        }
         let event_metadata = self.metadata.event_metadata();
-        let key = part_key(&self.key, &stream);
         let encoded = events
             .iter()
             .enumerate()
@@ -187,6 +181,23 @@ impl UnitOfWork {
             });
         }
         Ok(())
+    }
+
+    /// The events of this unit's earlier commit to one aggregate: the unit is a retry.
+    fn original<A: Aggregate>(
+        &mut self,
+        original: &Committed,
+    ) -> Result<Vec<A::Event>, CommandError<A::Error>> {
+        self.retried = true;
+        original
+            .events
+            .iter()
+            .map(|e| {
+                e.decode::<A::Event>()
+                    .map(|e| e.payload)
+                    .map_err(|source| decode_error(e, source).into())
+            })
+            .collect()
     }
 
     /// The aggregates the unit's commands ran on, in order.

@@ -6,7 +6,7 @@ use cqrs_core::doc::{Counter, CounterCommand};
 use cqrs_core::metadata::new_id;
 use cqrs_core::{
     AppendTo, CommandMetadata, DecodeError, EventFilter, EventStore, ExpectedVersion, NewEvent,
-    Repository, Snapshot, StoreError, StreamId, StreamPosition,
+    Repository, Snapshot, StoreError, StreamId, StreamPosition, UnitOfWork,
 };
 use cqrs_nats::async_nats::{self, HeaderMap, jetstream};
 use cqrs_nats::{JetStreamEventStore, NatsStoreError, StoreConfig, Subjects};
@@ -1466,4 +1466,82 @@ async fn the_snapshot_bucket_refuses_roll_ups() {
     let text = String::from_utf8_lossy(&answer.payload).to_string();
     assert!(text.contains("rollup"), "{text}");
     assert!(store.load_snapshot(&stream).await.expect("load").is_some());
+}
+
+/// A command repeated after the stream's duplicate window, when `Nats-Msg-Id` no longer answers
+/// it, and decided again on the state its first attempt produced: the repository and a unit of
+/// work look it up in the aggregate's history and answer with the original events, writing
+/// nothing new. So does a command with an explicit idempotency key, whose age is unknown.
+#[tokio::test]
+async fn a_command_repeated_after_the_duplicate_window_writes_nothing_new() {
+    let fixture = cqrs_tests::jetstream_with(
+        StoreConfig::new("test").duplicate_window(Duration::from_secs(1)),
+    )
+    .await
+    .expect("start nats-server and connect");
+    let store = fixture.store.clone();
+    let counters = Repository::<Counter, _>::new(store.clone());
+    let command = CommandMetadata::root();
+    let keyed = CommandMetadata::root().with_idempotency_key("deposit-7");
+    let unit = CommandMetadata::root();
+    let first = counters
+        .execute("late", CounterCommand::Add(1), command.clone())
+        .await
+        .expect("first");
+    let first_keyed = counters
+        .execute("late-keyed", CounterCommand::Add(1), keyed.clone())
+        .await
+        .expect("first, keyed");
+    let transfer = |metadata: CommandMetadata| {
+        let counters = counters.clone();
+        async move {
+            let mut transfer = UnitOfWork::new(metadata);
+            transfer
+                .execute(&counters, "late-a", CounterCommand::Add(2))
+                .await
+                .expect("a");
+            transfer
+                .execute(&counters, "late-b", CounterCommand::Add(3))
+                .await
+                .expect("b");
+            transfer
+        }
+    };
+    let first_unit = transfer(unit.clone())
+        .await
+        .commit(&store)
+        .await
+        .expect("first unit");
+
+    // Past the server's window (1 s) and past half of it (the repository's bound for ids that
+    // carry their time).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let again = counters
+        .execute("late", CounterCommand::Add(1), command)
+        .await
+        .expect("again");
+    assert_eq!(again, first, "the original events");
+    let again_keyed = counters
+        .execute("late-keyed", CounterCommand::Add(1), keyed)
+        .await
+        .expect("again, keyed");
+    assert_eq!(again_keyed, first_keyed);
+    let again_unit = transfer(unit).await.commit(&store).await.expect("again");
+    assert!(again_unit.iter().all(|c| c.duplicate));
+    assert_eq!(
+        again_unit.iter().map(|c| &c.events).collect::<Vec<_>>(),
+        first_unit.iter().map(|c| &c.events).collect::<Vec<_>>()
+    );
+    for id in ["late", "late-keyed", "late-a", "late-b"] {
+        let stream = StreamId::new("Counter", id);
+        assert_eq!(
+            store
+                .stream_position(&stream)
+                .await
+                .expect("position")
+                .version,
+            1,
+            "{id}: nothing new"
+        );
+    }
 }

@@ -283,6 +283,12 @@ impl EventStore for JetStreamEventStore {
             .events(subject, after.position + 1, 0, Some(after.version + 1)))
     }
 
+    /// The stream's duplicate window ([`StoreConfig::duplicate_window`]), within which
+    /// `Nats-Msg-Id` answers a repeated append.
+    fn deduplication_window(&self) -> Option<std::time::Duration> {
+        Some(self.inner.config.duplicate_window)
+    }
+
     async fn stream_position(&self, stream: &StreamId) -> Result<StreamPosition, StoreError> {
         let subject = self.stored_subject_or_invalid(stream)?;
         Ok(self
