@@ -274,7 +274,8 @@ pub trait EventStore: Send + Sync + 'static {
     ///
     /// A repeat that may be older — a command whose id is not a fresh UUID v7, or has an
     /// explicit idempotency key — is looked up with [`find_commit`](Self::find_commit) by the
-    /// repository before it is appended. The default, zero, has every command looked up.
+    /// repository before it is appended. The default, zero, has every command looked up (a
+    /// store that wraps another forwards its window).
     fn deduplication_window(&self) -> Option<std::time::Duration> {
         Some(std::time::Duration::ZERO)
     }

@@ -341,6 +341,9 @@ impl EventStore for RacingStore {
         self.loads.fetch_add(1, Ordering::SeqCst);
         self.inner.load(stream, from).await
     }
+    fn deduplication_window(&self) -> Option<std::time::Duration> {
+        self.inner.deduplication_window()
+    }
     async fn stream_position(
         &self,
         stream: &StreamId,
