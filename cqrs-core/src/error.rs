@@ -175,6 +175,13 @@ impl<E> CommandError<E> {
         }
     }
 
+    /// Whether the aggregate refused the command: a domain rejection, or a command its state
+    /// has no transition for. Neither goes away by sending the command again; a process
+    /// manager's dispatcher counts both as delivered (the flow sees no events from it).
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Self::Rejected(_) | Self::InvalidTransition(_))
+    }
+
     /// Whether this is a concurrency conflict.
     pub fn is_conflict(&self) -> bool {
         matches!(self, Self::Store(e) if e.is_conflict())

@@ -45,7 +45,7 @@ pub use error::{CommandError, StoreError};
 pub use event::{DecodeError, DomainEvent, EncodeError, EventSchema};
 pub use memory::InMemoryEventStore;
 pub use metadata::{CommandMetadata, IdempotencyKey, Metadata};
-pub use process::{CommandDispatcher, ProcessManager, ProcessManagerProjection};
+pub use process::{CommandDispatcher, ProcessManager, ProcessManagerProjection, Targeted};
 pub use projection::{HandlerError, Projection, Reactor, RetryPolicy, WithReactor};
 pub use read_model::{ReadModelStore, Versioned};
 pub use repository::{Loaded, Repository};

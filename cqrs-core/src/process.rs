@@ -6,11 +6,14 @@
 //! when the event is delivered again, the same command ids are issued and idempotency makes the
 //! effect happen once.
 
+use crate::aggregate::Aggregate;
 use crate::envelope::RecordedEvent;
 use crate::metadata::CommandMetadata;
 use crate::projection::{HandlerError, Projection};
 use crate::read_model::ReadModelStore;
-use crate::stream::EventFilter;
+use crate::repository::Repository;
+use crate::store::EventStore;
+use crate::stream::{EventFilter, StreamId};
 use std::fmt::Debug;
 use std::future::Future;
 
@@ -35,15 +38,141 @@ pub trait ProcessManager: Send + Sync + 'static {
 }
 
 /// Delivers the commands of process managers: to a repository in-process, or over NATS.
+///
+/// Two are shipped for [`Targeted`] commands: a [`Repository`] dispatches to its aggregates in
+/// process, and `cqrs_nats::command::CommandClient` through the command service.
 pub trait CommandDispatcher<C>: Send + Sync + 'static {
     /// Sends `command` with `metadata`; succeeds once the command is applied or known to be a
-    /// duplicate. A domain rejection is a success for the dispatcher (the process manager sees
-    /// its outcome as events, or not at all); transport failures are errors and are retried.
+    /// duplicate. A refusal — a domain rejection or a command the aggregate's state has no
+    /// transition for ([`CommandError::is_refusal`](crate::CommandError::is_refusal)) — is a
+    /// success for the dispatcher (the process manager sees its outcome as events, or not at
+    /// all); transport and store failures are errors and are retried.
     fn dispatch(
         &self,
         command: C,
         metadata: CommandMetadata,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+/// A command for one aggregate instance of type `A`: what a process manager issues. The
+/// aggregate type is `A`'s; the tenant is the flow's (the triggering event's) unless
+/// [`in_tenant`](Self::in_tenant) names another.
+///
+/// A [`Repository<A, _>`](Repository) dispatches it in process, and
+/// `cqrs_nats::command::CommandClient` through the command service. A process manager that
+/// commands several aggregate types issues an enum of `Targeted<..>` variants and dispatches
+/// each to its own.
+///
+/// ```
+/// use cqrs_core::doc::{Counter, CounterCommand};
+/// use cqrs_core::process::Targeted;
+///
+/// let add = Targeted::<Counter>::new("c-1", CounterCommand::Add(2));
+/// assert_eq!(add.stream(Some("acme")).to_string(), "acme/Counter/c-1");
+/// assert_eq!(add.in_tenant("other").stream(Some("acme")).to_string(), "other/Counter/c-1");
+/// ```
+pub struct Targeted<A: Aggregate> {
+    /// The aggregate's id.
+    pub aggregate_id: String,
+    /// The command.
+    pub command: A::Command,
+    /// The aggregate's tenant, when it is not the flow's.
+    pub tenant: Option<String>,
+}
+
+impl<A: Aggregate> Targeted<A> {
+    /// `command` for aggregate `aggregate_id`, in the flow's tenant.
+    pub fn new(aggregate_id: impl Into<String>, command: A::Command) -> Self {
+        Self {
+            aggregate_id: aggregate_id.into(),
+            command,
+            tenant: None,
+        }
+    }
+
+    /// The aggregate lives in `tenant`, not in the flow's.
+    #[must_use]
+    pub fn in_tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.tenant = Some(tenant.into());
+        self
+    }
+
+    /// The aggregate's stream, for a flow in `flow_tenant`.
+    pub fn stream(&self, flow_tenant: Option<&str>) -> StreamId {
+        StreamId::of::<A>(
+            self.aggregate_id.as_str(),
+            self.tenant.as_deref().or(flow_tenant),
+        )
+    }
+
+    /// `metadata` with this command's tenant, if it names one.
+    pub fn metadata(&self, mut metadata: CommandMetadata) -> CommandMetadata {
+        if let Some(tenant) = &self.tenant {
+            metadata.tenant = Some(tenant.clone());
+        }
+        metadata
+    }
+}
+
+impl<A: Aggregate> Clone for Targeted<A> {
+    fn clone(&self) -> Self {
+        Self {
+            aggregate_id: self.aggregate_id.clone(),
+            command: self.command.clone(),
+            tenant: self.tenant.clone(),
+        }
+    }
+}
+
+impl<A: Aggregate> Debug for Targeted<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Targeted")
+            .field("aggregate_type", &A::TYPE)
+            .field("aggregate_id", &self.aggregate_id)
+            .field("command", &self.command)
+            .field("tenant", &self.tenant)
+            .finish()
+    }
+}
+
+impl<A: Aggregate> PartialEq for Targeted<A>
+where
+    A::Command: PartialEq,
+{
+    fn eq(&self, other: &Self) -> bool {
+        self.aggregate_id == other.aggregate_id
+            && self.command == other.command
+            && self.tenant == other.tenant
+    }
+}
+
+/// In process: a process manager's command runs through the repository. A refusal counts as
+/// delivered; a store failure (a conflict the repository's retries did not settle included) is
+/// returned, so the runner retries the event.
+impl<A: Aggregate, S: EventStore> CommandDispatcher<Targeted<A>> for Repository<A, S> {
+    async fn dispatch(
+        &self,
+        target: Targeted<A>,
+        metadata: CommandMetadata,
+    ) -> Result<(), HandlerError> {
+        let metadata = target.metadata(metadata);
+        match self
+            .execute(&target.aggregate_id, target.command, metadata)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(refusal) if refusal.is_refusal() => {
+                tracing::debug!(
+                    aggregate_type = A::TYPE,
+                    aggregate_id = %target.aggregate_id,
+                    %refusal,
+                    "the process manager's command was refused"
+                );
+                Ok(())
+            }
+            Err(error) => Err(HandlerError::from_error(error)),
+        }
+    }
 }
 
 /// The commands a process manager issues for one event, with their metadata: the event's

@@ -22,7 +22,10 @@
 //! of the [`FailureKind`]s.
 
 use async_nats::{HeaderMap, Message};
-use cqrs_core::{Aggregate, CommandError, CommandMetadata, EventStore, Repository};
+use cqrs_core::{
+    Aggregate, CommandDispatcher, CommandError, CommandMetadata, EventStore, HandlerError,
+    Repository, Targeted,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -227,6 +230,51 @@ impl CommandClient {
         match serde_json::from_slice(&reply.payload).map_err(CommandFailure::BadReply)? {
             CommandReply::Committed(receipt) => Ok(receipt),
             CommandReply::Failed { kind, message } => Err(CommandFailure::Failed { kind, message }),
+        }
+    }
+}
+
+impl CommandFailure {
+    /// Whether the aggregate refused the command (a rejection, or no transition for it in its
+    /// state): sending it again changes nothing.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self.kind(),
+            Some(FailureKind::Rejected | FailureKind::InvalidTransition)
+        )
+    }
+}
+
+/// Over NATS: a process manager's command goes through the command service of its aggregate
+/// type. A refusal counts as delivered; anything else (no service, a timeout, a conflict the
+/// service's retries did not settle, an unavailable store) is returned, so the runner retries
+/// the event with the same command id.
+impl<A> CommandDispatcher<Targeted<A>> for CommandClient
+where
+    A: Aggregate,
+    A::Command: Serialize,
+{
+    async fn dispatch(
+        &self,
+        target: Targeted<A>,
+        metadata: CommandMetadata,
+    ) -> Result<(), HandlerError> {
+        let metadata = target.metadata(metadata);
+        match self
+            .send::<A>(&target.aggregate_id, &target.command, &metadata)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(refusal) if refusal.is_refusal() => {
+                tracing::debug!(
+                    aggregate_type = A::TYPE,
+                    aggregate_id = %target.aggregate_id,
+                    %refusal,
+                    "the process manager's command was refused"
+                );
+                Ok(())
+            }
+            Err(failure) => Err(HandlerError::from_error(failure)),
         }
     }
 }

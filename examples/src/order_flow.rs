@@ -6,9 +6,9 @@ use crate::order_fulfilment::{Channel, Item, Order, OrderCommand, OrderEvent};
 use cqrs_core::projection::InMemoryProjectionRunner;
 use cqrs_core::read_model::{InMemoryReadModelStore, apply_once};
 use cqrs_core::{
-    CommandDispatcher, CommandError, CommandMetadata, EventEnvelope, EventFilter, EventStore,
-    HandlerError, InMemoryEventStore, ProcessManager, ProcessManagerProjection, Projection,
-    ReadModelStore, RecordedEvent, Repository, RetryPolicy,
+    CommandError, CommandMetadata, EventEnvelope, EventFilter, EventStore, HandlerError,
+    InMemoryEventStore, ProcessManager, ProcessManagerProjection, Projection, ReadModelStore,
+    RecordedEvent, Repository, RetryPolicy, Targeted,
 };
 use cqrs_nats::command::{CommandClient, CommandFailure, CommandService, FailureKind};
 use cqrs_nats::{JetStreamProjectionRunner, KvReadModelStore, ProjectionConfig};
@@ -16,9 +16,6 @@ use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::future::Future;
 use std::time::Duration;
-
-/// A command addressed to one order.
-pub type OrderRequest = (String, OrderCommand);
 
 /// One line of the order summary read model.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,14 +64,16 @@ impl<S: ReadModelStore<OrderSummary>> Projection for OrderSummaries<S> {
     }
 }
 
-/// The shipping saga: once a payment is validated, ship the order.
+/// The shipping saga: once a payment is validated, ship the order. Its commands name the order
+/// they are for ([`Targeted`]); the repository delivers them in process, the command client
+/// over NATS.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Shipping;
 
 impl ProcessManager for Shipping {
     const NAME: &'static str = "shipping";
     type State = ();
-    type Command = OrderRequest;
+    type Command = Targeted<Order>;
 
     fn filter(&self) -> EventFilter {
         EventFilter::all()
@@ -86,11 +85,11 @@ impl ProcessManager for Shipping {
         &self,
         (): (),
         event: &RecordedEvent,
-    ) -> Result<((), Vec<OrderRequest>), HandlerError> {
+    ) -> Result<((), Vec<Targeted<Order>>), HandlerError> {
         match event.payload.decode::<OrderEvent>()? {
             OrderEvent::Paid { payment_id } => Ok((
                 (),
-                vec![(
+                vec![Targeted::new(
                     event.aggregate_id.clone(),
                     OrderCommand::Ship {
                         tracking: format!("TRACK-{payment_id}"),
@@ -98,24 +97,6 @@ impl ProcessManager for Shipping {
                 )],
             )),
             _ => Ok(((), vec![])),
-        }
-    }
-}
-
-/// The worker side in process: commands go straight to the repository.
-#[derive(Debug, Clone)]
-pub struct LocalOrders<S: EventStore + Clone>(pub Repository<Order, S>);
-
-impl<S: EventStore + Clone> CommandDispatcher<OrderRequest> for LocalOrders<S> {
-    async fn dispatch(
-        &self,
-        (id, command): OrderRequest,
-        metadata: CommandMetadata,
-    ) -> Result<(), HandlerError> {
-        match self.0.execute(&id, command, metadata).await {
-            // The saga sees the outcome of a refused command as the absence of its events.
-            Ok(_) | Err(CommandError::Rejected(_) | CommandError::InvalidTransition(_)) => Ok(()),
-            Err(error) => Err(HandlerError::from_error(error)),
         }
     }
 }
@@ -226,32 +207,6 @@ impl Frontend for CommandClient {
     }
 }
 
-/// The saga's commands over NATS: through the command client, like any other service.
-#[derive(Debug, Clone)]
-pub struct RemoteOrders(pub CommandClient);
-
-impl CommandDispatcher<OrderRequest> for RemoteOrders {
-    async fn dispatch(
-        &self,
-        (id, command): OrderRequest,
-        metadata: CommandMetadata,
-    ) -> Result<(), HandlerError> {
-        match self.0.send::<Order>(&id, &command, &metadata).await {
-            Ok(_) => Ok(()),
-            // Refused commands leave no events; anything else is retried.
-            Err(failure)
-                if matches!(
-                    failure.kind(),
-                    Some(FailureKind::Rejected | FailureKind::InvalidTransition)
-                ) =>
-            {
-                Ok(())
-            }
-            Err(failure) => Err(HandlerError::from_error(failure)),
-        }
-    }
-}
-
 /// The customer's side of the flow and what it shows: checkout, payment, the shipped summary,
 /// a refused cancellation and the causal chain read back from `store`.
 async fn shop<F, M, S>(
@@ -336,7 +291,8 @@ pub async fn demo(
     let saga = ProcessManagerProjection::new(
         Shipping,
         InMemoryReadModelStore::new(),
-        LocalOrders(orders.clone()),
+        // The repository is the saga's dispatcher in process.
+        orders.clone(),
     );
     let saga_runner = InMemoryProjectionRunner::spawn(&store, saga, 0, RetryPolicy::default());
     let outcome = shop(&orders, &model, store, out).await;
@@ -373,7 +329,8 @@ pub async fn demo_nats(
     let saga = ProcessManagerProjection::new(
         Shipping,
         KvReadModelStore::<()>::open(store.jetstream(), "SALES_SHIPPING_SAGA", 1).await?,
-        RemoteOrders(commands.clone()),
+        // The command client is its dispatcher over NATS.
+        commands.clone(),
     );
     let saga_runner =
         JetStreamProjectionRunner::spawn(&store, saga, ProjectionConfig::new()).await?;
