@@ -175,3 +175,58 @@ async fn the_repository_refuses_an_undeclared_transition_before_deciding() {
         .unwrap();
     assert_eq!(order.version(), 0);
 }
+
+/// Through the repository, on a stored order: a command the state has no transition for is an
+/// invalid transition (nothing stored); a cancellation that races the payment is decided again
+/// on the paid order; a payment retried after the order moved on answers with its original.
+#[tokio::test]
+async fn repository_scenarios_on_a_stored_order() {
+    use cqrs_core::testing::given_stored;
+    let ship = OrderCommand::Ship {
+        tracking: "T-1".into(),
+    };
+    given_stored::<Order>("o-1")
+        .in_tenant("shop")
+        .events([submitted()], CommandMetadata::root())
+        .when(ship, CommandMetadata::root())
+        .await
+        .then_invalid_transition()
+        .then_stored([submitted()]);
+
+    let pay = || OrderCommand::Pay {
+        payment_id: "p-1".into(),
+    };
+    let paid = OrderEvent::Paid {
+        payment_id: "p-1".into(),
+    };
+    let cancelled = OrderEvent::Cancelled {
+        reason: "changed my mind".into(),
+    };
+    given_stored::<Order>("o-1")
+        .events([submitted()], CommandMetadata::root())
+        .racing(pay(), CommandMetadata::root())
+        .with_conflict_retries(1)
+        .when(
+            OrderCommand::Cancel {
+                reason: "changed my mind".into(),
+            },
+            CommandMetadata::root(),
+        )
+        .await
+        .then_events([cancelled.clone()])
+        .then_stored([submitted(), paid.clone(), cancelled]);
+
+    let payment = CommandMetadata::root().with_actor("user:ada");
+    given_stored::<Order>("o-1")
+        .events([submitted()], CommandMetadata::root())
+        .command(pay(), payment.clone())
+        .command(
+            OrderCommand::Ship {
+                tracking: "T-1".into(),
+            },
+            CommandMetadata::root(),
+        )
+        .when(pay(), payment)
+        .await
+        .then_events([paid]);
+}

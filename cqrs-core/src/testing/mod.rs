@@ -14,6 +14,9 @@
 //!     .then_error(CounterError::Zero);
 //! ```
 //!
+//! [`given_stored`] tests what the repository adds — stored metadata, retries, pinned versions,
+//! racing writers — on a chosen aggregate id and tenant.
+//!
 //! The synchronous `when` needs no runtime and works inside async tests too; `when_async` runs
 //! the command through a [`Repository`] over an [`InMemoryEventStore`] holding the given events,
 //! so metadata, versions and the store's rules take part. Assertions are `#[track_caller]`:
@@ -41,6 +44,10 @@ use std::fmt::{Debug, Write as _};
 use std::panic::Location;
 use time::OffsetDateTime;
 use uuid::Uuid;
+
+mod repository;
+
+pub use repository::{Stored, StoredThen, given_stored};
 
 /// The aggregate id `when_async` uses.
 pub const TEST_AGGREGATE_ID: &str = "test-aggregate";
