@@ -5,7 +5,7 @@
 //! `NATS_URL=nats://127.0.0.1:4222`. Knobs: `ACCOUNTS` (default 256), `COMMANDS` deposits per
 //! account (default 200), `WRITERS` (comma-separated concurrency levels, default `1,16`),
 //! `ROUNDS` (default 3), `VARIANTS` (comma-separated subset of `repository,s2,store,bare,minimal`,
-//! the default, and `msgid`, `envelope`; `load` alone measures loads only), `FSYNC=always` (the bench's server fsyncs every write before the ack,
+//! the default, and `msgid`, `envelope`, `body`; `load` alone measures loads only), `FSYNC=always` (the bench's server fsyncs every write before the ack,
 //! `jetstream { sync_interval: always }`; the default is the server's lazy fsync).
 //!
 //! The output ends with one JSON line per variant and writer count,
@@ -34,7 +34,9 @@
 //!   deduplication from the cost of the other headers;
 //! - `bare_envelope_only` (only on request): the framework's envelope with the event id inside
 //!   it and the expectation, no `Nats-Msg-Id`: what leaving deduplication to the expected
-//!   version would give.
+//!   version would give;
+//! - `bare_envelope_in_body` (only on request): that envelope and the event's data as one JSON
+//!   body, only the expectation in the headers: what a body-carried envelope would give.
 //!
 //! - `load` (also run by default): one account of 10,000 events and one of 10, written with a
 //!   snapshot every 100 events; the unsnapshotted load of the long one (`EventStore::load`, all
@@ -78,6 +80,7 @@ enum Variant {
     BareMinimal,
     BareMsgId,
     BareEnvelope,
+    BareBody,
 }
 
 impl Variant {
@@ -89,7 +92,7 @@ impl Variant {
         Self::BareSame,
         Self::BareMinimal,
     ];
-    const ALL: [Self; 7] = [
+    const ALL: [Self; 8] = [
         Self::Repository,
         Self::RepositoryS2,
         Self::Store,
@@ -97,6 +100,7 @@ impl Variant {
         Self::BareMinimal,
         Self::BareMsgId,
         Self::BareEnvelope,
+        Self::BareBody,
     ];
 
     fn name(self) -> &'static str {
@@ -108,6 +112,7 @@ impl Variant {
             Self::BareMinimal => "bare_minimal",
             Self::BareMsgId => "bare_msg_id",
             Self::BareEnvelope => "bare_envelope_only",
+            Self::BareBody => "bare_envelope_in_body",
         }
     }
 
@@ -120,6 +125,7 @@ impl Variant {
             Self::BareMinimal => "minimal",
             Self::BareMsgId => "msgid",
             Self::BareEnvelope => "envelope",
+            Self::BareBody => "body",
         }
     }
 }
@@ -381,6 +387,22 @@ fn envelope_only(version: u64, event_type: &str, expected_seq: u64) -> HeaderMap
     h
 }
 
+/// The envelope of [`envelope_only`] and the event's data as one JSON body.
+fn envelope_in_body(version: u64, event_type: &str, data: &[u8]) -> bytes::Bytes {
+    let recorded_at = OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .expect("format time");
+    let mut body = format!(
+        r#"{{"id":"{}","type":"{event_type}","version":{version},"command":"{}","actor":"{ACTOR}","recorded_at":"{recorded_at}","data":"#,
+        Uuid::now_v7(),
+        Uuid::now_v7()
+    )
+    .into_bytes();
+    body.extend_from_slice(data);
+    body.push(b'}');
+    body.into()
+}
+
 /// What the bare publishes carry besides the payload.
 #[derive(Debug, Clone, Copy)]
 enum Wire {
@@ -393,6 +415,9 @@ enum Wire {
     /// The framework's envelope with the event id inside it, and the expectation: no
     /// `Nats-Msg-Id`.
     EnvelopeOnly,
+    /// The envelope (event id inside) and the event's data in the body, only the expectation
+    /// in the headers.
+    InBody,
 }
 
 async fn run_bare(workload: &Workload, context: &str, writers: usize, wire: Wire) -> Duration {
@@ -448,6 +473,9 @@ async fn run_bare(workload: &Workload, context: &str, writers: usize, wire: Wire
                             .headers(same_headers(version, &event_type, *last)),
                         Wire::Minimal => PublishMessage::build()
                             .payload(body.clone())
+                            .expected_last_subject_sequence(*last),
+                        Wire::InBody => PublishMessage::build()
+                            .payload(envelope_in_body(version, &event_type, &body))
                             .expected_last_subject_sequence(*last),
                         Wire::EnvelopeOnly => PublishMessage::build()
                             .payload(body.clone())
@@ -835,6 +863,7 @@ async fn main() {
                         run_bare(&workload, &context, writers, Wire::Minimal).await
                     }
                     Variant::BareMsgId => run_bare(&workload, &context, writers, Wire::MsgId).await,
+                    Variant::BareBody => run_bare(&workload, &context, writers, Wire::InBody).await,
                     Variant::BareEnvelope => {
                         run_bare(&workload, &context, writers, Wire::EnvelopeOnly).await
                     }
