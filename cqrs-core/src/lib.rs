@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod aggregate;
+pub mod deadline;
 pub mod envelope;
 pub mod error;
 pub mod event;

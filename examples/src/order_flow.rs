@@ -3,6 +3,7 @@
 //! `PaymentValidated` by commanding shipment — with the correlation/causation chain of one flow.
 
 use crate::order_fulfilment::{Channel, Item, Order, OrderCommand, OrderEvent};
+use cqrs_core::deadline::{InMemoryDeadlines, Timed, WithDeadlines};
 use cqrs_core::projection::InMemoryProjectionRunner;
 use cqrs_core::read_model::{InMemoryReadModelStore, apply_once};
 use cqrs_core::{
@@ -98,6 +99,53 @@ impl ProcessManager for Shipping {
             )),
             _ => Ok(((), vec![])),
         }
+    }
+}
+
+/// How long a submitted order waits for its payment.
+pub const PAYMENT_WINDOW: Duration = Duration::from_secs(30 * 60);
+
+/// The payment deadline: an order not paid within [`PAYMENT_WINDOW`] of its submission is
+/// cancelled. The deadline is scheduled when the order is submitted and cancelled when its
+/// payment is validated.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PaymentDeadline;
+
+impl ProcessManager for PaymentDeadline {
+    const NAME: &'static str = "payment-deadline";
+    type State = ();
+    type Command = Timed<Targeted<Order>>;
+
+    fn filter(&self) -> EventFilter {
+        EventFilter::all()
+            .aggregate_type("Order")
+            .event_type("Submitted")
+            .event_type("PaymentValidated")
+    }
+
+    fn react(
+        &self,
+        (): (),
+        event: &RecordedEvent,
+    ) -> Result<((), Vec<Self::Command>), HandlerError> {
+        let deadline = "payment".to_owned();
+        Ok((
+            (),
+            match event.payload.decode::<OrderEvent>()? {
+                OrderEvent::Submitted { .. } => vec![Timed::At {
+                    deadline,
+                    at: event.recorded_at + PAYMENT_WINDOW,
+                    command: Targeted::new(
+                        event.aggregate_id.clone(),
+                        OrderCommand::Cancel {
+                            reason: "not paid within 30 minutes".into(),
+                        },
+                    ),
+                }],
+                OrderEvent::Paid { .. } => vec![Timed::Cancel { deadline }],
+                _ => vec![],
+            },
+        ))
     }
 }
 
@@ -295,10 +343,69 @@ pub async fn demo(
         orders.clone(),
     );
     let saga_runner = InMemoryProjectionRunner::spawn(&store, saga, 0, RetryPolicy::default());
-    let outcome = shop(&orders, &model, store, out).await;
+    let deadlines = InMemoryDeadlines::new();
+    let payment_deadline = ProcessManagerProjection::new(
+        PaymentDeadline,
+        InMemoryReadModelStore::new(),
+        WithDeadlines::new(orders.clone(), deadlines.clone()),
+    );
+    let deadline_runner =
+        InMemoryProjectionRunner::spawn(&store, payment_deadline, 0, RetryPolicy::default());
+    let mut outcome = shop(&orders, &model, store.clone(), out).await;
+    if outcome.is_ok() {
+        outcome = unpaid(&orders, &deadline_runner, &deadlines, out).await;
+    }
+    deadline_runner.stop().await;
     saga_runner.stop().await;
     summary_view.stop().await;
     outcome
+}
+
+/// An order submitted and never paid: once the payment window has passed on the deadlines'
+/// clock, its deadline cancels it.
+async fn unpaid<P: Projection>(
+    orders: &Repository<Order, InMemoryEventStore>,
+    deadline_runner: &cqrs_core::projection::ProjectionHandle<P>,
+    deadlines: &InMemoryDeadlines<Targeted<Order>>,
+    out: &mut impl std::fmt::Write,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let id = "order-2";
+    let submit = OrderCommand::Submit {
+        items: vec![Item {
+            sku: "PEN-1".into(),
+            quantity: 1,
+        }],
+        channel: Channel::Phone,
+    };
+    let submitted = orders
+        .execute(id, submit, CommandMetadata::root().with_actor("user:bob"))
+        .await?;
+    let position = submitted.last().map_or(0, |e| e.position);
+    deadline_runner
+        .wait_for(position, Duration::from_secs(5))
+        .await?;
+    let pending = deadlines.pending();
+    writeln!(
+        out,
+        "deadline: {id} must be paid by submission + {} min ({} pending)",
+        PAYMENT_WINDOW.as_secs() / 60,
+        pending.len()
+    )?;
+    let early = deadlines
+        .advance(
+            PAYMENT_WINDOW.saturating_sub(Duration::from_secs(60)),
+            orders,
+        )
+        .await?;
+    let late = deadlines.advance(Duration::from_secs(61), orders).await?;
+    let stream = cqrs_core::StreamId::of::<Order>(id, None);
+    let state = orders.load(&stream).await?.state;
+    writeln!(
+        out,
+        "deadline: after 29 min {early} sent, after 30 min {late} sent: {id} {}",
+        cqrs_core::Aggregate::state_name(&state)
+    )?;
+    Ok(())
 }
 
 /// The whole flow on JetStream at `url`: the web side is a [`CommandClient`], the worker side a

@@ -29,6 +29,7 @@
 #![allow(clippy::missing_panics_doc)]
 
 use crate::aggregate::Aggregate;
+use crate::deadline::{DeadlineKey, Timed};
 use crate::envelope::{EventEnvelope, NewEvent, RecordedEvent, SerializedEvent};
 use crate::error::CommandError;
 use crate::event::DomainEvent;
@@ -507,14 +508,25 @@ pub fn when_processed<PM: ProcessManager>(manager: &PM, events: &[RecordedEvent]
             ),
         }
     }
-    Issued { issued, states }
+    let last_recorded_at = events
+        .iter()
+        .filter(|e| filter.matches(e))
+        .map(|e| e.recorded_at)
+        .max();
+    Issued {
+        commands: issued,
+        states,
+        last_recorded_at,
+    }
 }
 
 /// The commands a process manager issued in [`when_processed`].
 #[derive(Debug)]
 pub struct Issued<PM: ProcessManager> {
-    issued: Vec<(PM::Command, CommandMetadata, Uuid)>,
+    commands: Vec<(PM::Command, CommandMetadata, Uuid)>,
     states: HashMap<Uuid, PM::State>,
+    /// When the last event it handled was recorded: where "time passes" starts from.
+    last_recorded_at: Option<OffsetDateTime>,
 }
 
 impl<PM: ProcessManager> Issued<PM> {
@@ -525,7 +537,7 @@ impl<PM: ProcessManager> Issued<PM> {
         PM::Command: PartialEq,
     {
         let expected: Vec<_> = expected.into_iter().collect();
-        let actual: Vec<_> = self.issued.iter().map(|(c, _, _)| c.clone()).collect();
+        let actual: Vec<_> = self.commands.iter().map(|(c, _, _)| c.clone()).collect();
         assert!(
             actual == expected,
             "process manager `{}` issued other commands than expected\n{}",
@@ -537,12 +549,118 @@ impl<PM: ProcessManager> Issued<PM> {
 
     /// The commands with their metadata and the id of the event that triggered each.
     pub fn commands(&self) -> &[(PM::Command, CommandMetadata, Uuid)] {
-        &self.issued
+        &self.commands
     }
 
     /// The state of the flow with this correlation id.
     pub fn state(&self, correlation_id: Uuid) -> Option<&PM::State> {
         self.states.get(&correlation_id)
+    }
+}
+
+/// For process managers with deadlines ([`Timed`] commands): what is pending after the events,
+/// and what goes out as time passes.
+impl<PM, C> Issued<PM>
+where
+    PM: ProcessManager<Command = Timed<C>>,
+    C: Clone + Debug + PartialEq,
+{
+    /// The deadlines pending after the events (scheduled and neither cancelled nor replaced),
+    /// soonest first: (flow, name, time, command).
+    pub fn pending(&self) -> Vec<(DeadlineKey, OffsetDateTime, C)> {
+        let mut pending: HashMap<DeadlineKey, (OffsetDateTime, C)> = HashMap::new();
+        for (command, metadata, _) in &self.commands {
+            match command {
+                Timed::Now(_) => {}
+                Timed::At {
+                    deadline,
+                    at,
+                    command,
+                } => {
+                    pending.insert(
+                        DeadlineKey::new(metadata.correlation_id, deadline.clone()),
+                        (*at, command.clone()),
+                    );
+                }
+                Timed::Cancel { deadline } => {
+                    pending.remove(&DeadlineKey::new(metadata.correlation_id, deadline.clone()));
+                }
+            }
+        }
+        let mut pending: Vec<_> = pending
+            .into_iter()
+            .map(|(key, (at, command))| (key, at, command))
+            .collect();
+        pending.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+        pending
+    }
+
+    /// Asserts deadline `name` is pending after the events, with `command`.
+    #[track_caller]
+    #[allow(clippy::needless_pass_by_value)] // by value reads best: `.then_scheduled("x", C::X)`
+    pub fn then_scheduled(self, name: &str, command: C) -> Self {
+        let pending = self.pending();
+        let found: Vec<&C> = pending
+            .iter()
+            .filter(|(key, _, _)| key.name == name)
+            .map(|(_, _, c)| c)
+            .collect();
+        assert!(
+            found.contains(&&command),
+            "process manager `{}`: no pending deadline `{name}` with {command:?}\n  pending:\n{}",
+            PM::NAME,
+            numbered(&pending)
+        );
+        self
+    }
+
+    /// Asserts no deadline `name` is pending after the events: never scheduled, or cancelled.
+    #[track_caller]
+    pub fn then_not_scheduled(self, name: &str) -> Self {
+        let pending = self.pending();
+        let found: Vec<_> = pending
+            .iter()
+            .filter(|(key, _, _)| key.name == name)
+            .collect();
+        assert!(
+            found.is_empty(),
+            "process manager `{}`: deadline `{name}` is still pending\n{}",
+            PM::NAME,
+            numbered(&found)
+        );
+        self
+    }
+
+    /// The commands that go out once `elapsed` has passed since the last event was recorded:
+    /// the pending deadlines due by then, soonest first.
+    pub fn due_after(&self, elapsed: std::time::Duration) -> Vec<C> {
+        let Some(start) = self.last_recorded_at else {
+            return Vec::new();
+        };
+        let now = start + elapsed;
+        self.pending()
+            .into_iter()
+            .filter(|(_, at, _)| *at <= now)
+            .map(|(_, _, command)| command)
+            .collect()
+    }
+
+    /// Asserts that once `elapsed` has passed since the last event, exactly `expected` go out.
+    #[track_caller]
+    pub fn then_after(
+        self,
+        elapsed: std::time::Duration,
+        expected: impl IntoIterator<Item = C>,
+    ) -> Self {
+        let expected: Vec<_> = expected.into_iter().collect();
+        let actual = self.due_after(elapsed);
+        assert!(
+            actual == expected,
+            "process manager `{}`: other commands are due after {elapsed:?} than expected\n{}",
+            PM::NAME,
+            diff_lists(&expected, &actual)
+        );
+        self
     }
 }
 
