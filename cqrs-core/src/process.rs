@@ -71,12 +71,18 @@ pub trait CommandDispatcher<C>: Send + Sync + 'static {
 /// assert_eq!(add.stream(Some("acme")).to_string(), "acme/Counter/c-1");
 /// assert_eq!(add.in_tenant("other").stream(Some("acme")).to_string(), "other/Counter/c-1");
 /// ```
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(bound(
+    serialize = "A::Command: serde::Serialize",
+    deserialize = "A::Command: serde::de::DeserializeOwned"
+))]
 pub struct Targeted<A: Aggregate> {
     /// The aggregate's id.
     pub aggregate_id: String,
     /// The command.
     pub command: A::Command,
     /// The aggregate's tenant, when it is not the flow's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
 }
 

@@ -33,6 +33,7 @@ mod bucket;
 pub mod cli;
 pub mod command;
 pub mod deadletter;
+pub mod deadlines;
 pub mod error;
 pub mod headers;
 pub mod permissions;

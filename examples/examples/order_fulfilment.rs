@@ -5,8 +5,9 @@
 //! The order state machine declared with `#[derive(Aggregate)]` and `#[transitions]`, in a whole
 //! flow on the in-memory store: the web side submits and pays, the shipping saga reacts to
 //! `PaymentValidated` by commanding shipment, the order summary projection follows, an invalid
-//! transition is refused, and the correlation/causation chain of the flow is printed. Then the
-//! machine as data: its Mermaid diagram and its analysis.
+//! transition is refused, and the correlation/causation chain of the flow is printed; a second
+//! order is never paid, and its payment deadline cancels it. Then the machine as data: its
+//! Mermaid diagram and its analysis.
 
 use examples::order_fulfilment::Order;
 

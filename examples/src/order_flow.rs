@@ -12,6 +12,7 @@ use cqrs_core::{
     RecordedEvent, Repository, RetryPolicy, Targeted,
 };
 use cqrs_nats::command::{CommandClient, CommandFailure, CommandService, FailureKind};
+use cqrs_nats::deadlines::JetStreamDeadlines;
 use cqrs_nats::{JetStreamProjectionRunner, KvReadModelStore, ProjectionConfig};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
@@ -105,11 +106,23 @@ impl ProcessManager for Shipping {
 /// How long a submitted order waits for its payment.
 pub const PAYMENT_WINDOW: Duration = Duration::from_secs(30 * 60);
 
-/// The payment deadline: an order not paid within [`PAYMENT_WINDOW`] of its submission is
-/// cancelled. The deadline is scheduled when the order is submitted and cancelled when its
+/// The payment deadline: an order not paid within its window ([`PAYMENT_WINDOW`] by default)
+/// of its submission is cancelled. The deadline is scheduled when the order is submitted and cancelled when its
 /// payment is validated.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct PaymentDeadline;
+#[derive(Debug, Clone, Copy)]
+pub struct PaymentDeadline {
+    /// How long a submitted order waits for its payment.
+    pub window: Duration,
+}
+
+impl Default for PaymentDeadline {
+    /// [`PAYMENT_WINDOW`].
+    fn default() -> Self {
+        Self {
+            window: PAYMENT_WINDOW,
+        }
+    }
+}
 
 impl ProcessManager for PaymentDeadline {
     const NAME: &'static str = "payment-deadline";
@@ -134,11 +147,11 @@ impl ProcessManager for PaymentDeadline {
             match event.payload.decode::<OrderEvent>()? {
                 OrderEvent::Submitted { .. } => vec![Timed::At {
                     deadline,
-                    at: event.recorded_at + PAYMENT_WINDOW,
+                    at: event.recorded_at + self.window,
                     command: Targeted::new(
                         event.aggregate_id.clone(),
                         OrderCommand::Cancel {
-                            reason: "not paid within 30 minutes".into(),
+                            reason: format!("not paid within {} s", self.window.as_secs()),
                         },
                     ),
                 }],
@@ -345,7 +358,7 @@ pub async fn demo(
     let saga_runner = InMemoryProjectionRunner::spawn(&store, saga, 0, RetryPolicy::default());
     let deadlines = InMemoryDeadlines::new();
     let payment_deadline = ProcessManagerProjection::new(
-        PaymentDeadline,
+        PaymentDeadline::default(),
         InMemoryReadModelStore::new(),
         WithDeadlines::new(orders.clone(), deadlines.clone()),
     );
@@ -359,6 +372,38 @@ pub async fn demo(
     saga_runner.stop().await;
     summary_view.stop().await;
     outcome
+}
+
+/// On NATS, an order submitted and never paid: the server holds its payment deadline and,
+/// once due, the deadline worker cancels it through the command service.
+async fn unpaid_on_nats<M: ReadModelStore<OrderSummary>>(
+    commands: &CommandClient,
+    summaries: &M,
+    out: &mut impl std::fmt::Write,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let id = "order-2";
+    let submit = OrderCommand::Submit {
+        items: vec![Item {
+            sku: "PEN-1".into(),
+            quantity: 1,
+        }],
+        channel: Channel::Phone,
+    };
+    Frontend::send(
+        commands,
+        id,
+        submit,
+        CommandMetadata::root().with_actor("user:bob"),
+    )
+    .await
+    .map_err(|r| r.message)?;
+    let summary = wait_for_status(summaries, id, "Cancelled").await?;
+    writeln!(
+        out,
+        "deadline: {id} not paid within its window: {} (scheduled on the server)",
+        summary.status
+    )?;
+    Ok(())
 }
 
 /// An order submitted and never paid: once the payment window has passed on the deadlines'
@@ -441,7 +486,24 @@ pub async fn demo_nats(
     );
     let saga_runner =
         JetStreamProjectionRunner::spawn(&store, saga, ProjectionConfig::new()).await?;
-    let outcome = shop(&commands, &model, store, out).await;
+    // Payment deadlines, held by the server; two seconds here, so that the demo shows one.
+    let deadlines = JetStreamDeadlines::<Targeted<Order>>::open(&store).await?;
+    let payment_deadline = ProcessManagerProjection::new(
+        PaymentDeadline {
+            window: Duration::from_secs(2),
+        },
+        KvReadModelStore::<()>::open(store.jetstream(), "SALES_PAYMENT_DEADLINE", 1).await?,
+        WithDeadlines::new(commands.clone(), deadlines.clone()),
+    );
+    let deadline_runner =
+        JetStreamProjectionRunner::spawn(&store, payment_deadline, ProjectionConfig::new()).await?;
+    let deadline_worker = deadlines.spawn_worker(commands.clone()).await?;
+    let mut outcome = shop(&commands, &model, store, out).await;
+    if outcome.is_ok() {
+        outcome = unpaid_on_nats(&commands, &model, out).await;
+    }
+    deadline_worker.stop().await;
+    deadline_runner.stop().await?;
     saga_runner.stop().await?;
     summary_view.stop().await?;
     worker.stop().await;
@@ -453,7 +515,7 @@ async fn wait_for_status<S: ReadModelStore<OrderSummary>>(
     id: &str,
     status: &str,
 ) -> Result<OrderSummary, Box<dyn std::error::Error + Send + Sync>> {
-    for _ in 0..500 {
+    for _ in 0..1_500 {
         if let Some(line) = model.get(id).await?
             && line.value.status == status
         {
@@ -461,5 +523,5 @@ async fn wait_for_status<S: ReadModelStore<OrderSummary>>(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    Err(format!("order {id} did not reach {status} within 5 s").into())
+    Err(format!("order {id} did not reach {status} within 15 s").into())
 }

@@ -26,7 +26,12 @@ async fn the_flow_runs_over_nats() {
     Box::pin(examples::order_flow::demo_nats(&server.url(), &mut out))
         .await
         .unwrap();
-    check_story(&out);
+    let (story, deadline) = out.split_at(out.find("deadline:").expect("the deadline part"));
+    check_story(story);
+    assert_eq!(
+        deadline.trim_end(),
+        "deadline: order-2 not paid within its window: Cancelled (scheduled on the server)"
+    );
 }
 
 /// The story both runs tell: the same lines, the same causal chain.
@@ -97,14 +102,14 @@ fn the_payment_deadline_is_scheduled_cancelled_and_due() {
     let cancel = Targeted::new(
         "o-1",
         OrderCommand::Cancel {
-            reason: "not paid within 30 minutes".into(),
+            reason: "not paid within 1800 s".into(),
         },
     );
     let flow = CommandMetadata::root();
     let unpaid = EventLog::new()
         .in_flow(flow.clone())
         .append(&order, [submitted]);
-    let issued = when_processed(&PaymentDeadline, unpaid.events())
+    let issued = when_processed(&PaymentDeadline::default(), unpaid.events())
         .then_scheduled("payment", cancel.clone())
         .then_after(PAYMENT_WINDOW.saturating_sub(Duration::from_secs(1)), [])
         .then_after(PAYMENT_WINDOW, [cancel.clone()]);
@@ -119,7 +124,7 @@ fn the_payment_deadline_is_scheduled_cancelled_and_due() {
             payment_id: "p-1".into(),
         }],
     );
-    when_processed(&PaymentDeadline, paid.events())
+    when_processed(&PaymentDeadline::default(), paid.events())
         .then_not_scheduled("payment")
         .then_after(PAYMENT_WINDOW * 2, []);
 }

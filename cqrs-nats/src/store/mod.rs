@@ -148,6 +148,11 @@ impl JetStreamEventStore {
         &self.inner.js
     }
 
+    /// The number of replicas the context's streams have.
+    pub(crate) fn replicas(&self) -> usize {
+        self.inner.config.replicas
+    }
+
     /// The name of the context's stream.
     pub fn stream_name(&self) -> &str {
         &self.inner.stream_name
