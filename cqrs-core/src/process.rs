@@ -8,6 +8,7 @@
 
 use crate::aggregate::Aggregate;
 use crate::envelope::RecordedEvent;
+use crate::error::CommandError;
 use crate::metadata::CommandMetadata;
 use crate::projection::{HandlerError, Projection};
 use crate::read_model::ReadModelStore;
@@ -162,22 +163,36 @@ impl<A: Aggregate, S: EventStore> CommandDispatcher<Targeted<A>> for Repository<
         metadata: CommandMetadata,
     ) -> Result<(), HandlerError> {
         let metadata = target.metadata(metadata);
-        match self
+        let outcome = self
             .execute(&target.aggregate_id, target.command, metadata)
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(refusal) if refusal.is_refusal() => {
-                tracing::debug!(
-                    aggregate_type = A::TYPE,
-                    aggregate_id = %target.aggregate_id,
-                    %refusal,
-                    "the process manager's command was refused"
-                );
-                Ok(())
-            }
-            Err(error) => Err(HandlerError::from_error(error)),
+            .await;
+        dispatched::<A, _, _>(&target.aggregate_id, outcome, CommandError::is_refusal)
+    }
+}
+
+/// What a dispatcher of [`Targeted`] commands answers for `outcome`: delivered when the command
+/// was applied or refused (`is_refusal`; sending it again would change nothing, so the refusal
+/// is only logged), an error the runner retries otherwise. The shipped dispatchers use it.
+pub fn dispatched<A: Aggregate, T, E>(
+    aggregate_id: &str,
+    outcome: Result<T, E>,
+    is_refusal: fn(&E) -> bool,
+) -> Result<(), HandlerError>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    match outcome {
+        Ok(_) => Ok(()),
+        Err(refusal) if is_refusal(&refusal) => {
+            tracing::debug!(
+                aggregate_type = A::TYPE,
+                aggregate_id,
+                %refusal,
+                "the process manager's command was refused"
+            );
+            Ok(())
         }
+        Err(error) => Err(HandlerError::from_error(error)),
     }
 }
 

@@ -22,6 +22,7 @@
 //! of the [`FailureKind`]s.
 
 use async_nats::{HeaderMap, Message};
+use cqrs_core::process::dispatched;
 use cqrs_core::{
     Aggregate, CommandDispatcher, CommandError, CommandMetadata, EventStore, HandlerError,
     Repository, Targeted,
@@ -260,22 +261,10 @@ where
         metadata: CommandMetadata,
     ) -> Result<(), HandlerError> {
         let metadata = target.metadata(metadata);
-        match self
+        let outcome = self
             .send::<A>(&target.aggregate_id, &target.command, &metadata)
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(refusal) if refusal.is_refusal() => {
-                tracing::debug!(
-                    aggregate_type = A::TYPE,
-                    aggregate_id = %target.aggregate_id,
-                    %refusal,
-                    "the process manager's command was refused"
-                );
-                Ok(())
-            }
-            Err(failure) => Err(HandlerError::from_error(failure)),
-        }
+            .await;
+        dispatched::<A, _, _>(&target.aggregate_id, outcome, CommandFailure::is_refusal)
     }
 }
 

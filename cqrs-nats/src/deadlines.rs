@@ -241,6 +241,8 @@ where
                     Ok(message) => message,
                     Err(error) => {
                         tracing::warn!(%error, "reading due deadlines failed; going on");
+                        // Not in a tight loop while the server is away.
+                        tokio::time::sleep(Duration::from_millis(200)).await;
                         continue;
                     }
                 };

@@ -374,14 +374,8 @@ pub async fn demo(
     outcome
 }
 
-/// On NATS, an order submitted and never paid: the server holds its payment deadline and,
-/// once due, the deadline worker cancels it through the command service.
-async fn unpaid_on_nats<M: ReadModelStore<OrderSummary>>(
-    commands: &CommandClient,
-    summaries: &M,
-    out: &mut impl std::fmt::Write,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let id = "order-2";
+/// The order that is never paid, and its submission.
+fn unpaid_order() -> (&'static str, OrderCommand) {
     let submit = OrderCommand::Submit {
         items: vec![Item {
             sku: "PEN-1".into(),
@@ -389,6 +383,17 @@ async fn unpaid_on_nats<M: ReadModelStore<OrderSummary>>(
         }],
         channel: Channel::Phone,
     };
+    ("order-2", submit)
+}
+
+/// On NATS, an order submitted and never paid: the server holds its payment deadline and,
+/// once due, the deadline worker cancels it through the command service.
+async fn unpaid_on_nats<M: ReadModelStore<OrderSummary>>(
+    commands: &CommandClient,
+    summaries: &M,
+    out: &mut impl std::fmt::Write,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let (id, submit) = unpaid_order();
     Frontend::send(
         commands,
         id,
@@ -414,14 +419,7 @@ async fn unpaid<P: Projection>(
     deadlines: &InMemoryDeadlines<Targeted<Order>>,
     out: &mut impl std::fmt::Write,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let id = "order-2";
-    let submit = OrderCommand::Submit {
-        items: vec![Item {
-            sku: "PEN-1".into(),
-            quantity: 1,
-        }],
-        channel: Channel::Phone,
-    };
+    let (id, submit) = unpaid_order();
     let submitted = orders
         .execute(id, submit, CommandMetadata::root().with_actor("user:bob"))
         .await?;

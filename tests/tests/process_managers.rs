@@ -41,19 +41,36 @@ fn reaction(index: u32) -> CommandMetadata {
     CommandMetadata::reaction("shipping", &event, uuid::Uuid::now_v7(), index)
 }
 
-/// Submits order `o-1` of tenant `acme` and, when `paid`, pays it.
-async fn order<S: EventStore + Clone>(orders: &Repository<Order, S>, paid: bool) {
+/// Through `dispatcher`, to order `o-1` of tenant `acme` (submitted here): `Ship` before the
+/// payment is refused, and counts as delivered with nothing written; after the payment it ships,
+/// once though dispatched twice.
+async fn refused_then_shipped_once<D, S>(dispatcher: &D, orders: &Repository<Order, S>)
+where
+    D: CommandDispatcher<Targeted<Order>>,
+    S: EventStore + Clone,
+{
     let acme = || CommandMetadata::root().with_tenant("acme");
+    let stream = StreamId::of::<Order>("o-1", Some("acme"));
     orders
         .execute("o-1", submit(), acme())
         .await
         .expect("submit");
-    if paid {
-        let pay = OrderCommand::Pay {
-            payment_id: "p-1".into(),
-        };
-        orders.execute("o-1", pay, acme()).await.expect("pay");
-    }
+    dispatcher
+        .dispatch(ship(), reaction(0))
+        .await
+        .expect("a refusal is delivered");
+    assert_eq!(version(orders.store(), &stream).await, 1);
+    let pay = OrderCommand::Pay {
+        payment_id: "p-1".into(),
+    };
+    orders.execute("o-1", pay, acme()).await.expect("pay");
+    let metadata = reaction(1);
+    dispatcher
+        .dispatch(ship(), metadata.clone())
+        .await
+        .expect("ship");
+    dispatcher.dispatch(ship(), metadata).await.expect("again");
+    assert_eq!(version(orders.store(), &stream).await, 3);
 }
 
 async fn version<S: EventStore>(store: &S, stream: &StreamId) -> u64 {
@@ -68,31 +85,7 @@ async fn version<S: EventStore>(store: &S, stream: &StreamId) -> u64 {
 async fn a_repository_delivers_targeted_commands_and_counts_refusals_as_delivered() {
     let store = InMemoryEventStore::new();
     let orders = Repository::<Order, _>::new(store.clone());
-    let acme = StreamId::of::<Order>("o-1", Some("acme"));
-
-    // Not paid: `Ship` has no transition from `Submitted`. Delivered, nothing written.
-    order(&orders, false).await;
-    orders
-        .dispatch(ship(), reaction(0))
-        .await
-        .expect("a refusal is delivered");
-    assert_eq!(version(&store, &acme).await, 1);
-
-    // Paid: shipped, in the flow's tenant, once even when dispatched again.
-    let pay = OrderCommand::Pay {
-        payment_id: "p-1".into(),
-    };
-    orders
-        .execute("o-1", pay, CommandMetadata::root().with_tenant("acme"))
-        .await
-        .expect("pay");
-    let metadata = reaction(1);
-    orders
-        .dispatch(ship(), metadata.clone())
-        .await
-        .expect("ship");
-    orders.dispatch(ship(), metadata).await.expect("again");
-    assert_eq!(version(&store, &acme).await, 3);
+    refused_then_shipped_once(&orders, &orders).await;
 
     // A target in another tenant than the flow's.
     let other = StreamId::of::<Order>("o-1", Some("other"));
@@ -115,10 +108,8 @@ async fn the_command_client_delivers_targeted_commands_through_the_service() {
     let orders = Repository::<Order, _>::new(store.clone());
     let client =
         CommandClient::new(store.client().clone(), "test").with_timeout(Duration::from_millis(500));
-    let acme = StreamId::of::<Order>("o-1", Some("acme"));
 
     // No service yet: an error, so the runner retries the event later.
-    order(&orders, false).await;
     client
         .dispatch(ship(), reaction(0))
         .await
@@ -128,25 +119,7 @@ async fn the_command_client_delivers_targeted_commands_through_the_service() {
         .spawn()
         .await
         .expect("command service");
-    client
-        .dispatch(ship(), reaction(0))
-        .await
-        .expect("a refusal is delivered");
-    assert_eq!(version(&store, &acme).await, 1);
-    let pay = OrderCommand::Pay {
-        payment_id: "p-1".into(),
-    };
-    orders
-        .execute("o-1", pay, CommandMetadata::root().with_tenant("acme"))
-        .await
-        .expect("pay");
-    let metadata = reaction(1);
-    client
-        .dispatch(ship(), metadata.clone())
-        .await
-        .expect("ship");
-    client.dispatch(ship(), metadata).await.expect("again");
-    assert_eq!(version(&store, &acme).await, 3);
+    refused_then_shipped_once(&client, &orders).await;
     service.stop().await;
 }
 
