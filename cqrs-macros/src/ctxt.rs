@@ -6,15 +6,27 @@ use quote::ToTokens;
 use std::cell::RefCell;
 use std::fmt::Display;
 
-/// Collects `syn::Error`s; [`Ctxt::check`] merges them into one.
+/// Collects `syn::Error`s; [`Ctxt::check`] merges them into one. Dropping a context that was
+/// never checked is a bug in this crate (an expansion that returned early would lose its
+/// errors), so it panics, as serde_derive's does.
 pub(crate) struct Ctxt {
     errors: RefCell<Vec<syn::Error>>,
+    checked: std::cell::Cell<bool>,
+}
+
+impl Drop for Ctxt {
+    fn drop(&mut self) {
+        if !self.checked.get() && !std::thread::panicking() {
+            panic!("cqrs-macros: an error context was dropped without being checked");
+        }
+    }
 }
 
 impl Ctxt {
     pub(crate) fn new() -> Self {
         Ctxt {
             errors: RefCell::new(Vec::new()),
+            checked: std::cell::Cell::new(false),
         }
     }
 
@@ -39,7 +51,8 @@ impl Ctxt {
 
     /// All recorded errors combined into one, if any.
     pub(crate) fn check(self) -> Result<(), syn::Error> {
-        let mut errors = self.errors.into_inner().into_iter();
+        self.checked.set(true);
+        let mut errors = self.errors.take().into_iter();
         let Some(mut combined) = errors.next() else {
             return Ok(());
         };

@@ -20,13 +20,12 @@ pub(crate) fn expand(args: &TokenStream, input: TokenStream) -> TokenStream {
         ctxt.error_spanned_by(args, "`#[transitions]` takes no arguments");
     }
     let Ok(item) = syn::parse2::<ItemImpl>(input.clone()) else {
-        let error = syn::Error::new(
+        ctxt.error_at(
             Span::call_site(),
             "`#[transitions]` goes on the inherent impl block of an aggregate: `#[transitions] impl Order { ... }`",
         );
-        let mut tokens = error.to_compile_error();
-        tokens.extend(input);
-        return tokens;
+        // Every error recorded so far, the arguments' too; the input stays as it was.
+        return finish(ctxt, TokenStream::new, || input);
     };
     let model = parse(&ctxt, item);
     if model.item.trait_.is_none() {
