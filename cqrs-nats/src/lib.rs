@@ -47,9 +47,14 @@ pub mod subject;
 pub mod tenancy;
 
 pub use async_nats;
+pub use command::{CommandClient, CommandService};
+pub use deadletter::DeadLetters;
+pub use deadlines::{DeadlineWorker, JetStreamDeadlines};
 pub use error::NatsStoreError;
 pub use permissions::PermissionWatch;
-pub use projection::{JetStreamProjectionHandle, JetStreamProjectionRunner, ProjectionConfig};
+pub use projection::{
+    JetStreamProjectionHandle, JetStreamProjectionRunner, ProjectionConfig, ReplayFrom, StartFrom,
+};
 pub use read_model::KvReadModelStore;
 pub use reads::TenantReadService;
 pub use store::{JetStreamEventStore, MAX_BATCH, MIN_SERVER_VERSION, StoreConfig};
