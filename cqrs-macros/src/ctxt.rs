@@ -8,7 +8,7 @@ use std::fmt::Display;
 
 /// Collects `syn::Error`s; [`Ctxt::check`] merges them into one. Dropping a context that was
 /// never checked is a bug in this crate (an expansion that returned early would lose its
-/// errors), so it panics, as serde_derive's does.
+/// errors), so it panics, as `serde_derive`'s does.
 pub(crate) struct Ctxt {
     errors: RefCell<Vec<syn::Error>>,
     checked: std::cell::Cell<bool>,
@@ -16,9 +16,10 @@ pub(crate) struct Ctxt {
 
 impl Drop for Ctxt {
     fn drop(&mut self) {
-        if !self.checked.get() && !std::thread::panicking() {
-            panic!("cqrs-macros: an error context was dropped without being checked");
-        }
+        assert!(
+            self.checked.get() || std::thread::panicking(),
+            "cqrs-macros: an error context was dropped without being checked"
+        );
     }
 }
 
