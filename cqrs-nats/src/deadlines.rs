@@ -15,7 +15,7 @@
 //! the command's id is the one the reaction that scheduled it derived, so a deadline handled
 //! twice is applied once.
 
-use crate::store::JetStreamEventStore;
+use crate::store::{JetStreamEventStore, unavailable};
 use crate::subject::encode_token;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
@@ -60,13 +60,6 @@ impl<C> Clone for JetStreamDeadlines<C> {
             stream: self.stream.clone(),
             command: PhantomData,
         }
-    }
-}
-
-fn unavailable(operation: &'static str, error: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable {
-        operation,
-        reason: error.to_string(),
     }
 }
 

@@ -152,7 +152,8 @@ pub(super) struct ApiError {
     pub(super) description: String,
 }
 
-pub(super) fn unavailable(operation: &'static str, reason: impl fmt::Display) -> StoreError {
+/// `StoreError::Unavailable` for `operation`, with what the server or connection said.
+pub(crate) fn unavailable(operation: &'static str, reason: impl fmt::Display) -> StoreError {
     StoreError::Unavailable {
         operation,
         reason: reason.to_string(),

@@ -101,7 +101,8 @@ mod read_all;
 mod scoped;
 mod snapshots;
 
-use failure::{backend, chain_text, unavailable};
+pub(crate) use failure::unavailable;
+use failure::{backend, chain_text};
 use heads::KnownHeads;
 
 pub use config::{MAX_BATCH, MIN_SERVER_VERSION, StoreConfig};
