@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod aggregate;
+pub mod command;
 pub mod deadline;
 pub mod envelope;
 pub mod error;
@@ -39,8 +40,9 @@ pub mod doc;
 pub mod __private;
 
 pub use aggregate::{Aggregate, InvalidTransition};
+pub use command::{Command, CommandField, CommandFields, CommandVariant};
 #[cfg(feature = "macros")]
-pub use cqrs_macros::{Aggregate, DomainEvent, transitions};
+pub use cqrs_macros::{Aggregate, Command, DomainEvent, transitions};
 pub use envelope::{EventEnvelope, NewEvent, RecordedEvent, SerializedEvent};
 pub use error::{CommandError, StoreError};
 pub use event::{DecodeError, DomainEvent, EncodeError, EventSchema};

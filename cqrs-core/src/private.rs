@@ -2,6 +2,7 @@
 //! change in any release.
 
 pub use crate::aggregate::{Aggregate, InvalidTransition};
+pub use crate::command::{Command, CommandField, CommandFields, CommandVariant};
 pub use crate::event::{
     DecodeError, DomainEvent, EncodeError, EventSchema, decode_body, decode_variant, encode_variant,
 };
@@ -91,6 +92,184 @@ pub fn state_machine<A: StateEnum>(
         states: A::STATES,
         commands,
         transitions,
+    }
+}
+
+/// The commands a state machine's `#[transitions]` handle, by variant name.
+pub trait HandledCommands {
+    /// The names given as `on = ...`.
+    const HANDLED: &'static [&'static str];
+}
+
+/// Written by `#[derive(Command)]`: its variants, after checking at compile time that the
+/// transitions of `A` handle each of them (the check panics at the unhandled variant).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}`, the command type of a state machine, does not derive `Command`",
+    label = "the transitions of `{A}` handle `{Self}`",
+    note = "add `#[derive(cqrs_core::Command)]` to `{Self}`: `#[transitions]` checks that a transition handles each of its variants and that each handler takes its variant's fields"
+)]
+pub trait CheckedCommands<A: HandledCommands>: Command {
+    /// `<Self as Command>::VARIANTS`, once every variant is handled.
+    const VARIANTS: &'static [CommandVariant];
+}
+
+/// Whether `handled` names `command`.
+#[must_use]
+pub const fn handles(handled: &[&str], command: &str) -> bool {
+    let mut i = 0;
+    while i < handled.len() {
+        if same(handled[i], command) {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+const fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// What is wrong with a handler's parameters for the variant it handles, if anything: a field
+/// of a struct variant that no parameter takes, fewer parameters than a tuple variant has
+/// fields, or a variant written in the other shape (`on = Pay` for `Pay(..)` and the reverse).
+/// `None` as well when no variant is called `on`: the compiler reports that one.
+#[must_use]
+pub const fn handler_mismatch(
+    variants: &[CommandVariant],
+    on: &str,
+    tuple: bool,
+    handler: &str,
+    parameters: &[&str],
+) -> Option<Message> {
+    let mut i = 0;
+    while i < variants.len() {
+        let variant = variants[i];
+        if same(variant.name, on) {
+            return mismatch(variant, tuple, handler, parameters);
+        }
+        i += 1;
+    }
+    None
+}
+
+const fn mismatch(
+    variant: CommandVariant,
+    tuple: bool,
+    handler: &str,
+    parameters: &[&str],
+) -> Option<Message> {
+    let message = Message::new()
+        .push("`")
+        .push(handler)
+        .push("` handles `")
+        .push(variant.name);
+    match variant.fields {
+        CommandFields::Named(fields) => {
+            if tuple {
+                return Some(
+                    message
+                        .push("`, which has named fields: write `on = ")
+                        .push(variant.name)
+                        .push("` (without `(..)`)"),
+                );
+            }
+            let mut i = 0;
+            while i < fields.len() {
+                if !handles(parameters, fields[i].name) {
+                    return Some(
+                        message
+                            .push("` but takes no parameter for its field `")
+                            .push(fields[i].name)
+                            .push("`; add `")
+                            .push(fields[i].name)
+                            .push(": ")
+                            .push(fields[i].ty)
+                            .push("` after `&self` (a handler's parameters bind the command's fields by name)"),
+                    );
+                }
+                i += 1;
+            }
+            None
+        }
+        CommandFields::Unnamed(types) => {
+            if !tuple {
+                return Some(
+                    message
+                        .push("`, a tuple variant: write `on = ")
+                        .push(variant.name)
+                        .push("(..)` and take its fields in order after `&self`"),
+                );
+            }
+            if parameters.len() < types.len() {
+                let mut message = message
+                    .push("(..)` but does not take all its fields; its parameters after `&self` bind them in order: `");
+                let mut i = 0;
+                while i < types.len() {
+                    if i > 0 {
+                        message = message.push(", ");
+                    }
+                    message = message.push("_: ").push(types[i]);
+                    i += 1;
+                }
+                return Some(message.push("`"));
+            }
+            None
+        }
+        CommandFields::Unit => None,
+    }
+}
+
+/// A compile-time error message (`handler_mismatch`), built in a fixed buffer because a const
+/// cannot allocate. Parts that would overflow it are left out.
+#[derive(Debug, Clone, Copy)]
+pub struct Message {
+    bytes: [u8; 512],
+    len: usize,
+}
+
+impl Message {
+    const fn new() -> Self {
+        Message {
+            bytes: [0; 512],
+            len: 0,
+        }
+    }
+
+    const fn push(mut self, part: &str) -> Self {
+        let part = part.as_bytes();
+        if self.len + part.len() > self.bytes.len() {
+            return self;
+        }
+        let mut i = 0;
+        while i < part.len() {
+            self.bytes[self.len + i] = part[i];
+            i += 1;
+        }
+        self.len += part.len();
+        self
+    }
+
+    /// The message.
+    #[must_use]
+    pub const fn as_str(&self) -> &str {
+        let (used, _) = self.bytes.split_at(self.len);
+        // Whole `&str` parts only: always UTF-8.
+        match core::str::from_utf8(used) {
+            Ok(text) => text,
+            Err(_) => "a handler's parameters do not match its command variant",
+        }
     }
 }
 

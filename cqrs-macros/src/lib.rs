@@ -1,5 +1,5 @@
 //! Derive macros of `cqrs-core`. Use them through `cqrs_core` (feature `macros`, on by
-//! default): `use cqrs_core::{Aggregate, DomainEvent, transitions};`.
+//! default): `use cqrs_core::{Aggregate, Command, DomainEvent, transitions};`.
 //!
 //! Each macro lives in its own module and runs in three steps: parse the input into a small
 //! model while recording every error in an error context, validate the model (cross-cutting
@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod aggregate;
+mod command;
 mod ctxt;
 mod event;
 mod transitions;
@@ -26,6 +27,13 @@ pub fn derive_domain_event(input: TokenStream) -> TokenStream {
 pub fn derive_aggregate(input: TokenStream) -> TokenStream {
     let input = syn::parse_macro_input!(input as syn::DeriveInput);
     aggregate::derive(&input).into()
+}
+
+#[doc = include_str!("../docs/command.md")]
+#[proc_macro_derive(Command)]
+pub fn derive_command(input: TokenStream) -> TokenStream {
+    let input = syn::parse_macro_input!(input as syn::DeriveInput);
+    command::derive(&input).into()
 }
 
 #[doc = include_str!("../docs/transitions.md")]

@@ -9,7 +9,7 @@ use crate::aggregate::command_alias;
 use crate::ctxt::{Ctxt, finish};
 use crate::event::path_name;
 use proc_macro2::{Span, TokenStream};
-use quote::{ToTokens, quote, quote_spanned};
+use quote::{ToTokens, format_ident, quote, quote_spanned};
 use std::collections::BTreeMap;
 use syn::{Ident, ImplItem, ImplItemFn, ItemImpl};
 
@@ -438,8 +438,11 @@ fn expand_model(model: &Model) -> TokenStream {
         }
     };
     let inherent = state_machine_fn(model);
+    let checks = command_checks(model);
     quote! {
         #item
+
+        #checks
 
         #[automatically_derived]
         impl #impl_generics ::cqrs_core::__private::Transitions for #self_ty #where_clause {
@@ -450,50 +453,134 @@ fn expand_model(model: &Model) -> TokenStream {
     }
 }
 
+/// Compile-time checks against the command enum's `#[derive(Command)]`: every variant has a
+/// transition (the derive's constant panics at the first variant without one), and each
+/// handler takes its variant's fields (a constant per handler panics at the handler). Constants
+/// are evaluated by `cargo check` too; a later one that uses a failed one is not reported again.
+fn command_checks(model: &Model) -> Option<TokenStream> {
+    let state = model.state_ident.as_ref()?;
+    if model.transitions.is_empty() || !model.item.generics.params.is_empty() {
+        return None;
+    }
+    let self_ty = &model.item.self_ty;
+    let alias = command_alias(state);
+    let variants = format_ident!(
+        "__CQRS_COMMAND_VARIANTS_OF_{}",
+        state,
+        span = Span::call_site()
+    );
+    let mut commands: Vec<String> = Vec::new();
+    for on in model.transitions.iter().filter_map(|t| t.on.as_ref()) {
+        if !commands.contains(&on.to_string()) {
+            commands.push(on.to_string());
+        }
+    }
+    let handlers = model.transitions.iter().filter_map(|t| {
+        let on = t.on.as_ref()?;
+        let (on_name, handler) = (on.to_string(), t.handler.to_string());
+        let (tuple, fields) = (t.tuple, t.fields.iter().map(Ident::to_string));
+        Some(quote_spanned! {t.handler.span()=>
+            const _: () = if let ::core::option::Option::Some(message) =
+                ::cqrs_core::__private::handler_mismatch(#variants, #on_name, #tuple, #handler, &[#(#fields),*])
+            {
+                ::core::panic!("{}", message.as_str());
+            };
+        })
+    });
+    // All at `#[transitions]`, so that the compiler's note about the failed check is one line.
+    let checked = respan(
+        quote!(<#alias as ::cqrs_core::__private::CheckedCommands<#self_ty>>::VARIANTS),
+        Span::call_site(),
+    );
+    Some(quote! {
+        #[automatically_derived]
+        impl ::cqrs_core::__private::HandledCommands for #self_ty {
+            const HANDLED: &'static [&'static str] = &[#(#commands),*];
+        }
+
+        #[doc(hidden)]
+        #[allow(non_upper_case_globals)]
+        const #variants: &[::cqrs_core::CommandVariant] = #checked;
+
+        #(#handlers)*
+    })
+}
+
+/// `tokens` with every span set to `span`.
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut token| {
+            if let proc_macro2::TokenTree::Group(group) = &token {
+                let mut inner =
+                    proc_macro2::Group::new(group.delimiter(), respan(group.stream(), span));
+                inner.set_span(span);
+                token = proc_macro2::TokenTree::Group(inner);
+            } else {
+                token.set_span(span);
+            }
+            token
+        })
+        .collect()
+}
+
+/// `(State { bound, .. }, Command::On { fields, .. }) => Self::handler(self, args),`.
+fn decide_arm(t: &TransitionDecl, state_path: &TokenStream, alias: &Ident) -> TokenStream {
+    let Some(on) = &t.on else {
+        return TokenStream::new();
+    };
+    let states = t.from.iter().zip(&t.state_fields).map(|(s, bound)| {
+        // Shorthand where the names agree: `field: field` would trip a lint in user code.
+        let bound = bound.iter().map(|StateField { field, binding }| {
+            if field == binding {
+                quote!(#binding)
+            } else {
+                quote!(#field: #binding)
+            }
+        });
+        quote!(#state_path::#s { #(#bound,)* .. })
+    });
+    let fields = &t.fields;
+    let args = &t.args;
+    let handler = &t.handler;
+    let call = quote_spanned!(handler.span()=> Self::#handler(self, #(#args),*));
+    // The variant path carries the span of `on = ...`, so that a shape mismatch points there.
+    // `..`: a field no parameter takes is reported by the check `command_checks` writes,
+    // naming the field and its type, rather than by the pattern.
+    let alias = Ident::new(&alias.to_string(), on.span());
+    let command = if t.tuple {
+        // A tuple variant's fields by index (`Pay { 0: amount, .. }`), each index at its
+        // parameter, so that `on = Pay(..)` for a struct variant is an error there.
+        let indexed = fields.iter().enumerate().map(|(i, field)| {
+            let index = syn::Index {
+                index: u32::try_from(i).unwrap_or(u32::MAX),
+                span: field.span(),
+            };
+            quote!(#index: #field)
+        });
+        quote_spanned!(on.span()=> #alias::#on { #(#indexed,)* .. })
+    } else {
+        quote_spanned!(on.span()=> #alias::#on { #(#fields,)* .. })
+    };
+    quote! {
+        (#(#states)|*, #command) => #call,
+    }
+}
+
 /// `decide`, `command_name`, `declared_target` and `transition_table` of a state machine.
 fn state_machine_items(model: &Model, alias: &Ident) -> TokenStream {
     let state_path = &model.state_path;
     let aggregate = quote!(<Self as ::cqrs_core::__private::Aggregate>);
-    let decide_arms = model.transitions.iter().map(|t| {
-        let Some(on) = &t.on else {
-            return TokenStream::new();
-        };
-        let states = t.from.iter().zip(&t.state_fields).map(|(s, bound)| {
-            // Shorthand where the names agree: `field: field` would trip a lint in user code.
-            let bound = bound.iter().map(|StateField { field, binding }| {
-                if field == binding {
-                    quote!(#binding)
-                } else {
-                    quote!(#field: #binding)
-                }
-            });
-            quote!(#state_path::#s { #(#bound,)* .. })
-        });
-        let fields = &t.fields;
-        let args = &t.args;
-        let handler = &t.handler;
-        let call = quote_spanned!(handler.span()=> Self::#handler(self, #(#args),*));
-        // The variant path carries the span of `on = ...`, so that a shape mismatch points there.
-        let alias = Ident::new(&alias.to_string(), on.span());
-        let command = if t.tuple {
-            quote_spanned!(on.span()=> #alias::#on(#(#fields),*))
-        } else {
-            quote_spanned!(on.span()=> #alias::#on { #(#fields),* })
-        };
-        quote! {
-            (#(#states)|*, #command) => #call,
-        }
-    });
+    let decide_arms = model
+        .transitions
+        .iter()
+        .map(|t| decide_arm(t, state_path, alias));
     let mut commands: Vec<&Ident> = Vec::new();
     for on in model.transitions.iter().filter_map(|t| t.on.as_ref()) {
         if !commands.contains(&on) {
             commands.push(on);
         }
     }
-    let name_arms = commands.iter().map(|on| {
-        let name = on.to_string();
-        quote!(#alias::#on { .. } => #name,)
-    });
     let target_arms = model.transitions.iter().map(|t| {
         let (Some(on), Some(to)) = (&t.on, &t.to) else {
             return TokenStream::new();
@@ -510,9 +597,22 @@ fn state_machine_items(model: &Model, alias: &Ident) -> TokenStream {
         .iter()
         .filter_map(|t| t.to.as_ref())
         .map(|to| quote!(#state_path::#to { .. } => {}));
-    // An exhaustive match over the commands the transitions name: a command variant without
-    // any transition is a compile error at `#[transitions]`.
-    let scrutinee = quote_spanned!(Span::call_site()=> command);
+    let name_arms = commands.iter().map(|on| {
+        let name = on.to_string();
+        quote!(#alias::#on { .. } => #name,)
+    });
+    // A generic state type cannot be named in the constant that checks the commands (see
+    // `command_checks`): there an exhaustive match over the commands the transitions name makes
+    // a command variant without any transition an error, though at `#[transitions]`.
+    let exhaustive = (!model.item.generics.params.is_empty()).then(|| {
+        let arms = commands.iter().map(|on| quote!(#alias::#on { .. } => {}));
+        let scrutinee = quote_spanned!(Span::call_site()=> command);
+        quote! {
+            match #scrutinee {
+                #(#arms)*
+            }
+        }
+    });
     quote! {
         fn decide(
             &self,
@@ -528,8 +628,12 @@ fn state_machine_items(model: &Model, alias: &Ident) -> TokenStream {
         }
 
         fn command_name(command: &#aggregate::Command) -> &'static str {
-            match #scrutinee {
+            #exhaustive
+            // Not `Command::name`: without the derive, that would be a second error about it.
+            #[allow(unreachable_patterns)]
+            match command {
                 #(#name_arms)*
+                _ => ::core::any::type_name::<#aggregate::Command>(),
             }
         }
 

@@ -2,7 +2,7 @@
 //! table and its analysis, typed invalid transitions, and the fixture's target-state check.
 
 use cqrs_core::testing::given;
-use cqrs_core::{Aggregate, DecodeError, DomainEvent, InvalidTransition, transitions};
+use cqrs_core::{Aggregate, Command, DecodeError, DomainEvent, InvalidTransition, transitions};
 use serde::{Deserialize, Serialize};
 
 // --- events -----------------------------------------------------------------------------------
@@ -142,7 +142,7 @@ fn names_versions_and_catalog() {
 
 // --- a state machine --------------------------------------------------------------------------
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Command)]
 enum MemberCommand {
     Register { first: String, last: String },
     Suspend { reason: String },

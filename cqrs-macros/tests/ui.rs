@@ -12,4 +12,5 @@ fn ui() {
     t.compile_fail("tests/ui/event/*.rs");
     t.compile_fail("tests/ui/aggregate/*.rs");
     t.compile_fail("tests/ui/transitions/*.rs");
+    t.compile_fail("tests/ui/command/*.rs");
 }

@@ -5,7 +5,7 @@
 //! `#[derive(Aggregate)]`, `#[transitions]` and `#[derive(DomainEvent)]`. A [`Username`] is
 //! another: `Free -> Claimed -> Free`, claimed by one account at a time.
 
-use cqrs_core::{Aggregate, DomainEvent, InvalidTransition, transitions};
+use cqrs_core::{Aggregate, Command, DomainEvent, InvalidTransition, transitions};
 use serde::{Deserialize, Serialize};
 
 /// Amounts in cents.
@@ -33,7 +33,7 @@ pub enum BankAccount {
 }
 
 /// What can be asked of an account.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Command)]
 pub enum AccountCommand {
     /// Open the account.
     Open {
@@ -217,7 +217,7 @@ pub enum Username {
 }
 
 /// What can be asked of a username.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Command)]
 pub enum UsernameCommand {
     /// Point the username to an account.
     Claim {

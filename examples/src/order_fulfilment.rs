@@ -4,7 +4,7 @@
 //! `Submitted` or `Paid` to `Cancelled`. The `Submitted` event is at schema version 3: version 1
 //! had no channel and one item, version 2 had no channel; both still decode.
 
-use cqrs_core::{Aggregate, DomainEvent, InvalidTransition, transitions};
+use cqrs_core::{Aggregate, Command, DomainEvent, InvalidTransition, transitions};
 use serde::{Deserialize, Serialize};
 
 /// One line of an order.
@@ -59,7 +59,7 @@ pub enum Order {
 }
 
 /// What can be asked of an order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Command)]
 pub enum OrderCommand {
     /// Submit the order.
     Submit {

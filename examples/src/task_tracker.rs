@@ -23,7 +23,7 @@
 use crate::host::{BoxError, ProjectionHost, RunningProjection};
 use cqrs_core::read_model::apply_once;
 use cqrs_core::{
-    Aggregate, CommandError, CommandMetadata, DomainEvent, EventFilter, EventStore,
+    Aggregate, Command, CommandError, CommandMetadata, DomainEvent, EventFilter, EventStore,
     ExpectedVersion, HandlerError, InvalidTransition, Metadata, NewEvent, Projection,
     ReadModelStore, RecordedEvent, Repository, SerializedEvent, transitions,
 };
@@ -83,7 +83,7 @@ pub enum Task {
 }
 
 /// What can be asked of a task.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Command)]
 pub enum TaskCommand {
     /// Create the task.
     Create {

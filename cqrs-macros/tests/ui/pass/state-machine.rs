@@ -1,7 +1,7 @@
 //! A state machine with unit, struct and tuple states, a `from` list, unit and struct commands,
 //! a handler that binds the fields of the state it leaves, a renamed aggregate, terminal states,
 //! and the generated table.
-use cqrs_core::{Aggregate, DomainEvent, InvalidTransition, transitions};
+use cqrs_core::{Aggregate, Command, DomainEvent, InvalidTransition, transitions};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
@@ -11,7 +11,7 @@ enum TicketEvent {
     Closed,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Command)]
 enum TicketCommand {
     Open { title: String },
     Assign { to: String, note: String },

@@ -1,4 +1,4 @@
-use cqrs_core::{Aggregate, DomainEvent, InvalidTransition, transitions};
+use cqrs_core::{Aggregate, Command, DomainEvent, InvalidTransition, transitions};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
@@ -7,7 +7,7 @@ enum DoorEvent {
     Closed,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Command)]
 enum DoorCommand {
     Open { force: u32, silently: bool },
     Close,
@@ -34,6 +34,13 @@ impl Door {
     fn open(&self, force: u32) -> Result<Vec<DoorEvent>, DoorError> {
         let _ = force;
         Ok(vec![DoorEvent::Opened])
+    }
+
+    // A second handler of `Open` that forgets `force`.
+    #[transition(from = Open, on = Open, to = Open)]
+    fn reopen(&self, silently: bool) -> Result<Vec<DoorEvent>, DoorError> {
+        let _ = silently;
+        Ok(vec![])
     }
 
     #[transition(from = Open, on = Close, to = Closed)]

@@ -1,4 +1,4 @@
-use cqrs_core::{Aggregate, DomainEvent, InvalidTransition, transitions};
+use cqrs_core::{Aggregate, Command, DomainEvent, InvalidTransition, transitions};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
@@ -7,7 +7,7 @@ enum DoorEvent {
     Closed,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Command)]
 enum DoorCommand {
     Open,
     Close,

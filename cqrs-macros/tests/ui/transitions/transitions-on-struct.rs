@@ -1,4 +1,4 @@
-use cqrs_core::{Aggregate, DomainEvent, InvalidTransition, transitions};
+use cqrs_core::{Aggregate, Command, DomainEvent, InvalidTransition, transitions};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
@@ -6,7 +6,7 @@ enum DoorEvent {
     Opened,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Command)]
 enum DoorCommand {
     Open,
 }
