@@ -269,8 +269,7 @@ impl JetStreamEventStore {
             });
         }
         // Published to the aggregate's subject, stored (and read back) under its partitioned form.
-        let publish_to = self.subject_or_invalid(stream)?;
-        let subject = self.stored_subject_or_invalid(stream)?;
+        let (publish_to, subject) = self.subjects_or_invalid(stream)?;
         let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
         let mut attempt = 0u32;
         loop {

@@ -43,15 +43,16 @@ impl JetStreamEventStore {
         let mut parts: Vec<Part> = parts
             .into_iter()
             .map(|p| {
+                // A guard's subjects are checked like those of a part to write: its tenant and
+                // id are valid.
+                let (publish_to, subject) = self.subjects_or_invalid(&p.stream)?;
                 Ok(Part {
                     publish_to: if p.is_guard() {
-                        // Checked like a subject to write: the guard's tenant and id are valid.
-                        self.subject_or_invalid(&p.stream)?;
                         self.inner.subjects.guards(p.stream.tenant.as_deref())
                     } else {
-                        self.subject_or_invalid(&p.stream)?
+                        publish_to
                     },
-                    subject: self.stored_subject_or_invalid(&p.stream)?,
+                    subject,
                     ids: p.events.iter().map(|e| e.event_id).collect(),
                     stream: p.stream,
                     expected: p.expected,

@@ -188,6 +188,21 @@ impl JetStreamEventStore {
             })
     }
 
+    /// The subject `stream`'s events are published to and the one they are stored under.
+    fn subjects_or_invalid(&self, stream: &StreamId) -> Result<(String, String), StoreError> {
+        self.inner
+            .subjects
+            .aggregate_and_stored(
+                stream.tenant.as_deref(),
+                &stream.aggregate_type,
+                &stream.aggregate_id,
+            )
+            .map_err(|e| StoreError::InvalidInput {
+                stream: stream.clone(),
+                reason: e.to_string(),
+            })
+    }
+
     fn subject_or_invalid(&self, stream: &StreamId) -> Result<String, StoreError> {
         self.subject_for(stream)
             .map_err(|e| StoreError::InvalidInput {
