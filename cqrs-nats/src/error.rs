@@ -117,7 +117,7 @@ impl NatsStoreError {
 
 /// Whether getting a stream failed because it does not exist (rather than for a timeout, a
 /// permission or another server error).
-pub(crate) fn is_stream_not_found(error: &async_nats::jetstream::context::GetStreamError) -> bool {
+pub fn is_stream_not_found(error: &async_nats::jetstream::context::GetStreamError) -> bool {
     use async_nats::jetstream::{ErrorCode, context::GetStreamErrorKind};
     matches!(error.kind(), GetStreamErrorKind::JetStream(js)
         if js.error_code() == ErrorCode::STREAM_NOT_FOUND)

@@ -17,9 +17,9 @@
 //!   retries, parking, fenced handovers between workers, rebuilds, time travel); [`deadletter`]:
 //!   the dead-letter stream.
 //! - [`read_model`]: a read-model store on a KV bucket with revision compare-and-set.
-//! - `cli` (feature `cli`, on by default): the operator command-line interface behind the
-//!   `cqrs` binary, as a library, so that a domain crate builds its own operator binary that
-//!   knows its event types and state machines.
+//!
+//! The operator command-line tool `cqrs`, which reads what this crate writes, is the
+//! `cqrs-cli` crate.
 //! - [`reads`]: the tenant read service, through which tenant-scoped stores read their own
 //!   tenant's events without any grant on consumers or stream-wide read APIs.
 //! - [`tenancy`]: the NATS accounts, imports and permissions that confine a tenant to its own
@@ -29,8 +29,6 @@
 #![forbid(unsafe_code)]
 
 mod bucket;
-#[cfg(feature = "cli")]
-pub mod cli;
 pub mod command;
 pub mod deadletter;
 pub mod deadlines;

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use cqrs_core::{Aggregate, CommandMetadata, Repository};
-use cqrs_nats::cli::Cli;
+use cqrs_cli::Cli;
 use cqrs_nats::{JetStreamEventStore, StoreConfig};
 use examples::bank_account::{AccountCommand, BankAccount};
 use examples::order_fulfilment::{Channel, Item, Order, OrderCommand};

@@ -11,7 +11,7 @@ use examples::order_fulfilment::Order;
 use examples::task_tracker::Task;
 
 fn main() -> std::process::ExitCode {
-    cqrs_nats::cli::Cli::new()
+    cqrs_cli::Cli::new()
         .aggregate_in::<BankAccount>("bank")
         .aggregate_in::<Username>("bank")
         .aggregate_in::<Order>("sales")

@@ -1,4 +1,5 @@
-//! The operator command-line interface, as a library (feature `cli`).
+//! `cqrs`, the operator command-line interface of event stores written by `cqrs-nats`, as a
+//! library (this crate also builds the stock `cqrs` binary).
 //!
 //! The stock `cqrs` binary is `Cli::new().run()`: it reads any JetStream event store the way the
 //! library writes it — stream `EVENTS_<CONTEXT>`, events stored under
@@ -16,7 +17,7 @@
 //!
 //! ```no_run
 //! # use cqrs_core::doc::{Counter as Order, CounterEvent as PaymentEvent};
-//! use cqrs_nats::cli::Cli;
+//! use cqrs_cli::Cli;
 //!
 //! fn main() -> std::process::ExitCode {
 //!     Cli::new()
@@ -31,6 +32,8 @@
 //! and `switch-over` without `--yes` (saying what they would do). A switch-over refused (not
 //! caught up, or live already) exits with code 1, with its outcome's document on stdout with
 //! `--json`.
+
+#![forbid(unsafe_code)]
 
 mod args;
 mod commands;
@@ -58,7 +61,7 @@ use std::time::Duration;
 /// ```no_run
 /// # use cqrs_core::doc::Counter;
 /// fn main() -> std::process::ExitCode {
-///     cqrs_nats::cli::Cli::new().aggregate::<Counter>().run()
+///     cqrs_cli::Cli::new().aggregate::<Counter>().run()
 /// }
 /// ```
 #[derive(Debug, Clone, Default)]

@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 /// the same context is a no-op.
 ///
 /// ```
-/// use cqrs_nats::cli::Registry;
+/// use cqrs_cli::Registry;
 /// # use cqrs_core::doc::{Counter, CounterEvent};
 /// let registry = Registry::new().aggregate_in::<Counter>("counting").events::<CounterEvent>();
 /// assert_eq!(registry.aggregates().len(), 1);
@@ -129,7 +129,7 @@ impl Registry {
     pub(crate) fn summary(&self) -> String {
         if self.is_empty() {
             return "This binary registers no types: `catalog` and `diagram` show the event types \
-                    and state machines of operator binaries built with `cqrs_nats::cli::Cli` \
+                    and state machines of operator binaries built with `cqrs_cli::Cli` \
                     that register them."
                 .to_owned();
         }

@@ -1,6 +1,6 @@
 //! Throughput of the framework against bare async-nats on the bank-account workload.
 //!
-//! Run with: `cargo run --release -p cqrs-nats --example bench` (needs `nats-server` on PATH or
+//! Run with: `cargo run --release -p examples --example bench` (needs `nats-server` on PATH or
 //! `NATS_SERVER_BIN`; `bash scripts/test.sh` installs it), or point it at a server with
 //! `NATS_URL=nats://127.0.0.1:4222`. Knobs: `ACCOUNTS` (default 256), `COMMANDS` deposits per
 //! account (default 200), `WRITERS` (comma-separated concurrency levels, default `1,16`),

@@ -7,13 +7,13 @@ use super::model::{
     version_of,
 };
 use super::progress::Progress;
-use crate::async_nats::{self, jetstream};
-use crate::deadletter::DeadLetters;
-use crate::projection::{
+use cqrs_nats::async_nats::{self, jetstream};
+use cqrs_nats::deadletter::DeadLetters;
+use cqrs_nats::projection::{
     Lag, LiveVersion, StartFrom, SwitchOver, live_workers, read_checkpoints, read_live_versions,
     reset_checkpoints, versioned_name,
 };
-use crate::{JetStreamEventStore, JetStreamProjectionRunner, StoreConfig, Subjects};
+use cqrs_nats::{JetStreamEventStore, JetStreamProjectionRunner, StoreConfig, Subjects};
 use cqrs_core::{EventFilter, EventStore, StreamId};
 use futures::TryStreamExt;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -98,7 +98,7 @@ impl Session {
             return match self.js.get_stream(&stream).await {
                 // Getting the stream fetched its info.
                 Ok(found) => Ok(context_of(&found.cached_info().config)),
-                Err(e) if crate::error::is_stream_not_found(&e) => Err(CliError::UnknownContext {
+                Err(e) if cqrs_nats::error::is_stream_not_found(&e) => Err(CliError::UnknownContext {
                     context: context.to_owned(),
                     stream,
                 }),

@@ -397,7 +397,7 @@ pub(crate) fn nothing_registered(context: Option<&str>) -> String {
      here, and draw your aggregates' state machines with `diagram`, build an operator binary that\n\
      registers them, with the `cli` feature of cqrs-nats:\n\n    \
      fn main() -> std::process::ExitCode {\n        \
-     cqrs_nats::cli::Cli::new()\n            \
+     cqrs_cli::Cli::new()\n            \
      .aggregate_in::<Order>(\"sales\")   // its events come with it\n            \
      .events::<PaymentEvent>()         // an event enum of its own\n            \
      .run()\n    \

@@ -11,7 +11,7 @@ use time::format_description::well_known::Rfc3339;
 /// positions, types, schema versions, correlation/causation/command ids, actor, tenant and JSON
 /// bodies. `replay` and `switch-over` are the commands that change something (a projection's
 /// checkpoints, its live version), and only with `--yes`. `catalog` and `diagram` show the event types and state machines a
-/// binary registers (see `cqrs_nats::cli::Cli`); they need no server.
+/// binary registers (see `cqrs_cli::Cli`); they need no server.
 ///
 /// Output is human-readable by default; `--json` prints one stable JSON document per
 /// invocation on stdout (the shape is documented on each command). Commands that scan a whole
@@ -244,7 +244,7 @@ pub(crate) enum Command {
     ///
     /// Per aggregate (or event enum registered on its own) and context: each event type's
     /// current schema version and the older versions it upcasts from. Needs no server. The stock `cqrs` binary registers nothing; an operator binary built with
-    /// `cqrs_nats::cli::Cli` (`Cli::new().aggregate::<Order>().run()`) lists its types.
+    /// `cqrs_cli::Cli` (`Cli::new().aggregate::<Order>().run()`) lists its types.
     /// `--context` keeps the types registered in that context (and those registered without
     /// one).
     ///

@@ -1,6 +1,6 @@
 //! The CLI's error type and the documents it prints (serialised as-is with `--json`).
 
-use crate::NatsStoreError;
+use cqrs_nats::NatsStoreError;
 use cqrs_core::{RecordedEvent, StoreError};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -18,7 +18,7 @@ pub(crate) enum CliError {
         server: String,
         /// Why.
         #[source]
-        source: crate::async_nats::ConnectError,
+        source: cqrs_nats::async_nats::ConnectError,
     },
     /// The server has no JetStream.
     #[error("JetStream is not enabled on {0}")]
@@ -110,7 +110,7 @@ pub(crate) enum CliError {
     #[error(
         "no aggregates are registered in this binary{}: `diagram` draws the state machines of \
          operator binaries that register them, e.g. \
-         `cqrs_nats::cli::Cli::new().aggregate::<Order>().run()`",
+         `cqrs_cli::Cli::new().aggregate::<Order>().run()`",
         context_clause(.context.as_deref())
     )]
     NothingRegistered {
@@ -430,7 +430,7 @@ pub(crate) struct ProjectionDoc {
     pub(crate) workers: usize,
     /// Partitions a worker holds now.
     pub(crate) owned: usize,
-    /// Events not yet handled ([`crate::projection::Lag`]).
+    /// Events not yet handled ([`cqrs_nats::projection::Lag`]).
     pub(crate) lag: u64,
     /// The lowest checkpoint over its partitions.
     pub(crate) position: u64,
@@ -469,7 +469,7 @@ pub(crate) fn version_of(name: &str, is_base: impl Fn(&str) -> bool) -> (&str, u
         // `_v2` only: not `_v1` (version 1 keeps its name), `_v02` or `_v+2`.
         (!base.is_empty()
             && version >= 2
-            && crate::projection::versioned_name(base, version) == name
+            && cqrs_nats::projection::versioned_name(base, version) == name
             && is_base(base))
         .then_some((base, version))
     });

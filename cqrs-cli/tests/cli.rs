@@ -1461,7 +1461,7 @@ fn the_stock_binary_registers_nothing() {
     let unreachable = ["--server", "nats://127.0.0.1:1"];
     let text = stdout(&cqrs(&[&unreachable[..], &["catalog"]].concat()));
     assert!(text.contains("no event types registered"), "{text}");
-    assert!(text.contains("cqrs_nats::cli::Cli::new()"), "{text}");
+    assert!(text.contains("cqrs_cli::Cli::new()"), "{text}");
     let doc: Value = serde_json::from_str(&stdout(&cqrs(
         &[&unreachable[..], &["--json", "catalog"]].concat(),
     )))

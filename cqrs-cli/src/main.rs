@@ -1,9 +1,9 @@
 //! `cqrs`: the operator CLI of `cqrs-nats`, with no domain types registered.
 //!
-//! Everything lives in [`cqrs_nats::cli`]; a domain crate builds its own operator binary there,
+//! Everything lives in [`cqrs_cli`]; a domain crate builds its own operator binary there,
 //! registering its aggregates and event enums for `catalog` and `diagram`.
 #![forbid(unsafe_code)]
 
 fn main() -> std::process::ExitCode {
-    cqrs_nats::cli::Cli::new().run()
+    cqrs_cli::Cli::new().run()
 }
