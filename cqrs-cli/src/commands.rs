@@ -7,6 +7,7 @@ use super::model::{
     version_of,
 };
 use super::progress::Progress;
+use cqrs_core::{EventFilter, EventStore, StreamId};
 use cqrs_nats::async_nats::{self, jetstream};
 use cqrs_nats::deadletter::DeadLetters;
 use cqrs_nats::projection::{
@@ -14,7 +15,6 @@ use cqrs_nats::projection::{
     reset_checkpoints, versioned_name,
 };
 use cqrs_nats::{JetStreamEventStore, JetStreamProjectionRunner, StoreConfig, Subjects};
-use cqrs_core::{EventFilter, EventStore, StreamId};
 use futures::TryStreamExt;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -98,10 +98,12 @@ impl Session {
             return match self.js.get_stream(&stream).await {
                 // Getting the stream fetched its info.
                 Ok(found) => Ok(context_of(&found.cached_info().config)),
-                Err(e) if cqrs_nats::error::is_stream_not_found(&e) => Err(CliError::UnknownContext {
-                    context: context.to_owned(),
-                    stream,
-                }),
+                Err(e) if cqrs_nats::error::is_stream_not_found(&e) => {
+                    Err(CliError::UnknownContext {
+                        context: context.to_owned(),
+                        stream,
+                    })
+                }
                 Err(e) => Err(CliError::jetstream(format!("reading stream {stream}"), e)),
             };
         }

@@ -1,7 +1,7 @@
 //! The CLI's error type and the documents it prints (serialised as-is with `--json`).
 
-use cqrs_nats::NatsStoreError;
 use cqrs_core::{RecordedEvent, StoreError};
+use cqrs_nats::NatsStoreError;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::error::Error as _;

@@ -3,8 +3,8 @@
 //! the registered context as the default of `history`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use cqrs_core::{Aggregate, CommandMetadata, Repository};
 use cqrs_cli::Cli;
+use cqrs_core::{Aggregate, CommandMetadata, Repository};
 use cqrs_nats::{JetStreamEventStore, StoreConfig};
 use examples::bank_account::{AccountCommand, BankAccount};
 use examples::order_fulfilment::{Channel, Item, Order, OrderCommand};
