@@ -1,10 +1,9 @@
 //! The CLI's error type and the documents it prints (serialised as-is with `--json`).
 
 use cqrs_core::{RecordedEvent, StoreError};
-use cqrs_nats::NatsStoreError;
+use cqrs_nats::ConnectError;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::error::Error as _;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -96,7 +95,7 @@ pub(crate) enum CliError {
     },
     /// Opening the store failed.
     #[error(transparent)]
-    Store(#[from] NatsStoreError),
+    Store(#[from] ConnectError),
     /// Reading events failed.
     #[error(transparent)]
     Read(#[from] StoreError),
@@ -185,17 +184,7 @@ impl CliError {
 /// `error` and its sources on one line, `a: b: c`, without repeating a source already contained
 /// in the text before it.
 pub(crate) fn one_line(error: &CliError) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let part = cause.to_string();
-        if !part.is_empty() && !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = cause.source();
-    }
-    text.replace(['\r', '\n'], " ")
+    cqrs_core::error::report(error).replace(['\r', '\n'], " ")
 }
 
 /// One event with its envelope, as printed by `history` and `trace`.

@@ -8,6 +8,31 @@ use uuid::Uuid;
 /// A boxed error from a storage backend.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// `error` and its sources on one line, `what failed: why: why`, as the convention that the
+/// errors of this framework follow (a message says what failed, its source says why) asks a
+/// reporter to print them. A cause whose text the line already holds is left out, for errors of
+/// other crates that repeat their source in their message.
+///
+/// ```
+/// use cqrs_core::error::report;
+/// let io = std::io::Error::new(std::io::ErrorKind::Other, "disk full");
+/// let error = cqrs_core::StoreError::Backend { operation: "append", source: Box::new(io) };
+/// assert_eq!(report(&error), "event store failed during append: disk full");
+/// ```
+pub fn report(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let part = e.to_string();
+        if !part.is_empty() && !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = e.source();
+    }
+    text
+}
+
 /// Why an event store operation failed. Every store returns the same variants for the same
 /// situation, so callers handle a conflict once for all stores.
 #[derive(Debug, thiserror::Error)]
@@ -39,12 +64,10 @@ pub enum StoreError {
         original: StreamId,
     },
     /// An event could not be serialised; nothing was written.
-    #[error("nothing was written: {0}")]
+    #[error("nothing was written: an event could not be encoded")]
     Encode(#[from] EncodeError),
     /// A stored event could not be decoded. The stored data is untouched.
-    #[error(
-        "event at version {version} (position {position}) of {stream} cannot be decoded: {source}"
-    )]
+    #[error("event at version {version} (position {position}) of {stream} cannot be decoded")]
     Decode {
         /// The stream.
         stream: StreamId,
@@ -118,7 +141,7 @@ pub enum StoreError {
         reason: String,
     },
     /// Any other backend failure.
-    #[error("event store failed during {operation}: {source}")]
+    #[error("event store failed during {operation}")]
     Backend {
         /// What was attempted.
         operation: &'static str,
@@ -156,7 +179,7 @@ impl StoreError {
 #[non_exhaustive]
 pub enum CommandError<E> {
     /// The aggregate refused the command (a business rule).
-    #[error("command rejected: {0}")]
+    #[error("command rejected")]
     Rejected(#[source] E),
     /// A state-machine aggregate has no transition for the command in its current state.
     #[error(transparent)]

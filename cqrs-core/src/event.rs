@@ -69,7 +69,7 @@ pub enum DecodeError {
         readable: Vec<u32>,
     },
     /// The body is not valid JSON for the declared type and version.
-    #[error("event `{event_type}` v{version} has a malformed body: {source}")]
+    #[error("event `{event_type}` v{version} has a malformed body")]
     Malformed {
         /// The stored type name.
         event_type: String,
@@ -83,7 +83,7 @@ pub enum DecodeError {
 
 /// An event could not be serialised (a `Serialize` impl failed, or a map key is not a string).
 #[derive(Debug, thiserror::Error)]
-#[error("event `{event_type}` could not be encoded as JSON: {source}")]
+#[error("event `{event_type}` could not be encoded as JSON")]
 pub struct EncodeError {
     /// The type name of the event.
     pub event_type: String,

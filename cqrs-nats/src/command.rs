@@ -492,7 +492,8 @@ where
             };
             CommandReply::Failed {
                 kind,
-                message: error.to_string(),
+                // The rejection's reason is the error's source: the whole chain, on one line.
+                message: cqrs_core::error::report(&error),
             }
         }
     }

@@ -9,19 +9,19 @@ use cqrs_core::error::BoxError;
 /// Why a [`JetStreamEventStore`](crate::JetStreamEventStore) could not be set up.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum NatsStoreError {
+pub enum ConnectError {
     /// The NATS connection could not be established.
-    #[error("cannot connect to NATS: {0}")]
+    #[error("cannot connect to NATS")]
     Connect(#[source] async_nats::ConnectError),
     /// The server refused the credentials (wrong user or password, token, nkey or credentials
     /// file). Nothing was retried: the same credentials would be refused again.
     #[error(
-        "nats-server refused the credentials ({0}); check the user and password (or token, nkey, credentials file) in the ConnectOptions against the server's `authorization`/`accounts` configuration"
+        "nats-server refused the credentials; check the user and password (or token, nkey, credentials file) in the ConnectOptions against the server's `authorization`/`accounts` configuration"
     )]
     Unauthorized(#[source] async_nats::ConnectError),
     /// The TLS handshake failed, or TLS was required on one side only.
     #[error(
-        "TLS with nats-server failed ({0}); check that the client trusts the server certificate's CA (ConnectOptions::add_root_certificates), that the certificate names the host or IP address in the server URL, and that both sides agree on TLS (ConnectOptions::require_tls)"
+        "TLS with nats-server failed; check that the client trusts the server certificate's CA (ConnectOptions::add_root_certificates), that the certificate names the host or IP address in the server URL, and that both sides agree on TLS (ConnectOptions::require_tls)"
     )]
     Tls(#[source] async_nats::ConnectError),
     /// The connection's NATS user may not do what provisioning needs.
@@ -77,7 +77,7 @@ pub enum NatsStoreError {
         stream: String,
     },
     /// Creating or inspecting the stream or the snapshot bucket failed.
-    #[error("cannot provision {what}: {source}")]
+    #[error("cannot provision {what}")]
     Provision {
         /// What was being provisioned.
         what: String,
@@ -87,7 +87,7 @@ pub enum NatsStoreError {
     },
 }
 
-impl NatsStoreError {
+impl ConnectError {
     /// The error for a failed connect: credentials and TLS problems get their own variants.
     pub fn from_connect(error: async_nats::ConnectError) -> Self {
         use async_nats::ConnectErrorKind as K;

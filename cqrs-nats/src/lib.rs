@@ -48,7 +48,13 @@ pub use async_nats;
 pub use command::{CommandClient, CommandService};
 pub use deadletter::DeadLetters;
 pub use deadlines::{DeadlineWorker, JetStreamDeadlines};
-pub use error::NatsStoreError;
+pub use error::ConnectError;
+/// The former name of [`ConnectError`].
+#[deprecated(
+    since = "0.1.0",
+    note = "renamed to `ConnectError`: it is the error of connecting and provisioning"
+)]
+pub type NatsStoreError = ConnectError;
 pub use permissions::PermissionWatch;
 pub use projection::{
     JetStreamProjectionHandle, JetStreamProjectionRunner, ProjectionConfig, ReplayFrom, StartFrom,

@@ -6,7 +6,7 @@
 
 use cqrs_core::{CommandMetadata, Repository};
 use cqrs_nats::async_nats::ConnectOptions;
-use cqrs_nats::{JetStreamEventStore, NatsStoreError, StoreConfig};
+use cqrs_nats::{ConnectError, JetStreamEventStore, StoreConfig};
 use cqrs_test_server::NatsServer;
 use examples::bank_account::{AccountCommand, BankAccount};
 use rcgen::{
@@ -71,10 +71,7 @@ async fn user_and_password_connect_and_a_wrong_password_is_refused_at_once() {
             .unwrap_err();
     let wrong_ms = refused_at.elapsed();
     let message = wrong.to_string();
-    assert!(
-        matches!(wrong, NatsStoreError::Unauthorized(_)),
-        "{wrong:?}"
-    );
+    assert!(matches!(wrong, ConnectError::Unauthorized(_)), "{wrong:?}");
     assert!(message.contains("refused the credentials"), "{message}");
     assert!(message.contains("check the user and password"), "{message}");
 
@@ -82,7 +79,7 @@ async fn user_and_password_connect_and_a_wrong_password_is_refused_at_once() {
         .await
         .unwrap_err();
     assert!(
-        matches!(anonymous, NatsStoreError::Unauthorized(_)),
+        matches!(anonymous, ConnectError::Unauthorized(_)),
         "{anonymous:?}"
     );
     println!(
@@ -188,7 +185,7 @@ async fn tls_connects_with_the_ca_and_refuses_an_untrusted_server_at_once() {
         .unwrap_err();
     let untrusted_ms = refused_at.elapsed();
     let message = untrusted.to_string();
-    assert!(matches!(untrusted, NatsStoreError::Tls(_)), "{untrusted:?}");
+    assert!(matches!(untrusted, ConnectError::Tls(_)), "{untrusted:?}");
     assert!(message.contains("add_root_certificates"), "{message}");
     println!(
         "connect tls: round_trip=ok untrusted_refused_ms={} error=\"{message}\" total_ms={}",
@@ -199,4 +196,42 @@ async fn tls_connects_with_the_ca_and_refuses_an_untrusted_server_at_once() {
         untrusted_ms < FAST,
         "an untrusted server took {untrusted_ms:?}"
     );
+}
+
+/// A connect failure's chain: our message says what failed, async-nats' error why, and a
+/// reporter prints each cause once.
+#[tokio::test]
+async fn a_connect_failure_prints_each_cause_once() {
+    // A loopback port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let options = ConnectOptions::new().connection_timeout(Duration::from_secs(2));
+    let error = JetStreamEventStore::connect_with_options(
+        format!("nats://127.0.0.1:{port}"),
+        options,
+        config(),
+    )
+    .await
+    .expect_err("nothing listens there");
+    assert!(matches!(error, ConnectError::Connect(_)), "{error:?}");
+    // What failed, without the why; the why is the source.
+    assert_eq!(error.to_string(), "cannot connect to NATS");
+    let source = std::error::Error::source(&error).expect("a source");
+    let mut chain = vec![error.to_string()];
+    let mut cause = Some(source);
+    while let Some(e) = cause {
+        chain.push(e.to_string());
+        cause = e.source();
+    }
+    let line = cqrs_core::error::report(&error);
+    assert!(line.starts_with("cannot connect to NATS: "), "{line}");
+    // Every cause's text appears in the line, and none twice.
+    for text in &chain[1..] {
+        assert!(line.contains(text.as_str()), "{line} lacks {text}");
+    }
+    let refused = chain.last().unwrap();
+    assert_eq!(line.matches(refused.as_str()).count(), 1, "{line}");
 }

@@ -9,7 +9,7 @@ use cqrs_core::{
     Repository, Snapshot, StoreError, StreamId, StreamPosition, UnitOfWork,
 };
 use cqrs_nats::async_nats::{self, HeaderMap, jetstream};
-use cqrs_nats::{JetStreamEventStore, NatsStoreError, StoreConfig, Subjects};
+use cqrs_nats::{ConnectError, JetStreamEventStore, StoreConfig, Subjects};
 use cqrs_test_server::NatsServer;
 use cqrs_tests::{event, jetstream as fixture};
 use futures::TryStreamExt;
@@ -740,7 +740,7 @@ async fn compressed_streams_store_and_load_events() {
         .await
         .expect_err("uncompressed on a compressed stream");
     match err {
-        NatsStoreError::StreamConflict { differences, .. } => {
+        ConnectError::StreamConflict { differences, .. } => {
             assert!(
                 differences.iter().any(|d| d.starts_with("compression")),
                 "{differences:?}"
@@ -790,16 +790,13 @@ async fn provisioning_creates_verifies_and_refuses_conflicts() {
     )
     .await
     .expect_err("a different duplicate window conflicts");
-    assert!(
-        matches!(err, NatsStoreError::StreamConflict { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, ConnectError::StreamConflict { .. }), "{err}");
     // The partition count is fixed at creation: another one is refused, not applied.
     let err = JetStreamEventStore::connect(server.url(), StoreConfig::new("sales").partitions(16))
         .await
         .expect_err("a different partition count conflicts");
     match &err {
-        NatsStoreError::StreamConflict { differences, .. } => assert!(
+        ConnectError::StreamConflict { differences, .. } => assert!(
             differences
                 .iter()
                 .any(|d| d.starts_with("subject_transform") && d.contains("fixed")),
@@ -821,7 +818,7 @@ async fn provisioning_creates_verifies_and_refuses_conflicts() {
         .await
         .expect_err("conflicting stream");
     match &err {
-        NatsStoreError::StreamConflict {
+        ConnectError::StreamConflict {
             stream,
             differences,
         } => {
@@ -849,7 +846,7 @@ async fn provisioning_creates_verifies_and_refuses_conflicts() {
     let err = JetStreamEventStore::connect(server.url(), StoreConfig::new("sales.eu"))
         .await
         .expect_err("invalid context");
-    assert!(matches!(err, NatsStoreError::InvalidConfig(_)), "{err}");
+    assert!(matches!(err, ConnectError::InvalidConfig(_)), "{err}");
 }
 
 /// A stream made before read guards (no carrier subject, no per-message TTLs): a store that may
@@ -953,7 +950,7 @@ async fn attaching_with_create_missing_false_never_creates_anything() {
         .await
         .expect_err("no stream to attach to");
     match &err {
-        NatsStoreError::ContextNotFound { context, stream } => {
+        ConnectError::ContextNotFound { context, stream } => {
             assert_eq!(
                 (context.as_str(), stream.as_str()),
                 ("sales", "EVENTS_SALES")
@@ -1043,7 +1040,7 @@ async fn a_server_without_jetstream_is_refused() {
         .await
         .expect_err("no JetStream");
     assert!(
-        matches!(err, NatsStoreError::JetStreamDisabled { .. }),
+        matches!(err, ConnectError::JetStreamDisabled { .. }),
         "{err}"
     );
 }
@@ -1349,7 +1346,7 @@ async fn servers_older_than_2_12_1_are_refused_with_what_is_needed() {
         .await
         .expect_err("old server");
         match &err {
-            NatsStoreError::ServerTooOld { found, required } => {
+            ConnectError::ServerTooOld { found, required } => {
                 assert_eq!((found.as_str(), *required), (version, "2.12.1"));
                 assert!(
                     err.to_string()

@@ -11,7 +11,7 @@ use cqrs_core::{
     AppendTo, CommandError, CommandMetadata, EventFilter, EventStore, ExpectedVersion,
     RecordedEvent, Repository, StoreError, StreamId, UnitOfWork,
 };
-use cqrs_nats::{JetStreamEventStore, NatsStoreError};
+use cqrs_nats::{ConnectError, JetStreamEventStore};
 use cqrs_tests::event;
 use cqrs_tests::tenancy::{self, config, tenant_store, user_options};
 use examples::bank_account::{AccountCommand, BankAccount};
@@ -209,7 +209,7 @@ async fn refused_unscoped_connect(url: &str) -> Duration {
     let took = since.elapsed();
     let message = refused.to_string();
     assert!(
-        matches!(refused, NatsStoreError::PermissionDenied { .. }),
+        matches!(refused, ConnectError::PermissionDenied { .. }),
         "{refused:?}"
     );
     assert!(

@@ -47,7 +47,7 @@ impl StoreConfig {
     /// Whether opening the store creates the context's stream and snapshot bucket when they are
     /// missing (the default). With `false` the store only attaches to what exists, which suits
     /// tools that must not change a server by looking at it (the `cqrs` CLI opens stores this
-    /// way): a missing stream is [`NatsStoreError::ContextNotFound`](crate::NatsStoreError::ContextNotFound), and a missing snapshot
+    /// way): a missing stream is [`ConnectError::ContextNotFound`](crate::ConnectError::ContextNotFound), and a missing snapshot
     /// bucket means no snapshots (loading finds none, saving fails with a typed error, which a
     /// [`Repository`](cqrs_core::Repository) only logs).
     pub fn create_missing(mut self, create: bool) -> Self {
@@ -58,7 +58,7 @@ impl StoreConfig {
     /// Partitions of the context's stream (clamped to 1 to 1024, default
     /// [`DEFAULT_PARTITIONS`](crate::subject::DEFAULT_PARTITIONS)): the most workers one
     /// projection can spread over. Fixed when the stream is created; connecting with another
-    /// count to an existing stream is a [`NatsStoreError::StreamConflict`](crate::NatsStoreError::StreamConflict).
+    /// count to an existing stream is a [`ConnectError::StreamConflict`](crate::ConnectError::StreamConflict).
     pub fn partitions(mut self, partitions: u32) -> Self {
         self.partitions = partitions.clamp(1, crate::subject::MAX_PARTITIONS);
         self
@@ -71,7 +71,7 @@ impl StoreConfig {
 
     /// Whether the context's stream compresses what it stores (JetStream's S2; off by default).
     /// Fixed when the stream is created: connecting with the other setting to an existing stream
-    /// is a [`NatsStoreError::StreamConflict`](crate::NatsStoreError::StreamConflict). `examples/bench.rs` measures what it costs and
+    /// is a [`ConnectError::StreamConflict`](crate::ConnectError::StreamConflict). `examples/bench.rs` measures what it costs and
     /// saves (variant `repository_s2`).
     pub fn compressed(mut self, compressed: bool) -> Self {
         self.compressed = compressed;

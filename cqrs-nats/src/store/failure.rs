@@ -18,18 +18,7 @@ pub(super) fn jetstream_code(error: &(dyn std::error::Error + 'static)) -> Optio
 
 /// `error` and its sources as one line, without the repetitions async-nats errors carry.
 pub(super) fn chain_text(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut current = error.source();
-    while let Some(e) = current {
-        // async-nats errors often repeat their source in their own message.
-        let more = e.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        current = e.source();
-    }
-    text
+    cqrs_core::error::report(error)
 }
 
 /// How a publish failed.

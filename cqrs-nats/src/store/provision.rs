@@ -6,7 +6,7 @@ use super::config::{config_differences, with_additions};
 use super::heads::KnownHeads;
 use super::snapshots::{self, SnapshotBucket};
 use super::{Inner, JetStreamEventStore, MIN_SERVER_VERSION, StoreConfig};
-use crate::error::NatsStoreError;
+use crate::error::ConnectError;
 use crate::permissions::{Guard, PermissionWatch, api};
 use crate::subject::Subjects;
 use async_nats::jetstream::{self, stream};
@@ -27,8 +27,8 @@ pub fn parse_server_version(version: &str) -> Option<(u64, u64, u64)> {
 fn provision_error(
     what: impl Into<String>,
     source: impl Into<cqrs_core::error::BoxError>,
-) -> NatsStoreError {
-    NatsStoreError::Provision {
+) -> ConnectError {
+    ConnectError::Provision {
         what: what.into(),
         source: source.into(),
     }
@@ -39,7 +39,7 @@ impl JetStreamEventStore {
     pub async fn connect(
         servers: impl ToServerAddrs,
         config: StoreConfig,
-    ) -> Result<Self, NatsStoreError> {
+    ) -> Result<Self, ConnectError> {
         Self::connect_with_options(servers, ConnectOptions::new(), config).await
     }
 
@@ -54,13 +54,13 @@ impl JetStreamEventStore {
         servers: impl ToServerAddrs,
         options: ConnectOptions,
         config: StoreConfig,
-    ) -> Result<Self, NatsStoreError> {
+    ) -> Result<Self, ConnectError> {
         let watch = PermissionWatch::new();
         let client = watch
             .install(options)
             .connect(servers)
             .await
-            .map_err(NatsStoreError::from_connect)?;
+            .map_err(ConnectError::from_connect)?;
         Self::from_client_with_watch(client, config, watch).await
     }
 
@@ -73,7 +73,7 @@ impl JetStreamEventStore {
     /// refuse ends in a timeout ([`StoreError::Unavailable`](cqrs_core::StoreError::Unavailable), [`StoreError::OutcomeUnknown`](cqrs_core::StoreError::OutcomeUnknown) for
     /// an append), not in [`StoreError::PermissionDenied`](cqrs_core::StoreError::PermissionDenied). Prefer
     /// [`from_client_with_watch`](Self::from_client_with_watch).
-    pub async fn from_client(client: Client, config: StoreConfig) -> Result<Self, NatsStoreError> {
+    pub async fn from_client(client: Client, config: StoreConfig) -> Result<Self, ConnectError> {
         Box::pin(Self::with_guard(client, config, None)).await
     }
 
@@ -84,7 +84,7 @@ impl JetStreamEventStore {
         client: Client,
         config: StoreConfig,
         watch: PermissionWatch,
-    ) -> Result<Self, NatsStoreError> {
+    ) -> Result<Self, ConnectError> {
         Box::pin(Self::with_guard(client, config, Some(watch))).await
     }
 
@@ -92,21 +92,21 @@ impl JetStreamEventStore {
         client: Client,
         config: StoreConfig,
         watch: Option<PermissionWatch>,
-    ) -> Result<Self, NatsStoreError> {
+    ) -> Result<Self, ConnectError> {
         let guard = Guard::new(watch, &client);
         let subjects = Subjects::with_partitions(&config.context, config.partitions)?;
         let info = client.server_info();
         match parse_server_version(&info.version) {
             Some(found) if found >= MIN_SERVER_VERSION => {}
             _ => {
-                return Err(NatsStoreError::ServerTooOld {
+                return Err(ConnectError::ServerTooOld {
                     found: info.version.clone(),
                     required: MIN_SERVER_VERSION_TEXT,
                 });
             }
         }
         if !info.jetstream {
-            return Err(NatsStoreError::JetStreamDisabled {
+            return Err(ConnectError::JetStreamDisabled {
                 server: format!("{} ({}:{})", info.server_name, info.host, info.port),
             });
         }
@@ -156,7 +156,7 @@ impl JetStreamEventStore {
         js: &jetstream::Context,
         config: &StoreConfig,
         guard: &Guard,
-    ) -> Result<bool, NatsStoreError> {
+    ) -> Result<bool, ConnectError> {
         let want = config.stream_config();
         let name = want.name.clone();
         let verify = |found: &stream::Config| {
@@ -164,7 +164,7 @@ impl JetStreamEventStore {
             if diffs.is_empty() {
                 Ok(true)
             } else {
-                Err(NatsStoreError::StreamConflict {
+                Err(ConnectError::StreamConflict {
                     stream: name.clone(),
                     differences: diffs,
                 })
@@ -173,7 +173,7 @@ impl JetStreamEventStore {
         let what = || format!("stream {name}");
         let info = api::stream_info(&name);
         let found = guard.run(&[&info], js.get_stream(&name)).await;
-        match found.map_err(|v| NatsStoreError::denied(what(), &v))? {
+        match found.map_err(|v| ConnectError::denied(what(), &v))? {
             Ok(stream) => {
                 let have = &stream.cached_info().config;
                 let Some(updated) = with_additions(&want, have) else {
@@ -189,7 +189,7 @@ impl JetStreamEventStore {
                 let updated = guard
                     .run(&[&update], js.update_stream(&updated))
                     .await
-                    .map_err(|v| NatsStoreError::denied(what(), &v))?
+                    .map_err(|v| ConnectError::denied(what(), &v))?
                     .map_err(|e| provision_error(what(), e))?;
                 tracing::info!(stream = %name, "stream updated: it now stores read guards' carriers ({}.guards.*, with per-message TTLs)", config.context);
                 return verify(&updated.config);
@@ -198,14 +198,14 @@ impl JetStreamEventStore {
             Err(e) => return Err(provision_error(format!("stream {name}"), e)),
         }
         if !config.create_missing {
-            return Err(NatsStoreError::ContextNotFound {
+            return Err(ConnectError::ContextNotFound {
                 context: config.context.clone(),
                 stream: name,
             });
         }
         let create = api::stream_create(&name);
         let created = guard.run(&[&create], js.create_stream(want.clone())).await;
-        match created.map_err(|v| NatsStoreError::denied(what(), &v))? {
+        match created.map_err(|v| ConnectError::denied(what(), &v))? {
             Ok(stream) => verify(&stream.cached_info().config),
             Err(create_error) => match js.get_stream(&name).await {
                 // Another process created it in between: verify theirs.
@@ -222,7 +222,7 @@ impl JetStreamEventStore {
         js: &jetstream::Context,
         config: &StoreConfig,
         guard: &Guard,
-    ) -> Result<bool, NatsStoreError> {
+    ) -> Result<bool, ConnectError> {
         let bucket = config.bucket_name();
         let what = || format!("snapshot bucket {bucket}");
         let info = api::stream_info(&format!("KV_{bucket}"));
@@ -235,7 +235,7 @@ impl JetStreamEventStore {
             guard
                 .run(&[&info, &create, "$JS.API.INFO"], opened)
                 .await
-                .map_err(|v| NatsStoreError::denied(what(), &v))?
+                .map_err(|v| ConnectError::denied(what(), &v))?
                 .map_err(|create_error| provision_error(what(), create_error))?
         } else {
             let opened = guard
@@ -244,7 +244,7 @@ impl JetStreamEventStore {
                     crate::bucket::open_existing(js, &bucket),
                 )
                 .await
-                .map_err(|v| NatsStoreError::denied(what(), &v))?
+                .map_err(|v| ConnectError::denied(what(), &v))?
                 .map_err(|error| provision_error(what(), error))?;
             match opened {
                 Some(store) => store,
@@ -257,7 +257,7 @@ impl JetStreamEventStore {
                 guard
                     .run(&[&update], js.update_stream(&hardened))
                     .await
-                    .map_err(|v| NatsStoreError::denied(what(), &v))?
+                    .map_err(|v| ConnectError::denied(what(), &v))?
                     .map_err(|error| provision_error(what(), error))?;
                 tracing::info!(bucket = %bucket, "snapshot bucket hardened: roll-ups refused, purges denied");
             } else {
