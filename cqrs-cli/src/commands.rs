@@ -21,7 +21,7 @@ use std::time::Duration;
 use time::UtcOffset;
 use uuid::Uuid;
 
-const STREAM_PREFIX: &str = "EVENTS_";
+const STREAM_PREFIX: &str = cqrs_nats::layout::EVENTS_STREAM_PREFIX;
 
 /// What `tail` follows.
 pub(crate) struct Tail {

@@ -33,28 +33,29 @@ use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
-/// Header names of command requests.
+/// Header names of command requests. Those that name a metadata field are the names of the
+/// first wire format of events ([`crate::headers::legacy`]).
 pub mod header {
     /// Target aggregate id.
     pub const AGGREGATE_ID: &str = "Cqrs-Aggregate-Id";
     /// Command id.
-    pub const COMMAND_ID: &str = "Cqrs-Command-Id";
+    pub const COMMAND_ID: &str = crate::headers::legacy::COMMAND_ID;
     /// Correlation id.
-    pub const CORRELATION_ID: &str = "Cqrs-Correlation-Id";
+    pub const CORRELATION_ID: &str = crate::headers::legacy::CORRELATION_ID;
     /// Causation id.
-    pub const CAUSATION_ID: &str = "Cqrs-Causation-Id";
+    pub const CAUSATION_ID: &str = crate::headers::legacy::CAUSATION_ID;
     /// Tenant.
     pub const TENANT: &str = "Cqrs-Tenant";
     /// Actor.
-    pub const ACTOR: &str = "Cqrs-Actor";
+    pub const ACTOR: &str = crate::headers::legacy::ACTOR;
     /// W3C trace context.
-    pub const TRACEPARENT: &str = "traceparent";
+    pub const TRACEPARENT: &str = crate::headers::TRACEPARENT;
     /// Expected aggregate version.
     pub const EXPECTED_VERSION: &str = "Cqrs-Expected-Version";
     /// Idempotency key.
     pub const IDEMPOTENCY_KEY: &str = "Cqrs-Idempotency-Key";
     /// Prefix of extra metadata headers.
-    pub const EXTRA_PREFIX: &str = "Cqrs-Extra-";
+    pub const EXTRA_PREFIX: &str = crate::headers::legacy::EXTRA_PREFIX;
 }
 
 /// The subject commands for aggregate type `aggregate_type` of `context` are sent to.
@@ -407,7 +408,7 @@ where
             }
         }
         let subject = command_subject(&self.context, A::TYPE);
-        let queue = format!("cqrs-{}-{}", self.context, A::TYPE);
+        let queue = crate::layout::command_queue(&self.context, A::TYPE);
         let repository = Arc::new(self.repository);
         let client = self.client;
         let replies = client.clone();

@@ -119,7 +119,7 @@ fn sanitize(value: &str) -> String {
 impl DeadLetters {
     /// The stream name of context `context`: `DEADLETTER_<CONTEXT>`.
     pub fn stream_name_for(context: &str) -> String {
-        format!("DEADLETTER_{}", context.to_uppercase())
+        crate::layout::deadletter_stream(context)
     }
 
     /// Creates the context's dead-letter stream, or verifies that the existing one listens on

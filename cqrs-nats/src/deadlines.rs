@@ -31,7 +31,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// The name of the durable consumer the workers of a context share.
-const WORKERS: &str = "cqrs-deadline-workers";
+const WORKERS: &str = crate::layout::DEADLINE_WORKERS;
 /// How long a worker has to send a due deadline before another may.
 const ACK_WAIT: Duration = Duration::from_secs(10);
 
@@ -68,7 +68,7 @@ impl<C> JetStreamDeadlines<C> {
     /// missing (with the replicas of the context's stream).
     pub async fn open(store: &JetStreamEventStore) -> Result<Self, StoreError> {
         let context = store.subjects().context().to_owned();
-        let stream = format!("DEADLINES_{}", context.to_uppercase());
+        let stream = crate::layout::deadlines_stream(&context);
         let config = stream::Config {
             name: stream.clone(),
             subjects: vec![format!("{context}.deadlines.>")],

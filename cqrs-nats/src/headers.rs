@@ -393,18 +393,29 @@ fn header(message: &StreamMessage, name: HeaderName) -> Option<&str> {
 pub(crate) fn from_consumer(
     message: async_nats::jetstream::Message,
 ) -> Result<StreamMessage, String> {
+    delivered(message).map(|(message, _)| message)
+}
+
+/// [`from_consumer`], with the number of messages the consumer still had pending after this
+/// one (readers that stop at a head use it to know there is nothing more).
+pub(crate) fn delivered(
+    message: async_nats::jetstream::Message,
+) -> Result<(StreamMessage, u64), String> {
     let info = message
         .info()
         .map_err(|e| format!("a consumer delivered a message without JetStream metadata: {e}"))?;
-    let (sequence, time) = (info.stream_sequence, info.published);
+    let (sequence, pending, time) = (info.stream_sequence, info.pending, info.published);
     let message = message.message;
-    Ok(StreamMessage {
-        subject: message.subject,
-        sequence,
-        headers: message.headers.unwrap_or_default(),
-        payload: message.payload,
-        time,
-    })
+    Ok((
+        StreamMessage {
+            subject: message.subject,
+            sequence,
+            headers: message.headers.unwrap_or_default(),
+            payload: message.payload,
+            time,
+        },
+        pending,
+    ))
 }
 
 /// The fields of an envelope, whichever wire format carried them.

@@ -10,6 +10,7 @@
 //!
 //! - [`subject`]: the subject layout and the token codec for tenants and aggregate ids.
 //! - [`headers`]: the wire format of an event (headers table).
+//! - [`layout`]: the names of the streams, buckets, consumers and queue groups of a context.
 //! - [`store`]: the store, its provisioning and its append/load algorithms.
 //! - [`command`]: commands over NATS request/reply — a service in a queue group and a typed
 //!   client.
@@ -34,6 +35,7 @@ pub mod deadletter;
 pub mod deadlines;
 pub mod error;
 pub mod headers;
+pub mod layout;
 pub mod permissions;
 pub mod projection;
 pub mod read_model;

@@ -126,7 +126,7 @@ impl TenantReadService {
         }
         let subjects = self.store.subjects();
         let subject = subjects.tenant_reads_all();
-        let queue = format!("cqrs-{}-reads", subjects.context());
+        let queue = crate::layout::reads_queue(subjects.context());
         let client = self.store.client().clone();
         let concurrency = self.concurrency;
         let service = Arc::new(self);

@@ -66,9 +66,8 @@ impl TenantAccess {
     pub fn services(&self) -> Vec<TenantService> {
         let context = self.subjects.context();
         let tenant = encode_tenant(self.tenant.as_deref());
-        let upper = context.to_uppercase();
-        let stream = format!("EVENTS_{upper}");
-        let bucket = format!("SNAPSHOTS_{upper}");
+        let stream = crate::layout::events_stream(context);
+        let bucket = crate::layout::snapshots_bucket(context);
         let reads = self.subjects.tenant_reads(self.tenant.as_deref());
         vec![
             TenantService {

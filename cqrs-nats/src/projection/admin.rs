@@ -344,7 +344,7 @@ pub async fn live_workers(
     subjects: &Subjects,
 ) -> Result<BTreeMap<String, usize>, StoreError> {
     let bucket = workers_bucket(subjects);
-    match js.get_stream(format!("KV_{bucket}")).await {
+    match js.get_stream(crate::layout::kv_stream(&bucket)).await {
         Ok(_) => {}
         Err(e) if crate::error::is_stream_not_found(&e) => {
             return Ok(BTreeMap::new());

@@ -40,10 +40,7 @@ pub(super) struct Read {
 /// The KV bucket holding the checkpoints of the context's projections:
 /// `PROJECTION_CHECKPOINTS_<CONTEXT>`.
 pub fn checkpoints_bucket(subjects: &Subjects) -> String {
-    format!(
-        "PROJECTION_CHECKPOINTS_{}",
-        subjects.context().to_ascii_uppercase()
-    )
+    crate::layout::checkpoints_bucket(subjects.context())
 }
 
 /// The checkpoints of one projection.

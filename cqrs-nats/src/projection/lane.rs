@@ -321,19 +321,13 @@ async fn handle<P: Projection>(
     stop: &watch::Receiver<bool>,
 ) -> Option<u64> {
     let mut stored = Vec::with_capacity(batch.len());
-    for mut message in batch.drain(..) {
-        let Ok(info) = message.info() else {
-            tracing::warn!(projection = %shared.name, "a message without JetStream metadata; ignored");
-            continue;
-        };
-        let (sequence, time) = (info.stream_sequence, info.published);
-        stored.push(StreamMessage {
-            subject: message.message.subject.clone(),
-            sequence,
-            headers: message.message.headers.take().unwrap_or_default(),
-            payload: std::mem::take(&mut message.message.payload),
-            time,
-        });
+    for message in batch.drain(..) {
+        match headers::from_consumer(message) {
+            Ok(message) => stored.push(message),
+            Err(reason) => {
+                tracing::warn!(projection = %shared.name, %reason, "ignored");
+            }
+        }
     }
     let Some(last) = stored.last().map(|m| m.sequence) else {
         // Nothing readable as a JetStream message: nothing moves.

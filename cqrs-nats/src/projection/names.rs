@@ -82,10 +82,7 @@ pub(super) fn split_filters(mut filters: Vec<String>) -> (String, Vec<String>) {
 /// The KV bucket where the workers of the context's projections announce themselves:
 /// `PROJECTION_WORKERS_<CONTEXT>`.
 pub fn workers_bucket(subjects: &Subjects) -> String {
-    format!(
-        "PROJECTION_WORKERS_{}",
-        subjects.context().to_ascii_uppercase()
-    )
+    crate::layout::workers_bucket(subjects.context())
 }
 
 #[cfg(test)]

@@ -4,7 +4,6 @@
 use crate::headers;
 use crate::store::JetStreamEventStore;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
-use async_nats::jetstream::message::StreamMessage;
 use cqrs_core::projection::{CatchUp, RetryPolicy, deliver};
 use cqrs_core::{Projection, StoreError};
 use futures::StreamExt;
@@ -65,19 +64,12 @@ pub async fn replay<P: Projection + ?Sized>(
         let Some(message) = messages.next().await else {
             return Err(unavailable("the consumer ended before the head"));
         };
-        let mut message = message.map_err(unavailable)?;
-        let info = message.info().map_err(unavailable)?;
-        let (sequence, pending, time) = (info.stream_sequence, info.pending, info.published);
+        let (stored, pending) =
+            headers::delivered(message.map_err(unavailable)?).map_err(unavailable)?;
+        let sequence = stored.sequence;
         if sequence > head {
             break;
         }
-        let stored = StreamMessage {
-            subject: message.message.subject.clone(),
-            sequence,
-            headers: message.message.headers.take().unwrap_or_default(),
-            payload: std::mem::take(&mut message.message.payload),
-            time,
-        };
         let event = headers::decode(&subjects, &stored)?;
         outcome.checkpoint = sequence;
         if filter.matches(&event) {

@@ -110,12 +110,12 @@ impl StoreConfig {
 
     /// The stream name of the context: `EVENTS_<CONTEXT>`.
     pub fn stream_name(&self) -> String {
-        format!("EVENTS_{}", self.context.to_uppercase())
+        crate::layout::events_stream(&self.context)
     }
 
     /// The snapshot bucket of the context: `SNAPSHOTS_<CONTEXT>`.
     pub fn bucket_name(&self) -> String {
-        format!("SNAPSHOTS_{}", self.context.to_uppercase())
+        crate::layout::snapshots_bucket(&self.context)
     }
 
     /// The configuration the context's stream is created with and checked against.

@@ -225,9 +225,9 @@ impl JetStreamEventStore {
     ) -> Result<bool, ConnectError> {
         let bucket = config.bucket_name();
         let what = || format!("snapshot bucket {bucket}");
-        let info = api::stream_info(&format!("KV_{bucket}"));
+        let info = api::stream_info(&crate::layout::kv_stream(&bucket));
         let store = if config.create_missing {
-            let create = api::stream_create(&format!("KV_{bucket}"));
+            let create = api::stream_create(&crate::layout::kv_stream(&bucket));
             let opened = crate::bucket::open_or_create(
                 js,
                 snapshots::bucket_config(&bucket, &config.context, config.replicas),
@@ -253,7 +253,7 @@ impl JetStreamEventStore {
         };
         if let Some(hardened) = snapshots::harden(&store.stream.cached_info().config) {
             if config.create_missing {
-                let update = api::stream_update(&format!("KV_{bucket}"));
+                let update = api::stream_update(&crate::layout::kv_stream(&bucket));
                 guard
                     .run(&[&update], js.update_stream(&hardened))
                     .await

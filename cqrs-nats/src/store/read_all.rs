@@ -87,19 +87,12 @@ impl JetStreamEventStore {
                         return Err(unavailable(OP, "the consumer ended before the head"));
                     };
                     let message = message.map_err(|e| unavailable(OP, chain_text(&e)))?;
-                    let info = message.info().map_err(|e| backend(OP, e.to_string()))?;
-                    let (sequence, pending, time) =
-                        (info.stream_sequence, info.pending, info.published);
+                    let (stored, pending) =
+                        headers::delivered(message).map_err(|e| backend(OP, e))?;
+                    let sequence = stored.sequence;
                     if sequence > head {
                         return Ok(None);
                     }
-                    let stored = jetstream::message::StreamMessage {
-                        subject: message.subject.clone(),
-                        sequence,
-                        headers: message.headers.clone().unwrap_or_default(),
-                        payload: message.payload.clone(),
-                        time,
-                    };
                     let event = headers::decode(&inner.subjects, &stored)?;
                     let next = (sequence < head && pending > 0).then_some(messages);
                     if filter.matches(&event) {

@@ -41,7 +41,9 @@ impl SnapshotBucket {
         bucket: &str,
     ) -> Result<Self, jetstream::context::GetStreamError> {
         // No request: only the name is checked.
-        let stream = js.get_stream_no_info(format!("KV_{bucket}")).await?;
+        let stream = js
+            .get_stream_no_info(crate::layout::kv_stream(bucket))
+            .await?;
         Ok(Self {
             js: js.clone(),
             stream,
@@ -58,7 +60,10 @@ impl SnapshotBucket {
     pub(super) fn guarded_subjects(&self, key: &str) -> [String; 2] {
         let subject = self.subject(key);
         [
-            crate::permissions::api::direct_get_last(&format!("KV_{}", self.bucket), &subject),
+            crate::permissions::api::direct_get_last(
+                &crate::layout::kv_stream(&self.bucket),
+                &subject,
+            ),
             subject,
         ]
     }
