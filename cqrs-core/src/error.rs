@@ -67,7 +67,10 @@ pub enum StoreError {
     #[error("nothing was written: an event could not be encoded")]
     Encode(#[from] EncodeError),
     /// A stored event could not be decoded. The stored data is untouched.
-    #[error("event at version {version} (position {position}) of {stream} cannot be decoded")]
+    #[error(
+        "event `{}` at version {version} (position {position}) of {stream} cannot be decoded",
+        source.event_type()
+    )]
     Decode {
         /// The stream.
         stream: StreamId,

@@ -81,6 +81,17 @@ pub enum DecodeError {
     },
 }
 
+impl DecodeError {
+    /// The stored type name of the event that could not be decoded.
+    pub fn event_type(&self) -> &str {
+        match self {
+            Self::UnknownEventType { event_type }
+            | Self::UnsupportedVersion { event_type, .. }
+            | Self::Malformed { event_type, .. } => event_type,
+        }
+    }
+}
+
 /// An event could not be serialised (a `Serialize` impl failed, or a map key is not a string).
 #[derive(Debug, thiserror::Error)]
 #[error("event `{event_type}` could not be encoded as JSON")]

@@ -1004,7 +1004,7 @@ async fn attaching_with_create_missing_false_never_creates_anything() {
                 operation: "save snapshot",
                 ..
             }
-        ) && err.to_string().contains("SNAPSHOTS_SALES"),
+        ) && cqrs_core::error::report(&err).contains("SNAPSHOTS_SALES"),
         "{err}"
     );
     // Commands still work (a snapshot is an optimisation the repository only logs).
