@@ -5,8 +5,9 @@
 //! `command_name`, `declared_target` and `transition_table` to the hidden `Transitions` trait,
 //! which `#[transitions]` implements from the impl block holding the handlers.
 
+use crate::attr::{Attr, path_name};
 use crate::ctxt::{Ctxt, finish};
-use crate::event::path_name;
+use crate::symbol::{AGGREGATE, COMMAND, ERROR, EVENT, NAME, STATE_VERSION, TERMINAL};
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::{DeriveInput, Ident, LitInt, LitStr, Type};
@@ -67,11 +68,23 @@ fn parse<'a>(ctxt: &Ctxt, input: &'a DeriveInput) -> AggregateInput<'a> {
     let attrs: Vec<_> = input
         .attrs
         .iter()
-        .filter(|a| a.path().is_ident("aggregate"))
+        .filter(|a| a.path() == AGGREGATE)
         .collect();
+    let mut keys = ContainerKeys {
+        name: Attr::none(ctxt, NAME),
+        state_version: Attr::none(ctxt, STATE_VERSION),
+        command: Attr::none(ctxt, COMMAND),
+        event: Attr::none(ctxt, EVENT),
+        error: Attr::none(ctxt, ERROR),
+    };
     for attr in &attrs {
-        parse_container_attr(ctxt, attr, &mut model);
+        parse_container_attr(ctxt, attr, &mut keys);
     }
+    model.name = keys.name.get();
+    model.state_version = keys.state_version.get();
+    model.command = keys.command.get();
+    model.event = keys.event.get();
+    model.error = keys.error.get();
     let missing: Vec<&str> = [
         ("command", model.command.is_none()),
         ("event", model.event.is_none()),
@@ -103,18 +116,11 @@ fn parse<'a>(ctxt: &Ctxt, input: &'a DeriveInput) -> AggregateInput<'a> {
                     variant.fields.iter().flat_map(|f| &f.attrs),
                     "a field",
                 );
-                let mut terminal = false;
-                for attr in variant
-                    .attrs
-                    .iter()
-                    .filter(|a| a.path().is_ident("aggregate"))
-                {
+                let mut terminal = Attr::<()>::none(ctxt, TERMINAL);
+                for attr in variant.attrs.iter().filter(|a| a.path() == AGGREGATE) {
                     let result = attr.parse_nested_meta(|meta| {
-                        if meta.path.is_ident("terminal") {
-                            if terminal {
-                                ctxt.error_spanned_by(&meta.path, "`terminal` is given more than once");
-                            }
-                            terminal = true;
+                        if meta.path == TERMINAL {
+                            terminal.first(&meta.path);
                         } else {
                             let key = path_name(&meta.path);
                             ctxt.error_spanned_by(
@@ -130,7 +136,7 @@ fn parse<'a>(ctxt: &Ctxt, input: &'a DeriveInput) -> AggregateInput<'a> {
                 }
                 states.push(StateVariant {
                     ident: &variant.ident,
-                    terminal,
+                    terminal: terminal.is_given(),
                 });
             }
             model.states = Some(states);
@@ -151,7 +157,7 @@ fn check_no_attr<'a>(
     attrs: impl IntoIterator<Item = &'a syn::Attribute>,
     place: &str,
 ) {
-    for attr in attrs.into_iter().filter(|a| a.path().is_ident("aggregate")) {
+    for attr in attrs.into_iter().filter(|a| a.path() == AGGREGATE) {
         ctxt.error_spanned_by(
             attr,
             format!("`#[aggregate(...)]` does not belong on {place}: it goes on the state type (`command`, `event`, `error`, ...) or on a state variant (`terminal`)"),
@@ -159,39 +165,44 @@ fn check_no_attr<'a>(
     }
 }
 
-fn parse_container_attr(ctxt: &Ctxt, attr: &syn::Attribute, model: &mut AggregateInput<'_>) {
+/// The keys of `#[aggregate(...)]` on the type, over all its `#[aggregate]` attributes.
+struct ContainerKeys<'c> {
+    name: Attr<'c, LitStr>,
+    state_version: Attr<'c, u32>,
+    command: Attr<'c, Type>,
+    event: Attr<'c, Type>,
+    error: Attr<'c, Type>,
+}
+
+fn parse_container_attr(ctxt: &Ctxt, attr: &syn::Attribute, keys: &mut ContainerKeys<'_>) {
     let result = attr.parse_nested_meta(|meta| {
-        let once = |present: bool| {
-            if present {
-                let key = path_name(&meta.path);
-                ctxt.error_spanned_by(&meta.path, format!("`{key}` is given more than once"));
-            }
-        };
-        if meta.path.is_ident("command") {
-            once(model.command.is_some());
-            model.command = Some(meta.value()?.parse()?);
-        } else if meta.path.is_ident("event") {
-            once(model.event.is_some());
-            model.event = Some(meta.value()?.parse()?);
-        } else if meta.path.is_ident("error") {
-            once(model.error.is_some());
-            model.error = Some(meta.value()?.parse()?);
-        } else if meta.path.is_ident("name") {
-            once(model.name.is_some());
+        if meta.path == COMMAND {
+            keys.command.set(&meta.path, Some(meta.value()?.parse()?));
+        } else if meta.path == EVENT {
+            keys.event.set(&meta.path, Some(meta.value()?.parse()?));
+        } else if meta.path == ERROR {
+            keys.error.set(&meta.path, Some(meta.value()?.parse()?));
+        } else if meta.path == NAME {
             let lit: LitStr = meta.value()?.parse()?;
             if lit.value().is_empty() {
                 ctxt.error_spanned_by(&lit, "an aggregate type name cannot be empty");
             }
-            model.name = Some(lit);
-        } else if meta.path.is_ident("state_version") {
-            once(model.state_version.is_some());
+            keys.name.set(&meta.path, Some(lit));
+        } else if meta.path == STATE_VERSION {
             let lit: LitInt = meta.value()?.parse()?;
-            match lit.base10_parse::<u32>() {
-                Ok(0) => ctxt.error_spanned_by(&lit, "state versions start at 1"),
-                Ok(v) => model.state_version = Some(v),
-                Err(_) => ctxt.error_spanned_by(&lit, "a state version must fit in a `u32`"),
-            }
-        } else if meta.path.is_ident("terminal") {
+            let version = match lit.base10_parse::<u32>() {
+                Ok(0) => {
+                    ctxt.error_spanned_by(&lit, "state versions start at 1");
+                    None
+                }
+                Ok(v) => Some(v),
+                Err(_) => {
+                    ctxt.error_spanned_by(&lit, "a state version must fit in a `u32`");
+                    None
+                }
+            };
+            keys.state_version.set(&meta.path, version);
+        } else if meta.path == TERMINAL {
             ctxt.error_spanned_by(
                 &meta.path,
                 "`terminal` belongs on a state variant: `#[aggregate(terminal)] Closed`",

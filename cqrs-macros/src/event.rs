@@ -1,6 +1,8 @@
 //! `#[derive(DomainEvent)]`: parse -> validate -> expand.
 
+use crate::attr::{Attr, path_name};
 use crate::ctxt::{Ctxt, finish};
+use crate::symbol::{DESERIALIZE, EVENT, FROM, NAME, RENAME, SERDE, UPCAST, VERSION, WITH};
 use proc_macro2::{Span, TokenStream};
 use quote::{quote, quote_spanned};
 use std::collections::{BTreeMap, BTreeSet};
@@ -57,7 +59,7 @@ struct Upcast {
 }
 
 fn parse<'a>(ctxt: &Ctxt, input: &'a DeriveInput) -> Option<EventEnum<'a>> {
-    for attr in input.attrs.iter().filter(|a| a.path().is_ident("event")) {
+    for attr in input.attrs.iter().filter(|a| a.path() == EVENT) {
         ctxt.error_spanned_by(
             attr,
             "`#[event(...)]` belongs on a variant of the event enum, not on the enum itself",
@@ -91,36 +93,28 @@ fn parse<'a>(ctxt: &Ctxt, input: &'a DeriveInput) -> Option<EventEnum<'a>> {
 
 fn parse_variant<'a>(ctxt: &Ctxt, variant: &'a syn::Variant) -> EventVariant<'a> {
     for field in &variant.fields {
-        for attr in field.attrs.iter().filter(|a| a.path().is_ident("event")) {
+        for attr in field.attrs.iter().filter(|a| a.path() == EVENT) {
             ctxt.error_spanned_by(
                 attr,
                 "`#[event(...)]` belongs on a variant of the event enum, not on one of its fields",
             );
         }
     }
-    let mut name: Option<LitStr> = None;
-    let mut version: Option<(u32, LitInt)> = None;
+    let mut name = Attr::<LitStr>::none(ctxt, NAME);
+    let mut version = Attr::<(u32, LitInt)>::none(ctxt, VERSION);
     let mut upcasts = Vec::new();
-    for attr in variant.attrs.iter().filter(|a| a.path().is_ident("event")) {
+    for attr in variant.attrs.iter().filter(|a| a.path() == EVENT) {
         let result = attr.parse_nested_meta(|meta| {
-            if meta.path.is_ident("name") {
+            if meta.path == NAME {
                 let lit: LitStr = meta.value()?.parse()?;
                 if lit.value().is_empty() {
                     ctxt.error_spanned_by(&lit, "an event type name cannot be empty");
                 }
-                if name.is_some() {
-                    ctxt.error_spanned_by(&meta.path, "`name` is given more than once");
-                } else {
-                    name = Some(lit);
-                }
-            } else if meta.path.is_ident("version") {
+                name.set(&meta.path, Some(lit));
+            } else if meta.path == VERSION {
                 let parsed = parse_version(ctxt, &meta.value()?.parse()?);
-                if version.is_some() {
-                    ctxt.error_spanned_by(&meta.path, "`version` is given more than once");
-                } else {
-                    version = parsed;
-                }
-            } else if meta.path.is_ident("upcast") {
+                version.set(&meta.path, parsed);
+            } else if meta.path == UPCAST {
                 upcasts.push(parse_upcast(ctxt, &meta)?);
             } else {
                 let key = path_name(&meta.path);
@@ -139,6 +133,7 @@ fn parse_variant<'a>(ctxt: &Ctxt, variant: &'a syn::Variant) -> EventVariant<'a>
         }
     }
     let ident = &variant.ident;
+    let (name, version) = (name.get(), version.get());
     EventVariant {
         ident,
         name: name.map_or_else(
@@ -153,26 +148,14 @@ fn parse_variant<'a>(ctxt: &Ctxt, variant: &'a syn::Variant) -> EventVariant<'a>
 
 /// `upcast(from = N, with = Type)`.
 fn parse_upcast(ctxt: &Ctxt, meta: &syn::meta::ParseNestedMeta<'_>) -> syn::Result<Upcast> {
-    let mut upcast = Upcast {
-        span: meta.path.span(),
-        from: None,
-        with: None,
-    };
+    let mut from = Attr::<(u32, LitInt)>::none(ctxt, FROM);
+    let mut with = Attr::<Type>::none(ctxt, WITH);
     meta.parse_nested_meta(|inner| {
-        if inner.path.is_ident("from") {
+        if inner.path == FROM {
             let parsed = parse_version(ctxt, &inner.value()?.parse()?);
-            if upcast.from.is_some() {
-                ctxt.error_spanned_by(&inner.path, "`from` is given more than once");
-            } else {
-                upcast.from = parsed;
-            }
-        } else if inner.path.is_ident("with") {
-            let ty: Type = inner.value()?.parse()?;
-            if upcast.with.is_some() {
-                ctxt.error_spanned_by(&inner.path, "`with` is given more than once");
-            } else {
-                upcast.with = Some(ty);
-            }
+            from.set(&inner.path, parsed);
+        } else if inner.path == WITH {
+            with.set(&inner.path, Some(inner.value()?.parse()?));
         } else {
             let key = path_name(&inner.path);
             ctxt.error_spanned_by(
@@ -183,6 +166,11 @@ fn parse_upcast(ctxt: &Ctxt, meta: &syn::meta::ParseNestedMeta<'_>) -> syn::Resu
         }
         Ok(())
     })?;
+    let upcast = Upcast {
+        span: meta.path.span(),
+        from: from.get(),
+        with: with.get(),
+    };
     if upcast.from.is_none() {
         ctxt.error_at(
             upcast.span,
@@ -237,15 +225,11 @@ fn skip_value(meta: &syn::meta::ParseNestedMeta<'_>) -> syn::Result<()> {
     Ok(())
 }
 
-pub(crate) fn path_name(path: &syn::Path) -> String {
-    quote!(#path).to_string().replace(' ', "")
-}
-
 /// The stored body is the variant's content under serde's default (externally tagged)
 /// representation; container attributes that change how variants are named or tagged would make
 /// `decode` look for the wrong variant at run time, so they are compile errors here.
 fn check_serde_representation(ctxt: &Ctxt, input: &DeriveInput) {
-    for attr in input.attrs.iter().filter(|a| a.path().is_ident("serde")) {
+    for attr in input.attrs.iter().filter(|a| a.path() == SERDE) {
         let Ok(list) = attr.parse_args_with(
             syn::punctuated::Punctuated::<syn::Meta, syn::Token![,]>::parse_terminated,
         ) else {
@@ -272,7 +256,7 @@ fn check_serde_representation(ctxt: &Ctxt, input: &DeriveInput) {
 /// `#[serde(rename = "...")]` (or `rename(deserialize = "...")`) on a variant.
 fn serde_rename(variant: &syn::Variant) -> Option<String> {
     let mut rename = None;
-    for attr in variant.attrs.iter().filter(|a| a.path().is_ident("serde")) {
+    for attr in variant.attrs.iter().filter(|a| a.path() == SERDE) {
         let Ok(list) = attr.parse_args_with(
             syn::punctuated::Punctuated::<syn::Meta, syn::Token![,]>::parse_terminated,
         ) else {
@@ -280,7 +264,7 @@ fn serde_rename(variant: &syn::Variant) -> Option<String> {
         };
         for meta in list {
             match meta {
-                syn::Meta::NameValue(nv) if nv.path.is_ident("rename") => {
+                syn::Meta::NameValue(nv) if nv.path == RENAME => {
                     if let syn::Expr::Lit(syn::ExprLit {
                         lit: syn::Lit::Str(s),
                         ..
@@ -289,9 +273,9 @@ fn serde_rename(variant: &syn::Variant) -> Option<String> {
                         rename = Some(s.value());
                     }
                 }
-                syn::Meta::List(list) if list.path.is_ident("rename") => {
+                syn::Meta::List(list) if list.path == RENAME => {
                     let _ = list.parse_nested_meta(|inner| {
-                        if inner.path.is_ident("deserialize") {
+                        if inner.path == DESERIALIZE {
                             let s: LitStr = inner.value()?.parse()?;
                             rename = Some(s.value());
                         } else {

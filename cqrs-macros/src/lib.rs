@@ -5,12 +5,18 @@
 //! model while recording every error in an error context, validate the model (cross-cutting
 //! rules such as duplicate names or gaps in an upcast chain), then expand. Invalid input still
 //! expands to a minimal impl next to the errors, so that a mistake is reported once.
+//!
+//! Shared by all of them: `ctxt` (the error context, which panics if dropped unchecked),
+//! `symbol` (every attribute and key name), `attr` (keys that may be given once, reported the
+//! same way everywhere, and the text of a path for messages).
 #![forbid(unsafe_code)]
 
 mod aggregate;
+mod attr;
 mod command;
 mod ctxt;
 mod event;
+mod symbol;
 mod transitions;
 
 use proc_macro::TokenStream;

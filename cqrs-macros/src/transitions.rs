@@ -6,8 +6,9 @@
 //! decide` and `fn evolve` move into it.
 
 use crate::aggregate::command_alias;
+use crate::attr::{Attr, path_name};
 use crate::ctxt::{Ctxt, finish};
-use crate::event::path_name;
+use crate::symbol::{FROM, ON, TO, TRANSITION};
 use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
 use std::collections::BTreeMap;
@@ -208,7 +209,7 @@ fn item_attrs(item: &mut ImplItem) -> Option<&mut Vec<syn::Attribute>> {
 fn take_transition_attrs(attrs: &mut Vec<syn::Attribute>) -> Vec<syn::Attribute> {
     let (taken, kept) = std::mem::take(attrs)
         .into_iter()
-        .partition(|a| a.path().is_ident("transition"));
+        .partition(|a| a.path() == TRANSITION);
     *attrs = kept;
     taken
 }
@@ -262,46 +263,35 @@ fn parse_transition(
         fields: Vec::new(),
         args: fields.to_vec(),
     };
-    let mut from_given = false;
+    let mut from = Attr::<Vec<(Ident, Vec<StateField>)>>::none(ctxt, FROM);
+    let mut on = Attr::<(Ident, bool)>::none(ctxt, ON);
+    let mut to = Attr::<Ident>::none(ctxt, TO);
     let result = attr.parse_nested_meta(|meta| {
-        let once = |present: bool| {
-            if present {
-                let key = path_name(&meta.path);
-                ctxt.error_spanned_by(&meta.path, format!("`{key}` is given more than once"));
-            }
-        };
-        if meta.path.is_ident("from") {
-            once(from_given);
-            from_given = true;
+        if meta.path == FROM {
             let value = meta.value()?;
-            if value.peek(syn::token::Bracket) {
+            let states = if value.peek(syn::token::Bracket) {
                 let content;
                 let bracket = syn::bracketed!(content in value);
                 let states = content.parse_terminated(parse_state, syn::Token![,])?;
                 if states.is_empty() {
                     ctxt.error_at(bracket.span.join(), "`from = [...]` lists at least one state");
                 }
-                for (state, fields) in states {
-                    decl.from.push(state);
-                    decl.state_fields.push(fields);
-                }
+                states.into_iter().collect()
             } else {
-                let (state, fields) = parse_state(value)?;
-                decl.from.push(state);
-                decl.state_fields.push(fields);
-            }
-        } else if meta.path.is_ident("on") {
-            once(decl.on.is_some());
-            decl.on = Some(meta.value()?.parse()?);
-            if meta.input.peek(syn::token::Paren) {
+                vec![parse_state(value)?]
+            };
+            from.set(&meta.path, Some(states));
+        } else if meta.path == ON {
+            let command: Ident = meta.value()?.parse()?;
+            let tuple = meta.input.peek(syn::token::Paren);
+            if tuple {
                 let content;
                 syn::parenthesized!(content in meta.input);
                 content.parse::<syn::Token![..]>()?;
-                decl.tuple = true;
             }
-        } else if meta.path.is_ident("to") {
-            once(decl.to.is_some());
-            decl.to = Some(meta.value()?.parse()?);
+            on.set(&meta.path, Some((command, tuple)));
+        } else if meta.path == TO {
+            to.set(&meta.path, Some(meta.value()?.parse()?));
         } else {
             let key = path_name(&meta.path);
             ctxt.error_spanned_by(
@@ -314,6 +304,16 @@ fn parse_transition(
         }
         Ok(())
     });
+    let from_given = from.is_given();
+    for (state, fields) in from.get().unwrap_or_default() {
+        decl.from.push(state);
+        decl.state_fields.push(fields);
+    }
+    if let Some((command, tuple)) = on.get() {
+        decl.on = Some(command);
+        decl.tuple = tuple;
+    }
+    decl.to = to.get();
     if let Err(error) = result {
         ctxt.syn_error(error);
     } else {
