@@ -13,6 +13,7 @@
 //! - With the `macros` feature (on by default): `#[derive(Aggregate)]` with `#[transitions]`,
 //!   and `#[derive(DomainEvent)]`, so that a domain is three annotated enums.
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod aggregate;
 pub mod command;
@@ -42,6 +43,7 @@ pub mod __private;
 pub use aggregate::{Aggregate, InvalidTransition};
 pub use command::{Command, CommandField, CommandFields, CommandVariant};
 #[cfg(feature = "macros")]
+#[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
 pub use cqrs_macros::{Aggregate, Command, DomainEvent, transitions};
 pub use envelope::{EventEnvelope, NewEvent, RecordedEvent, SerializedEvent};
 pub use error::{CommandError, StoreError};

@@ -306,7 +306,7 @@ pub fn request_headers(aggregate_id: &str, metadata: &CommandMetadata) -> Header
 pub struct BadRequest(String);
 
 /// Reads a command request: aggregate id and metadata from the headers, the command from the body.
-pub fn parse_request<C: DeserializeOwned>(
+pub(crate) fn parse_request<C: DeserializeOwned>(
     headers: Option<&HeaderMap>,
     body: &[u8],
 ) -> Result<(String, C, CommandMetadata), BadRequest> {

@@ -152,7 +152,7 @@ pub fn encode_token(value: &str) -> String {
 }
 
 /// Encodes an optional tenant: `None` is [`NO_TENANT_TOKEN`], distinct from every string.
-pub fn encode_tenant(tenant: Option<&str>) -> String {
+pub(crate) fn encode_tenant(tenant: Option<&str>) -> String {
     tenant.map_or_else(|| NO_TENANT_TOKEN.to_owned(), encode_token)
 }
 

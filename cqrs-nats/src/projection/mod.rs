@@ -113,7 +113,8 @@ pub use config::{ProjectionConfig, StartFrom};
 pub use cqrs_core::projection::versioned_name;
 pub use handle::JetStreamProjectionHandle;
 pub use lag::Lag;
-pub use names::{filter_subjects, filter_subjects_in, workers_bucket};
+pub(crate) use names::filter_subjects;
+pub use names::workers_bucket;
 pub use replay::{ReplayFrom, replay};
 pub use runner::JetStreamProjectionRunner;
 

@@ -10,7 +10,7 @@ pub(super) const MAX_FILTER_SUBJECTS: usize = 64;
 /// The consumer filter subjects that narrow `filter` on the server (the runner applies the whole
 /// filter anyway): never empty, `<context>.events.>` at the widest, so that no reader sees
 /// the stream's other messages (read guards' carriers).
-pub fn filter_subjects(subjects: &Subjects, filter: &EventFilter) -> Vec<String> {
+pub(crate) fn filter_subjects(subjects: &Subjects, filter: &EventFilter) -> Vec<String> {
     let narrowed = filter_subjects_in(subjects, filter, None);
     if narrowed.is_empty() {
         vec![subjects.all_events()]
@@ -21,7 +21,7 @@ pub fn filter_subjects(subjects: &Subjects, filter: &EventFilter) -> Vec<String>
 
 /// [`filter_subjects`] within one partition (`Some`): never empty then, the partition's
 /// subjects at the widest.
-pub fn filter_subjects_in(
+pub(crate) fn filter_subjects_in(
     subjects: &Subjects,
     filter: &EventFilter,
     partition: Option<u32>,

@@ -106,7 +106,6 @@ use failure::{backend, chain_text};
 use heads::KnownHeads;
 
 pub use config::{MAX_BATCH, MIN_SERVER_VERSION, StoreConfig};
-pub use provision::parse_server_version;
 
 pub(crate) use scoped::RawPage;
 

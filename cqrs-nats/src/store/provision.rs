@@ -14,7 +14,7 @@ use async_nats::{Client, ConnectOptions, ToServerAddrs};
 use std::sync::{Arc, Mutex};
 
 /// Parses `major.minor.patch` from a server version such as `2.12.8` or `2.14.0-RC.1`.
-pub fn parse_server_version(version: &str) -> Option<(u64, u64, u64)> {
+pub(crate) fn parse_server_version(version: &str) -> Option<(u64, u64, u64)> {
     let core = version.trim().trim_start_matches('v');
     let core = core.split(['-', '+']).next()?;
     let mut parts = core.split('.').map(str::parse::<u64>);
