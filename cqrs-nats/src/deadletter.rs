@@ -55,10 +55,7 @@ pub const ORIGINAL_PREFIX: &str = "Cqrs-Original-";
 const OP: &str = "dead letters";
 
 fn unavailable(reason: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable {
-        operation: OP,
-        reason: reason.to_string(),
-    }
+    crate::store::unavailable(OP, reason)
 }
 
 /// One parked message, as stored in the dead-letter stream.

@@ -121,10 +121,7 @@ pub use runner::JetStreamProjectionRunner;
 const OP: &str = "projection";
 
 fn unavailable(reason: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable {
-        operation: OP,
-        reason: reason.to_string(),
-    }
+    crate::store::unavailable(OP, reason)
 }
 
 /// The context's events stream and subjects.
