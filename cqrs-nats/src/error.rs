@@ -123,12 +123,16 @@ pub fn is_stream_not_found(error: &async_nats::jetstream::context::GetStreamErro
         if js.error_code() == ErrorCode::STREAM_NOT_FOUND)
 }
 
-/// Whether `error`'s sources speak of certificates or TLS (rustls errors, wrapped in I/O errors).
+/// Whether a TLS error (rustls's, which async-nats reports inside an I/O error) is among
+/// `error`'s sources.
 fn tls_in_chain(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut current = error.source();
     while let Some(e) = current {
-        let text = format!("{e} {e:?}").to_lowercase();
-        if text.contains("certificate") || text.contains("tls") || text.contains("handshake") {
+        // `io::Error::source` skips the error it wraps: look inside it.
+        let wrapped = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref);
+        if e.is::<rustls::Error>() || wrapped.is_some_and(|inner| inner.is::<rustls::Error>()) {
             return true;
         }
         current = e.source();
