@@ -132,7 +132,8 @@ fn tls_in_chain(error: &(dyn std::error::Error + 'static)) -> bool {
         let wrapped = e
             .downcast_ref::<std::io::Error>()
             .and_then(std::io::Error::get_ref);
-        if e.is::<rustls::Error>() || wrapped.is_some_and(|inner| inner.is::<rustls::Error>()) {
+        if e.is::<rustls::Error>() || matches!(wrapped, Some(inner) if inner.is::<rustls::Error>())
+        {
             return true;
         }
         current = e.source();
