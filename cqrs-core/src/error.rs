@@ -122,16 +122,22 @@ pub enum StoreError {
         stream: StreamId,
         /// First event of the append.
         event_id: Uuid,
-        /// What happened.
+        /// What happened, in the store's words.
         reason: String,
+        /// The backend's error, when there is one.
+        #[source]
+        source: Option<BoxError>,
     },
     /// The store cannot serve the request now (no leader, not connected). Retry after a pause.
     #[error("event store unavailable during {operation}: {reason}; retry after a pause")]
     Unavailable {
         /// What was attempted.
         operation: &'static str,
-        /// What the backend said.
+        /// What failed, in the store's words.
         reason: String,
+        /// The backend's error, when there is one.
+        #[source]
+        source: Option<BoxError>,
     },
     /// The caller lacks permission for this stream.
     #[error("permission denied for {operation} on {stream}: {reason}")]

@@ -123,6 +123,7 @@ impl InMemoryEventStore {
                             reason: format!(
                                 "subscriber fell {missed} events behind the live feed; resubscribe from the last position it processed"
                             ),
+                            source: None,
                         };
                         return Some((Err(error), receiver));
                     }

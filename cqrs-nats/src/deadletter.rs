@@ -58,6 +58,13 @@ fn unavailable(reason: impl std::fmt::Display) -> StoreError {
     crate::store::unavailable(OP, reason)
 }
 
+fn unavailable_because(
+    what: impl Into<String>,
+    source: impl Into<cqrs_core::error::BoxError>,
+) -> StoreError {
+    crate::store::unavailable_because(OP, what, source)
+}
+
 /// One parked message, as stored in the dead-letter stream.
 #[derive(Debug)]
 pub struct DeadLetter {
@@ -131,7 +138,7 @@ impl DeadLetters {
         let existing = match js.get_stream(&name).await {
             Ok(stream) => Some(stream),
             Err(e) if crate::error::is_stream_not_found(&e) => None,
-            Err(e) => return Err(unavailable(e)),
+            Err(e) => return Err(unavailable_because("getting the dead-letter stream", e)),
         };
         let stream = if let Some(stream) = existing {
             stream
@@ -239,9 +246,9 @@ impl DeadLetters {
             .js
             .publish_with_headers(subject, map, original.payload.clone())
             .await
-            .map_err(unavailable)?
+            .map_err(|e| unavailable_because("parking the event", e))?
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| unavailable_because("parking the event", e))?;
         Ok(ack.sequence)
     }
 
@@ -252,7 +259,7 @@ impl DeadLetters {
             .js
             .get_stream(&self.stream_name)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| unavailable_because("getting the dead-letter stream", e))?;
         let head = stream.cached_info().state.last_sequence;
         let consumer = stream
             .create_consumer(pull::OrderedConfig {
@@ -260,19 +267,24 @@ impl DeadLetters {
                 ..Default::default()
             })
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| unavailable_because("creating the consumer", e))?;
         let mut remaining = consumer.cached_info().num_pending;
         let mut out = Vec::new();
         if remaining == 0 {
             return Ok(out);
         }
-        let mut messages = consumer.messages().await.map_err(unavailable)?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| unavailable_because("reading the consumer", e))?;
         while remaining > 0 {
             let Some(message) = messages.next().await else {
                 return Err(unavailable("the consumer ended early"));
             };
-            let message = message.map_err(unavailable)?;
-            let info = message.info().map_err(unavailable)?;
+            let message = message.map_err(|e| unavailable_because("reading the consumer", e))?;
+            let info = message
+                .info()
+                .map_err(|e| unavailable_because("reading the message metadata", e))?;
             let (sequence, pending) = (info.stream_sequence, info.pending);
             out.push(self.read(sequence, message.message.headers.as_ref(), &message.payload));
             remaining = pending;
@@ -336,8 +348,11 @@ impl DeadLetters {
             .js
             .get_stream(&self.stream_name)
             .await
-            .map_err(unavailable)?;
-        stream.delete_message(sequence).await.map_err(unavailable)?;
+            .map_err(|e| unavailable_because("getting the dead-letter stream", e))?;
+        stream
+            .delete_message(sequence)
+            .await
+            .map_err(|e| unavailable_because("deleting the dead letter", e))?;
         Ok(())
     }
 }

@@ -1542,3 +1542,43 @@ async fn a_command_repeated_after_the_duplicate_window_writes_nothing_new() {
         );
     }
 }
+
+/// With the server gone, reading the stream is `Unavailable`: the message says what failed, in
+/// the store's words, and the client's error is its source (not copied into the message).
+#[tokio::test]
+async fn an_unavailable_store_keeps_the_client_error_as_its_source() {
+    let mut f = cqrs_tests::jetstream_with(
+        StoreConfig::new("test").request_timeout(Duration::from_millis(500)),
+    )
+    .await
+    .unwrap();
+    let stream = StreamId::new("Counter", "gone");
+    f.store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![event("Added", 1)],
+            None,
+        )
+        .await
+        .unwrap();
+    f.server.kill();
+    let error = match f.store.read_all(&EventFilter::all(), 0).await {
+        Ok(_) => panic!("read_all without a server"),
+        Err(error) => error,
+    };
+    let StoreError::Unavailable {
+        reason,
+        source: Some(source),
+        ..
+    } = &error
+    else {
+        panic!("expected Unavailable with a source, got {error:?}");
+    };
+    let cause = source.to_string();
+    assert!(!cause.is_empty());
+    assert!(!reason.contains(&cause), "{reason} repeats {cause}");
+    assert!(!error.to_string().contains(&cause), "{error}");
+    let line = cqrs_core::error::report(&error);
+    assert_eq!(line.matches(cause.as_str()).count(), 1, "{line}");
+}

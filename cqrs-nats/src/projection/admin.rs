@@ -19,7 +19,7 @@ use super::lag::Lag;
 use super::membership::{Heartbeat, MISSED_HEARTBEATS};
 use super::names::workers_bucket;
 use super::runner::JetStreamProjectionRunner;
-use super::{OP, context_subjects, unavailable};
+use super::{OP, context_subjects, unavailable_because};
 
 impl JetStreamProjectionRunner {
     /// Rebuilds `projection` from the first event: deletes its checkpoints and spawns it again.
@@ -292,7 +292,7 @@ pub(super) async fn existing_stream(
                 "context `{context}` has no events stream (no stream {name})"
             )));
         }
-        Err(e) => return Err(unavailable(e)),
+        Err(e) => return Err(unavailable_because("getting the stream", e)),
     };
     let subjects = Subjects::from_stream_config(&stream.cached_info().config).ok_or_else(|| {
         backend(format!(
@@ -349,16 +349,19 @@ pub async fn live_workers(
         Err(e) if crate::error::is_stream_not_found(&e) => {
             return Ok(BTreeMap::new());
         }
-        Err(e) => return Err(unavailable(e)),
+        Err(e) => return Err(unavailable_because("getting the stream", e)),
     }
-    let kv = js.get_key_value(&bucket).await.map_err(unavailable)?;
+    let kv = js
+        .get_key_value(&bucket)
+        .await
+        .map_err(|e| unavailable_because("opening the workers bucket", e))?;
     let keys: Vec<String> = kv
         .keys()
         .await
-        .map_err(unavailable)?
+        .map_err(|e| unavailable_because("listing the workers", e))?
         .try_collect()
         .await
-        .map_err(unavailable)?;
+        .map_err(|e| unavailable_because("listing the workers", e))?;
     let default_ttl = ProjectionConfig::default()
         .heartbeat
         .saturating_mul(MISSED_HEARTBEATS);
@@ -367,7 +370,11 @@ pub async fn live_workers(
         let Some((projection, _worker)) = key.split_once('.') else {
             continue;
         };
-        let Some(entry) = kv.entry(key.as_str()).await.map_err(unavailable)? else {
+        let Some(entry) = kv
+            .entry(key.as_str())
+            .await
+            .map_err(|e| unavailable_because("reading a worker entry", e))?
+        else {
             continue;
         };
         if entry.operation != kv::Operation::Put {

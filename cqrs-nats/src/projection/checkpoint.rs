@@ -14,7 +14,7 @@ use cqrs_core::StoreError;
 use futures::TryStreamExt;
 use std::collections::BTreeMap;
 
-use super::unavailable;
+use super::unavailable_because;
 
 /// One partition's checkpoint, as stored (JSON).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -75,7 +75,7 @@ impl Checkpoints {
             },
         )
         .await
-        .map_err(|e| unavailable(format!("bucket {bucket}: {e}")))?;
+        .map_err(|e| unavailable_because(format!("bucket {bucket}"), e))?;
         Ok(Self {
             kv,
             projection: projection.to_owned(),
@@ -92,7 +92,7 @@ impl Checkpoints {
         let bucket = checkpoints_bucket(subjects);
         let kv = crate::bucket::open_existing(js, &bucket)
             .await
-            .map_err(|e| unavailable(format!("bucket {bucket}: {e}")))?;
+            .map_err(|e| unavailable_because(format!("bucket {bucket}"), e))?;
         Ok(kv.map(|kv| Self {
             kv,
             projection: projection.to_owned(),
@@ -131,7 +131,7 @@ impl Checkpoints {
             .kv
             .entry(key.as_str())
             .await
-            .map_err(|e| unavailable(format!("checkpoint {key}: {e}")))?;
+            .map_err(|e| unavailable_because(format!("checkpoint {key}"), e))?;
         Ok(entry.map_or_else(Read::default, |entry| Read {
             checkpoint: decode(&entry),
             revision: entry.revision,
@@ -154,7 +154,7 @@ impl Checkpoints {
         match self.kv.update(key.as_str(), value.into(), revision).await {
             Ok(revision) => Ok(Some(revision)),
             Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(None),
-            Err(e) => Err(unavailable(format!("checkpoint {key}: {e}"))),
+            Err(e) => Err(unavailable_because(format!("checkpoint {key}"), e)),
         }
     }
 
@@ -202,7 +202,7 @@ impl Checkpoints {
         self.kv
             .purge(key.as_str())
             .await
-            .map_err(|e| unavailable(format!("checkpoint {key}: {e}")))?;
+            .map_err(|e| unavailable_because(format!("checkpoint {key}"), e))?;
         Ok(true)
     }
 }
@@ -252,7 +252,7 @@ pub(super) async fn read_live(
     let entry = kv
         .entry(key.as_str())
         .await
-        .map_err(|e| unavailable(format!("live version {key}: {e}")))?;
+        .map_err(|e| unavailable_because(format!("live version {key}"), e))?;
     Ok((
         LiveVersion::of(entry.as_ref()),
         entry.map_or(0, |e| e.revision),
@@ -275,7 +275,7 @@ pub(super) async fn write_live(
     match kv.update(key.as_str(), value.into(), revision).await {
         Ok(revision) => Ok(Some(revision)),
         Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(None),
-        Err(e) => Err(unavailable(format!("live version {key}: {e}"))),
+        Err(e) => Err(unavailable_because(format!("live version {key}"), e)),
     }
 }
 
@@ -304,13 +304,16 @@ async fn existing_keys(
     let bucket = checkpoints_bucket(subjects);
     let Some(kv) = crate::bucket::open_existing(js, &bucket)
         .await
-        .map_err(|e| unavailable(format!("bucket {bucket}: {e}")))?
+        .map_err(|e| unavailable_because(format!("bucket {bucket}"), e))?
     else {
         return Ok(None);
     };
     let keys: Vec<String> = match kv.keys().await {
-        Ok(keys) => keys.try_collect().await.map_err(unavailable)?,
-        Err(e) => return Err(unavailable(format!("bucket {bucket}: {e}"))),
+        Ok(keys) => keys
+            .try_collect()
+            .await
+            .map_err(|e| unavailable_because("listing the checkpoints", e))?,
+        Err(e) => return Err(unavailable_because(format!("bucket {bucket}"), e)),
     };
     Ok(Some((kv, keys)))
 }

@@ -7,7 +7,7 @@ use cqrs_core::projection::RetryPolicy;
 use std::time::Duration;
 use time::OffsetDateTime;
 
-use super::unavailable;
+use super::unavailable_because;
 
 /// Where a projection starts on a partition that has no checkpoint yet. A partition with a
 /// checkpoint carries on after it.
@@ -32,7 +32,10 @@ impl StartFrom {
             Self::Position(position) => Ok(position.saturating_sub(1)),
             Self::New => {
                 let mut stream = stream.clone();
-                let info = stream.info().await.map_err(unavailable)?;
+                let info = stream
+                    .info()
+                    .await
+                    .map_err(|e| unavailable_because("reading the stream info", e))?;
                 Ok(info.state.last_sequence)
             }
             Self::Time(start_time) => {
@@ -47,7 +50,9 @@ impl StartFrom {
                         ..Default::default()
                     })
                     .await
-                    .map_err(unavailable)?;
+                    .map_err(|e| {
+                        unavailable_because("finding the first position at that time", e)
+                    })?;
                 let info = consumer.cached_info();
                 let _deleted = stream.delete_consumer(&info.name).await;
                 Ok(info.delivered.stream_sequence)

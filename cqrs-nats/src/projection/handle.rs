@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use super::lag::{Lag, behind};
 use super::names::filter_subjects_in;
 use super::runner::Shared;
-use super::unavailable;
+use super::unavailable_because;
 
 /// How often [`JetStreamProjectionHandle::wait_for`] asks the server about partitions that
 /// this runner's progress does not show done.
@@ -209,7 +209,7 @@ impl<P: Projection> JetStreamProjectionHandle<P> {
         self.stop.send_replace(true);
         self.task
             .await
-            .map_err(|e| unavailable(format!("the runner task failed: {e}")))?;
+            .map_err(|e| unavailable_because("the runner task failed", e))?;
         Ok(*self.checkpoint.borrow())
     }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use super::checkpoint::Checkpoint;
 use super::names::split_filters;
-use super::unavailable;
+use super::unavailable_because;
 
 /// A projection's lag: events behind the stream's head, per partition and in total.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -67,9 +67,7 @@ pub(super) async fn behind(
         })
         .await
         .map_err(|e| {
-            unavailable(format!(
-                "counting the events after position {position}: {e}"
-            ))
+            unavailable_because(format!("counting the events after position {position}"), e)
         })?;
     let info = consumer.cached_info();
     let _deleted = stream.delete_consumer(&info.name).await;

@@ -16,7 +16,7 @@ use tracing::Instrument;
 use super::checkpoint::Checkpoint;
 use super::names::{filter_subjects_in, split_filters};
 use super::runner::Shared;
-use super::unavailable;
+use super::{unavailable, unavailable_because};
 
 /// One partition's loop. Returns when asked to stop (after releasing the partition), when the
 /// partition's checkpoint moved under it (another worker took it, or an operator reset it), or
@@ -225,11 +225,11 @@ async fn read<P: Projection>(
         .await
     {
         Ok(consumer) => consumer,
-        Err(error) => return Ended::Failed(unavailable(error)),
+        Err(error) => return Ended::Failed(unavailable_because("reading the partition", error)),
     };
     let mut messages = match consumer.messages().await {
         Ok(messages) => messages,
-        Err(error) => return Ended::Failed(unavailable(error)),
+        Err(error) => return Ended::Failed(unavailable_because("reading the partition", error)),
     };
     let max = shared.config.max_batch;
     let linger = shared.config.batch_linger;
@@ -249,7 +249,7 @@ async fn read<P: Projection>(
                     () = stopped(stop) => return Ended::Stopped,
                     next = messages.next() => match next {
                         Some(Ok(message)) => message,
-                        Some(Err(error)) => return Ended::Failed(unavailable(error)),
+                        Some(Err(error)) => return Ended::Failed(unavailable_because("reading the partition", error)),
                         None => return Ended::Failed(unavailable("the ordered consumer ended")),
                     },
                 }
@@ -270,7 +270,7 @@ async fn read<P: Projection>(
             match next {
                 Some(Ok(message)) => batch.push(message),
                 Some(Err(error)) => {
-                    failed = Some(unavailable(error));
+                    failed = Some(unavailable_because("reading the partition", error));
                     break;
                 }
                 None => {
@@ -304,7 +304,9 @@ async fn read<P: Projection>(
         carried = match messages.next().now_or_never() {
             None => None,
             Some(Some(Ok(message))) => Some(message),
-            Some(Some(Err(error))) => return Ended::Failed(unavailable(error)),
+            Some(Some(Err(error))) => {
+                return Ended::Failed(unavailable_because("reading the partition", error));
+            }
             Some(None) => return Ended::Failed(unavailable("the ordered consumer ended")),
         };
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::assignment::Roster;
 use super::config::ProjectionConfig;
 use super::names::workers_bucket;
-use super::unavailable;
+use super::unavailable_because;
 
 /// The workers of one projection, as announced in the workers bucket: each worker puts
 /// `<projection>.<worker id>` every heartbeat and watches the others'; what the watch shows goes
@@ -76,7 +76,7 @@ impl Membership {
             },
         )
         .await
-        .map_err(|e| unavailable(format!("bucket {bucket}: {e}")))?;
+        .map_err(|e| unavailable_because(format!("bucket {bucket}"), e))?;
         let mut membership = Self {
             kv,
             prefix: format!("{projection}."),

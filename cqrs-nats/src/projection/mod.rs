@@ -124,6 +124,13 @@ fn unavailable(reason: impl std::fmt::Display) -> StoreError {
     crate::store::unavailable(OP, reason)
 }
 
+fn unavailable_because(
+    what: impl Into<String>,
+    source: impl Into<cqrs_core::error::BoxError>,
+) -> StoreError {
+    crate::store::unavailable_because(OP, what, source)
+}
+
 /// The context's events stream and subjects.
 async fn context_subjects(
     store: &JetStreamEventStore,
@@ -132,6 +139,6 @@ async fn context_subjects(
         .jetstream()
         .get_stream(store.stream_name())
         .await
-        .map_err(unavailable)?;
+        .map_err(|e| unavailable_because("getting the stream", e))?;
     Ok((stream, store.subjects().clone()))
 }

@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 
 use super::names::filter_subjects;
 use super::names::split_filters;
-use super::{context_subjects, unavailable};
+use super::{context_subjects, unavailable, unavailable_because};
 
 /// Where a [`replay`] starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,17 +55,22 @@ pub async fn replay<P: Projection + ?Sized>(
             ..Default::default()
         })
         .await
-        .map_err(unavailable)?;
+        .map_err(|e| unavailable_because("creating the consumer", e))?;
     if consumer.cached_info().num_pending == 0 {
         return Ok(outcome);
     }
-    let mut messages = consumer.messages().await.map_err(unavailable)?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| unavailable_because("reading the consumer", e))?;
     loop {
         let Some(message) = messages.next().await else {
             return Err(unavailable("the consumer ended before the head"));
         };
-        let (stored, pending) =
-            headers::delivered(message.map_err(unavailable)?).map_err(unavailable)?;
+        let (stored, pending) = headers::delivered(
+            message.map_err(|e| unavailable_because("reading the consumer", e))?,
+        )
+        .map_err(unavailable)?;
         let sequence = stored.sequence;
         if sequence > head {
             break;

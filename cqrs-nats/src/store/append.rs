@@ -2,8 +2,8 @@
 //! every failure to a commit, a typed error or a retry.
 
 use super::failure::{
-    ApiErrorReply, Failure, backend, chain_text, classify_code, classify_publish, classify_request,
-    unavailable,
+    ApiErrorReply, Cause, Failure, backend, classify_code, classify_publish, classify_request,
+    unavailable_because,
 };
 use super::{JetStreamEventStore, MAX_BATCH};
 use crate::headers::{self, Control, HeaderBuilder};
@@ -127,7 +127,7 @@ impl JetStreamEventStore {
                     .client
                     .send_request(subject.to_owned(), request)
                     .await
-                    .map_err(|e| classify_request(&e))?;
+                    .map_err(classify_request)?;
                 if !reply.payload.is_empty() {
                     let reply: ApiErrorReply = serde_json::from_slice(&reply.payload)
                         .map_err(|e| Failure::Backend(e.into()))?;
@@ -142,7 +142,12 @@ impl JetStreamEventStore {
                     .client
                     .publish_with_headers(subject.to_owned(), h.build(), payload.into())
                     .await
-                    .map_err(|e| Failure::Unavailable(e.to_string()))?;
+                    .map_err(|e| {
+                        Failure::Unavailable(Cause::because(
+                            "a message of the batch could not be sent",
+                            e,
+                        ))
+                    })?;
             }
         }
         let Some((subject, h, payload)) = last else {
@@ -166,9 +171,9 @@ impl JetStreamEventStore {
             .js
             .send_publish(subject.to_owned(), message)
             .await
-            .map_err(|e| classify_publish(&e))?
+            .map_err(classify_publish)?
             .await
-            .map_err(|e| classify_publish(&e))?;
+            .map_err(classify_publish)?;
         if ack.duplicate {
             return Ok((ack.sequence, true));
         }
@@ -213,7 +218,9 @@ impl JetStreamEventStore {
         let api = api::msg_get(&self.inner.stream_name);
         let read = self.inner.stream.get_raw_message(sequence);
         let message = match self.inner.guard.run(&[&api], read).await {
-            Ok(read) => read.map_err(|e| unavailable("append", chain_text(&e))),
+            Ok(read) => read.map_err(|e| {
+                unavailable_because("append", "reading the message the duplicate points at", e)
+            }),
             Err(violation) => Err(self.inner.denied("append", subject, &violation)),
         };
         let message = match message {
@@ -326,10 +333,11 @@ impl JetStreamEventStore {
         const OP: &str = "append";
         let first_id = ids.first().copied().unwrap_or_default();
         let retries = self.inner.config.any_version_retries;
-        let outcome_unknown = |reason: String| StoreError::OutcomeUnknown {
+        let outcome_unknown = |cause: Cause| StoreError::OutcomeUnknown {
             stream: stream.clone(),
             event_id: first_id,
-            reason,
+            reason: cause.what,
+            source: cause.source,
         };
         Some(match failure {
             // `Any` went out with a stale head: try again with a fresh one. A retry of an append
@@ -366,16 +374,17 @@ impl JetStreamEventStore {
                 tokio::time::sleep(Duration::from_millis(10 << (*attempt).min(6))).await;
                 return None;
             }
-            Failure::Busy(reason) => Err(outcome_unknown(reason)),
-            Failure::OutcomeUnknown(reason) => match self.original(subject, ids).await {
+            Failure::Busy(cause) => Err(outcome_unknown(cause)),
+            Failure::OutcomeUnknown(cause) => match self.original(subject, ids).await {
                 Ok(Some(mut original)) => {
                     original.duplicate = false;
                     Ok(original)
                 }
-                Ok(None) => Err(outcome_unknown(reason)),
-                Err(lookup) => Err(outcome_unknown(format!(
-                    "{reason}; looking the event up failed too: {lookup}"
-                ))),
+                Ok(None) => Err(outcome_unknown(cause)),
+                Err(lookup) => Err(outcome_unknown(Cause {
+                    what: format!("{}; looking the event up failed too: {lookup}", cause.what),
+                    source: cause.source,
+                })),
             },
             terminal => Err(match terminal.terminal(OP, stream) {
                 Ok(error) => error,

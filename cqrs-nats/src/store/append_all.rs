@@ -262,7 +262,7 @@ impl JetStreamEventStore {
                     reason: "the event ids of this commit were already used by another append within the duplicate window; give every commit fresh event ids".to_owned(),
                 }),
             },
-            Failure::OutcomeUnknown(reason) | Failure::Busy(reason) => {
+            Failure::OutcomeUnknown(cause) | Failure::Busy(cause) => {
                 match self.originals(parts).await {
                     Ok(Some(mut originals)) => {
                         for committed in &mut originals {
@@ -273,12 +273,17 @@ impl JetStreamEventStore {
                     Ok(None) => Err(StoreError::OutcomeUnknown {
                         stream: first.stream.clone(),
                         event_id: first_id,
-                        reason,
+                        reason: cause.what,
+                        source: cause.source,
                     }),
                     Err(lookup) => Err(StoreError::OutcomeUnknown {
                         stream: first.stream.clone(),
                         event_id: first_id,
-                        reason: format!("{reason}; looking the events up failed too: {lookup}"),
+                        reason: format!(
+                            "{}; looking the events up failed too: {lookup}",
+                            cause.what
+                        ),
+                        source: cause.source,
                     }),
                 }
             }

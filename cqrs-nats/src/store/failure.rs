@@ -21,6 +21,30 @@ pub(super) fn chain_text(error: &(dyn std::error::Error + 'static)) -> String {
     cqrs_core::error::report(error)
 }
 
+/// What went wrong, in the store's words, and the client's error behind it when there is one
+/// (kept as the source of the `StoreError` made from it, not copied into its message).
+pub(super) struct Cause {
+    pub(super) what: String,
+    pub(super) source: Option<cqrs_core::error::BoxError>,
+}
+
+impl Cause {
+    /// A cause the server stated in a reply (no client error behind it).
+    pub(super) fn said(what: impl Into<String>) -> Self {
+        Self {
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    pub(super) fn because(what: &str, source: impl Into<cqrs_core::error::BoxError>) -> Self {
+        Self {
+            what: what.to_owned(),
+            source: Some(source.into()),
+        }
+    }
+}
+
 /// How a publish failed.
 pub(super) enum Failure {
     /// Another writer was first (10071, 10164).
@@ -28,13 +52,13 @@ pub(super) enum Failure {
     /// An atomic batch carried a message id the stream already has (10201).
     DuplicateBatch,
     /// The server asks to come back later (a duplicate in flight, too many open batches).
-    Busy(String),
+    Busy(Cause),
     /// Too many events, or headers too large.
     TooLarge(String),
     /// No acknowledgement came: the append may or may not have been stored.
-    OutcomeUnknown(String),
+    OutcomeUnknown(Cause),
     /// The stream cannot take writes now (no leader, no cluster, no resources).
-    Unavailable(String),
+    Unavailable(Cause),
     /// The user may not publish there.
     PermissionDenied(String),
     /// Anything else.
@@ -55,7 +79,11 @@ impl Failure {
                 stream: stream.clone(),
                 reason,
             }),
-            Self::Unavailable(reason) => Ok(unavailable(operation, reason)),
+            Self::Unavailable(cause) => Ok(StoreError::Unavailable {
+                operation,
+                reason: cause.what,
+                source: cause.source,
+            }),
             Self::PermissionDenied(reason) => Ok(StoreError::PermissionDenied {
                 operation,
                 stream: stream.clone(),
@@ -81,7 +109,7 @@ pub(super) fn classify_code(code: u64, text: String) -> Failure {
         ErrorCode::ATOMIC_PUBLISH_CONTAINS_DUPLICATE_MESSAGE => Failure::DuplicateBatch,
         // A retry raced its original (cluster), or too many batches in flight: back off.
         ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT
-        | ErrorCode::ATOMIC_PUBLISH_TOO_MANY_INFLIGHT => Failure::Busy(text),
+        | ErrorCode::ATOMIC_PUBLISH_TOO_MANY_INFLIGHT => Failure::Busy(Cause::said(text)),
         ErrorCode::ATOMIC_PUBLISH_TOO_LARGE_BATCH | ErrorCode::STREAM_HEADER_EXCEEDS_MAXIMUM => {
             Failure::TooLarge(text)
         }
@@ -90,38 +118,57 @@ pub(super) fn classify_code(code: u64, text: String) -> Failure {
         ErrorCode::CLUSTER_NOT_AVAILABLE
         | ErrorCode::CLUSTER_NOT_LEADER
         | ErrorCode::JETSTREAM_NOT_ENABLED
-        | ErrorCode::INSUFFICIENT_RESOURCES => Failure::Unavailable(text),
+        | ErrorCode::INSUFFICIENT_RESOURCES => Failure::Unavailable(Cause::said(text)),
         _ => Failure::Backend(text.into()),
     }
 }
 
-pub(super) fn classify_publish(error: &jetstream::context::PublishError) -> Failure {
+pub(super) fn classify_publish(error: jetstream::context::PublishError) -> Failure {
     use jetstream::context::PublishErrorKind as K;
-    let text = chain_text(error);
+    let text = chain_text(&error);
     if text.to_lowercase().contains("permission") {
         return Failure::PermissionDenied(text);
     }
     match error.kind() {
         K::WrongLastSequence => Failure::Conflict,
-        K::TimedOut | K::BrokenPipe => Failure::OutcomeUnknown(text),
-        K::StreamNotFound | K::MaxAckPending => Failure::Unavailable(text),
+        K::TimedOut => Failure::OutcomeUnknown(Cause::because(
+            "no acknowledgement within the request timeout",
+            error,
+        )),
+        K::BrokenPipe => Failure::OutcomeUnknown(Cause::because(
+            "the connection broke before the acknowledgement",
+            error,
+        )),
+        K::StreamNotFound => Failure::Unavailable(Cause::because("the stream is missing", error)),
+        K::MaxAckPending => Failure::Unavailable(Cause::because(
+            "too many publishes await their acknowledgement",
+            error,
+        )),
         K::MaxPayloadExceeded => Failure::TooLarge(text),
-        _ => match jetstream_code(error) {
-            Some(code) => classify_code(code, text),
-            None => Failure::Backend(text.into()),
+        _ => match jetstream_code(&error) {
+            Some(code) => match classify_code(code, text) {
+                // The server's code decided; its error stays the source.
+                Failure::Busy(cause) => Failure::Busy(Cause::because(&cause.what, error)),
+                Failure::Unavailable(cause) => {
+                    Failure::Unavailable(Cause::because(&cause.what, error))
+                }
+                other => other,
+            },
+            None => Failure::Backend(Box::new(error)),
         },
     }
 }
 
-pub(super) fn classify_request(error: &async_nats::RequestError) -> Failure {
+pub(super) fn classify_request(error: async_nats::RequestError) -> Failure {
     use async_nats::RequestErrorKind as K;
-    let text = chain_text(error);
+    let text = chain_text(&error);
     if text.to_lowercase().contains("permission") {
         return Failure::PermissionDenied(text);
     }
     match error.kind() {
-        K::NoResponders | K::TimedOut => Failure::Unavailable(text),
-        _ => Failure::Backend(text.into()),
+        K::NoResponders => Failure::Unavailable(Cause::because("no responder", error)),
+        K::TimedOut => Failure::Unavailable(Cause::because("no answer in time", error)),
+        _ => Failure::Backend(Box::new(error)),
     }
 }
 
@@ -146,6 +193,20 @@ pub(crate) fn unavailable(operation: &'static str, reason: impl fmt::Display) ->
     StoreError::Unavailable {
         operation,
         reason: reason.to_string(),
+        source: None,
+    }
+}
+
+/// `StoreError::Unavailable` for `operation`: `what` failed, because of the client's `source`.
+pub(crate) fn unavailable_because(
+    operation: &'static str,
+    what: impl Into<String>,
+    source: impl Into<cqrs_core::error::BoxError>,
+) -> StoreError {
+    StoreError::Unavailable {
+        operation,
+        reason: what.into(),
+        source: Some(source.into()),
     }
 }
 

@@ -1,7 +1,7 @@
 //! Loads: an aggregate's events page by page, its tail by an ordered consumer, its last message.
 
 use super::Inner;
-use super::failure::{backend, chain_text, unavailable};
+use super::failure::{backend, unavailable, unavailable_because};
 use crate::headers;
 use crate::permissions::api;
 use async_nats::jetstream::{self, stream};
@@ -92,11 +92,11 @@ impl Tail {
             .run(&create, inner.stream.create_consumer(config))
             .await
             .map_err(|violation| inner.denied(OP, subject, &violation))?
-            .map_err(|e| unavailable(OP, chain_text(&e)))?;
+            .map_err(|e| unavailable_because(OP, "creating the consumer", e))?;
         let messages = consumer
             .messages()
             .await
-            .map_err(|e| unavailable(OP, chain_text(&e)))?;
+            .map_err(|e| unavailable_because(OP, "reading the consumer", e))?;
         Ok(Self {
             messages,
             remaining,
@@ -127,7 +127,7 @@ impl Tail {
             };
             let message = next
                 .ok_or_else(|| unavailable(OP, "the consumer ended before the aggregate's end"))?
-                .map_err(|e| unavailable(OP, chain_text(&e)))?;
+                .map_err(|e| unavailable_because(OP, "reading the consumer", e))?;
             chunk.push(headers::from_consumer(message).map_err(|e| backend(OP, e))?);
             self.remaining -= 1;
         }
@@ -184,10 +184,7 @@ impl Prefetch {
     async fn finish(mut self) -> Result<(Vec<jetstream::message::StreamMessage>, u64), StoreError> {
         match (&mut self.task).await {
             Ok(page) => page,
-            Err(join) => Err(unavailable(
-                "load",
-                format!("the page fetch failed: {join}"),
-            )),
+            Err(join) => Err(unavailable_because("load", "the page fetch failed", join)),
         }
     }
 }

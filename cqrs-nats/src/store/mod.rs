@@ -101,8 +101,8 @@ mod read_all;
 mod scoped;
 mod snapshots;
 
-pub(crate) use failure::unavailable;
-use failure::{backend, chain_text};
+use failure::backend;
+pub(crate) use failure::{unavailable, unavailable_because};
 use heads::KnownHeads;
 
 pub use config::{MAX_BATCH, MIN_SERVER_VERSION, StoreConfig};
@@ -339,7 +339,7 @@ impl EventStore for JetStreamEventStore {
             .inner
             .guarded(OP, stream, &subjects, bucket.entry(&key))
             .await?
-            .map_err(|e| unavailable(OP, chain_text(&e)))?;
+            .map_err(|e| unavailable_because(OP, "reading the snapshot", e))?;
         let Some(entry) = entry.filter(|e| !e.deleted) else {
             return Ok(None);
         };
@@ -372,7 +372,7 @@ impl EventStore for JetStreamEventStore {
             let entry = inner
                 .guarded(OP, stream, &subjects, bucket.entry(&key))
                 .await?
-                .map_err(|e| unavailable(OP, chain_text(&e)))?;
+                .map_err(|e| unavailable_because(OP, "reading the snapshot", e))?;
             let revision = entry.as_ref().map_or(0, |e| e.revision);
             let newer = entry.filter(|e| !e.deleted).is_some_and(|e| {
                 serde_json::from_slice::<Snapshot>(&e.value).is_ok_and(|s| {
@@ -387,7 +387,7 @@ impl EventStore for JetStreamEventStore {
             match inner
                 .guarded(OP, stream, &subjects, write)
                 .await?
-                .map_err(|e| unavailable(OP, chain_text(&*e)))?
+                .map_err(|e| unavailable_because(OP, "writing the snapshot", e))?
             {
                 Write::Written => return Ok(()),
                 // Another writer got in first: look again.

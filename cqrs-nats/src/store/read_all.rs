@@ -2,7 +2,7 @@
 //! allows, ending at the head as of the call.
 
 use super::JetStreamEventStore;
-use super::failure::{backend, chain_text, unavailable};
+use super::failure::{backend, unavailable, unavailable_because};
 use crate::headers;
 use crate::permissions::api;
 use async_nats::jetstream;
@@ -33,7 +33,7 @@ impl JetStreamEventStore {
                 self.inner.js.get_stream(&self.inner.stream_name),
             )
             .await?
-            .map_err(|e| unavailable(OP, chain_text(&e)))?;
+            .map_err(|e| unavailable_because(OP, "getting the stream", e))?;
         let head = stream.cached_info().state.last_sequence;
         let start = from_position.max(1);
         if start > head {
@@ -65,14 +65,14 @@ impl JetStreamEventStore {
             .inner
             .guarded(OP, &all, &create, stream.create_consumer(config))
             .await?
-            .map_err(|e| unavailable(OP, chain_text(&e)))?;
+            .map_err(|e| unavailable_because(OP, "creating the consumer", e))?;
         if consumer.cached_info().num_pending == 0 {
             return Ok(fstream::empty().boxed());
         }
         let messages = consumer
             .messages()
             .await
-            .map_err(|e| unavailable(OP, chain_text(&e)))?;
+            .map_err(|e| unavailable_because(OP, "reading the consumer", e))?;
         let inner = Arc::clone(&self.inner);
         let filter = filter.clone();
         let events = fstream::try_unfold(Some(messages), move |state| {
@@ -86,7 +86,8 @@ impl JetStreamEventStore {
                     let Some(message) = messages.next().await else {
                         return Err(unavailable(OP, "the consumer ended before the head"));
                     };
-                    let message = message.map_err(|e| unavailable(OP, chain_text(&e)))?;
+                    let message =
+                        message.map_err(|e| unavailable_because(OP, "reading the consumer", e))?;
                     let (stored, pending) =
                         headers::delivered(message).map_err(|e| backend(OP, e))?;
                     let sequence = stored.sequence;

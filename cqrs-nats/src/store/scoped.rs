@@ -24,7 +24,7 @@
 //! lagging follower may serve: a stale head makes an append fail with a retryable
 //! [`StoreError::Conflict`], never lose an update.
 
-use super::failure::{backend, chain_text, unavailable};
+use super::failure::{backend, unavailable, unavailable_because};
 use super::{Inner, StoreConfig};
 use crate::headers;
 use crate::permissions::{Violation, api};
@@ -136,7 +136,7 @@ impl Inner {
             return match self.guard.run(&[&api], read).await {
                 Ok(Ok(message)) => Ok(Some(message)),
                 Ok(Err(e)) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
-                Ok(Err(e)) => Err(unavailable(OP, chain_text(&e))),
+                Ok(Err(e)) => Err(unavailable_because(OP, "reading the last message", e)),
                 Err(violation) => Err(self.denied(OP, subject, &violation)),
             };
         }
@@ -145,7 +145,7 @@ impl Inner {
         match self.guard.run(&[&api], read).await {
             Ok(Ok(message)) => Ok(Some(message)),
             Ok(Err(e)) if matches!(e.kind(), K::NoMessageFound) => Ok(None),
-            Ok(Err(e)) => Err(unavailable(OP, chain_text(&e))),
+            Ok(Err(e)) => Err(unavailable_because(OP, "reading the last message", e)),
             Err(violation) => Err(self.denied(OP, subject, &violation)),
         }
     }
@@ -222,12 +222,12 @@ impl Inner {
             .replies
             .get_or_try_init(|| crate::replies::Replies::start(&self.client))
             .await
-            .map_err(|e| unavailable(OP, e))?;
+            .map_err(|e| unavailable_because(OP, "starting the reply subscription", e))?;
         let mut pending = mux.register();
         self.client
             .publish_with_reply(target.to_owned(), pending.reply_to.clone(), body.into())
             .await
-            .map_err(|e| unavailable(OP, e))?;
+            .map_err(|e| unavailable_because(OP, "sending the read request", e))?;
         let mut messages = Vec::with_capacity(self.config.load_batch);
         // One timer for the whole page: a timeout per message registered a timer per message.
         let deadline = tokio::time::sleep(self.config.request_timeout);
