@@ -1563,9 +1563,8 @@ async fn an_unavailable_store_keeps_the_client_error_as_its_source() {
         .await
         .unwrap();
     f.server.kill();
-    let error = match f.store.read_all(&EventFilter::all(), 0).await {
-        Ok(_) => panic!("read_all without a server"),
-        Err(error) => error,
+    let Err(error) = f.store.read_all(&EventFilter::all(), 0).await else {
+        panic!("read_all without a server");
     };
     let StoreError::Unavailable {
         reason,
