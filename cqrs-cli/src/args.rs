@@ -145,6 +145,25 @@ pub(crate) enum Command {
         by: StatsBy,
     },
 
+    /// Every event of a context as NDJSON, for archiving it or moving it elsewhere: one JSON
+    /// object a line, in stream order, read in constant memory; progress on stderr.
+    ///
+    /// A line: `{"position" (stream sequence), "subject" (the subject writers publish the event
+    /// to, `<context>.events.<tenant>.<type>.<id>`, without the partition), "time" (RFC 3339, the
+    /// server's timestamp), "headers" ({name: [values]}, as stored: the envelope is in
+    /// `Cqrs-Envelope`, see README's wire format), "body" (the body as text)}`, with `"body_hex"`
+    /// instead of `"body"` for a body that is not UTF-8. Everything the stream holds under
+    /// `<context>.events.>` from `--from` up to the head when the export starts. `--json` does not
+    /// apply: the output is NDJSON.
+    Export {
+        /// The first position (stream sequence) to export.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Write to this file instead of stdout.
+        #[arg(long, short)]
+        output: Option<std::path::PathBuf>,
+    },
+
     /// The projections of a context with their live versions, workers, lag and parked events.
     ///
     /// A projection has one checkpoint per partition of the context's event stream (the KV

@@ -2,9 +2,9 @@
 
 use super::args::StatsBy;
 use super::model::{
-    Bucket, CliError, ContextDoc, EventDoc, HistoryDoc, ProjectionDoc, ProjectionsDoc, ReplayDoc,
-    ReplayFromDoc, StatsDoc, StreamsDoc, SwitchOutcome, SwitchOverDoc, TraceDoc, build_trace,
-    version_of,
+    Bucket, CliError, ContextDoc, EventDoc, ExportLine, HistoryDoc, ProjectionDoc, ProjectionsDoc,
+    ReplayDoc, ReplayFromDoc, StatsDoc, StreamsDoc, SwitchOutcome, SwitchOverDoc, TraceDoc,
+    build_trace, version_of,
 };
 use super::progress::Progress;
 use cqrs_core::{EventFilter, EventStore, StreamId};
@@ -15,7 +15,7 @@ use cqrs_nats::projection::{
     reset_checkpoints, versioned_name,
 };
 use cqrs_nats::{JetStreamEventStore, JetStreamProjectionRunner, StoreConfig, Subjects};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 use time::UtcOffset;
@@ -224,6 +224,72 @@ impl Session {
             next = next.max(head + 1);
             tokio::time::sleep(tail.poll).await;
         }
+    }
+
+    /// `export`: the raw messages of the context's events from position `from` up to the
+    /// current head, one NDJSON line each (see `args::Command::Export`), written to `out` as
+    /// they arrive. Returns how many.
+    pub(crate) async fn export(
+        &self,
+        context: &str,
+        from: u64,
+        out: &mut dyn std::io::Write,
+    ) -> Result<u64, CliError> {
+        use cqrs_nats::async_nats::jetstream::consumer::{DeliverPolicy, pull};
+        let (name, stream, info) = self.stream(context).await?;
+        let subjects = subjects_of(&info.config)?;
+        let head = info.state.last_sequence;
+        let from = from.max(1);
+        let mut progress = Progress::stderr(
+            name.clone(),
+            "exported",
+            Some(head.saturating_sub(from - 1).min(info.state.messages)),
+            self.progress,
+        );
+        let mut exported = 0;
+        if head < from {
+            progress.finish();
+            return Ok(exported);
+        }
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: format!("{context}.events.>"),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: from,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| CliError::jetstream(format!("reading stream {name}"), e))?;
+        if consumer.cached_info().num_pending == 0 {
+            progress.finish();
+            return Ok(exported);
+        }
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| CliError::jetstream(format!("reading stream {name}"), e))?;
+        while let Some(message) = messages.next().await {
+            let message =
+                message.map_err(|e| CliError::jetstream(format!("reading stream {name}"), e))?;
+            let info = message
+                .info()
+                .map_err(|e| CliError::jetstream(format!("reading stream {name}"), e))?;
+            let (position, pending, time) = (info.stream_sequence, info.pending, info.published);
+            if position > head {
+                break;
+            }
+            let line = ExportLine::of(&subjects, position, time, &message.message);
+            serde_json::to_writer(&mut *out, &line)?;
+            out.write_all(b"\n").map_err(CliError::Output)?;
+            exported += 1;
+            progress.tick();
+            if position == head || pending == 0 {
+                break;
+            }
+        }
+        progress.finish();
+        Ok(exported)
     }
 
     /// The context's stream and its info.

@@ -257,14 +257,13 @@ impl Cli {
                 let context = session
                     .resolve_context(tail_context.as_deref().or(context))
                     .await?;
-                let filter = cqrs_core::EventFilter {
-                    aggregate_types: aggregate_types.clone(),
-                    tenants: tenants.clone(),
-                    event_types: event_types.clone(),
-                    ..cqrs_core::EventFilter::default()
-                };
                 let tail = commands::Tail {
-                    filter,
+                    filter: cqrs_core::EventFilter {
+                        aggregate_types: aggregate_types.clone(),
+                        tenants: tenants.clone(),
+                        event_types: event_types.clone(),
+                        ..cqrs_core::EventFilter::default()
+                    },
                     from: *from,
                     limit: *limit,
                     poll: Duration::from_millis((*poll_ms).max(10)),
@@ -282,6 +281,9 @@ impl Cli {
                 let context = session.resolve_context(context).await?;
                 let stats = session.stats(&context, *by).await?;
                 output::render(json, &stats, output::stats)
+            }
+            Command::Export { from, output } => {
+                export(&session, context, *from, output.as_deref()).await
             }
             Command::Projections => {
                 let context = session.resolve_context(context).await?;
@@ -335,6 +337,29 @@ fn fail(error: &CliError) -> ExitCode {
     let mut err = std::io::stderr().lock();
     let _ = writeln!(err, "error: {}", model::one_line(error));
     ExitCode::from(error.exit_code())
+}
+
+/// `export` to `output` (stdout without one), with the count on stderr.
+async fn export(
+    session: &commands::Session,
+    context: Option<&str>,
+    from: u64,
+    output: Option<&std::path::Path>,
+) -> Result<String, CliError> {
+    let context = &session.resolve_context(context).await?;
+    let mut out: Box<dyn std::io::Write> = if let Some(path) = output {
+        Box::new(std::fs::File::create(path).map_err(CliError::Output)?)
+    } else {
+        Box::new(std::io::stdout().lock())
+    };
+    let mut out = std::io::BufWriter::new(&mut out);
+    let exported = session.export(context, from, &mut out).await?;
+    out.flush().map_err(CliError::Output)?;
+    let _ = writeln!(
+        std::io::stderr(),
+        "exported {exported} events of context `{context}`"
+    );
+    Ok(String::new())
 }
 
 #[cfg(test)]

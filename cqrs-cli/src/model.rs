@@ -4,6 +4,7 @@ use cqrs_core::{RecordedEvent, StoreError};
 use cqrs_nats::ConnectError;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -617,6 +618,73 @@ pub(crate) struct AnalysisDoc {
     pub(crate) unreachable: Vec<&'static str>,
     pub(crate) dead_ends: Vec<&'static str>,
     pub(crate) clean: bool,
+}
+
+/// One line of `export`: a stored message as it is, its subject in the form writers publish
+/// to.
+#[derive(Debug, Serialize)]
+pub(crate) struct ExportLine<'a> {
+    pub(crate) position: u64,
+    pub(crate) subject: String,
+    pub(crate) time: String,
+    pub(crate) headers: BTreeMap<&'a str, Vec<&'a str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) body: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) body_hex: Option<String>,
+}
+
+impl<'a> ExportLine<'a> {
+    /// The line of `message`, stored at `position` at `time`. A subject outside the aggregate
+    /// layout is kept as stored.
+    pub(crate) fn of(
+        subjects: &cqrs_nats::Subjects,
+        position: u64,
+        time: OffsetDateTime,
+        message: &'a cqrs_nats::async_nats::Message,
+    ) -> Self {
+        let stored = message.subject.as_str();
+        let subject = subjects
+            .parse(stored)
+            .and_then(|(tenant, aggregate_type, id)| {
+                subjects.aggregate(tenant.as_deref(), &aggregate_type, &id)
+            })
+            .unwrap_or_else(|_| stored.to_owned());
+        let headers = message
+            .headers
+            .iter()
+            .flat_map(|headers| headers.iter())
+            .map(|(name, values)| {
+                (
+                    name.as_ref(),
+                    values
+                        .iter()
+                        .map(cqrs_nats::async_nats::HeaderValue::as_str)
+                        .collect(),
+                )
+            })
+            .collect();
+        let (body, body_hex) = match std::str::from_utf8(&message.payload) {
+            Ok(text) => (Some(text), None),
+            Err(_) => (
+                None,
+                Some(message.payload.iter().fold(String::new(), |mut hex, b| {
+                    let _ = write!(hex, "{b:02x}");
+                    hex
+                })),
+            ),
+        };
+        Self {
+            position,
+            subject,
+            time: time
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            headers,
+            body,
+            body_hex,
+        }
+    }
 }
 
 #[cfg(test)]

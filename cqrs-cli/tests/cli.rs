@@ -1421,6 +1421,7 @@ fn help_lists_every_command() {
         "tail",
         "streams",
         "stats",
+        "export",
         "projections",
         "replay",
         "switch-over",
@@ -1557,4 +1558,79 @@ async fn seeded() -> (NatsServer, String, JetStreamEventStore) {
         .await
         .expect("store");
     (server, url, store)
+}
+
+/// `export`: every event of the context as NDJSON, in stream order, subjects in the form writers
+/// publish to, headers and bodies as stored; `--from` and `--output` too.
+#[tokio::test(flavor = "multi_thread")]
+async fn export_writes_every_event_as_ndjson() {
+    let server = NatsServer::start().await.expect("nats-server");
+    let url = server.url();
+    let flow = seed(&url).await;
+    let output = cqrs(&["--server", &url, "--context", CONTEXT, "export"]);
+    let text = stdout(&output);
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object a line"))
+        .collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    let positions: Vec<u64> = lines
+        .iter()
+        .map(|l| l["position"].as_u64().unwrap())
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+    // The subject writers publish to: no partition token.
+    assert_eq!(lines[0]["subject"], "bank.events._.BankAccount.a-1");
+    assert_eq!(lines[3]["subject"], "bank.events.acme.BankAccount.c-1");
+    // Headers as stored: the event id and the envelope.
+    assert_eq!(
+        lines[0]["headers"]["Nats-Msg-Id"][0],
+        flow.opened_a.as_str()
+    );
+    assert_eq!(
+        lines[2]["headers"]["Nats-Msg-Id"][0],
+        flow.deposited.as_str()
+    );
+    let envelope: Value =
+        serde_json::from_str(lines[2]["headers"]["Cqrs-Envelope"][0].as_str().unwrap()).unwrap();
+    assert_eq!(envelope["type"], "Deposited");
+    assert_eq!(envelope["version"], 2);
+    let body: Value = serde_json::from_str(lines[2]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["amount"], 250);
+    assert!(lines[0]["time"].as_str().unwrap().ends_with('Z'));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("exported 4 events"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // From a position on.
+    let later = stdout(&cqrs(&[
+        "--server",
+        &url,
+        "--context",
+        CONTEXT,
+        "export",
+        "--from",
+        "3",
+    ]));
+    assert_eq!(later.lines().count(), 2, "{later}");
+    assert_eq!(later.lines().next(), text.lines().nth(2));
+
+    // To a file: the same lines.
+    let dir = std::env::temp_dir().join(format!("cqrs-export-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bank.ndjson");
+    let to_file = cqrs(&[
+        "--server",
+        &url,
+        "--context",
+        CONTEXT,
+        "export",
+        "--output",
+        file.to_str().unwrap(),
+    ]);
+    assert!(stdout(&to_file).is_empty());
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
