@@ -164,6 +164,29 @@ pub(crate) enum Command {
         output: Option<std::path::PathBuf>,
     },
 
+    /// Writes the events of an `export` into a context (`--context`, created if missing, with 8
+    /// partitions), keeping their ids, versions, envelopes and bodies: to restore an archive or
+    /// move a context to another server or name.
+    ///
+    /// Each aggregate's events are appended in version order, each with the expectation that
+    /// the aggregate is at the version before it, so an aggregate is never written out of order
+    /// or twice: events the context already holds (same version, same id) are skipped, which
+    /// makes a re-run after an interruption finish the import. An event whose version is already
+    /// taken by another event id, or that leaves a gap, stops the import with an error naming
+    /// it. Subjects move to the target context (`<source>.events.…` -> `<context>.events.…`);
+    /// lines that are not aggregate events are skipped.
+    ///
+    /// Without `--yes` nothing is written (exit code 2). JSON: `{"context", "imported",
+    /// "skipped" (already there), "ignored" (not aggregate events)}`.
+    Import {
+        /// Read from this file instead of stdin.
+        #[arg(long, short)]
+        input: Option<std::path::PathBuf>,
+        /// Write: without it, `import` only says what it would do.
+        #[arg(long)]
+        yes: bool,
+    },
+
     /// The projections of a context with their live versions, workers, lag and parked events.
     ///
     /// A projection has one checkpoint per partition of the context's event stream (the KV

@@ -2,9 +2,9 @@
 
 use super::args::StatsBy;
 use super::model::{
-    Bucket, CliError, ContextDoc, EventDoc, ExportLine, HistoryDoc, ProjectionDoc, ProjectionsDoc,
-    ReplayDoc, ReplayFromDoc, StatsDoc, StreamsDoc, SwitchOutcome, SwitchOverDoc, TraceDoc,
-    build_trace, version_of,
+    Bucket, CliError, ContextDoc, EventDoc, ExportLine, HistoryDoc, ImportDoc, ImportLine,
+    ProjectionDoc, ProjectionsDoc, ReplayDoc, ReplayFromDoc, StatsDoc, StreamsDoc, SwitchOutcome,
+    SwitchOverDoc, TraceDoc, build_trace, version_of,
 };
 use super::progress::Progress;
 use cqrs_core::{EventFilter, EventStore, StreamId};
@@ -290,6 +290,112 @@ impl Session {
         }
         progress.finish();
         Ok(exported)
+    }
+
+    /// `import`: the lines of an export read from `input`, appended to `context` (created if
+    /// missing) aggregate by aggregate in version order (see `args::Command::Import`).
+    pub(crate) async fn import(
+        &self,
+        context: &str,
+        input: Box<dyn std::io::BufRead>,
+    ) -> Result<ImportDoc, CliError> {
+        let config = StoreConfig::new(context).request_timeout(self.timeout);
+        let store = JetStreamEventStore::from_client(self.client.clone(), config).await?;
+        let subjects = store.subjects().clone();
+        let stream = self.js.get_stream(store.stream_name()).await.map_err(|e| {
+            CliError::jetstream(format!("reading stream {}", store.stream_name()), e)
+        })?;
+        let mut progress = Progress::stderr(store.stream_name(), "imported", None, self.progress);
+        // Per aggregate subject: the version and stream sequence of its last event here.
+        let mut heads: HashMap<String, (u64, u64)> = HashMap::new();
+        let mut doc = ImportDoc {
+            context: context.to_owned(),
+            imported: 0,
+            skipped: 0,
+            ignored: 0,
+        };
+        for (number, line) in (1..).zip(std::io::BufRead::lines(input)) {
+            let line = line.map_err(CliError::Input)?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let bad = |reason: String| CliError::BadImport {
+                line: number,
+                reason,
+            };
+            let exported: ImportLine = serde_json::from_str(&line)
+                .map_err(|e| bad(format!("not a line of `cqrs export`: {e}")))?;
+            let Some(target) = retarget(&subjects, &exported.subject) else {
+                doc.ignored += 1;
+                continue;
+            };
+            let (version, event_id) = imported_identity(&exported).map_err(bad)?;
+            let stored = subjects.stored(&target).map_err(|e| bad(e.to_string()))?;
+            let (head_version, head_sequence) = match heads.get(&target) {
+                Some(head) => *head,
+                None => last_of(&stream, &stored).await?,
+            };
+            if version <= head_version {
+                let here = event_at(&stream, &stored, version).await?;
+                if here != Some(event_id) {
+                    return Err(bad(format!(
+                        "{target} already has another event at version {version}; import into a fresh context"
+                    )));
+                }
+                doc.skipped += 1;
+                heads.insert(target, (head_version, head_sequence));
+                continue;
+            }
+            if version != head_version + 1 {
+                return Err(bad(format!(
+                    "{target} is at version {head_version} here, the line holds version {version}: an export from position 1 has every version"
+                )));
+            }
+            let sequence = self
+                .publish_imported(&target, &exported, head_sequence)
+                .await
+                .map_err(|e| bad(cqrs_core::error::report(&*e)))?;
+            heads.insert(target, (version, sequence));
+            doc.imported += 1;
+            progress.tick();
+        }
+        progress.finish();
+        Ok(doc)
+    }
+
+    /// Publishes one imported event to `subject`, expecting its aggregate's last event at
+    /// stream sequence `after`; returns the new event's sequence.
+    async fn publish_imported(
+        &self,
+        subject: &str,
+        exported: &ImportLine,
+        after: u64,
+    ) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
+        let mut headers = async_nats::HeaderMap::new();
+        for (name, values) in &exported.headers {
+            // The writer's expectations and batch markers were for the server it wrote to.
+            if IMPORT_DROPS.iter().any(|prefix| name.starts_with(prefix)) {
+                continue;
+            }
+            for value in values {
+                headers.append(name.as_str(), value.as_str());
+            }
+        }
+        headers.insert(
+            "Nats-Expected-Last-Subject-Sequence",
+            after.to_string().as_str(),
+        );
+        let body: Vec<u8> = match (&exported.body, &exported.body_hex) {
+            (Some(text), _) => text.clone().into_bytes(),
+            (None, Some(hex)) => from_hex(hex)?,
+            (None, None) => Vec::new(),
+        };
+        let ack = self
+            .js
+            .publish_with_headers(subject.to_owned(), headers, body.into())
+            .await?
+            .await?;
+        Ok(ack.sequence)
     }
 
     /// The context's stream and its info.
@@ -748,6 +854,116 @@ fn context_of(config: &jetstream::stream::Config) -> String {
             || config.name.trim_start_matches(STREAM_PREFIX).to_lowercase(),
             str::to_owned,
         )
+}
+
+/// Headers an import does not copy: expectations and batch markers of the original write.
+const IMPORT_DROPS: [&str; 4] = ["Nats-Expected-", "Nats-Batch-", "Nats-TTL", "Nats-Rollup"];
+
+/// `subject` (an exported event's) in the target context: `<source>.events.<tenant>.<type>.<id>`
+/// becomes `<context>.events.<tenant>.<type>.<id>`; `None` for anything else.
+fn retarget(subjects: &Subjects, subject: &str) -> Option<String> {
+    let mut tokens = subject.split('.');
+    let (Some(_source), Some("events"), Some(tenant), Some(aggregate_type), Some(id), None) = (
+        tokens.next(),
+        tokens.next(),
+        tokens.next(),
+        tokens.next(),
+        tokens.next(),
+        tokens.next(),
+    ) else {
+        return None;
+    };
+    Some(format!(
+        "{}.events.{tenant}.{aggregate_type}.{id}",
+        subjects.context()
+    ))
+}
+
+/// The aggregate version and event id of an exported event, from its envelope and message id.
+fn imported_identity(line: &ImportLine) -> Result<(u64, Uuid), String> {
+    let first = |name: &str| line.headers.get(name).and_then(|v| v.first());
+    let envelope = first(cqrs_nats::headers::ENVELOPE).ok_or(
+        "the event has no Cqrs-Envelope header (events of the first wire format are not imported)",
+    )?;
+    let version = serde_json::from_str::<serde_json::Value>(envelope)
+        .ok()
+        .and_then(|e| e.get("version").and_then(serde_json::Value::as_u64))
+        .ok_or("the envelope has no version")?;
+    let event_id = first(cqrs_nats::headers::MSG_ID)
+        .and_then(|id| Uuid::parse_str(id).ok())
+        .ok_or("the event has no event id (Nats-Msg-Id)")?;
+    Ok((version, event_id))
+}
+
+/// The version and stream sequence of the last event stored under `stored` (0, 0 for none).
+async fn last_of(stream: &jetstream::stream::Stream, stored: &str) -> Result<(u64, u64), CliError> {
+    use cqrs_nats::async_nats::jetstream::stream::LastRawMessageErrorKind as K;
+    match stream.get_last_raw_message_by_subject(stored).await {
+        Ok(message) => {
+            let envelope = message
+                .headers
+                .get(cqrs_nats::headers::ENVELOPE)
+                .map(cqrs_nats::async_nats::HeaderValue::as_str)
+                .and_then(|e| serde_json::from_str::<serde_json::Value>(e).ok());
+            let version = envelope
+                .and_then(|e| e.get("version").and_then(serde_json::Value::as_u64))
+                .unwrap_or(0);
+            Ok((version, message.sequence))
+        }
+        Err(e) if e.kind() == K::NoMessageFound => Ok((0, 0)),
+        Err(e) => Err(CliError::jetstream(
+            format!("reading the last event of {stored}"),
+            e,
+        )),
+    }
+}
+
+/// The id of the event at `version` under `stored`, if any (a re-run checks what it skips).
+async fn event_at(
+    stream: &jetstream::stream::Stream,
+    stored: &str,
+    version: u64,
+) -> Result<Option<Uuid>, CliError> {
+    use cqrs_nats::async_nats::jetstream::consumer::{DeliverPolicy, pull};
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: stored.to_owned(),
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| CliError::jetstream(format!("reading {stored}"), e))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| CliError::jetstream(format!("reading {stored}"), e))?;
+    let mut seen = 0;
+    while seen < version {
+        let Some(message) = messages.next().await else {
+            return Ok(None);
+        };
+        let message = message.map_err(|e| CliError::jetstream(format!("reading {stored}"), e))?;
+        seen += 1;
+        if seen == version {
+            return Ok(message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(cqrs_nats::headers::MSG_ID))
+                .and_then(|id| Uuid::parse_str(id.as_str()).ok()));
+        }
+    }
+    Ok(None)
+}
+
+/// Bytes from the lower-case hex of `export`'s `body_hex`.
+fn from_hex(hex: &str) -> Result<Vec<u8>, String> {
+    if hex.len() % 2 != 0 {
+        return Err("body_hex has an odd length".to_owned());
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|e| format!("body_hex: {e}")))
+        .collect()
 }
 
 #[cfg(test)]

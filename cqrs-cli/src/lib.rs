@@ -177,6 +177,8 @@ impl Cli {
         match &cli.command {
             Command::Catalog => self.catalog(cli),
             Command::Diagram { aggregate, format } => self.diagram(cli, aggregate, *format),
+            Command::Import { input, yes } => import(cli, input.as_deref(), *yes).await,
+            Command::Export { from, output } => export(cli, *from, output.as_deref()).await,
             _ => self.remote(cli).await,
         }
     }
@@ -220,12 +222,7 @@ impl Cli {
     async fn remote(&self, cli: &Args) -> Result<String, CliError> {
         let json = cli.json;
         let context = cli.context.as_deref();
-        let session = commands::Session::connect(
-            &cli.server,
-            Duration::from_secs(cli.timeout.max(1)),
-            cli.progress,
-        )
-        .await?;
+        let session = connect(cli).await?;
         match &cli.command {
             Command::History {
                 aggregate_type,
@@ -282,9 +279,6 @@ impl Cli {
                 let stats = session.stats(&context, *by).await?;
                 output::render(json, &stats, output::stats)
             }
-            Command::Export { from, output } => {
-                export(&session, context, *from, output.as_deref()).await
-            }
             Command::Projections => {
                 let context = session.resolve_context(context).await?;
                 let projections = session.projections(&context).await?;
@@ -314,7 +308,11 @@ impl Cli {
                     .await?;
                 switch_over(json, &doc)
             }
-            Command::Catalog | Command::Diagram { .. } => Ok(String::new()),
+            // Run by `execute` without this session.
+            Command::Catalog
+            | Command::Diagram { .. }
+            | Command::Import { .. }
+            | Command::Export { .. } => Ok(String::new()),
         }
     }
 }
@@ -341,12 +339,12 @@ fn fail(error: &CliError) -> ExitCode {
 
 /// `export` to `output` (stdout without one), with the count on stderr.
 async fn export(
-    session: &commands::Session,
-    context: Option<&str>,
+    cli: &Args,
     from: u64,
     output: Option<&std::path::Path>,
 ) -> Result<String, CliError> {
-    let context = &session.resolve_context(context).await?;
+    let session = connect(cli).await?;
+    let context = &session.resolve_context(cli.context.as_deref()).await?;
     let mut out: Box<dyn std::io::Write> = if let Some(path) = output {
         Box::new(std::fs::File::create(path).map_err(CliError::Output)?)
     } else {
@@ -360,6 +358,44 @@ async fn export(
         "exported {exported} events of context `{context}`"
     );
     Ok(String::new())
+}
+
+/// A session on the server `cli` names.
+async fn connect(cli: &Args) -> Result<commands::Session, CliError> {
+    commands::Session::connect(
+        &cli.server,
+        Duration::from_secs(cli.timeout.max(1)),
+        cli.progress,
+    )
+    .await
+}
+
+/// `import` from `input` (stdin without one) into `--context`.
+async fn import(
+    cli: &Args,
+    input: Option<&std::path::Path>,
+    yes: bool,
+) -> Result<String, CliError> {
+    let Some(context) = cli.context.as_deref() else {
+        return Err(CliError::ImportWithoutContext);
+    };
+    let source = input.map_or_else(|| "stdin".to_owned(), |p| p.display().to_string());
+    if !yes {
+        return Err(CliError::NotConfirmed(format!(
+            "would import the events of {source} into context `{context}` on {}",
+            cli.server
+        )));
+    }
+    let session = connect(cli).await?;
+    let reader: Box<dyn std::io::BufRead> = if let Some(path) = input {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(path).map_err(CliError::Input)?,
+        ))
+    } else {
+        Box::new(std::io::stdin().lock())
+    };
+    let doc = session.import(context, reader).await?;
+    output::render(cli.json, &doc, output::import)
 }
 
 #[cfg(test)]

@@ -101,6 +101,19 @@ pub(crate) enum CliError {
     #[error(transparent)]
     Read(#[from] StoreError),
     /// Writing to stdout failed (e.g. a closed pipe).
+    #[error("cannot read the input")]
+    Input(#[source] std::io::Error),
+    /// `import` without `--context`.
+    #[error("import needs --context: the context to write the events into")]
+    ImportWithoutContext,
+    /// An `import` line that is not an exported event, or that the context cannot take.
+    #[error("line {line} of the import: {reason}")]
+    BadImport {
+        /// The 1-based line number.
+        line: u64,
+        /// What is wrong and what to do.
+        reason: String,
+    },
     #[error("cannot write the output")]
     Output(#[source] std::io::Error),
     /// Encoding the JSON output failed.
@@ -157,7 +170,7 @@ impl CliError {
     /// arguments), 1 for everything else.
     pub(crate) fn exit_code(&self) -> u8 {
         match self {
-            Self::NotConfirmed(_) => 2,
+            Self::NotConfirmed(_) | Self::ImportWithoutContext => 2,
             _ => 1,
         }
     }
@@ -685,6 +698,27 @@ impl<'a> ExportLine<'a> {
             body_hex,
         }
     }
+}
+
+/// What `import` did.
+#[derive(Debug, Serialize)]
+pub(crate) struct ImportDoc {
+    pub(crate) context: String,
+    pub(crate) imported: u64,
+    pub(crate) skipped: u64,
+    pub(crate) ignored: u64,
+}
+
+/// One line of an export, as `import` reads it.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct ImportLine {
+    pub(crate) subject: String,
+    #[serde(default)]
+    pub(crate) headers: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub(crate) body: Option<String>,
+    #[serde(default)]
+    pub(crate) body_hex: Option<String>,
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! Human-readable views of the documents, and the `--json` switch.
 
 use super::model::{
-    CatalogDoc, CliError, CommandNode, EventDoc, HistoryDoc, ProjectionsDoc, ReplayDoc, StatsDoc,
-    StreamsDoc, SwitchOutcome, SwitchOverDoc, TraceDoc,
+    CatalogDoc, CliError, CommandNode, EventDoc, HistoryDoc, ImportDoc, ProjectionsDoc, ReplayDoc,
+    StatsDoc, StreamsDoc, SwitchOutcome, SwitchOverDoc, TraceDoc,
 };
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -250,6 +250,17 @@ pub(crate) fn streams(doc: &StreamsDoc) -> String {
 }
 
 /// `stats`: a header line and one row per bucket.
+pub(crate) fn import(doc: &ImportDoc) -> String {
+    format!(
+        "context {}: {} event{} imported, {} already there, {} lines not aggregate events\n",
+        doc.context,
+        doc.imported,
+        if doc.imported == 1 { "" } else { "s" },
+        doc.skipped,
+        doc.ignored
+    )
+}
+
 pub(crate) fn stats(doc: &StatsDoc) -> String {
     let mut out = format!(
         "context {}: {} event{} by {}\n",
