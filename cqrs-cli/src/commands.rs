@@ -306,8 +306,9 @@ impl Session {
             CliError::jetstream(format!("reading stream {}", store.stream_name()), e)
         })?;
         let mut progress = Progress::stderr(store.stream_name(), "imported", None, self.progress);
-        // Per aggregate subject: the version and stream sequence of its last event here.
-        let mut heads: HashMap<String, (u64, u64)> = HashMap::new();
+        // Per aggregate subject: the version, stream sequence and id of its last event here
+        // (when it was there before the import).
+        let mut heads: HashMap<String, Head> = HashMap::new();
         let mut doc = ImportDoc {
             context: context.to_owned(),
             imported: 0,
@@ -331,19 +332,21 @@ impl Session {
             };
             let (version, event_id) = imported_identity(&exported).map_err(bad)?;
             let stored = subjects.stored(&target).map_err(|e| bad(e.to_string()))?;
-            let (head_version, head_sequence) = match heads.get(&target) {
+            let head = match heads.get(&target) {
                 Some(head) => *head,
                 None => last_of(&stream, &stored).await?,
             };
+            let (head_version, head_sequence) = (head.version, head.sequence);
             if version <= head_version {
-                let here = event_at(&stream, &stored, version).await?;
-                if here != Some(event_id) {
+                // Already there. The export lists every version, so each aggregate's last
+                // event here is met once: its id says whether this is the same history.
+                if version == head_version && head.id != Some(event_id) {
                     return Err(bad(format!(
                         "{target} already has another event at version {version}; import into a fresh context"
                     )));
                 }
                 doc.skipped += 1;
-                heads.insert(target, (head_version, head_sequence));
+                heads.insert(target, head);
                 continue;
             }
             if version != head_version + 1 {
@@ -355,7 +358,14 @@ impl Session {
                 .publish_imported(&target, &exported, head_sequence)
                 .await
                 .map_err(|e| bad(cqrs_core::error::report(&*e)))?;
-            heads.insert(target, (version, sequence));
+            heads.insert(
+                target,
+                Head {
+                    version,
+                    sequence,
+                    id: Some(event_id),
+                },
+            );
             doc.imported += 1;
             progress.tick();
         }
@@ -895,64 +905,46 @@ fn imported_identity(line: &ImportLine) -> Result<(u64, Uuid), String> {
     Ok((version, event_id))
 }
 
-/// The version and stream sequence of the last event stored under `stored` (0, 0 for none).
-async fn last_of(stream: &jetstream::stream::Stream, stored: &str) -> Result<(u64, u64), CliError> {
+/// An aggregate's last event in the target context.
+#[derive(Clone, Copy)]
+struct Head {
+    version: u64,
+    sequence: u64,
+    id: Option<Uuid>,
+}
+
+/// The last event stored under `stored` (version and sequence 0 for none).
+async fn last_of(stream: &jetstream::stream::Stream, stored: &str) -> Result<Head, CliError> {
     use cqrs_nats::async_nats::jetstream::stream::LastRawMessageErrorKind as K;
     match stream.get_last_raw_message_by_subject(stored).await {
         Ok(message) => {
-            let envelope = message
-                .headers
-                .get(cqrs_nats::headers::ENVELOPE)
-                .map(cqrs_nats::async_nats::HeaderValue::as_str)
-                .and_then(|e| serde_json::from_str::<serde_json::Value>(e).ok());
-            let version = envelope
+            let header = |name: &str| {
+                message
+                    .headers
+                    .get(name)
+                    .map(cqrs_nats::async_nats::HeaderValue::as_str)
+            };
+            let version = header(cqrs_nats::headers::ENVELOPE)
+                .and_then(|e| serde_json::from_str::<serde_json::Value>(e).ok())
                 .and_then(|e| e.get("version").and_then(serde_json::Value::as_u64))
                 .unwrap_or(0);
-            Ok((version, message.sequence))
+            let id = header(cqrs_nats::headers::MSG_ID).and_then(|id| Uuid::parse_str(id).ok());
+            Ok(Head {
+                version,
+                sequence: message.sequence,
+                id,
+            })
         }
-        Err(e) if e.kind() == K::NoMessageFound => Ok((0, 0)),
+        Err(e) if e.kind() == K::NoMessageFound => Ok(Head {
+            version: 0,
+            sequence: 0,
+            id: None,
+        }),
         Err(e) => Err(CliError::jetstream(
             format!("reading the last event of {stored}"),
             e,
         )),
     }
-}
-
-/// The id of the event at `version` under `stored`, if any (a re-run checks what it skips).
-async fn event_at(
-    stream: &jetstream::stream::Stream,
-    stored: &str,
-    version: u64,
-) -> Result<Option<Uuid>, CliError> {
-    use cqrs_nats::async_nats::jetstream::consumer::{DeliverPolicy, pull};
-    let consumer = stream
-        .create_consumer(pull::OrderedConfig {
-            filter_subject: stored.to_owned(),
-            deliver_policy: DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| CliError::jetstream(format!("reading {stored}"), e))?;
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(|e| CliError::jetstream(format!("reading {stored}"), e))?;
-    let mut seen = 0;
-    while seen < version {
-        let Some(message) = messages.next().await else {
-            return Ok(None);
-        };
-        let message = message.map_err(|e| CliError::jetstream(format!("reading {stored}"), e))?;
-        seen += 1;
-        if seen == version {
-            return Ok(message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(cqrs_nats::headers::MSG_ID))
-                .and_then(|id| Uuid::parse_str(id.as_str()).ok()));
-        }
-    }
-    Ok(None)
 }
 
 /// Bytes from the lower-case hex of `export`'s `body_hex`.

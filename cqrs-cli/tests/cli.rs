@@ -1636,6 +1636,32 @@ async fn export_writes_every_event_as_ndjson() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Each aggregate's events of `a` and `b` have the same ids, versions, metadata, times and
+/// bodies.
+fn assert_same_events(a: &[Vec<cqrs_core::RecordedEvent>], b: &[Vec<cqrs_core::RecordedEvent>]) {
+    for (a, b) in a.iter().zip(b) {
+        assert_eq!(a.len(), b.len());
+        for (a, b) in a.iter().zip(b) {
+            assert_eq!(
+                (
+                    a.event_id,
+                    a.version,
+                    &a.metadata,
+                    a.recorded_at,
+                    &a.payload
+                ),
+                (
+                    b.event_id,
+                    b.version,
+                    &b.metadata,
+                    b.recorded_at,
+                    &b.payload
+                )
+            );
+        }
+    }
+}
+
 /// The events of `context`, aggregate by aggregate, as the library loads them.
 async fn histories(url: &str, context: &str) -> Vec<Vec<cqrs_core::RecordedEvent>> {
     use cqrs_core::EventStore;
@@ -1658,8 +1684,9 @@ async fn histories(url: &str, context: &str) -> Vec<Vec<cqrs_core::RecordedEvent
     all
 }
 
-/// `import`: an export written into another context keeps ids, versions, metadata and bodies;
-/// nothing without `--yes`; a re-run, or finishing an interrupted import, writes nothing twice.
+/// `import`: an export written into a fresh server, and into another context, keeps ids,
+/// versions, metadata and bodies; nothing without `--yes`; a re-run, or finishing an interrupted
+/// import, writes nothing twice.
 #[tokio::test(flavor = "multi_thread")]
 async fn import_restores_an_export_once() {
     let server = NatsServer::start().await.expect("nats-server");
@@ -1703,16 +1730,19 @@ async fn import_restores_an_export_once() {
     assert_eq!(first["imported"], 4, "{first}");
     assert_eq!(first["skipped"], 0, "{first}");
     let original = histories(&url, CONTEXT).await;
-    let restored = histories(&url, "restored").await;
-    for (original, restored) in original.iter().zip(&restored) {
-        assert_eq!(original.len(), restored.len());
-        for (o, r) in original.iter().zip(restored) {
-            assert_eq!(
-                (o.event_id, o.version, &o.metadata, o.recorded_at),
-                (r.event_id, r.version, &r.metadata, r.recorded_at)
-            );
-            assert_eq!(o.payload, r.payload);
-        }
+    // The same into a fresh server, under the context's own name.
+    let fresh = NatsServer::start().await.expect("a second nats-server");
+    let moved = json(
+        &fresh.url(),
+        &["--context", CONTEXT, "import", "--input", file_arg, "--yes"],
+    );
+    assert_eq!(moved["imported"], 4, "{moved}");
+    for restored in [
+        histories(&url, "restored").await,
+        histories(&fresh.url(), CONTEXT).await,
+    ] {
+        assert_eq!(restored.len(), original.len());
+        assert_same_events(&original, &restored);
     }
     // A re-run writes nothing.
     let again = import("restored", file_arg);
@@ -1734,5 +1764,28 @@ async fn import_restores_an_export_once() {
         (Some(2), Some(2))
     );
     assert_eq!(histories(&url, "partial").await.concat().len(), 4);
+
+    // Another event at a version the context holds: the import stops at that line.
+    let mut other: Value = serde_json::from_str(text.lines().nth(1).unwrap()).unwrap();
+    other["headers"]["Nats-Msg-Id"][0] = Value::from(uuid::Uuid::now_v7().to_string());
+    let forged = dir.join("forged.ndjson");
+    std::fs::write(&forged, format!("{other}\n")).unwrap();
+    let refused = cqrs(&[
+        "--server",
+        &url,
+        "--context",
+        "restored",
+        "import",
+        "--input",
+        forged.to_str().unwrap(),
+        "--yes",
+    ]);
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("line 1") && stderr.contains("another event at version 1"),
+        "{stderr}"
+    );
+    assert_eq!(histories(&url, "restored").await.concat().len(), 4);
     std::fs::remove_dir_all(&dir).unwrap();
 }
