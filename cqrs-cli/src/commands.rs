@@ -392,7 +392,7 @@ impl Session {
             }
         }
         headers.insert(
-            "Nats-Expected-Last-Subject-Sequence",
+            cqrs_nats::headers::EXPECTED_LAST_SUBJECT_SEQUENCE,
             after.to_string().as_str(),
         );
         let body: Vec<u8> = match (&exported.body, &exported.body_hex) {
@@ -895,14 +895,19 @@ fn imported_identity(line: &ImportLine) -> Result<(u64, Uuid), String> {
     let envelope = first(cqrs_nats::headers::ENVELOPE).ok_or(
         "the event has no Cqrs-Envelope header (events of the first wire format are not imported)",
     )?;
-    let version = serde_json::from_str::<serde_json::Value>(envelope)
-        .ok()
-        .and_then(|e| e.get("version").and_then(serde_json::Value::as_u64))
-        .ok_or("the envelope has no version")?;
+    let version = envelope_version(envelope).ok_or("the envelope has no version")?;
     let event_id = first(cqrs_nats::headers::MSG_ID)
         .and_then(|id| Uuid::parse_str(id).ok())
         .ok_or("the event has no event id (Nats-Msg-Id)")?;
     Ok((version, event_id))
+}
+
+/// The aggregate version a `Cqrs-Envelope` header states.
+fn envelope_version(envelope: &str) -> Option<u64> {
+    serde_json::from_str::<serde_json::Value>(envelope)
+        .ok()?
+        .get("version")?
+        .as_u64()
 }
 
 /// An aggregate's last event in the target context.
@@ -925,8 +930,7 @@ async fn last_of(stream: &jetstream::stream::Stream, stored: &str) -> Result<Hea
                     .map(cqrs_nats::async_nats::HeaderValue::as_str)
             };
             let version = header(cqrs_nats::headers::ENVELOPE)
-                .and_then(|e| serde_json::from_str::<serde_json::Value>(e).ok())
-                .and_then(|e| e.get("version").and_then(serde_json::Value::as_u64))
+                .and_then(envelope_version)
                 .unwrap_or(0);
             let id = header(cqrs_nats::headers::MSG_ID).and_then(|id| Uuid::parse_str(id).ok());
             Ok(Head {

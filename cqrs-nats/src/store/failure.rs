@@ -147,11 +147,16 @@ pub(super) fn classify_publish(error: jetstream::context::PublishError) -> Failu
         K::MaxPayloadExceeded => Failure::TooLarge(text),
         _ => match jetstream_code(&error) {
             Some(code) => match classify_code(code, text) {
-                // The server's code decided; its error stays the source.
-                Failure::Busy(cause) => Failure::Busy(Cause::because(&cause.what, error)),
-                Failure::Unavailable(cause) => {
-                    Failure::Unavailable(Cause::because(&cause.what, error))
-                }
+                // The server's code decided; its error, which the reply's text came from, is
+                // the source, and the reason says what the code means.
+                Failure::Busy(_) => Failure::Busy(Cause::because(
+                    "the server asks to try again (a duplicate in flight, or too many batches)",
+                    error,
+                )),
+                Failure::Unavailable(_) => Failure::Unavailable(Cause::because(
+                    "the stream cannot take writes now (no leader, no cluster or short of resources)",
+                    error,
+                )),
                 other => other,
             },
             None => Failure::Backend(Box::new(error)),
