@@ -1662,6 +1662,40 @@ fn assert_same_events(a: &[Vec<cqrs_core::RecordedEvent>], b: &[Vec<cqrs_core::R
     }
 }
 
+/// A projection that notes each event it is given: aggregate, version, type and body.
+#[derive(Default)]
+struct Ledger(Mutex<Vec<(String, u64, String, Vec<u8>)>>);
+
+impl Projection for Ledger {
+    fn name(&self) -> &str {
+        "ledger"
+    }
+
+    async fn apply(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
+        self.0.lock().unwrap().push((
+            event.aggregate_id.clone(),
+            event.version,
+            event.payload.event_type.clone(),
+            event.payload.data.clone(),
+        ));
+        Ok(())
+    }
+}
+
+/// What [`Ledger`] holds once rebuilt from the first event of `context`.
+async fn ledger(url: &str, context: &str) -> Vec<(String, u64, String, Vec<u8>)> {
+    let store = JetStreamEventStore::connect(url, StoreConfig::new(context))
+        .await
+        .expect("store");
+    let ledger = Ledger::default();
+    cqrs_core::projection::catch_up(&store, &ledger, 1, &cqrs_core::RetryPolicy::default())
+        .await
+        .expect("rebuild");
+    let noted = ledger.0.lock().unwrap().clone();
+    assert_eq!(noted.len(), 4, "{noted:?}");
+    noted
+}
+
 /// The events of `context`, aggregate by aggregate, as the library loads them.
 async fn histories(url: &str, context: &str) -> Vec<Vec<cqrs_core::RecordedEvent>> {
     use cqrs_core::EventStore;
@@ -1744,6 +1778,12 @@ async fn import_restores_an_export_once() {
         assert_eq!(restored.len(), original.len());
         assert_same_events(&original, &restored);
     }
+    // A projection rebuilt from the first event where the events now are sees what it sees
+    // in the original context.
+    assert_eq!(
+        ledger(&url, CONTEXT).await,
+        ledger(&fresh.url(), CONTEXT).await
+    );
     // A re-run writes nothing.
     let again = import("restored", file_arg);
     assert_eq!(
