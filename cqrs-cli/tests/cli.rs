@@ -1662,9 +1662,12 @@ fn assert_same_events(a: &[Vec<cqrs_core::RecordedEvent>], b: &[Vec<cqrs_core::R
     }
 }
 
-/// A projection that notes each event it is given: aggregate, version, type and body.
+/// What [`Ledger`] notes of an event: aggregate, version, type and body.
+type Noted = (String, u64, String, Vec<u8>);
+
+/// A projection that notes each event it is given.
 #[derive(Default)]
-struct Ledger(Mutex<Vec<(String, u64, String, Vec<u8>)>>);
+struct Ledger(Mutex<Vec<Noted>>);
 
 impl Projection for Ledger {
     fn name(&self) -> &str {
@@ -1683,7 +1686,7 @@ impl Projection for Ledger {
 }
 
 /// What [`Ledger`] holds once rebuilt from the first event of `context`.
-async fn ledger(url: &str, context: &str) -> Vec<(String, u64, String, Vec<u8>)> {
+async fn ledger(url: &str, context: &str) -> Vec<Noted> {
     let store = JetStreamEventStore::connect(url, StoreConfig::new(context))
         .await
         .expect("store");
