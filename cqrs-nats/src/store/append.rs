@@ -333,12 +333,6 @@ impl JetStreamEventStore {
         const OP: &str = "append";
         let first_id = ids.first().copied().unwrap_or_default();
         let retries = self.inner.config.any_version_retries;
-        let outcome_unknown = |cause: Cause| StoreError::OutcomeUnknown {
-            stream: stream.clone(),
-            event_id: first_id,
-            reason: cause.what,
-            source: cause.source,
-        };
         Some(match failure {
             // `Any` went out with a stale head: try again with a fresh one. A retry of an append
             // that already landed is then answered by the server's deduplication.
@@ -374,17 +368,14 @@ impl JetStreamEventStore {
                 tokio::time::sleep(Duration::from_millis(10 << (*attempt).min(6))).await;
                 return None;
             }
-            Failure::Busy(cause) => Err(outcome_unknown(cause)),
+            Failure::Busy(cause) => Err(cause.outcome_unknown(stream, first_id, None)),
             Failure::OutcomeUnknown(cause) => match self.original(subject, ids).await {
                 Ok(Some(mut original)) => {
                     original.duplicate = false;
                     Ok(original)
                 }
-                Ok(None) => Err(outcome_unknown(cause)),
-                Err(lookup) => Err(outcome_unknown(Cause {
-                    what: format!("{}; looking the event up failed too: {lookup}", cause.what),
-                    source: cause.source,
-                })),
+                Ok(None) => Err(cause.outcome_unknown(stream, first_id, None)),
+                Err(lookup) => Err(cause.outcome_unknown(stream, first_id, Some(&lookup))),
             },
             terminal => Err(match terminal.terminal(OP, stream) {
                 Ok(error) => error,

@@ -270,21 +270,10 @@ impl JetStreamEventStore {
                         }
                         Ok(originals)
                     }
-                    Ok(None) => Err(StoreError::OutcomeUnknown {
-                        stream: first.stream.clone(),
-                        event_id: first_id,
-                        reason: cause.what,
-                        source: cause.source,
-                    }),
-                    Err(lookup) => Err(StoreError::OutcomeUnknown {
-                        stream: first.stream.clone(),
-                        event_id: first_id,
-                        reason: format!(
-                            "{}; looking the events up failed too: {lookup}",
-                            cause.what
-                        ),
-                        source: cause.source,
-                    }),
+                    Ok(None) => Err(cause.outcome_unknown(&first.stream, first_id, None)),
+                    Err(lookup) => {
+                        Err(cause.outcome_unknown(&first.stream, first_id, Some(&lookup)))
+                    }
                 }
             }
             terminal => Err(match terminal.terminal(OP, &first.stream) {

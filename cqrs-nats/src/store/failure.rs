@@ -16,11 +16,6 @@ pub(super) fn jetstream_code(error: &(dyn std::error::Error + 'static)) -> Optio
     None
 }
 
-/// `error` and its sources as one line, without the repetitions async-nats errors carry.
-pub(super) fn chain_text(error: &(dyn std::error::Error + 'static)) -> String {
-    cqrs_core::error::report(error)
-}
-
 /// What went wrong, in the store's words, and the client's error behind it when there is one
 /// (kept as the source of the `StoreError` made from it, not copied into its message).
 pub(super) struct Cause {
@@ -41,6 +36,26 @@ impl Cause {
         Self {
             what: what.to_owned(),
             source: Some(source.into()),
+        }
+    }
+
+    /// The `OutcomeUnknown` of an append to `stream` whose first event is `event_id`, after
+    /// looking its events up found nothing or, with `lookup`, failed too.
+    pub(super) fn outcome_unknown(
+        self,
+        stream: &StreamId,
+        event_id: uuid::Uuid,
+        lookup: Option<&StoreError>,
+    ) -> StoreError {
+        let reason = match lookup {
+            None => self.what,
+            Some(lookup) => format!("{}; looking the events up failed too: {lookup}", self.what),
+        };
+        StoreError::OutcomeUnknown {
+            stream: stream.clone(),
+            event_id,
+            reason,
+            source: self.source,
         }
     }
 }
@@ -125,7 +140,7 @@ pub(super) fn classify_code(code: u64, text: String) -> Failure {
 
 pub(super) fn classify_publish(error: jetstream::context::PublishError) -> Failure {
     use jetstream::context::PublishErrorKind as K;
-    let text = chain_text(&error);
+    let text = cqrs_core::error::report(&error);
     if text.to_lowercase().contains("permission") {
         return Failure::PermissionDenied(text);
     }
@@ -166,7 +181,7 @@ pub(super) fn classify_publish(error: jetstream::context::PublishError) -> Failu
 
 pub(super) fn classify_request(error: async_nats::RequestError) -> Failure {
     use async_nats::RequestErrorKind as K;
-    let text = chain_text(&error);
+    let text = cqrs_core::error::report(&error);
     if text.to_lowercase().contains("permission") {
         return Failure::PermissionDenied(text);
     }
