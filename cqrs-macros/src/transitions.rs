@@ -51,6 +51,19 @@ struct Model {
     decide: Option<ImplItemFn>,
 }
 
+impl Model {
+    /// The commands the transitions handle, each once, in the order they are first named.
+    fn commands(&self) -> Vec<&Ident> {
+        let mut commands: Vec<&Ident> = Vec::new();
+        for on in self.transitions.iter().filter_map(|t| t.on.as_ref()) {
+            if !commands.contains(&on) {
+                commands.push(on);
+            }
+        }
+        commands
+    }
+}
+
 struct TransitionDecl {
     from: Vec<Ident>,
     /// The fields each `from` state binds (`from = OnLoan { member }`), aligned with `from`.
@@ -469,12 +482,7 @@ fn command_checks(model: &Model) -> Option<TokenStream> {
         state,
         span = Span::call_site()
     );
-    let mut commands: Vec<String> = Vec::new();
-    for on in model.transitions.iter().filter_map(|t| t.on.as_ref()) {
-        if !commands.contains(&on.to_string()) {
-            commands.push(on.to_string());
-        }
-    }
+    let commands = model.commands().into_iter().map(Ident::to_string);
     let handlers = model.transitions.iter().filter_map(|t| {
         let on = t.on.as_ref()?;
         let (on_name, handler) = (on.to_string(), t.handler.to_string());
@@ -575,12 +583,7 @@ fn state_machine_items(model: &Model, alias: &Ident) -> TokenStream {
         .transitions
         .iter()
         .map(|t| decide_arm(t, state_path, alias));
-    let mut commands: Vec<&Ident> = Vec::new();
-    for on in model.transitions.iter().filter_map(|t| t.on.as_ref()) {
-        if !commands.contains(&on) {
-            commands.push(on);
-        }
-    }
+    let commands = model.commands();
     let target_arms = model.transitions.iter().map(|t| {
         let (Some(on), Some(to)) = (&t.on, &t.to) else {
             return TokenStream::new();
@@ -666,16 +669,13 @@ fn state_machine_fn(model: &Model) -> TokenStream {
     let item = &model.item;
     let (impl_generics, _, where_clause) = item.generics.split_for_impl();
     let self_ty = &item.self_ty;
-    let mut commands: Vec<String> = Vec::new();
+    let commands = model.commands().into_iter().map(Ident::to_string);
     let mut table = Vec::new();
     for t in &model.transitions {
         let (Some(on), Some(to)) = (&t.on, &t.to) else {
             continue;
         };
         let (on, to, handler) = (on.to_string(), to.to_string(), t.handler.to_string());
-        if !commands.contains(&on) {
-            commands.push(on.clone());
-        }
         for from in &t.from {
             let from = from.to_string();
             table.push(quote! {
