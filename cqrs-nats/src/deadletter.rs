@@ -21,6 +21,7 @@
 //! same way; listing shows it as a [`DeadLetter`] without an event.
 
 use crate::headers;
+use crate::store::{unavailable, unavailable_because};
 use crate::subject::{Subjects, validate_name};
 use async_nats::HeaderMap;
 use async_nats::header::{HeaderName, HeaderValue};
@@ -53,17 +54,6 @@ pub const PARKED_PUBLISHED: &str = "Cqrs-Parked-Published";
 pub const ORIGINAL_PREFIX: &str = "Cqrs-Original-";
 
 const OP: &str = "dead letters";
-
-fn unavailable(reason: impl std::fmt::Display) -> StoreError {
-    crate::store::unavailable(OP, reason)
-}
-
-fn unavailable_because(
-    what: impl Into<String>,
-    source: impl Into<cqrs_core::error::BoxError>,
-) -> StoreError {
-    crate::store::unavailable_because(OP, what, source)
-}
 
 /// One parked message, as stored in the dead-letter stream.
 #[derive(Debug)]
@@ -138,7 +128,7 @@ impl DeadLetters {
         let existing = match js.get_stream(&name).await {
             Ok(stream) => Some(stream),
             Err(e) if crate::error::is_stream_not_found(&e) => None,
-            Err(e) => return Err(unavailable_because("getting the dead-letter stream", e)),
+            Err(e) => return Err(unavailable_because(OP, "getting the dead-letter stream", e)),
         };
         let stream = if let Some(stream) = existing {
             stream
@@ -163,7 +153,7 @@ impl DeadLetters {
                     Err(create_error) => js
                         .get_stream(&name)
                         .await
-                        .map_err(|_| unavailable(create_error))?,
+                        .map_err(|_| unavailable(OP, create_error))?,
                 }
             }
         };
@@ -246,9 +236,9 @@ impl DeadLetters {
             .js
             .publish_with_headers(subject, map, original.payload.clone())
             .await
-            .map_err(|e| unavailable_because("parking the event", e))?
+            .map_err(|e| unavailable_because(OP, "parking the event", e))?
             .await
-            .map_err(|e| unavailable_because("parking the event", e))?;
+            .map_err(|e| unavailable_because(OP, "parking the event", e))?;
         Ok(ack.sequence)
     }
 
@@ -259,7 +249,7 @@ impl DeadLetters {
             .js
             .get_stream(&self.stream_name)
             .await
-            .map_err(|e| unavailable_because("getting the dead-letter stream", e))?;
+            .map_err(|e| unavailable_because(OP, "getting the dead-letter stream", e))?;
         let head = stream.cached_info().state.last_sequence;
         let consumer = stream
             .create_consumer(pull::OrderedConfig {
@@ -267,7 +257,7 @@ impl DeadLetters {
                 ..Default::default()
             })
             .await
-            .map_err(|e| unavailable_because("creating the consumer", e))?;
+            .map_err(|e| unavailable_because(OP, "creating the consumer", e))?;
         let mut remaining = consumer.cached_info().num_pending;
         let mut out = Vec::new();
         if remaining == 0 {
@@ -276,15 +266,16 @@ impl DeadLetters {
         let mut messages = consumer
             .messages()
             .await
-            .map_err(|e| unavailable_because("reading the consumer", e))?;
+            .map_err(|e| unavailable_because(OP, "reading the consumer", e))?;
         while remaining > 0 {
             let Some(message) = messages.next().await else {
-                return Err(unavailable("the consumer ended early"));
+                return Err(unavailable(OP, "the consumer ended early"));
             };
-            let message = message.map_err(|e| unavailable_because("reading the consumer", e))?;
+            let message =
+                message.map_err(|e| unavailable_because(OP, "reading the consumer", e))?;
             let info = message
                 .info()
-                .map_err(|e| unavailable_because("reading the message metadata", e))?;
+                .map_err(|e| unavailable_because(OP, "reading the message metadata", e))?;
             let (sequence, pending) = (info.stream_sequence, info.pending);
             out.push(self.read(sequence, message.message.headers.as_ref(), &message.payload));
             remaining = pending;
@@ -348,11 +339,11 @@ impl DeadLetters {
             .js
             .get_stream(&self.stream_name)
             .await
-            .map_err(|e| unavailable_because("getting the dead-letter stream", e))?;
+            .map_err(|e| unavailable_because(OP, "getting the dead-letter stream", e))?;
         stream
             .delete_message(sequence)
             .await
-            .map_err(|e| unavailable_because("deleting the dead letter", e))?;
+            .map_err(|e| unavailable_because(OP, "deleting the dead letter", e))?;
         Ok(())
     }
 }
