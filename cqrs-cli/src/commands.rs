@@ -6,6 +6,7 @@ use super::model::{
     ProjectionDoc, ProjectionsDoc, ReplayDoc, ReplayFromDoc, StatsDoc, StreamsDoc, SwitchOutcome,
     SwitchOverDoc, TraceDoc, build_trace, version_of,
 };
+use super::personal::Redactor;
 use super::progress::Progress;
 use cqrs_core::{EventFilter, EventStore, StreamId};
 use cqrs_nats::async_nats::{self, jetstream};
@@ -146,6 +147,7 @@ impl Session {
         tenant: Option<&str>,
     ) -> Result<HistoryDoc, CliError> {
         let store = self.store(context).await?;
+        let mut redactor = Redactor::new(store.jetstream(), context).await?;
         let stream =
             StreamId::new(aggregate_type, id).with_optional_tenant(tenant.map(str::to_owned));
         let mut events = Vec::new();
@@ -163,7 +165,7 @@ impl Session {
         );
         while let Some(event) = read.try_next().await? {
             progress.tick();
-            events.push(EventDoc::from(event));
+            events.push(redactor.doc(event).await?);
         }
         progress.finish();
         Ok(HistoryDoc {
@@ -182,13 +184,14 @@ impl Session {
         correlation_id: Uuid,
     ) -> Result<TraceDoc, CliError> {
         let store = self.store(context).await?;
+        let mut redactor = Redactor::new(store.jetstream(), context).await?;
         let mut progress = self.scan_progress(context).await?;
         let mut all = store.read_all(&EventFilter::all(), 1).await?;
         let mut events = Vec::new();
         while let Some(event) = all.try_next().await? {
             progress.tick();
             if event.metadata.correlation_id == correlation_id {
-                events.push(EventDoc::from(event));
+                events.push(redactor.doc(event).await?);
             }
         }
         progress.finish();
@@ -203,6 +206,7 @@ impl Session {
         print: &mut dyn FnMut(&EventDoc) -> Result<(), CliError>,
     ) -> Result<(), CliError> {
         let store = self.store(context).await?;
+        let mut redactor = Redactor::new(store.jetstream(), context).await?;
         let mut next = match tail.from {
             Some(from) => from.max(1),
             None => self.head(context).await? + 1,
@@ -213,7 +217,7 @@ impl Session {
             let mut events = store.read_all(&tail.filter, next).await?;
             while let Some(event) = events.try_next().await? {
                 next = event.position + 1;
-                print(&EventDoc::from(event))?;
+                print(&redactor.doc(event).await?)?;
                 printed += 1;
                 if tail.limit.is_some_and(|limit| printed >= limit) {
                     return Ok(());

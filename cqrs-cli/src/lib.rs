@@ -40,6 +40,7 @@ mod commands;
 mod local;
 mod model;
 mod output;
+mod personal;
 mod progress;
 mod registry;
 

@@ -1832,3 +1832,64 @@ async fn import_restores_an_export_once() {
     assert_eq!(histories(&url, "restored").await.concat().len(), 4);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, cqrs_core::DomainEvent)]
+enum PersonEvent {
+    Named {
+        person: String,
+        #[personal(subject = person, replacement = "")]
+        name: String,
+    },
+}
+
+/// `history` never prints personal data: a sealed field shows as `[personal]` while its key
+/// exists and as `[erased]` once its subject is forgotten.
+#[tokio::test]
+async fn history_marks_sealed_fields_without_opening_them() {
+    use cqrs_core::personal::PersonalDataStore;
+    use cqrs_core::{EventStore, ExpectedVersion, Metadata, NewEvent, StreamId};
+
+    let server = NatsServer::start().await.unwrap();
+    let url = &server.url();
+    let raw = JetStreamEventStore::connect(url, StoreConfig::new("people"))
+        .await
+        .unwrap();
+    let keys = Arc::new(cqrs_nats::JetStreamKeyStore::open(&raw).await.unwrap());
+    let store = PersonalDataStore::new(raw, keys);
+    for person in ["p-1", "p-2"] {
+        let named = PersonEvent::Named {
+            person: person.to_owned(),
+            name: format!("Secret Name {person}"),
+        };
+        let event = NewEvent::encode(
+            &named,
+            cqrs_core::metadata::new_id(),
+            Metadata::standalone(),
+        )
+        .unwrap();
+        let stream = StreamId::new("Person", person);
+        store
+            .append(&stream, ExpectedVersion::NoStream, vec![event], None)
+            .await
+            .unwrap();
+    }
+    store.forget("p-1").await.unwrap();
+
+    let body = |id: &str| {
+        let doc = json(url, &["--context", "people", "history", "Person", id]);
+        doc["events"][0]["body"].clone()
+    };
+    assert_eq!(
+        body("p-1"),
+        serde_json::json!({"person": "p-1", "name": "[erased]"})
+    );
+    assert_eq!(
+        body("p-2"),
+        serde_json::json!({"person": "p-2", "name": "[personal]"})
+    );
+    let text = human(url, &["--context", "people", "history", "Person", "p-2"]);
+    assert!(
+        text.contains("[personal]") && !text.contains("Secret Name"),
+        "{text}"
+    );
+}

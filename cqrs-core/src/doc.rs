@@ -53,6 +53,7 @@ impl DomainEvent for CounterEvent {
             name: "Added",
             version: 1,
             readable_versions: &[1],
+            personal: &[],
         }]
     }
 }

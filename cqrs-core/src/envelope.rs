@@ -2,6 +2,7 @@
 
 use crate::event::{DecodeError, DomainEvent, EncodeError};
 use crate::metadata::Metadata;
+use crate::personal::PersonalField;
 use crate::stream::{StreamId, StreamPosition};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -27,6 +28,12 @@ pub struct EventEnvelope<E> {
     pub metadata: Metadata,
     /// The event itself.
     pub payload: E,
+    /// The personal-data fields of `payload` whose data subject was forgotten: they hold the
+    /// replacement `#[personal(replacement = ..)]` declares, not what was written. Empty for
+    /// most events; not stored — a reader fills it when it opens the event
+    /// ([`personal`](crate::personal)).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub erased: Vec<String>,
 }
 
 impl<E> EventEnvelope<E> {
@@ -58,6 +65,7 @@ impl<E> EventEnvelope<E> {
             recorded_at: self.recorded_at,
             metadata: self.metadata,
             payload: f(self.payload),
+            erased: self.erased,
         }
     }
 }
@@ -109,10 +117,25 @@ pub struct NewEvent {
     pub payload: SerializedEvent,
     /// Its metadata.
     pub metadata: Metadata,
+    /// The fields of the body that hold personal data and are still in the clear: a
+    /// [`PersonalDataStore`](crate::personal::PersonalDataStore) seals them and empties this;
+    /// every store refuses to write an event where it is not empty.
+    #[serde(skip)]
+    pub personal: &'static [PersonalField],
 }
 
 impl NewEvent {
-    /// Encodes `event` under the given id and metadata.
+    /// An event body under the given id and metadata, with no personal fields to seal.
+    pub fn new(event_id: Uuid, payload: SerializedEvent, metadata: Metadata) -> Self {
+        Self {
+            event_id,
+            payload,
+            metadata,
+            personal: &[],
+        }
+    }
+
+    /// Encodes `event` under the given id and metadata, noting its personal fields.
     pub fn encode<E: DomainEvent>(
         event: &E,
         event_id: Uuid,
@@ -122,6 +145,7 @@ impl NewEvent {
             event_id,
             payload: SerializedEvent::encode(event)?,
             metadata,
+            personal: event.personal_fields(),
         })
     }
 }

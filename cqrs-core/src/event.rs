@@ -5,6 +5,7 @@
 //! content only — its type and version ride beside it (in headers on JetStream) — so that any
 //! client, in any language, can read and write it.
 
+use crate::personal::PersonalField;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
@@ -30,6 +31,12 @@ pub trait DomainEvent: Debug + Clone + Send + Sync + 'static {
 
     /// The event catalog: every type name with its current version and the versions it can read.
     fn catalog() -> &'static [EventSchema];
+
+    /// The fields of this event that hold personal data (`#[personal(..)]`), sealed by a
+    /// [`PersonalDataStore`](crate::personal::PersonalDataStore). None by default.
+    fn personal_fields(&self) -> &'static [PersonalField] {
+        &[]
+    }
 }
 
 /// One entry of an event catalog.
@@ -41,6 +48,8 @@ pub struct EventSchema {
     pub version: u32,
     /// Every version this build can decode, oldest first; always ends with `version`.
     pub readable_versions: &'static [u32],
+    /// The fields of the current version that hold personal data.
+    pub personal: &'static [PersonalField],
 }
 
 /// Why a stored event could not be decoded. The stored bytes are never touched: fix the code

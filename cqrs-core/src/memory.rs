@@ -316,6 +316,7 @@ impl State {
                 recorded_at,
                 metadata,
                 payload: event.payload,
+                erased: Vec::new(),
             });
         }
         start..self.log.len()
@@ -333,6 +334,7 @@ impl EventStore for InMemoryEventStore {
         let Some(first) = events.first() else {
             return Err(StoreError::empty_append(stream));
         };
+        crate::personal::ensure_sealed(stream, &events)?;
         // Without an explicit key the first event id is the key, as `Nats-Msg-Id` is on
         // JetStream: appending the same event twice is a retry, not a second fact.
         let key = idempotency

@@ -6,6 +6,7 @@ pub use crate::command::{Command, CommandField, CommandFields, CommandVariant};
 pub use crate::event::{
     DecodeError, DomainEvent, EncodeError, EventSchema, decode_body, decode_variant, encode_variant,
 };
+pub use crate::personal::PersonalField;
 pub use crate::state_machine::{State, StateMachine, Transition};
 
 /// The half of an `Aggregate` impl that `#[transitions]` writes: `#[derive(Aggregate)]` delegates

@@ -123,8 +123,8 @@ impl AppendTo {
 }
 
 /// Checks the shape of a multi-aggregate commit before anything is sent: parts present, at
-/// least one with events, each with an exact expectation, no aggregate twice, at most `max`
-/// events in all.
+/// least one with events, each with an exact expectation, no aggregate twice, no personal data
+/// in the clear ([`ensure_sealed`](crate::personal::ensure_sealed)), at most `max` events in all.
 pub fn check_parts(parts: &[AppendTo], max: usize) -> Result<(), StoreError> {
     let invalid = |stream: &StreamId, reason: &str| StoreError::InvalidInput {
         stream: stream.clone(),
@@ -153,6 +153,7 @@ pub fn check_parts(parts: &[AppendTo], max: usize) -> Result<(), StoreError> {
                 "the aggregate appears twice in one commit; put all its events in one part",
             ));
         }
+        crate::personal::ensure_sealed(&part.stream, &part.events)?;
     }
     let count: usize = parts.iter().map(|p| p.events.len()).sum();
     if count > max {

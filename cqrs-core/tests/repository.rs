@@ -667,15 +667,15 @@ async fn read_all_filters() {
         .append(
             &StreamId::new("Audit", "a1"),
             ExpectedVersion::NoStream,
-            vec![NewEvent {
-                event_id: new_id(),
-                payload: SerializedEvent {
+            vec![NewEvent::new(
+                new_id(),
+                SerializedEvent {
                     event_type: "Noted".into(),
                     schema_version: 1,
                     data: b"{}".to_vec(),
                 },
-                metadata: Metadata::standalone(),
-            }],
+                Metadata::standalone(),
+            )],
             None,
         )
         .await
@@ -806,15 +806,15 @@ async fn undecodable_event_is_a_typed_error_that_names_it() {
         .append(
             &wallet("w1"),
             ExpectedVersion::NoStream,
-            vec![NewEvent {
-                event_id: new_id(),
-                payload: SerializedEvent {
+            vec![NewEvent::new(
+                new_id(),
+                SerializedEvent {
                     event_type: "Teleported".into(),
                     schema_version: 1,
                     data: b"{}".to_vec(),
                 },
-                metadata: Metadata::standalone(),
-            }],
+                Metadata::standalone(),
+            )],
             None,
         )
         .await

@@ -49,6 +49,8 @@ struct EventVariant<'a> {
     /// Current schema version and its literal, if written.
     version: (u32, Option<LitInt>),
     upcasts: Vec<Upcast>,
+    /// Its `#[personal]` fields.
+    personal: Vec<crate::personal::PersonalField>,
 }
 
 struct Upcast {
@@ -143,6 +145,7 @@ fn parse_variant<'a>(ctxt: &Ctxt, variant: &'a syn::Variant) -> EventVariant<'a>
         serde_name: serde_rename(variant).unwrap_or_else(|| ident.to_string()),
         version: version.map_or((1, None), |(v, lit)| (v, Some(lit))),
         upcasts,
+        personal: crate::personal::parse(ctxt, variant),
     }
 }
 
@@ -373,14 +376,17 @@ fn expand(model: &EventEnum<'_>) -> TokenStream {
     let catalog = model.variants.iter().map(|v| {
         let (name, version) = (&v.name.0, v.version.0);
         let readable = 1..=version;
+        let personal = crate::personal::table(&v.personal);
         quote! {
             ::cqrs_core::__private::EventSchema {
                 name: #name,
                 version: #version,
                 readable_versions: &[#(#readable),*],
+                personal: #personal,
             }
         }
     });
+    let personal_fields = personal_fields(model);
     let (event_type, schema_version) = if model.variants.is_empty() {
         (quote!(match *self {}), quote!(match *self {}))
     } else {
@@ -429,6 +435,24 @@ fn expand(model: &EventEnum<'_>) -> TokenStream {
             fn catalog() -> &'static [::cqrs_core::__private::EventSchema] {
                 &[#(#catalog),*]
             }
+
+            #personal_fields
+        }
+    }
+}
+
+/// `personal_fields`, when a variant has `#[personal]` fields (the trait's default says none).
+fn personal_fields(model: &EventEnum<'_>) -> TokenStream {
+    if model.variants.iter().all(|v| v.personal.is_empty()) {
+        return TokenStream::new();
+    }
+    let arms = model.variants.iter().map(|v| {
+        let (variant, table) = (v.ident, crate::personal::table(&v.personal));
+        quote!(Self::#variant { .. } => #table,)
+    });
+    quote! {
+        fn personal_fields(&self) -> &'static [::cqrs_core::__private::PersonalField] {
+            match self { #(#arms)* }
         }
     }
 }

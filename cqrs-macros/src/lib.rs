@@ -16,13 +16,14 @@ mod attr;
 mod command;
 mod ctxt;
 mod event;
+mod personal;
 mod symbol;
 mod transitions;
 
 use proc_macro::TokenStream;
 
 #[doc = include_str!("../docs/domain_event.md")]
-#[proc_macro_derive(DomainEvent, attributes(event))]
+#[proc_macro_derive(DomainEvent, attributes(event, personal))]
 pub fn derive_domain_event(input: TokenStream) -> TokenStream {
     let input = syn::parse_macro_input!(input as syn::DeriveInput);
     event::derive(&input).into()

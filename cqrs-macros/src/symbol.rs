@@ -15,6 +15,12 @@ pub(crate) const AGGREGATE: Symbol = Symbol("aggregate");
 pub(crate) const EVENT: Symbol = Symbol("event");
 /// `#[transition(...)]`, on a handler.
 pub(crate) const TRANSITION: Symbol = Symbol("transition");
+/// `#[personal(...)]`, on a field of an event variant.
+pub(crate) const PERSONAL: Symbol = Symbol("personal");
+/// `subject = field` in `#[personal]`.
+pub(crate) const SUBJECT: Symbol = Symbol("subject");
+/// `replacement = value` in `#[personal]`.
+pub(crate) const REPLACEMENT: Symbol = Symbol("replacement");
 /// `#[serde(...)]`, read to check an event enum's representation.
 pub(crate) const SERDE: Symbol = Symbol("serde");
 

@@ -112,14 +112,16 @@ async fn fill(store: &JetStreamEventStore, aggregates: usize, per_aggregate: usi
                 let mut head = 0;
                 for a in (w..aggregates).step_by(16) {
                     let events = (0..per_aggregate)
-                        .map(|i| NewEvent {
-                            event_id: cqrs_core::metadata::new_id(),
-                            payload: SerializedEvent {
-                                event_type: "Added".to_owned(),
-                                schema_version: 1,
-                                data: format!("{{\"Added\":{{\"amount\":{i}}}}}").into_bytes(),
-                            },
-                            metadata: Metadata::standalone(),
+                        .map(|i| {
+                            NewEvent::new(
+                                cqrs_core::metadata::new_id(),
+                                SerializedEvent {
+                                    event_type: "Added".to_owned(),
+                                    schema_version: 1,
+                                    data: format!("{{\"Added\":{{\"amount\":{i}}}}}").into_bytes(),
+                                },
+                                Metadata::standalone(),
+                            )
                         })
                         .collect();
                     let committed = store

@@ -43,15 +43,15 @@ async fn fill(store: &JetStreamEventStore, aggregates: usize, per_aggregate: usi
                 .map(|i| {
                     let mut metadata = Metadata::standalone();
                     metadata.tenant = Some("t1".to_owned());
-                    NewEvent {
-                        event_id: cqrs_core::metadata::new_id(),
-                        payload: SerializedEvent {
+                    NewEvent::new(
+                        cqrs_core::metadata::new_id(),
+                        SerializedEvent {
                             event_type: "Deposited".to_owned(),
                             schema_version: 1,
                             data: format!("{{\"amount\":{i}}}").into_bytes(),
                         },
                         metadata,
-                    }
+                    )
                 })
                 .collect();
             store

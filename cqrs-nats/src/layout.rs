@@ -8,6 +8,7 @@
 //! | KV bucket | `SNAPSHOTS_<CONTEXT>` | snapshots, keys `<tenant>.<AggregateType>.<id>` |
 //! | KV bucket | `PROJECTION_CHECKPOINTS_<CONTEXT>` | projection checkpoints, `<projection>.<partition>`, and live versions |
 //! | KV bucket | `PROJECTION_WORKERS_<CONTEXT>` | projection workers' heartbeats |
+//! | KV bucket | `KEYS_<CONTEXT>` | data subjects' keys of crypto-shredding, `<subject token>` |
 //! | stream | `DEADLETTER_<CONTEXT>` | parked events |
 //! | stream | `DEADLINES_<CONTEXT>` | scheduled commands, `<context>.deadlines.>` |
 //! | consumer | `cqrs-deadline-workers` | the durable consumer of the deadline workers |
@@ -38,6 +39,11 @@ pub fn checkpoints_bucket(context: &str) -> String {
 /// The projection workers' bucket of `context`: `PROJECTION_WORKERS_<CONTEXT>`.
 pub fn workers_bucket(context: &str) -> String {
     named("PROJECTION_WORKERS_", context)
+}
+
+/// The data subjects' keys of `context`: `KEYS_<CONTEXT>`.
+pub fn keys_bucket(context: &str) -> String {
+    named("KEYS_", context)
 }
 
 /// The dead-letter stream of `context`: `DEADLETTER_<CONTEXT>`.
@@ -86,6 +92,7 @@ mod tests {
         assert_eq!(checkpoints_bucket("sales"), "PROJECTION_CHECKPOINTS_SALES");
         assert_eq!(workers_bucket("sales"), "PROJECTION_WORKERS_SALES");
         assert_eq!(deadletter_stream("sales"), "DEADLETTER_SALES");
+        assert_eq!(keys_bucket("sales"), "KEYS_SALES");
         assert_eq!(deadlines_stream("sales"), "DEADLINES_SALES");
         assert_eq!(kv_stream("SNAPSHOTS_SALES"), "KV_SNAPSHOTS_SALES");
         assert_eq!(command_queue("sales", "Order"), "cqrs-sales-Order");

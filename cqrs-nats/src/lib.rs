@@ -35,6 +35,7 @@ pub mod deadletter;
 pub mod deadlines;
 pub mod error;
 pub mod headers;
+pub mod keys;
 pub mod layout;
 pub mod permissions;
 pub mod projection;
@@ -51,6 +52,7 @@ pub use command::{CommandClient, CommandService};
 pub use deadletter::DeadLetters;
 pub use deadlines::{DeadlineWorker, JetStreamDeadlines};
 pub use error::ConnectError;
+pub use keys::JetStreamKeyStore;
 /// The former name of [`ConnectError`].
 #[deprecated(
     since = "0.1.0",

@@ -593,11 +593,7 @@ async fn store_legacy_task<S: EventStore + Clone>(
     let mut metadata = Metadata::standalone();
     metadata.tenant = Some("acme".to_owned());
     metadata.actor = Some("system:import".to_owned());
-    let event = NewEvent {
-        event_id: cqrs_core::metadata::new_id(),
-        payload: legacy.clone(),
-        metadata,
-    };
+    let event = NewEvent::new(cqrs_core::metadata::new_id(), legacy.clone(), metadata);
     let committed = tasks
         .store()
         .append(&stream, ExpectedVersion::NoStream, vec![event], None)

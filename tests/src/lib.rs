@@ -52,15 +52,15 @@ pub async fn jetstream_with(config: StoreConfig) -> Result<JetStreamFixture, Box
 
 /// A new event of type `event_type` (schema version 1) whose JSON body is `{"n": n}`.
 pub fn event(event_type: &str, n: u64) -> NewEvent {
-    NewEvent {
-        event_id: new_id(),
-        payload: SerializedEvent {
+    NewEvent::new(
+        new_id(),
+        SerializedEvent {
             event_type: event_type.to_owned(),
             schema_version: 1,
             data: format!("{{\"n\":{n}}}").into_bytes(),
         },
-        metadata: Metadata::standalone(),
-    }
+        Metadata::standalone(),
+    )
 }
 
 /// Every event of `store`, read with `read_all` from the first.

@@ -384,6 +384,7 @@ impl EventLog {
                 recorded_at,
                 metadata: metadata.clone(),
                 payload,
+                erased: Vec::new(),
             });
         }
         self

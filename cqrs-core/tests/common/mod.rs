@@ -84,21 +84,25 @@ impl DomainEvent for WalletEvent {
                 name: "Opened",
                 version: 1,
                 readable_versions: &[1],
+                personal: &[],
             },
             EventSchema {
                 name: "Credited",
                 version: 1,
                 readable_versions: &[1],
+                personal: &[],
             },
             EventSchema {
                 name: "Debited",
                 version: 1,
                 readable_versions: &[1],
+                personal: &[],
             },
             EventSchema {
                 name: "FeeCharged",
                 version: 1,
                 readable_versions: &[1],
+                personal: &[],
             },
         ]
     }

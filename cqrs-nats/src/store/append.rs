@@ -56,6 +56,7 @@ impl JetStreamEventStore {
             stream: stream.clone(),
             reason,
         };
+        cqrs_core::personal::ensure_sealed(stream, events)?;
         let recorded_at = headers::rfc3339(recorded_at).map_err(invalid)?;
         (after_version + 1..)
             .zip(events)
@@ -409,6 +410,7 @@ pub(super) fn recorded(
                 recorded_at,
                 metadata,
                 payload: event.payload,
+                erased: Vec::new(),
             }
         })
         .collect();
