@@ -295,7 +295,15 @@ pub(crate) enum Command {
     /// "aggregate_type" (null for an event enum registered on its own), "event_enum",
     /// "event_type", "version" (current schema version), "readable_versions", "upcasts_from"
     /// (the older versions it decodes)}]}`; `context` is `null` when registered without one.
-    Catalog,
+    ///
+    /// With `--json-schema`: the JSON Schema of every event type and schema version whose enum
+    /// the binary registers with `Cli::json_schemas` (always JSON): `{"schemas": [{"context",
+    /// "event_enum", "event_type", "version", "schema"}], "without_schemas": [event_enum]}`.
+    Catalog {
+        /// Print the JSON Schemas of the event bodies instead of the catalog.
+        #[arg(long)]
+        json_schema: bool,
+    },
 
     /// The state machine of a registered aggregate, as Mermaid (default) or Graphviz DOT.
     ///

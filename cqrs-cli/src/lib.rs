@@ -92,6 +92,13 @@ impl Cli {
         Self::with_registry(self.registry.aggregate_in::<A>(context))
     }
 
+    /// Adds the JSON Schemas of event enum `E`, for `catalog --json-schema`: see
+    /// [`Registry::json_schemas`].
+    #[must_use]
+    pub fn json_schemas<E: cqrs_core::schema::EventJsonSchemas>(self) -> Self {
+        Self::with_registry(self.registry.json_schemas::<E>())
+    }
+
     /// Registers an event enum on its own, without a context: see [`Registry::events`].
     pub fn events<E: DomainEvent>(self) -> Self {
         Self::with_registry(self.registry.events::<E>())
@@ -176,7 +183,7 @@ impl Cli {
     /// Runs one command; returns what it prints on stdout.
     async fn execute(&self, cli: &Args) -> Result<String, CliError> {
         match &cli.command {
-            Command::Catalog => self.catalog(cli),
+            Command::Catalog { json_schema } => self.catalog(cli, *json_schema),
             Command::Diagram { aggregate, format } => self.diagram(cli, aggregate, *format),
             Command::Import { input, yes } => import(cli, input.as_deref(), *yes).await,
             Command::Export { from, output } => export(cli, *from, output.as_deref()).await,
@@ -185,8 +192,14 @@ impl Cli {
     }
 
     /// `catalog`.
-    fn catalog(&self, cli: &Args) -> Result<String, CliError> {
+    fn catalog(&self, cli: &Args, json_schema: bool) -> Result<String, CliError> {
         let context = cli.context.as_deref();
+        if json_schema {
+            // Schemas are JSON documents whatever the output mode.
+            return output::render(true, &local::json_schemas(&self.registry, context), |_| {
+                String::new()
+            });
+        }
         let doc = local::catalog(&self.registry, context);
         if !cli.json && doc.events.is_empty() && doc.aggregates.is_empty() {
             return Ok(output::nothing_registered(
@@ -310,7 +323,7 @@ impl Cli {
                 switch_over(json, &doc)
             }
             // Run by `execute` without this session.
-            Command::Catalog
+            Command::Catalog { .. }
             | Command::Diagram { .. }
             | Command::Import { .. }
             | Command::Export { .. } => Ok(String::new()),

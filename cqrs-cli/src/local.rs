@@ -1,8 +1,8 @@
 //! `catalog` and `diagram`: documents built from the registry alone, no server.
 
 use super::model::{
-    AnalysisDoc, CatalogAggregate, CatalogDoc, CatalogEvent, CliError, DiagramDoc, StateDoc,
-    TransitionDoc,
+    AnalysisDoc, CatalogAggregate, CatalogDoc, CatalogEvent, CliError, DiagramDoc, JsonSchemaEntry,
+    JsonSchemasDoc, StateDoc, TransitionDoc,
 };
 use super::registry::{AggregateEntry, Registry};
 use cqrs_core::state_machine::StateMachine;
@@ -51,6 +51,31 @@ pub(crate) fn catalog(registry: &Registry, context: Option<&str>) -> CatalogDoc 
         })
         .collect();
     CatalogDoc { aggregates, events }
+}
+
+/// `catalog --json-schema`: the schemas of the event sets in `context` that have them.
+pub(crate) fn json_schemas(registry: &Registry, context: Option<&str>) -> JsonSchemasDoc {
+    let mut doc = JsonSchemasDoc::default();
+    for set in registry
+        .event_sets()
+        .filter(|set| in_context(set.context(), context))
+    {
+        match set.json_schemas() {
+            None => doc.without_schemas.push(set.rust_type()),
+            Some(schemas) => {
+                doc.schemas
+                    .extend(schemas.into_iter().map(|schema| JsonSchemaEntry {
+                        context: set.context().map(str::to_owned),
+                        event_enum: set.rust_type(),
+                        event_type: schema.event_type,
+                        version: schema.version,
+                        schema: schema.schema,
+                    }));
+            }
+        }
+    }
+    doc.without_schemas.dedup();
+    doc
 }
 
 /// The registered aggregate `name` (exact, else case-insensitive when that is unambiguous) in

@@ -568,6 +568,24 @@ impl ReplayFromDoc {
     }
 }
 
+/// `catalog --json-schema`.
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct JsonSchemasDoc {
+    pub(crate) schemas: Vec<JsonSchemaEntry>,
+    /// Registered event enums without schemas.
+    pub(crate) without_schemas: Vec<&'static str>,
+}
+
+/// One event type and version of `catalog --json-schema`.
+#[derive(Debug, Serialize)]
+pub(crate) struct JsonSchemaEntry {
+    pub(crate) context: Option<String>,
+    pub(crate) event_enum: &'static str,
+    pub(crate) event_type: &'static str,
+    pub(crate) version: u32,
+    pub(crate) schema: serde_json::Value,
+}
+
 /// `catalog`.
 #[derive(Debug, Serialize)]
 pub(crate) struct CatalogDoc {

@@ -1,6 +1,7 @@
 //! The types a binary registers: aggregates with their state machines and event catalogs, and
 //! event enums of their own.
 
+use cqrs_core::schema::{EventJsonSchema, EventJsonSchemas};
 use cqrs_core::state_machine::StateMachine;
 use cqrs_core::{Aggregate, DomainEvent, EventSchema};
 use std::any::TypeId;
@@ -58,6 +59,25 @@ impl Registry {
     /// Registers an event enum on its own in bounded context `context`.
     pub fn events_in<E: DomainEvent>(self, context: impl Into<String>) -> Self {
         self.add_events::<E>(Some(context.into()))
+    }
+
+    /// Gives every registered set of event enum `E` its JSON Schemas, for `catalog
+    /// --json-schema` (the enum derives them with `#[event(json_schema)]`); registers `E` on
+    /// its own first when nothing registered it yet.
+    pub fn json_schemas<E: EventJsonSchemas>(mut self) -> Self {
+        let type_id = TypeId::of::<E>();
+        if !self.event_sets().any(|set| set.type_id == type_id) {
+            self = self.events::<E>();
+        }
+        let sets = self
+            .aggregates
+            .iter_mut()
+            .map(|a| &mut a.events)
+            .chain(&mut self.standalone);
+        for set in sets.filter(|set| set.type_id == type_id) {
+            set.json_schemas = Some(E::json_schemas);
+        }
+        self
     }
 
     /// The registered aggregates, in registration order.
@@ -198,6 +218,7 @@ pub struct EventSet {
     context: Option<String>,
     aggregate_type: Option<&'static str>,
     catalog: &'static [EventSchema],
+    json_schemas: Option<fn() -> Vec<EventJsonSchema>>,
 }
 
 impl EventSet {
@@ -208,6 +229,7 @@ impl EventSet {
             context,
             aggregate_type,
             catalog: E::catalog(),
+            json_schemas: None,
         }
     }
 
@@ -229,6 +251,12 @@ impl EventSet {
     /// The catalog ([`DomainEvent::catalog`]): type names, current versions, readable versions.
     pub fn catalog(&self) -> &'static [EventSchema] {
         self.catalog
+    }
+
+    /// The JSON Schema of each event type and version, when registered with
+    /// [`Registry::json_schemas`].
+    pub fn json_schemas(&self) -> Option<Vec<EventJsonSchema>> {
+        self.json_schemas.map(|schemas| schemas())
     }
 }
 

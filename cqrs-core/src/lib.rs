@@ -28,6 +28,9 @@ pub mod process;
 pub mod projection;
 pub mod read_model;
 pub mod repository;
+#[cfg(feature = "json-schema")]
+#[cfg_attr(docsrs, doc(cfg(feature = "json-schema")))]
+pub mod schema;
 pub mod state_machine;
 pub mod store;
 pub mod stream;

@@ -1,5 +1,5 @@
-//! What every attribute parser shares: keys that may be given once, and the text of a path
-//! for messages.
+//! What every attribute parser shares: keys that may be given once, the text of a path for
+//! messages, and skipping the value of an unknown key.
 
 use crate::ctxt::Ctxt;
 use crate::symbol::Symbol;
@@ -60,4 +60,15 @@ impl<'c, T> Attr<'c, T> {
 /// `path` as written, for messages: `serde::rename`, not `serde :: rename`.
 pub(crate) fn path_name(path: &syn::Path) -> String {
     quote!(#path).to_string().replace(' ', "")
+}
+
+/// Consumes the value of an unknown key (`= expr` or `(...)`) so that parsing goes on.
+pub(crate) fn skip_value(meta: &syn::meta::ParseNestedMeta<'_>) -> syn::Result<()> {
+    if meta.input.peek(syn::Token![=]) {
+        meta.value()?.parse::<syn::Expr>()?;
+    } else if meta.input.peek(syn::token::Paren) {
+        let _content;
+        syn::parenthesized!(_content in meta.input);
+    }
+    Ok(())
 }

@@ -1,8 +1,10 @@
 //! `#[derive(DomainEvent)]`: parse -> validate -> expand.
 
-use crate::attr::{Attr, path_name};
+use crate::attr::{Attr, path_name, skip_value};
 use crate::ctxt::{Ctxt, finish};
-use crate::symbol::{DESERIALIZE, EVENT, FROM, NAME, RENAME, SERDE, UPCAST, VERSION, WITH};
+use crate::symbol::{
+    DESERIALIZE, EVENT, FROM, JSON_SCHEMA, NAME, RENAME, SERDE, UPCAST, VERSION, WITH,
+};
 use proc_macro2::{Span, TokenStream};
 use quote::{quote, quote_spanned};
 use std::collections::{BTreeMap, BTreeSet};
@@ -38,6 +40,8 @@ pub(crate) fn derive(input: &DeriveInput) -> TokenStream {
 struct EventEnum<'a> {
     input: &'a DeriveInput,
     variants: Vec<EventVariant<'a>>,
+    /// `#[event(json_schema)]`: implement `EventJsonSchemas` too.
+    json_schema: bool,
 }
 
 struct EventVariant<'a> {
@@ -61,12 +65,7 @@ struct Upcast {
 }
 
 fn parse<'a>(ctxt: &Ctxt, input: &'a DeriveInput) -> Option<EventEnum<'a>> {
-    for attr in input.attrs.iter().filter(|a| a.path() == EVENT) {
-        ctxt.error_spanned_by(
-            attr,
-            "`#[event(...)]` belongs on a variant of the event enum, not on the enum itself",
-        );
-    }
+    let json_schema = parse_container(ctxt, input);
     check_serde_representation(ctxt, input);
     let data = match &input.data {
         syn::Data::Enum(data) => data,
@@ -90,7 +89,38 @@ fn parse<'a>(ctxt: &Ctxt, input: &'a DeriveInput) -> Option<EventEnum<'a>> {
         .iter()
         .map(|variant| parse_variant(ctxt, variant))
         .collect();
-    Some(EventEnum { input, variants })
+    Some(EventEnum {
+        input,
+        variants,
+        json_schema,
+    })
+}
+
+/// `#[event(json_schema)]` on the enum: whether it asks for JSON Schemas. Any other key there
+/// belongs on a variant.
+fn parse_container(ctxt: &Ctxt, input: &DeriveInput) -> bool {
+    let mut json_schema = Attr::<()>::none(ctxt, JSON_SCHEMA);
+    for attr in input.attrs.iter().filter(|a| a.path() == EVENT) {
+        let result = attr.parse_nested_meta(|meta| {
+            if meta.path == JSON_SCHEMA {
+                json_schema.set(&meta.path, Some(()));
+            } else {
+                let key = path_name(&meta.path);
+                ctxt.error_spanned_by(
+                    &meta.path,
+                    format!(
+                        "`{key}` belongs on a variant of the event enum, not on the enum itself; on the enum, `#[event(...)]` takes only `json_schema`"
+                    ),
+                );
+                skip_value(&meta)?;
+            }
+            Ok(())
+        });
+        if let Err(error) = result {
+            ctxt.syn_error(error);
+        }
+    }
+    json_schema.get().is_some()
 }
 
 fn parse_variant<'a>(ctxt: &Ctxt, variant: &'a syn::Variant) -> EventVariant<'a> {
@@ -215,17 +245,6 @@ fn parse_version(ctxt: &Ctxt, expr: &syn::Expr) -> Option<(u32, LitInt)> {
             None
         }
     }
-}
-
-/// Consumes the value of an unknown key (`= expr` or `(...)`) so that parsing goes on.
-fn skip_value(meta: &syn::meta::ParseNestedMeta<'_>) -> syn::Result<()> {
-    if meta.input.peek(syn::Token![=]) {
-        meta.value()?.parse::<syn::Expr>()?;
-    } else if meta.input.peek(syn::token::Paren) {
-        let _content;
-        syn::parenthesized!(_content in meta.input);
-    }
-    Ok(())
 }
 
 /// The stored body is the variant's content under serde's default (externally tagged)
@@ -387,6 +406,7 @@ fn expand(model: &EventEnum<'_>) -> TokenStream {
         }
     });
     let personal_fields = personal_fields(model);
+    let json_schemas = json_schemas(model);
     let (event_type, schema_version) = if model.variants.is_empty() {
         (quote!(match *self {}), quote!(match *self {}))
     } else {
@@ -437,6 +457,52 @@ fn expand(model: &EventEnum<'_>) -> TokenStream {
             }
 
             #personal_fields
+        }
+
+        #json_schemas
+    }
+}
+
+/// `EventJsonSchemas`, for `#[event(json_schema)]`: each variant's current version from the
+/// enum's own schema, each older version from the type its upcast reads.
+fn json_schemas(model: &EventEnum<'_>) -> TokenStream {
+    if !model.json_schema {
+        return TokenStream::new();
+    }
+    let ident = &model.input.ident;
+    let (impl_generics, ty_generics, where_clause) = model.input.generics.split_for_impl();
+    let current = model.variants.iter().map(|v| {
+        let (name, version, serde_name) = (&v.name.0, v.version.0, &v.serde_name);
+        let personal = crate::personal::table(&v.personal);
+        quote! {
+            ::cqrs_core::schema::EventJsonSchema {
+                event_type: #name,
+                version: #version,
+                schema: variants.schema(#name, #version, #serde_name, #personal),
+            }
+        }
+    });
+    let older = model.variants.iter().flat_map(|v| {
+        let name = &v.name.0;
+        let personal = crate::personal::table(&v.personal);
+        v.upcasts.iter().filter_map(move |u| {
+            let (from, ty) = (u.from.as_ref()?.0, u.with.as_ref()?);
+            Some(quote_spanned! {ty.span()=>
+                ::cqrs_core::schema::EventJsonSchema {
+                    event_type: #name,
+                    version: #from,
+                    schema: ::cqrs_core::schema::of_type::<#ty>(#name, #from, #personal),
+                }
+            })
+        })
+    });
+    quote! {
+        #[automatically_derived]
+        impl #impl_generics ::cqrs_core::schema::EventJsonSchemas for #ident #ty_generics #where_clause {
+            fn json_schemas() -> ::std::vec::Vec<::cqrs_core::schema::EventJsonSchema> {
+                let variants = ::cqrs_core::schema::Variants::of::<Self>();
+                ::std::vec![#(#current,)* #(#older,)*]
+            }
         }
     }
 }

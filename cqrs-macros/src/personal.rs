@@ -1,7 +1,7 @@
 //! `#[personal(subject = field, replacement = value)]` on the fields of a `DomainEvent` variant:
 //! parse and validate into the static `PersonalField` table the derive emits.
 
-use crate::attr::{Attr, path_name};
+use crate::attr::{Attr, path_name, skip_value};
 use crate::ctxt::Ctxt;
 use crate::symbol::{PERSONAL, RENAME, REPLACEMENT, SERDE, SUBJECT};
 use proc_macro2::TokenStream;
@@ -96,9 +96,7 @@ fn parse_attr<'a>(
                     "unknown key `{key}` in `#[personal(...)]`; expected `subject = field` and `replacement = value`"
                 ),
             );
-            if meta.input.peek(syn::Token![=]) {
-                meta.value()?.parse::<Expr>()?;
-            }
+            skip_value(&meta)?;
         }
         Ok(())
     });
@@ -213,13 +211,10 @@ fn body_name(field: &syn::Field) -> String {
         let _ = attr.parse_nested_meta(|meta| {
             if meta.path == RENAME && meta.input.peek(syn::Token![=]) {
                 name = meta.value()?.parse::<syn::LitStr>()?.value();
-            } else if meta.input.peek(syn::Token![=]) {
-                meta.value()?.parse::<Expr>()?;
-            } else if meta.input.peek(syn::token::Paren) {
-                let _content;
-                syn::parenthesized!(_content in meta.input);
+                Ok(())
+            } else {
+                skip_value(&meta)
             }
-            Ok(())
         });
     }
     name

@@ -34,6 +34,8 @@ pub(crate) const NAME: Symbol = Symbol("name");
 pub(crate) const STATE_VERSION: Symbol = Symbol("state_version");
 /// `terminal` in `#[aggregate]` on a state.
 pub(crate) const TERMINAL: Symbol = Symbol("terminal");
+/// `json_schema` in `#[event]` on the enum.
+pub(crate) const JSON_SCHEMA: Symbol = Symbol("json_schema");
 /// `version = N` in `#[event]`.
 pub(crate) const VERSION: Symbol = Symbol("version");
 /// `upcast(from = N, with = Type)` in `#[event]`.

@@ -9,6 +9,7 @@
 //! | KV bucket | `PROJECTION_CHECKPOINTS_<CONTEXT>` | projection checkpoints, `<projection>.<partition>`, and live versions |
 //! | KV bucket | `PROJECTION_WORKERS_<CONTEXT>` | projection workers' heartbeats |
 //! | KV bucket | `KEYS_<CONTEXT>` | data subjects' keys of crypto-shredding, `<subject token>` |
+//! | KV bucket | `SCHEMAS_<CONTEXT>` | JSON Schemas of event bodies, `<type token>.<version>` |
 //! | stream | `DEADLETTER_<CONTEXT>` | parked events |
 //! | stream | `DEADLINES_<CONTEXT>` | scheduled commands, `<context>.deadlines.>` |
 //! | consumer | `cqrs-deadline-workers` | the durable consumer of the deadline workers |
@@ -44,6 +45,11 @@ pub fn workers_bucket(context: &str) -> String {
 /// The data subjects' keys of `context`: `KEYS_<CONTEXT>`.
 pub fn keys_bucket(context: &str) -> String {
     named("KEYS_", context)
+}
+
+/// The event schemas of `context`: `SCHEMAS_<CONTEXT>`.
+pub fn schemas_bucket(context: &str) -> String {
+    named("SCHEMAS_", context)
 }
 
 /// The dead-letter stream of `context`: `DEADLETTER_<CONTEXT>`.
@@ -93,6 +99,7 @@ mod tests {
         assert_eq!(workers_bucket("sales"), "PROJECTION_WORKERS_SALES");
         assert_eq!(deadletter_stream("sales"), "DEADLETTER_SALES");
         assert_eq!(keys_bucket("sales"), "KEYS_SALES");
+        assert_eq!(schemas_bucket("sales"), "SCHEMAS_SALES");
         assert_eq!(deadlines_stream("sales"), "DEADLINES_SALES");
         assert_eq!(kv_stream("SNAPSHOTS_SALES"), "KV_SNAPSHOTS_SALES");
         assert_eq!(command_queue("sales", "Order"), "cqrs-sales-Order");

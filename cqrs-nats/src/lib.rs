@@ -28,6 +28,7 @@
 //! - [`service`]: how the command and tenant read services run (queue groups, graceful stop).
 //! - [`permissions`]: permission violations reported as typed errors at once, not as timeouts.
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod bucket;
 pub mod command;
@@ -42,6 +43,9 @@ pub mod projection;
 pub mod read_model;
 pub mod reads;
 mod replies;
+#[cfg(feature = "json-schema")]
+#[cfg_attr(docsrs, doc(cfg(feature = "json-schema")))]
+pub mod schemas;
 pub mod service;
 pub mod store;
 pub mod subject;

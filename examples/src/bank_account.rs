@@ -6,6 +6,7 @@
 //! another: `Free -> Claimed -> Free`, claimed by one account at a time.
 
 use cqrs_core::{Aggregate, Command, DomainEvent, InvalidTransition, transitions};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Amounts in cents.
@@ -57,7 +58,8 @@ pub enum AccountCommand {
 }
 
 /// What happened to an account.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, DomainEvent)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, DomainEvent)]
+#[event(json_schema)]
 pub enum AccountEvent {
     /// The account was opened.
     Opened {
@@ -229,7 +231,8 @@ pub enum UsernameCommand {
 }
 
 /// What happened to a username.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, DomainEvent)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, DomainEvent)]
+#[event(json_schema)]
 pub enum UsernameEvent {
     /// An account claimed the username.
     Claimed {

@@ -14,6 +14,7 @@ use cqrs_core::{
     Aggregate, CommandError, CommandMetadata, DomainEvent, EventFilter, EventStore, HandlerError,
     Projection, ReadModelStore, RecordedEvent, Repository, transitions,
 };
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -84,7 +85,8 @@ pub enum GraphCommand {
 }
 
 /// What happened to a graph.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, DomainEvent)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, DomainEvent)]
+#[event(json_schema)]
 pub enum GraphEvent {
     /// The graph was created.
     GraphCreated {

@@ -341,7 +341,14 @@ where
 pub async fn demo(
     out: &mut impl std::fmt::Write,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let store = InMemoryEventStore::new();
+    demo_on(InMemoryEventStore::new(), out).await
+}
+
+/// [`demo`] on `store`, which keeps the events for a caller to look at.
+pub async fn demo_on(
+    store: InMemoryEventStore,
+    out: &mut impl std::fmt::Write,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let orders = Repository::<Order, _>::new(store.clone()).with_cache(1_000);
     let summaries = OrderSummaries {
         model: InMemoryReadModelStore::new(),

@@ -5,10 +5,11 @@
 //! had no channel and one item, version 2 had no channel; both still decode.
 
 use cqrs_core::{Aggregate, Command, DomainEvent, InvalidTransition, transitions};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// One line of an order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Item {
     /// Stock keeping unit.
     pub sku: String,
@@ -17,7 +18,7 @@ pub struct Item {
 }
 
 /// Where an order came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum Channel {
     /// The web shop.
     Web,
@@ -86,7 +87,8 @@ pub enum OrderCommand {
 }
 
 /// What happened to an order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, DomainEvent)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, DomainEvent)]
+#[event(json_schema)]
 pub enum OrderEvent {
     /// The order was submitted.
     #[event(
@@ -119,7 +121,7 @@ pub enum OrderEvent {
 }
 
 /// `Submitted` at schema version 1: a single item.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SubmittedV1 {
     /// Stock keeping unit.
     pub sku: String,
@@ -128,7 +130,7 @@ pub struct SubmittedV1 {
 }
 
 /// `Submitted` at schema version 2: several items, no channel.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SubmittedV2 {
     /// What was ordered.
     pub items: Vec<Item>,

@@ -27,6 +27,7 @@ use cqrs_core::{
     ExpectedVersion, HandlerError, InvalidTransition, Metadata, NewEvent, Projection,
     ReadModelStore, RecordedEvent, Repository, SerializedEvent, transitions,
 };
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -35,7 +36,7 @@ use std::fmt;
 pub const TENANTS: [&str; 2] = ["acme", "globex"];
 
 /// How urgent a task is.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum Priority {
     /// Some day.
     Low,
@@ -110,7 +111,8 @@ pub enum TaskCommand {
 }
 
 /// What happened to a task. Every event names the task's owner at that moment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, DomainEvent)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, DomainEvent)]
+#[event(json_schema)]
 pub enum TaskEvent {
     /// The task was created.
     #[event(version = 2, upcast(from = 1, with = CreatedV1))]
@@ -147,7 +149,7 @@ pub enum TaskEvent {
 }
 
 /// `Created` at schema version 1: the owner was called `assignee`, and there were no priorities.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CreatedV1 {
     /// Short description.
     pub title: String,

@@ -330,3 +330,55 @@ async fn history_defaults_to_the_registered_context() {
         "{message}"
     );
 }
+
+/// `catalog --json-schema` prints the schema of every event type and version of the registered
+/// enums, as the library derives them, whatever the output mode.
+#[test]
+fn catalog_prints_the_json_schemas_of_registered_events() {
+    use cqrs_core::schema::EventJsonSchemas;
+    let doc: Value = serde_json::from_str(&offline(&["catalog", "--json-schema"])).unwrap();
+    assert_eq!(doc["without_schemas"], serde_json::json!([]));
+    let printed = doc["schemas"].as_array().unwrap();
+    let expected = [
+        examples::bank_account::AccountEvent::json_schemas(),
+        examples::bank_account::UsernameEvent::json_schemas(),
+        examples::order_fulfilment::OrderEvent::json_schemas(),
+        examples::task_tracker::TaskEvent::json_schemas(),
+        examples::graph_editor::GraphEvent::json_schemas(),
+    ]
+    .concat();
+    assert_eq!(printed.len(), expected.len());
+    for schema in expected {
+        let entry = printed
+            .iter()
+            .find(|e| e["event_type"] == schema.event_type && e["version"] == schema.version)
+            .unwrap_or_else(|| panic!("{} v{} missing", schema.event_type, schema.version));
+        assert_eq!(entry["schema"], schema.schema);
+    }
+    let sales: Value = serde_json::from_str(&offline(&[
+        "--context",
+        "sales",
+        "catalog",
+        "--json-schema",
+    ]))
+    .unwrap();
+    let versions: Vec<(String, u64)> = sales["schemas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["event_type"].as_str().unwrap().to_owned(),
+                e["version"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        versions.contains(&("Submitted".to_owned(), 1)),
+        "{versions:?}"
+    );
+    assert!(
+        versions.iter().all(|(t, _)| t != "Deposited"),
+        "{versions:?}"
+    );
+}

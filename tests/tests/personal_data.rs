@@ -20,7 +20,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema, DomainEvent)]
+#[event(json_schema)]
 enum MemberEvent {
     Registered {
         member_id: String,
@@ -309,6 +310,35 @@ async fn personal_data_is_shredded<S: EventStore + Clone>(
     assert_eq!(all_events(&raw).await.len(), before, "nothing written");
     assert!(!contains(&raw_bytes().await, "Carol"));
     store
+}
+
+/// A sealed body still validates against its schema, which allows each personal field sealed;
+/// a body where another field is sealed does not.
+#[tokio::test]
+async fn sealed_bodies_validate_against_their_schema() {
+    use cqrs_core::schema::EventJsonSchemas;
+    let raw = InMemoryEventStore::new();
+    let store = PersonalDataStore::new(raw.clone(), Arc::new(MemoryKeyStore::new()));
+    let members = Repository::<Member, _>::new(store);
+    let alice = register("m-1", ALICE[0], ALICE[1], "gold");
+    members
+        .execute("m-1", alice, CommandMetadata::root())
+        .await
+        .unwrap();
+    let schemas = MemberEvent::json_schemas();
+    let registered = &schemas
+        .iter()
+        .find(|s| s.event_type == "Registered")
+        .unwrap()
+        .schema;
+    let validator = jsonschema::validator_for(registered).unwrap();
+    let body: serde_json::Value =
+        serde_json::from_slice(&all_events(&raw).await[0].payload.data).unwrap();
+    assert!(body["name"]["$personal"].is_object(), "{body}");
+    assert!(validator.is_valid(&body), "{body}");
+    let mut plan_sealed = body.clone();
+    plan_sealed["plan"] = body["name"].clone();
+    assert!(!validator.is_valid(&plan_sealed));
 }
 
 #[tokio::test]
