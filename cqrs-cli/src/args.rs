@@ -211,6 +211,23 @@ pub(crate) enum Command {
     /// "parked", "checkpoints" (false when only parked events remain)}]}`.
     Projections,
 
+    /// Whether a context is healthy, for probes: exit code 0 when every check passes, 1 when
+    /// one fails (the failing checks on stderr).
+    ///
+    /// Checks: the server answers with JetStream on; the events stream has a leader and every
+    /// replica is current and online (`nats stream info`'s cluster view); every projection's
+    /// lag is at most `--max-lag` (versions that are not live are not checked: nothing need run
+    /// them); no projection has parked events. An unreachable server is an error (exit code
+    /// 1) before any check.
+    ///
+    /// JSON: `{"context", "healthy" (bool), "checks": [{"check" ("server" | "stream" |
+    /// "projection <name>"), "ok" (bool), "detail"}]}` — printed whether healthy or not.
+    Health {
+        /// The most events a live projection may have left to handle.
+        #[arg(long, default_value_t = 1000)]
+        max_lag: u64,
+    },
+
     /// Move a projection's checkpoints back so that its running workers process events again.
     ///
     /// Sets each of the projection's checkpoints (one per partition) to a new start — the

@@ -2,9 +2,9 @@
 
 use super::args::StatsBy;
 use super::model::{
-    Bucket, CliError, ContextDoc, EventDoc, ExportLine, HistoryDoc, ImportDoc, ImportLine,
-    ProjectionDoc, ProjectionsDoc, ReplayDoc, ReplayFromDoc, StatsDoc, StreamsDoc, SwitchOutcome,
-    SwitchOverDoc, TraceDoc, build_trace, version_of,
+    Bucket, CliError, ContextDoc, EventDoc, ExportLine, HealthCheck, HealthDoc, HistoryDoc,
+    ImportDoc, ImportLine, ProjectionDoc, ProjectionsDoc, ReplayDoc, ReplayFromDoc, StatsDoc,
+    StreamsDoc, SwitchOutcome, SwitchOverDoc, TraceDoc, build_trace, version_of,
 };
 use super::personal::Redactor;
 use super::progress::Progress;
@@ -617,6 +617,45 @@ impl Session {
         })
     }
 
+    /// `health`: the server, the events stream's replicas, every live projection's lag and
+    /// parked events.
+    pub(crate) async fn health(&self, context: &str, max_lag: u64) -> Result<HealthDoc, CliError> {
+        let info = self.client.server_info();
+        let mut checks = vec![HealthCheck {
+            check: "server".to_owned(),
+            ok: true,
+            detail: format!(
+                "nats-server {} ({}), JetStream on",
+                info.version, info.server_name
+            ),
+        }];
+        let (name, _, stream) = self.stream(context).await?;
+        checks.push(stream_check(&name, stream.cluster.as_ref()));
+        for projection in self.projections(context).await?.projections {
+            let mut problems = Vec::new();
+            if projection.live != Some(false) && projection.lag > max_lag {
+                problems.push(format!("lag {} > {max_lag}", projection.lag));
+            }
+            if projection.parked > 0 {
+                problems.push(format!("{} parked", projection.parked));
+            }
+            checks.push(HealthCheck {
+                check: format!("projection {}", projection.name),
+                ok: problems.is_empty(),
+                detail: if problems.is_empty() {
+                    format!("lag {}, nothing parked", projection.lag)
+                } else {
+                    problems.join(", ")
+                },
+            });
+        }
+        Ok(HealthDoc {
+            context: context.to_owned(),
+            healthy: checks.iter().all(|c| c.ok),
+            checks,
+        })
+    }
+
     /// `replay`: moves the checkpoints of `projection` to `from`; without `yes` only
     /// says what it would do (an error with exit code 2).
     pub(crate) async fn replay(
@@ -952,6 +991,47 @@ async fn last_of(stream: &jetstream::stream::Stream, stored: &str) -> Result<Hea
             format!("reading the last event of {stored}"),
             e,
         )),
+    }
+}
+
+/// The events stream's replication: a leader, and every replica current and online (a single
+/// server reports no cluster, or a leader with no replicas).
+fn stream_check(name: &str, cluster: Option<&jetstream::stream::ClusterInfo>) -> HealthCheck {
+    let check = "stream".to_owned();
+    let Some(cluster) = cluster else {
+        return HealthCheck {
+            check,
+            ok: true,
+            detail: format!("{name} on a single server"),
+        };
+    };
+    let Some(leader) = &cluster.leader else {
+        return HealthCheck {
+            check,
+            ok: false,
+            detail: format!("{name} has no leader"),
+        };
+    };
+    let behind: Vec<String> = cluster
+        .replicas
+        .iter()
+        .filter(|r| !r.current || r.offline)
+        .map(|r| {
+            let state = if r.offline { "offline" } else { "not current" };
+            format!("{} {state}", r.name)
+        })
+        .collect();
+    HealthCheck {
+        check,
+        ok: behind.is_empty(),
+        detail: if behind.is_empty() {
+            format!(
+                "{name}: leader {leader}, {} replica(s) current",
+                cluster.replicas.len()
+            )
+        } else {
+            format!("{name}: leader {leader}, {}", behind.join(", "))
+        },
     }
 }
 

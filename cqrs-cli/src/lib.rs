@@ -322,6 +322,10 @@ impl Cli {
                     .await?;
                 switch_over(json, &doc)
             }
+            Command::Health { max_lag } => {
+                let context = session.resolve_context(context).await?;
+                health(json, &session.health(&context, *max_lag).await?)
+            }
             // Run by `execute` without this session.
             Command::Catalog { .. }
             | Command::Diagram { .. }
@@ -329,6 +333,29 @@ impl Cli {
             | Command::Export { .. } => Ok(String::new()),
         }
     }
+}
+
+/// What `health` prints: its document, and for an unhealthy context the failing checks as the
+/// error (exit code 1).
+fn health(json: bool, doc: &model::HealthDoc) -> Result<String, CliError> {
+    let text = output::render(json, doc, output::health)?;
+    if doc.healthy {
+        return Ok(text);
+    }
+    let failing: Vec<String> = doc
+        .checks
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| format!("{}: {}", c.check, c.detail))
+        .collect();
+    Err(CliError::Refused {
+        message: format!(
+            "context {} is unhealthy: {}",
+            doc.context,
+            failing.join("; ")
+        ),
+        output: text,
+    })
 }
 
 /// What `switch-over` prints: its document, or the refusal (exit code 1) with the document on

@@ -568,6 +568,22 @@ impl ReplayFromDoc {
     }
 }
 
+/// `health`.
+#[derive(Debug, Serialize)]
+pub(crate) struct HealthDoc {
+    pub(crate) context: String,
+    pub(crate) healthy: bool,
+    pub(crate) checks: Vec<HealthCheck>,
+}
+
+/// One check of `health`.
+#[derive(Debug, Serialize)]
+pub(crate) struct HealthCheck {
+    pub(crate) check: String,
+    pub(crate) ok: bool,
+    pub(crate) detail: String,
+}
+
 /// `catalog --json-schema`.
 #[derive(Debug, Default, Serialize)]
 pub(crate) struct JsonSchemasDoc {

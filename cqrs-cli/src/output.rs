@@ -478,3 +478,22 @@ pub(crate) fn catalog(doc: &CatalogDoc) -> String {
     ));
     out
 }
+
+/// `health`: one line per check, `ok` or `FAIL`.
+pub(crate) fn health(doc: &super::model::HealthDoc) -> String {
+    let mut out = format!(
+        "context {}: {}\n",
+        doc.context,
+        if doc.healthy { "healthy" } else { "UNHEALTHY" }
+    );
+    for check in &doc.checks {
+        let _ = writeln!(
+            out,
+            "  {:<4} {:<24} {}",
+            if check.ok { "ok" } else { "FAIL" },
+            check.check,
+            check.detail
+        );
+    }
+    out
+}

@@ -1897,21 +1897,12 @@ async fn history_marks_sealed_fields_without_opening_them() {
 /// Events of 20 aggregates, 150 each, appended in batches: enough that an import takes a
 /// moment to kill.
 async fn seed_many(store: &JetStreamEventStore) -> u64 {
-    use cqrs_core::{EventStore, ExpectedVersion, Metadata, NewEvent, SerializedEvent, StreamId};
+    use cqrs_core::{EventStore, ExpectedVersion, StreamId};
     let (aggregates, per_aggregate, batch) = (20u64, 150u64, 50u64);
     for a in 0..aggregates {
         let stream = StreamId::new("Meter", format!("m-{a}"));
         for start in (0..per_aggregate).step_by(usize::try_from(batch).unwrap()) {
-            let events = (start..start + batch)
-                .map(|n| {
-                    let body = SerializedEvent {
-                        event_type: "Read".to_owned(),
-                        schema_version: 1,
-                        data: format!("{{\"n\":{n}}}").into_bytes(),
-                    };
-                    NewEvent::new(cqrs_core::metadata::new_id(), body, Metadata::standalone())
-                })
-                .collect();
+            let events = (start..start + batch).map(read_event).collect();
             let expected = if start == 0 {
                 ExpectedVersion::NoStream
             } else {
@@ -2028,4 +2019,111 @@ async fn import_killed_halfway_finishes_identically_when_run_again() {
             &[load(restored.clone()).await],
         );
     }
+}
+
+/// `health` for probes: zero while every live projection keeps up and nothing is parked,
+/// one (with the failing check on stderr and the document on stdout) when a projection lags
+/// past `--max-lag` or has parked events.
+#[tokio::test]
+async fn health_fails_on_a_lagging_projection_and_on_parked_events() {
+    use cqrs_core::{EventStore, ExpectedVersion, StreamId};
+    let (_server, url, store) = seeded().await;
+    let health = |max_lag: &str| {
+        let output = cqrs(&[
+            "--server",
+            &url,
+            "--json",
+            "--context",
+            CONTEXT,
+            "health",
+            "--max-lag",
+            max_lag,
+        ]);
+        let doc: Value = serde_json::from_slice(&output.stdout).expect("a JSON document");
+        (
+            output.status.code(),
+            doc,
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, doc, _) = health("0");
+    assert_eq!(code, Some(0), "{doc:#}");
+    assert_eq!(doc["healthy"], true);
+    let checks: Vec<&str> = doc["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["check"].as_str().unwrap())
+        .collect();
+    assert_eq!(checks, ["server", "stream"], "no projection yet");
+
+    // A projection that handled the four events, then stopped.
+    let (handle, counter) = spawn_counter(&store, Counter::new("totals")).await;
+    handle.wait_for(4, Duration::from_secs(20)).await.unwrap();
+    assert_eq!(counter.wait_for_count(4, 0).await, [1, 2, 3, 4]);
+    handle.stop().await.unwrap();
+    assert_eq!(health("0").0, Some(0));
+
+    // Three events it has not handled: a lag of 3.
+    let events = (0..3).map(read_event).collect();
+    store
+        .append(
+            &StreamId::new("Meter", "m-1"),
+            ExpectedVersion::NoStream,
+            events,
+            None,
+        )
+        .await
+        .unwrap();
+    let (code, doc, stderr) = health("2");
+    assert_eq!(code, Some(1), "{doc:#}");
+    assert_eq!(doc["healthy"], false);
+    let totals = doc["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "projection totals")
+        .unwrap();
+    assert_eq!(totals["ok"], false);
+    assert_eq!(totals["detail"], "lag 3 > 2");
+    assert!(stderr.contains("projection totals: lag 3 > 2"), "{stderr}");
+    assert_eq!(health("3").0, Some(0));
+
+    // A parked event fails it whatever the lag allowed.
+    let js = jetstream::new(async_nats::connect(&url).await.unwrap());
+    let subjects = Subjects::new(CONTEXT).unwrap();
+    let dead = DeadLetters::provision(&js, &subjects, 1).await.unwrap();
+    let original = js
+        .get_stream("EVENTS_BANK")
+        .await
+        .unwrap()
+        .get_raw_message(1)
+        .await
+        .unwrap();
+    dead.park("totals", &original, "boom", 3).await.unwrap();
+    let (code, doc, _) = health("1000");
+    assert_eq!(code, Some(1), "{doc:#}");
+    let text = human(&url, &["--context", CONTEXT, "projections"]);
+    assert!(text.contains("totals"), "{text}");
+    let plain = cqrs(&["--server", &url, "--context", CONTEXT, "health"]);
+    assert_eq!(plain.status.code(), Some(1));
+    let shown = String::from_utf8_lossy(&plain.stdout);
+    assert!(
+        shown.contains("UNHEALTHY") && shown.contains("FAIL"),
+        "{shown}"
+    );
+    assert!(shown.contains("1 parked"), "{shown}");
+}
+
+/// An event `Read {"n": n}` of no particular aggregate type.
+fn read_event(n: u64) -> cqrs_core::NewEvent {
+    cqrs_core::NewEvent::new(
+        cqrs_core::metadata::new_id(),
+        cqrs_core::SerializedEvent {
+            event_type: "Read".to_owned(),
+            schema_version: 1,
+            data: format!("{{\"n\":{n}}}").into_bytes(),
+        },
+        cqrs_core::Metadata::standalone(),
+    )
 }
