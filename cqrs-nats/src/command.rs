@@ -109,6 +109,20 @@ pub enum FailureKind {
     Internal,
 }
 
+impl FailureKind {
+    /// The kind as the reply's `kind` field writes it (`conflict`, `bad_request`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Conflict => "conflict",
+            Self::Rejected => "rejected",
+            Self::InvalidTransition => "invalid_transition",
+            Self::BadRequest => "bad_request",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+}
+
 /// Why [`CommandClient::send`] did not get a committed receipt.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -398,10 +412,17 @@ where
         self
     }
 
-    /// Subscribes in the queue group `cqrs-<context>-<AggregateType>` and serves in the
-    /// background. Returns once the subscription is confirmed by the server, so requests sent
-    /// afterwards are served.
+    /// Serves in the background as the endpoint `<AggregateType>` (subject
+    /// `<context>.commands.<AggregateType>`, queue group `cqrs-<context>-<AggregateType>`) of
+    /// the NATS micro service `cqrs-<context>`, so that `$SRV.PING`, `$SRV.INFO` and
+    /// `$SRV.STATS` (and `nats micro ls`) see it. Returns once the subscription is confirmed by
+    /// the server, so requests sent afterwards are served.
+    ///
+    /// Every command request counts as a request of the endpoint, answered in the command
+    /// reply format whatever its outcome; the outcomes by kind (`committed`, `conflict`,
+    /// `rejected`, ...) are the endpoint's stats `data`.
     pub async fn spawn(self) -> Result<ServiceHandle, CommandServiceError> {
+        use async_nats::service::ServiceExt as _;
         for name in [self.context.as_str(), A::TYPE] {
             if !crate::service::is_token(name) {
                 return Err(CommandServiceError::InvalidName(name.to_owned()));
@@ -409,41 +430,112 @@ where
         }
         let subject = command_subject(&self.context, A::TYPE);
         let queue = crate::layout::command_queue(&self.context, A::TYPE);
+        let outcomes = Outcomes::default();
+        let stats = outcomes.clone();
+        let service = self
+            .client
+            .service_builder()
+            .description(format!(
+                "cqrs command service of context {}: one endpoint per aggregate type",
+                self.context
+            ))
+            .stats_handler(move |_endpoint, _stats| stats.data())
+            .start(
+                crate::layout::command_service(&self.context),
+                env!("CARGO_PKG_VERSION"),
+            )
+            .await
+            .map_err(|e| {
+                CommandServiceError::Misconfigured(format!(
+                    "could not register the command service of context {}: {e}",
+                    self.context
+                ))
+            })?;
+        let endpoint = service
+            .endpoint_builder()
+            .name(A::TYPE)
+            .queue_group(&queue)
+            .add(&subject)
+            .await
+            .map_err(|e| {
+                CommandServiceError::Misconfigured(format!(
+                    "could not add the endpoint {} on {subject}: {e}",
+                    A::TYPE
+                ))
+            })?;
         let repository = Arc::new(self.repository);
-        let client = self.client;
-        let replies = client.clone();
-        crate::service::serve(client, subject, queue, self.concurrency, move |request| {
-            let repository = Arc::clone(&repository);
-            let client = replies.clone();
-            async move { serve_one(&repository, &client, request).await }
-        })
+        let deregister = Box::pin(async move {
+            if let Err(error) = service.stop().await {
+                tracing::warn!(%error, "could not stop the command service");
+            }
+        });
+        crate::service::serve_from(
+            self.client,
+            subject,
+            endpoint,
+            self.concurrency,
+            move |request| {
+                let repository = Arc::clone(&repository);
+                let outcomes = outcomes.clone();
+                async move { serve_one(&repository, &outcomes, request).await }
+            },
+            Some(deregister),
+        )
         .await
+    }
+}
+
+/// The outcomes of a command endpoint by kind, for its stats.
+#[derive(Debug, Clone, Default)]
+struct Outcomes(Arc<std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>>);
+
+impl Outcomes {
+    fn count(&self, reply: &CommandReply) {
+        let kind = match reply {
+            CommandReply::Committed(_) => "committed",
+            CommandReply::Failed { kind, .. } => kind.as_str(),
+        };
+        let mut counts = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *counts.entry(kind).or_default() += 1;
+    }
+
+    fn data(&self) -> serde_json::Value {
+        let counts = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        serde_json::json!({ "outcomes": *counts })
     }
 }
 
 async fn serve_one<A, S>(
     repository: &Arc<Repository<A, S>>,
-    client: &async_nats::Client,
-    request: Message,
+    outcomes: &Outcomes,
+    request: async_nats::service::Request,
 ) where
     A: Aggregate,
     A::Command: DeserializeOwned,
     S: EventStore + Clone,
 {
-    let Some(reply_to) = request.reply.clone() else {
-        tracing::warn!(subject = %request.subject, "command without a reply subject ignored; send commands as requests");
+    if request.message.reply.is_none() {
+        tracing::warn!(subject = %request.message.subject, "command without a reply subject ignored; send commands as requests");
         return;
-    };
+    }
     // Run the command in its own task so that a panicking handler becomes an error reply and
     // never takes the service down.
     let outcome = {
         let repository = Arc::clone(repository);
-        tokio::spawn(async move { handle(&repository, &request).await }).await
+        let message = request.message.clone();
+        tokio::spawn(async move { handle(&repository, &message).await }).await
     };
     let reply = outcome.unwrap_or_else(|panic| CommandReply::Failed {
         kind: FailureKind::Internal,
         message: format!("the command handler panicked: {panic}"),
     });
+    outcomes.count(&reply);
     let body = match serde_json::to_vec(&reply) {
         Ok(body) => body,
         Err(error) => {
@@ -451,7 +543,9 @@ async fn serve_one<A, S>(
             return;
         }
     };
-    if let Err(error) = client.publish(reply_to, body.into()).await {
+    // A failed command is a request answered, in the command reply format: never the
+    // protocol's error reply, whose body is empty.
+    if let Err(error) = request.respond(Ok(body.into())).await {
         tracing::warn!(%error, "could not send the command reply");
     }
 }
@@ -496,6 +590,25 @@ where
                 // The rejection's reason is the error's source: the whole chain, on one line.
                 message: cqrs_core::error::report(&error),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FailureKind;
+
+    #[test]
+    fn a_failure_kind_counts_under_the_name_its_reply_writes() {
+        for kind in [
+            FailureKind::Conflict,
+            FailureKind::Rejected,
+            FailureKind::InvalidTransition,
+            FailureKind::BadRequest,
+            FailureKind::Unavailable,
+            FailureKind::Internal,
+        ] {
+            assert_eq!(serde_json::to_value(kind).ok(), Some(kind.as_str().into()));
         }
     }
 }

@@ -13,6 +13,7 @@
 //! | stream | `DEADLETTER_<CONTEXT>` | parked events |
 //! | stream | `DEADLINES_<CONTEXT>` | scheduled commands, `<context>.deadlines.>` |
 //! | consumer | `cqrs-deadline-workers` | the durable consumer of the deadline workers |
+//! | micro service | `cqrs-<context>` | the command service (NATS service protocol), one endpoint per aggregate type |
 //! | queue group | `cqrs-<context>-<AggregateType>` | a command service's instances |
 //! | queue group | `cqrs-<context>-reads` | the tenant read service's instances |
 //!
@@ -65,6 +66,11 @@ pub fn deadlines_stream(context: &str) -> String {
 /// The durable consumer the deadline workers of a context share.
 pub const DEADLINE_WORKERS: &str = "cqrs-deadline-workers";
 
+/// The name of the command service of `context` on the NATS service protocol (`$SRV.*`).
+pub fn command_service(context: &str) -> String {
+    format!("cqrs-{context}")
+}
+
 /// The queue group of the command service for `aggregate_type` in `context`.
 pub fn command_queue(context: &str, aggregate_type: &str) -> String {
     format!("cqrs-{context}-{aggregate_type}")
@@ -103,6 +109,7 @@ mod tests {
         assert_eq!(deadlines_stream("sales"), "DEADLINES_SALES");
         assert_eq!(kv_stream("SNAPSHOTS_SALES"), "KV_SNAPSHOTS_SALES");
         assert_eq!(command_queue("sales", "Order"), "cqrs-sales-Order");
+        assert_eq!(command_service("sales"), "cqrs-sales");
         assert_eq!(reads_queue("sales"), "cqrs-sales-reads");
     }
 }

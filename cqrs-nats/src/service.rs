@@ -73,6 +73,25 @@ pub(crate) fn is_token(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// Where a service's requests come from, and how it stops taking new ones while still
+/// reading those already received.
+pub(crate) trait Requests: futures::Stream + Unpin + Send + 'static {
+    /// Leaves the queue group (unsubscribes); the stream then ends after what it holds.
+    fn leave(&mut self) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+impl Requests for async_nats::Subscriber {
+    async fn leave(&mut self) -> Result<(), String> {
+        self.drain().await.map_err(|e| e.to_string())
+    }
+}
+
+impl Requests for async_nats::service::endpoint::Endpoint {
+    async fn leave(&mut self) -> Result<(), String> {
+        self.stop().await.map_err(|e| e.to_string())
+    }
+}
+
 /// Subscribes to `subject` in queue group `queue` and hands every request to `handle` in a task
 /// of its own, at most `concurrency` at once. Returns once the server confirmed the
 /// subscription, so requests sent afterwards are served.
@@ -87,14 +106,33 @@ where
     H: Fn(Message) -> F + Send + Sync + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
-    let concurrency = concurrency.max(1);
-    let mut requests = client
+    let requests = client
         .queue_subscribe(subject.clone(), queue)
         .await
         .map_err(|source| ServiceError::Subscribe {
             subject: subject.clone(),
             source,
         })?;
+    serve_from(client, subject, requests, concurrency, handle, None).await
+}
+
+/// [`serve`] from any source of requests (a queue subscription, an endpoint of the NATS service
+/// protocol); `after` runs once the last request is answered (deregistering a service).
+pub(crate) async fn serve_from<R, H, F>(
+    client: Client,
+    subject: String,
+    mut requests: R,
+    concurrency: usize,
+    handle: H,
+    after: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
+) -> Result<ServiceHandle, ServiceError>
+where
+    R: Requests,
+    R::Item: Send + 'static,
+    H: Fn(R::Item) -> F + Send + Sync + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let concurrency = concurrency.max(1);
     confirm_with_server(&client).await?;
     let all = u32::try_from(concurrency).unwrap_or(u32::MAX);
     let limit = Arc::new(Semaphore::new(concurrency));
@@ -109,7 +147,7 @@ where
                     _ = stopping.changed(), if !draining => {
                         draining = true;
                         // Unsubscribe, but still read what the server already sent us.
-                        if let Err(error) = requests.drain().await {
+                        if let Err(error) = requests.leave().await {
                             tracing::warn!(%error, %subject, "could not leave the queue group");
                             break;
                         }
@@ -128,6 +166,9 @@ where
             }
             // Wait for the requests in flight.
             let _all = limit.acquire_many(all).await;
+            if let Some(after) = after {
+                after.await;
+            }
         })
     };
     Ok(ServiceHandle {

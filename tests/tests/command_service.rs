@@ -352,3 +352,75 @@ async fn a_panicking_handler_becomes_an_error_reply() {
         .unwrap();
     assert_eq!(receipt.version, Some(1));
 }
+
+/// The command service is a NATS micro service: a plain client's `$SRV.PING`, `$SRV.INFO` and
+/// `$SRV.STATS` find it, list its endpoint, and count the commands sent, with the outcomes by
+/// kind in the endpoint's data.
+#[tokio::test]
+async fn the_service_protocol_discovers_and_counts_the_command_service() {
+    let f = fixture().await;
+    let service = serve(&f).await;
+    let ask = |subject: &'static str| {
+        let client = f.client.clone();
+        async move {
+            let reply = client.request(subject, Vec::new().into()).await.unwrap();
+            serde_json::from_slice::<serde_json::Value>(&reply.payload).unwrap()
+        }
+    };
+    let ping = ask("$SRV.PING").await;
+    assert_eq!(ping["type"], "io.nats.micro.v1.ping_response");
+    assert_eq!(ping["name"], "cqrs-sales");
+
+    let info = ask("$SRV.INFO.cqrs-sales").await;
+    assert_eq!(info["type"], "io.nats.micro.v1.info_response");
+    let endpoints = info["endpoints"].as_array().unwrap();
+    assert_eq!(endpoints.len(), 1, "{info:#}");
+    assert_eq!(endpoints[0]["name"], "Order");
+    assert_eq!(endpoints[0]["subject"], command_subject("sales", "Order"));
+    assert_eq!(endpoints[0]["queue_group"], "cqrs-sales-Order");
+
+    for id in ["o-1", "o-2"] {
+        f.commands
+            .send::<Order>(id, &submit(), &CommandMetadata::root())
+            .await
+            .unwrap();
+    }
+    // The same order again: a rejection is still a request answered.
+    let again = f
+        .commands
+        .send::<Order>("o-1", &submit(), &CommandMetadata::root())
+        .await;
+    assert!(again.is_err());
+
+    let stats = ask("$SRV.STATS.cqrs-sales").await;
+    assert_eq!(stats["type"], "io.nats.micro.v1.stats_response");
+    let order = &stats["endpoints"][0];
+    assert_eq!(order["name"], "Order");
+    assert_eq!(order["num_requests"], 3, "{stats:#}");
+    assert_eq!(order["num_errors"], 0, "{stats:#}");
+    assert!(order["processing_time"].as_u64().unwrap() > 0, "{stats:#}");
+    let outcomes = &order["data"]["outcomes"];
+    assert_eq!(outcomes["committed"], 2, "{stats:#}");
+    assert_eq!(
+        outcomes
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum::<u64>(),
+        3
+    );
+
+    // Stopped, it is gone from discovery.
+    service.stop().await;
+    let client = f.client.clone();
+    let gone = tokio::time::timeout(
+        Duration::from_millis(500),
+        client.request("$SRV.PING.cqrs-sales", Vec::new().into()),
+    )
+    .await;
+    assert!(
+        !matches!(gone, Ok(Ok(_))),
+        "still answering after stop: {gone:?}"
+    );
+}
