@@ -1424,6 +1424,7 @@ fn help_lists_every_command() {
         "export",
         "import",
         "projections",
+        "health",
         "replay",
         "switch-over",
         "catalog",
