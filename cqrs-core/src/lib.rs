@@ -23,6 +23,7 @@ pub mod error;
 pub mod event;
 pub mod memory;
 pub mod metadata;
+pub mod metrics;
 pub mod personal;
 pub mod process;
 pub mod projection;

@@ -265,9 +265,13 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             command_id = %metadata.command_id,
             version = tracing::field::Empty,
         );
-        self.execute_on(&stream, command, &metadata)
+        let started = std::time::Instant::now();
+        let outcome = self
+            .execute_on(&stream, command, &metadata)
             .instrument(span)
-            .await
+            .await;
+        crate::metrics::command(A::TYPE, outcome_label(&outcome), started.elapsed());
+        outcome
     }
 
     async fn execute_on(
@@ -346,6 +350,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             match appended {
                 Ok(committed) if committed.duplicate => return decode_committed::<A>(&committed),
                 Ok(committed) => {
+                    crate::metrics::appended(A::TYPE, committed.events.len());
                     let envelopes: Vec<_> = committed
                         .events
                         .into_iter()
@@ -362,7 +367,10 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                         tracing::debug!("cached state was stale; loading newer events");
                         continue;
                     }
-                    if metadata.expected_version.is_some() || attempt >= self.conflict_retries {
+                    let retried =
+                        metadata.expected_version.is_none() && attempt < self.conflict_retries;
+                    crate::metrics::conflict(A::TYPE, retried);
+                    if !retried {
                         return Err(error.into());
                     }
                     attempt += 1;
@@ -384,10 +392,13 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     ) -> Result<Vec<EventEnvelope<A::Event>>, CommandError<A::Error>> {
         match self.store.find_commit(stream, key).await? {
             Some(original) => decode_committed::<A>(&original),
-            None => Err(StoreError::Conflict {
-                stream: stream.clone(),
-                expected: ExpectedVersion::Exact(pinned),
-                actual: Some(actual),
+            None => Err({
+                crate::metrics::conflict(A::TYPE, false);
+                StoreError::Conflict {
+                    stream: stream.clone(),
+                    expected: ExpectedVersion::Exact(pinned),
+                    actual: Some(actual),
+                }
             }
             .into()),
         }
@@ -551,6 +562,19 @@ impl<A: Aggregate> Default for Loaded<A> {
             state: A::default(),
             position: StreamPosition::default(),
         }
+    }
+}
+
+/// The `outcome` label of a command's result (see [`crate::metrics`]).
+fn outcome_label<T, E>(outcome: &Result<Vec<T>, CommandError<E>>) -> &'static str {
+    match outcome {
+        Ok(events) if events.is_empty() => "unchanged",
+        Ok(_) => "committed",
+        Err(CommandError::Rejected(_)) => "rejected",
+        Err(CommandError::InvalidTransition(_)) => "invalid_transition",
+        Err(CommandError::Store(error)) if error.is_conflict() => "conflict",
+        Err(CommandError::Store(error)) if error.is_retryable() => "unavailable",
+        Err(_) => "error",
     }
 }
 

@@ -430,7 +430,7 @@ where
         }
         let subject = command_subject(&self.context, A::TYPE);
         let queue = crate::layout::command_queue(&self.context, A::TYPE);
-        let outcomes = Outcomes::default();
+        let outcomes = Outcomes::new(&self.context, A::TYPE);
         let stats = outcomes.clone();
         let service = self
             .client
@@ -485,18 +485,37 @@ where
     }
 }
 
-/// The outcomes of a command endpoint by kind, for its stats.
-#[derive(Debug, Clone, Default)]
-struct Outcomes(Arc<std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>>);
+/// The outcomes of a command endpoint by kind, for its stats and the metrics.
+#[derive(Debug, Clone)]
+struct Outcomes {
+    counts: Arc<std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>>,
+    context: String,
+    aggregate_type: &'static str,
+}
 
 impl Outcomes {
+    fn new(context: &str, aggregate_type: &'static str) -> Self {
+        Self {
+            counts: Arc::default(),
+            context: context.to_owned(),
+            aggregate_type,
+        }
+    }
+
     fn count(&self, reply: &CommandReply) {
         let kind = match reply {
             CommandReply::Committed(_) => "committed",
             CommandReply::Failed { kind, .. } => kind.as_str(),
         };
+        ::metrics::counter!(
+            cqrs_core::metrics::COMMAND_SERVICE_REQUESTS,
+            "context" => self.context.clone(),
+            "aggregate_type" => self.aggregate_type,
+            "outcome" => kind,
+        )
+        .increment(1);
         let mut counts = self
-            .0
+            .counts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         *counts.entry(kind).or_default() += 1;
@@ -504,7 +523,7 @@ impl Outcomes {
 
     fn data(&self) -> serde_json::Value {
         let counts = self
-            .0
+            .counts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         serde_json::json!({ "outcomes": *counts })

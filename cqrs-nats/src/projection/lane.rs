@@ -6,6 +6,9 @@ use crate::headers;
 use async_nats::jetstream;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::jetstream::message::StreamMessage;
+use cqrs_core::metrics::{
+    PROJECTION_EVENTS, PROJECTION_HANDLER_DURATION, PROJECTION_LAG, PROJECTION_PARKED,
+};
 use cqrs_core::projection::deliver_batch;
 use cqrs_core::{Projection, RecordedEvent, StoreError};
 use futures::{FutureExt, StreamExt};
@@ -312,6 +315,25 @@ async fn read<P: Projection>(
     }
 }
 
+/// Records a handled batch: its events, the projection's time for it, and the partition's lag.
+fn record_batch(
+    projection: &str,
+    partition: u32,
+    events: usize,
+    took: std::time::Duration,
+    pending: Option<u64>,
+) {
+    let name = projection.to_owned();
+    ::metrics::counter!(PROJECTION_EVENTS, "projection" => name.clone()).increment(events as u64);
+    ::metrics::histogram!(PROJECTION_HANDLER_DURATION, "projection" => name.clone())
+        .record(took.as_secs_f64());
+    if let Some(pending) = pending {
+        #[allow(clippy::cast_precision_loss)] // a lag is far below 2^52 events
+        ::metrics::gauge!(PROJECTION_LAG, "projection" => name, "partition" => partition.to_string())
+            .set(pending as f64);
+    }
+}
+
 /// Handles a batch (emptied): decodes it, parks what is unreadable, hands the projection the
 /// events its filter wants in one [`deliver_batch`], parks what that gives back. The position
 /// up to which every event is handled (0 for a batch with nothing in it), or `None` when stopped
@@ -323,6 +345,11 @@ async fn handle<P: Projection>(
     stop: &watch::Receiver<bool>,
 ) -> Option<u64> {
     let mut stored = Vec::with_capacity(batch.len());
+    // What the consumer still holds after this batch: the partition's lag once it is handled.
+    let pending = batch
+        .last()
+        .and_then(|m| m.info().ok())
+        .map(|info| info.pending);
     for message in batch.drain(..) {
         match headers::from_consumer(message) {
             Ok(message) => stored.push(message),
@@ -360,7 +387,9 @@ async fn handle<P: Projection>(
                 }
             }
         }
+        let started = std::time::Instant::now();
         let parked = deliver_batch(&shared.projection, &events, &shared.config.retry).await;
+        record_batch(&shared.name, partition, events.len(), started.elapsed(), pending);
         let mut to_park = unreadable;
         for event in &parked {
             if let Some(message) = stored.iter().find(|m| m.sequence == event.event.position) {
@@ -368,6 +397,10 @@ async fn handle<P: Projection>(
             }
         }
         let mut done = last;
+        if !to_park.is_empty() {
+            ::metrics::counter!(PROJECTION_PARKED, "projection" => shared.name.clone())
+                .increment(to_park.len() as u64);
+        }
         for (message, error, attempts) in to_park {
             if !park(shared, message, &error, attempts, stop).await {
                 // Stopping before it is parked: it is handled again from the checkpoint.
