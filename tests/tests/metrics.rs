@@ -6,74 +6,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use cqrs_core::metrics as names;
+use cqrs_core::testing::given_stored;
 use cqrs_core::{
-    AppendTo, CommandError, CommandMetadata, Committed, EventFilter, EventStore, EventStream,
-    ExpectedVersion, HandlerError, IdempotencyKey, InMemoryEventStore, NewEvent, Projection,
-    RecordedEvent, Repository, Snapshot, StoreError, StreamId, StreamPosition,
+    CommandError, CommandMetadata, HandlerError, Projection, RecordedEvent, Repository,
 };
 use cqrs_nats::command::{CommandClient, CommandService};
 use cqrs_nats::{JetStreamProjectionRunner, ProjectionConfig};
-use examples::bank_account::{AccountCommand, BankAccount};
+use examples::bank_account::{AccountCommand, AccountEvent, BankAccount};
 use examples::order_fulfilment::{Channel, Item, Order, OrderCommand};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use metrics_util::{CompositeKey, MetricKind};
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-
-/// Fails the first append it is asked for with a conflict, as if another writer had been first.
-#[derive(Clone)]
-struct ConflictOnce {
-    store: InMemoryEventStore,
-    armed: Arc<AtomicBool>,
-}
-
-impl EventStore for ConflictOnce {
-    async fn append(
-        &self,
-        stream: &StreamId,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-        idempotency: Option<&IdempotencyKey>,
-    ) -> Result<Committed, StoreError> {
-        if self.armed.swap(false, Ordering::SeqCst) {
-            return Err(StoreError::Conflict {
-                stream: stream.clone(),
-                expected,
-                actual: None,
-            });
-        }
-        self.store
-            .append(stream, expected, events, idempotency)
-            .await
-    }
-    async fn append_all(
-        &self,
-        parts: Vec<AppendTo>,
-        idempotency: Option<&IdempotencyKey>,
-    ) -> Result<Vec<Committed>, StoreError> {
-        self.store.append_all(parts, idempotency).await
-    }
-    async fn load(&self, stream: &StreamId, from: u64) -> Result<EventStream, StoreError> {
-        self.store.load(stream, from).await
-    }
-    fn deduplication_window(&self) -> Option<Duration> {
-        self.store.deduplication_window()
-    }
-    async fn stream_position(&self, stream: &StreamId) -> Result<StreamPosition, StoreError> {
-        self.store.stream_position(stream).await
-    }
-    async fn read_all(&self, filter: &EventFilter, from: u64) -> Result<EventStream, StoreError> {
-        self.store.read_all(filter, from).await
-    }
-    async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
-        self.store.load_snapshot(stream).await
-    }
-    async fn save_snapshot(&self, stream: &StreamId, snapshot: Snapshot) -> Result<(), StoreError> {
-        self.store.save_snapshot(stream, snapshot).await
-    }
-}
 
 /// A projection that refuses one event (it is parked) and handles the rest.
 struct Picky;
@@ -143,62 +87,52 @@ async fn a_scripted_run_records_every_metric_with_its_labels() {
     jetstream_flow(&snapshotter).await;
 }
 
-/// Commands through a repository: a conflict retried, commits, a rejection, a stale pin.
+/// Commands through a repository (the given-when-then fixture's): a conflict met because a
+/// racing writer was first and retried, commits, a rejection, a command pinned at a stale
+/// version.
 async fn repository_commands(snapshotter: &Snapshotter) {
-    let store = ConflictOnce {
-        store: InMemoryEventStore::new(),
-        armed: Arc::new(AtomicBool::new(true)),
-    };
-    let accounts = Repository::<BankAccount, _>::new(store).with_conflict_retries(1);
-    let open = AccountCommand::Open {
+    let open = || AccountCommand::Open {
         owner: "ana".into(),
         overdraft_limit: 0,
     };
-    accounts
-        .execute("a-1", open, CommandMetadata::root())
+    let root = CommandMetadata::root;
+    given_stored::<BankAccount>("a-1")
+        .command(open(), root())
+        .racing(AccountCommand::Deposit { amount: 5 }, root())
+        .with_conflict_retries(1)
+        .when(AccountCommand::Deposit { amount: 1 }, root())
         .await
-        .unwrap();
-    accounts
-        .execute(
-            "a-1",
-            AccountCommand::Deposit { amount: 5 },
-            CommandMetadata::root(),
-        )
-        .await
-        .unwrap();
-    let refused = accounts
-        .execute(
-            "a-1",
-            AccountCommand::Withdraw { amount: 50 },
-            CommandMetadata::root(),
-        )
+        .then_events([AccountEvent::Deposited { amount: 1 }]);
+    let refused = given_stored::<BankAccount>("a-2")
+        .command(open(), root())
+        .when(AccountCommand::Withdraw { amount: 50 }, root())
         .await;
     assert!(
-        matches!(refused, Err(CommandError::Rejected(_))),
-        "{refused:?}"
+        matches!(refused.outcome(), Err(CommandError::Rejected(_))),
+        "{:?}",
+        refused.outcome()
     );
-    let stale = accounts
-        .execute(
-            "a-1",
+    given_stored::<BankAccount>("a-3")
+        .command(open(), root())
+        .command(AccountCommand::Deposit { amount: 5 }, root())
+        .when(
             AccountCommand::Deposit { amount: 1 },
-            CommandMetadata::root().with_expected_version(1),
+            root().with_expected_version(1),
         )
-        .await;
-    assert!(matches!(stale, Err(CommandError::Store(_))), "{stale:?}");
+        .await
+        .then_conflict();
 
     let m = metrics(snapshotter);
     let account = [("aggregate_type", "BankAccount")];
     let outcome = |o| [("aggregate_type", "BankAccount"), ("outcome", o)];
-    assert_eq!(counter(&m, names::COMMANDS, &outcome("committed")), 2);
+    // a-1: open, the racer's deposit, the deposit retried; a-2: open; a-3: open, deposit.
+    assert_eq!(counter(&m, names::COMMANDS, &outcome("committed")), 6);
     assert_eq!(counter(&m, names::COMMANDS, &outcome("rejected")), 1);
     assert_eq!(counter(&m, names::COMMANDS, &outcome("conflict")), 1);
     assert_eq!(counter(&m, names::COMMAND_CONFLICTS, &account), 2);
     assert_eq!(counter(&m, names::COMMAND_RETRIES, &account), 1);
-    assert_eq!(histogram(&m, names::COMMAND_DURATION, &account).len(), 4);
-    assert_eq!(
-        histogram(&m, names::EVENTS_PER_APPEND, &account),
-        [1.0, 1.0]
-    );
+    assert_eq!(histogram(&m, names::COMMAND_DURATION, &account).len(), 8);
+    assert_eq!(histogram(&m, names::EVENTS_PER_APPEND, &account), [1.0; 6]);
 }
 
 /// On JetStream: a command service and a projection that parks one event.
