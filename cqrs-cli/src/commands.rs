@@ -147,7 +147,7 @@ impl Session {
         tenant: Option<&str>,
     ) -> Result<HistoryDoc, CliError> {
         let store = self.store(context).await?;
-        let mut redactor = Redactor::new(store.jetstream(), context).await?;
+        let mut redactor = Redactor::new(store.jetstream(), context);
         let stream =
             StreamId::new(aggregate_type, id).with_optional_tenant(tenant.map(str::to_owned));
         let mut events = Vec::new();
@@ -184,7 +184,7 @@ impl Session {
         correlation_id: Uuid,
     ) -> Result<TraceDoc, CliError> {
         let store = self.store(context).await?;
-        let mut redactor = Redactor::new(store.jetstream(), context).await?;
+        let mut redactor = Redactor::new(store.jetstream(), context);
         let mut progress = self.scan_progress(context).await?;
         let mut all = store.read_all(&EventFilter::all(), 1).await?;
         let mut events = Vec::new();
@@ -206,7 +206,7 @@ impl Session {
         print: &mut dyn FnMut(&EventDoc) -> Result<(), CliError>,
     ) -> Result<(), CliError> {
         let store = self.store(context).await?;
-        let mut redactor = Redactor::new(store.jetstream(), context).await?;
+        let mut redactor = Redactor::new(store.jetstream(), context);
         let mut next = match tail.from {
             Some(from) => from.max(1),
             None => self.head(context).await? + 1,

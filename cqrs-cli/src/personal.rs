@@ -14,20 +14,33 @@ pub(crate) const PERSONAL: &str = "[personal]";
 /// Shown in place of a sealed value whose subject was forgotten.
 pub(crate) const ERASED: &str = "[erased]";
 
+/// The key bucket, opened at the first sealed field, so that reading a context without personal
+/// data needs no access to it.
+enum Keys {
+    Unopened,
+    /// The context has no key bucket: no subject has a key.
+    Missing,
+    Open(Box<JetStreamKeyStore>),
+}
+
 /// Turns events into documents with their sealed fields marked, asking the key bucket once per
 /// data subject.
 pub(crate) struct Redactor {
-    keys: Option<JetStreamKeyStore>,
+    js: jetstream::Context,
+    context: String,
+    keys: Keys,
     current: HashMap<String, Option<String>>,
 }
 
 impl Redactor {
-    /// A redactor for `context`; a context without a key bucket has no live keys.
-    pub(crate) async fn new(js: &jetstream::Context, context: &str) -> Result<Self, CliError> {
-        Ok(Self {
-            keys: JetStreamKeyStore::open_existing(js, context).await?,
+    /// A redactor for `context`.
+    pub(crate) fn new(js: &jetstream::Context, context: &str) -> Self {
+        Self {
+            js: js.clone(),
+            context: context.to_owned(),
+            keys: Keys::Unopened,
             current: HashMap::new(),
-        })
+        }
     }
 
     /// `event` as a document, its sealed fields marked.
@@ -48,9 +61,15 @@ impl Redactor {
         if let Some(id) = self.current.get(subject) {
             return Ok(id.clone());
         }
+        if matches!(self.keys, Keys::Unopened) {
+            self.keys = match JetStreamKeyStore::open_existing(&self.js, &self.context).await? {
+                Some(keys) => Keys::Open(Box::new(keys)),
+                None => Keys::Missing,
+            };
+        }
         let id = match &self.keys {
-            None => None,
-            Some(keys) => keys
+            Keys::Unopened | Keys::Missing => None,
+            Keys::Open(keys) => keys
                 .key(subject)
                 .await
                 .map_err(|e| StoreError::Unavailable {

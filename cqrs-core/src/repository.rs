@@ -390,18 +390,16 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         pinned: u64,
         actual: u64,
     ) -> Result<Vec<EventEnvelope<A::Event>>, CommandError<A::Error>> {
-        match self.store.find_commit(stream, key).await? {
-            Some(original) => decode_committed::<A>(&original),
-            None => Err({
-                crate::metrics::conflict(A::TYPE, false);
-                StoreError::Conflict {
-                    stream: stream.clone(),
-                    expected: ExpectedVersion::Exact(pinned),
-                    actual: Some(actual),
-                }
-            }
-            .into()),
+        if let Some(original) = self.store.find_commit(stream, key).await? {
+            return decode_committed::<A>(&original);
         }
+        crate::metrics::conflict(A::TYPE, false);
+        Err(StoreError::Conflict {
+            stream: stream.clone(),
+            expected: ExpectedVersion::Exact(pinned),
+            actual: Some(actual),
+        }
+        .into())
     }
 
     /// The cached state of `stream`, if it can serve a command expecting `expected_version`.

@@ -445,24 +445,27 @@ where
                 env!("CARGO_PKG_VERSION"),
             )
             .await
-            .map_err(|e| {
-                CommandServiceError::Misconfigured(format!(
-                    "could not register the command service of context {}: {e}",
-                    self.context
-                ))
+            .map_err(|source| CommandServiceError::Register {
+                what: format!("the command service of context {}", self.context),
+                source,
             })?;
-        let endpoint = service
+        let added = service
             .endpoint_builder()
             .name(A::TYPE)
             .queue_group(&queue)
             .add(&subject)
-            .await
-            .map_err(|e| {
-                CommandServiceError::Misconfigured(format!(
-                    "could not add the endpoint {} on {subject}: {e}",
-                    A::TYPE
-                ))
-            })?;
+            .await;
+        let endpoint = match added {
+            Ok(endpoint) => endpoint,
+            Err(source) => {
+                // Not left half registered: without its endpoint the service answers nothing.
+                let _ = service.stop().await;
+                return Err(CommandServiceError::Register {
+                    what: format!("the endpoint {} on {subject}", A::TYPE),
+                    source,
+                });
+            }
+        };
         let repository = Arc::new(self.repository);
         let deregister = Box::pin(async move {
             if let Err(error) = service.stop().await {

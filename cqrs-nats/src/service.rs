@@ -32,6 +32,16 @@ pub enum ServiceError {
     /// The service was given what it cannot work with; the text says what and what to do.
     #[error("{0}")]
     Misconfigured(String),
+    /// Registering on the NATS service protocol failed: the service's `$SRV` subscriptions or
+    /// its endpoint. Check the connection and the permissions for `$SRV.>` and the subject.
+    #[error("could not register {what} on the NATS service protocol")]
+    Register {
+        /// The service or endpoint.
+        what: String,
+        /// The client's error.
+        #[source]
+        source: cqrs_core::error::BoxError,
+    },
     /// The server did not confirm the subscription in time.
     #[error(
         "the server did not confirm the service's subscription within 10 s; check the connection"
