@@ -36,6 +36,7 @@ pub mod state_machine;
 pub mod store;
 pub mod stream;
 pub mod testing;
+pub mod trace;
 pub mod unit_of_work;
 
 #[doc(hidden)]

@@ -255,6 +255,32 @@ where
     }
 
     async fn apply(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
+        let span = tracing::info_span!(
+            "cqrs.react",
+            process = PM::NAME,
+            event_id = %event.event_id,
+            position = event.position,
+            correlation_id = %event.metadata.correlation_id,
+        );
+        crate::trace::follow(&span, event.metadata.trace.as_deref());
+        let traceparent = crate::trace::traceparent(&span);
+        tracing::Instrument::instrument(self.react_to(event, traceparent), span).await
+    }
+}
+
+impl<PM, S, D> ProcessManagerProjection<PM, S, D>
+where
+    PM: ProcessManager,
+    S: ReadModelStore<PM::State>,
+    D: CommandDispatcher<PM::Command>,
+{
+    /// Reacts to `event`; follow-up commands carry `traceparent` (the reaction's span) when
+    /// there is one, else the event's.
+    async fn react_to(
+        &self,
+        event: &RecordedEvent,
+        traceparent: Option<String>,
+    ) -> Result<(), HandlerError> {
         let key = event.metadata.correlation_id.to_string();
         let current = self.states.get(&key).await?;
         let (state, revision) = match current {
@@ -265,7 +291,10 @@ where
         let (next, commands) = self.manager.react(state, event)?;
         // Commands first, state second: after a crash in between, the event is delivered again
         // and re-issues the same command ids, which idempotency absorbs.
-        for (command, metadata) in reactions::<PM>(event, commands) {
+        for (command, mut metadata) in reactions::<PM>(event, commands) {
+            if traceparent.is_some() {
+                metadata.trace.clone_from(&traceparent);
+            }
             tracing::debug!(
                 process = PM::NAME,
                 command_id = %metadata.command_id,

@@ -265,6 +265,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             command_id = %metadata.command_id,
             version = tracing::field::Empty,
         );
+        crate::trace::follow(&span, metadata.trace.as_deref());
         let started = std::time::Instant::now();
         let outcome = self
             .execute_on(&stream, command, &metadata)
@@ -331,7 +332,11 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             }
             let expected =
                 ExpectedVersion::Exact(metadata.expected_version.unwrap_or(loaded.version()));
-            let event_metadata = metadata.event_metadata();
+            let mut event_metadata = metadata.event_metadata();
+            // The events carry the context of the span that writes them (feature `otel`).
+            if let Some(traceparent) = crate::trace::traceparent(&tracing::Span::current()) {
+                event_metadata.trace = Some(traceparent);
+            }
             let new_events = events
                 .iter()
                 .enumerate()
