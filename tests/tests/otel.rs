@@ -108,11 +108,17 @@ async fn one_trace_joins_request_command_append_reaction_and_follow_up() {
     service.stop().await;
     provider.force_flush().unwrap();
 
-    let spans = exporter.get_finished_spans().unwrap();
+    check_one_trace(&exporter.get_finished_spans().unwrap(), &events);
+}
+
+/// The spans of the flow: one trace, each the parent of the next, the append under its command,
+/// the runner's batch linked to the event it handled, and each event carrying its writer's
+/// context.
+fn check_one_trace(spans: &[SpanData], events: &[cqrs_core::RecordedEvent]) {
     let request = spans.iter().find(|s| s.name == "request").unwrap();
-    let paid = find(&spans, "cqrs.execute", "command", "Pay");
-    let reaction = find(&spans, "cqrs.react", "process", "shipping");
-    let shipped = find(&spans, "cqrs.execute", "command", "Ship");
+    let paid = find(spans, "cqrs.execute", "command", "Pay");
+    let reaction = find(spans, "cqrs.react", "process", "shipping");
+    let shipped = find(spans, "cqrs.execute", "command", "Ship");
     let trace_id = request.span_context.trace_id();
     for span in [paid, reaction, shipped] {
         assert_eq!(span.span_context.trace_id(), trace_id, "{}", span.name);
@@ -125,6 +131,23 @@ async fn one_trace_joins_request_command_append_reaction_and_follow_up() {
     assert_eq!(paid.parent_span_id, request.span_context.span_id());
     assert_eq!(reaction.parent_span_id, paid.span_context.span_id());
     assert_eq!(shipped.parent_span_id, reaction.span_context.span_id());
+    // The append happened inside the command's span.
+    let append = spans
+        .iter()
+        .find(|s| s.name == "cqrs.append" && s.parent_span_id == paid.span_context.span_id());
+    assert!(append.is_some(), "no cqrs.append under the Pay command");
+    // The runner's batch span links to the trace of the event it handled.
+    let batch = spans.iter().find(|s| {
+        s.name == "cqrs.nats.project"
+            && attribute(s, "projection").as_deref() == Some("shipping")
+            && s.links
+                .iter()
+                .any(|link| link.span_context.span_id() == paid.span_context.span_id())
+    });
+    assert!(
+        batch.is_some(),
+        "no batch span linked to the paid event's trace"
+    );
     // Each event carries the context of the span that wrote it.
     let written_by = |i: usize| events[i].metadata.trace.clone().unwrap_or_default();
     assert!(written_by(1).contains(&paid.span_context.span_id().to_string()));

@@ -387,6 +387,10 @@ async fn handle<P: Projection>(
                 }
             }
         }
+        let batch_span = tracing::Span::current();
+        for event in &events {
+            cqrs_core::trace::link(&batch_span, event.metadata.trace.as_deref());
+        }
         let started = std::time::Instant::now();
         let parked = deliver_batch(&shared.projection, &events, &shared.config.retry).await;
         record_batch(&shared.name, partition, events.len(), started.elapsed(), pending);
