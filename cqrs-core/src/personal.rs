@@ -257,6 +257,17 @@ pub async fn seal(
     event: &mut NewEvent,
     keys: &dyn KeyStore,
 ) -> Result<(), StoreError> {
+    seal_with(stream, event, keys, &mut HashMap::new()).await
+}
+
+/// [`seal`], asking the key store only for subjects not in `subject_keys` (and remembering
+/// them there), so that the events of one commit ask once per subject.
+async fn seal_with(
+    stream: &StreamId,
+    event: &mut NewEvent,
+    keys: &dyn KeyStore,
+    subject_keys: &mut HashMap<String, SubjectKey>,
+) -> Result<(), StoreError> {
     if event.personal.is_empty() {
         return Ok(());
     }
@@ -271,7 +282,6 @@ pub async fn seal(
                 "event `{event_type}` declares personal fields but its body is not a JSON object"
             ))
         })?;
-    let mut subject_keys: HashMap<String, SubjectKey> = HashMap::new();
     for field in event.personal {
         let subject = match body.get(field.subject) {
             Some(serde_json::Value::String(s)) => s.clone(),
@@ -569,21 +579,23 @@ impl<S> PersonalDataStore<S> {
             .map_err(|e| key_store_unavailable("forgetting a data subject", e))
     }
 
-    /// Seals `events`; returns the bodies in the clear of those it changed, by event id.
+    /// Seals `events` (each subject's key asked for once per commit, `subject_keys`); notes the
+    /// bodies in the clear of those it changed in `clear`, by event id.
     async fn seal_all(
         &self,
         stream: &StreamId,
         events: &mut [NewEvent],
-    ) -> Result<HashMap<uuid::Uuid, Vec<u8>>, StoreError> {
-        let mut clear = HashMap::new();
+        subject_keys: &mut HashMap<String, SubjectKey>,
+        clear: &mut HashMap<uuid::Uuid, Vec<u8>>,
+    ) -> Result<(), StoreError> {
         for event in events {
             if !event.personal.is_empty() {
                 let body = event.payload.data.clone();
-                seal(stream, event, &*self.keys).await?;
+                seal_with(stream, event, &*self.keys, subject_keys).await?;
                 clear.insert(event.event_id, body);
             }
         }
-        Ok(clear)
+        Ok(())
     }
 
     /// The events of a commit as the caller wrote them: the bodies it sealed are known in the
@@ -624,7 +636,9 @@ impl<S: EventStore> EventStore for PersonalDataStore<S> {
         mut events: Vec<NewEvent>,
         idempotency: Option<&IdempotencyKey>,
     ) -> Result<Committed, StoreError> {
-        let clear = self.seal_all(stream, &mut events).await?;
+        let mut clear = HashMap::new();
+        self.seal_all(stream, &mut events, &mut HashMap::new(), &mut clear)
+            .await?;
         let mut committed = self
             .store
             .append(stream, expected, events, idempotency)
@@ -638,9 +652,15 @@ impl<S: EventStore> EventStore for PersonalDataStore<S> {
         mut parts: Vec<AppendTo>,
         idempotency: Option<&IdempotencyKey>,
     ) -> Result<Vec<Committed>, StoreError> {
-        let mut clear = HashMap::new();
+        let (mut subject_keys, mut clear) = (HashMap::new(), HashMap::new());
         for part in &mut parts {
-            clear.extend(self.seal_all(&part.stream, &mut part.events).await?);
+            self.seal_all(
+                &part.stream,
+                &mut part.events,
+                &mut subject_keys,
+                &mut clear,
+            )
+            .await?;
         }
         let mut commits = self.store.append_all(parts, idempotency).await?;
         for committed in &mut commits {

@@ -248,3 +248,58 @@ async fn a_value_that_does_not_authenticate_is_an_error_not_an_erasure() {
         other => panic!("expected a malformed event, got {other:?}"),
     }
 }
+
+/// Counts the keys it hands out for sealing.
+#[derive(Default)]
+struct Counting {
+    keys: MemoryKeyStore,
+    asked: std::sync::atomic::AtomicUsize,
+}
+
+impl KeyStore for Counting {
+    fn key_for_writing<'a>(&'a self, subject: &'a str) -> KeyFuture<'a, SubjectKey> {
+        self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.keys.key_for_writing(subject)
+    }
+    fn key<'a>(&'a self, subject: &'a str) -> KeyFuture<'a, Option<SubjectKey>> {
+        self.keys.key(subject)
+    }
+    fn forget<'a>(&'a self, subject: &'a str) -> KeyFuture<'a, ()> {
+        self.keys.forget(subject)
+    }
+}
+
+#[tokio::test]
+async fn a_commit_asks_for_each_subjects_key_once() {
+    let keys = Arc::new(Counting::default());
+    let store = PersonalDataStore::new(InMemoryEventStore::new(), keys.clone());
+    let named = |given: &str| {
+        let event = ProfileEvent::Named {
+            member_id: "m-1".into(),
+            given: given.into(),
+            family: "Lovelace".into(),
+        };
+        NewEvent::encode(
+            &event,
+            cqrs_core::metadata::new_id(),
+            Metadata::standalone(),
+        )
+        .unwrap()
+    };
+    store
+        .append(
+            &stream(),
+            ExpectedVersion::NoStream,
+            vec![named("Ada"), named("Augusta"), v1("m-1", "Ada King")],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(keys.asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let decoded: Vec<ProfileEvent> = events(&store)
+        .await
+        .iter()
+        .map(|e| e.payload.decode().unwrap())
+        .collect();
+    assert_eq!(decoded.len(), 3);
+}
