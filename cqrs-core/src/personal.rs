@@ -765,17 +765,7 @@ fn is_sealed(event: &RecordedEvent) -> bool {
 }
 
 impl<P: crate::Projection> crate::Projection for Opened<P> {
-    fn name(&self) -> &str {
-        self.projection.name()
-    }
-
-    fn version(&self) -> u32 {
-        self.projection.version()
-    }
-
-    fn filter(&self) -> EventFilter {
-        self.projection.filter()
-    }
+    crate::projection::wrapped_identity!(this => this.projection);
 
     async fn apply(&self, event: &RecordedEvent) -> Result<(), crate::HandlerError> {
         if !is_sealed(event) {

@@ -115,18 +115,31 @@ pub trait Projection: Send + Sync + 'static {
     }
 }
 
+/// A wrapper's identity ([`Projection::name`], [`Projection::version`],
+/// [`Projection::filter`]) as that of the projection it wraps: `wrapped_identity!(this =>
+/// this.inner)` names, after `=>`, the wrapped projection reached from `this` (the wrapper).
+macro_rules! wrapped_identity {
+    ($this:ident => $($wrapped:tt)+) => {
+        fn name(&self) -> &str {
+            let $this = self;
+            $($wrapped)+.name()
+        }
+
+        fn version(&self) -> u32 {
+            let $this = self;
+            $($wrapped)+.version()
+        }
+
+        fn filter(&self) -> $crate::EventFilter {
+            let $this = self;
+            $($wrapped)+.filter()
+        }
+    };
+}
+pub(crate) use wrapped_identity;
+
 impl<P: Projection> Projection for Arc<P> {
-    fn name(&self) -> &str {
-        (**self).name()
-    }
-
-    fn version(&self) -> u32 {
-        (**self).version()
-    }
-
-    fn filter(&self) -> EventFilter {
-        (**self).filter()
-    }
+    wrapped_identity!(this => (**this));
 
     fn apply(
         &self,
@@ -646,17 +659,7 @@ where
     R: Reactor,
     D: ReadModelStore<()>,
 {
-    fn name(&self) -> &str {
-        self.projection.name()
-    }
-
-    fn version(&self) -> u32 {
-        self.projection.version()
-    }
-
-    fn filter(&self) -> EventFilter {
-        self.projection.filter()
-    }
+    wrapped_identity!(this => this.projection);
 
     async fn apply(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
         self.projection.apply(event).await?;

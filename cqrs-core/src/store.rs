@@ -334,80 +334,31 @@ pub async fn find_commit_by_scan<S: EventStore + ?Sized>(
     }))
 }
 
+/// Forwards each listed [`EventStore`] method to `**self`: one line per method instead of a
+/// restated signature and body each.
+macro_rules! forward_to_inner {
+    ($(fn $name:ident($($arg:ident: $ty:ty),*) -> $output:ty;)*) => {$(
+        fn $name(&self, $($arg: $ty),*) -> impl Future<Output = Result<$output, StoreError>> + Send {
+            (**self).$name($($arg),*)
+        }
+    )*};
+}
+
+/// A shared store is the store: every call goes to it.
 impl<S: EventStore> EventStore for Arc<S> {
-    fn append(
-        &self,
-        stream: &StreamId,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-        idempotency: Option<&IdempotencyKey>,
-    ) -> impl Future<Output = Result<Committed, StoreError>> + Send {
-        (**self).append(stream, expected, events, idempotency)
-    }
-
-    fn append_all(
-        &self,
-        parts: Vec<AppendTo>,
-        idempotency: Option<&IdempotencyKey>,
-    ) -> impl Future<Output = Result<Vec<Committed>, StoreError>> + Send {
-        (**self).append_all(parts, idempotency)
-    }
-
-    fn load(
-        &self,
-        stream: &StreamId,
-        from_version: u64,
-    ) -> impl Future<Output = Result<EventStream, StoreError>> + Send {
-        (**self).load(stream, from_version)
-    }
-
-    fn load_after(
-        &self,
-        stream: &StreamId,
-        after: StreamPosition,
-    ) -> impl Future<Output = Result<EventStream, StoreError>> + Send {
-        (**self).load_after(stream, after)
-    }
-
-    fn find_commit(
-        &self,
-        stream: &StreamId,
-        key: &IdempotencyKey,
-    ) -> impl Future<Output = Result<Option<Committed>, StoreError>> + Send {
-        (**self).find_commit(stream, key)
+    forward_to_inner! {
+        fn append(stream: &StreamId, expected: ExpectedVersion, events: Vec<NewEvent>, idempotency: Option<&IdempotencyKey>) -> Committed;
+        fn append_all(parts: Vec<AppendTo>, idempotency: Option<&IdempotencyKey>) -> Vec<Committed>;
+        fn load(stream: &StreamId, from_version: u64) -> EventStream;
+        fn load_after(stream: &StreamId, after: StreamPosition) -> EventStream;
+        fn find_commit(stream: &StreamId, key: &IdempotencyKey) -> Option<Committed>;
+        fn stream_position(stream: &StreamId) -> StreamPosition;
+        fn read_all(filter: &EventFilter, from_position: u64) -> EventStream;
+        fn load_snapshot(stream: &StreamId) -> Option<Snapshot>;
+        fn save_snapshot(stream: &StreamId, snapshot: Snapshot) -> ();
     }
 
     fn deduplication_window(&self) -> Option<std::time::Duration> {
         (**self).deduplication_window()
-    }
-
-    fn stream_position(
-        &self,
-        stream: &StreamId,
-    ) -> impl Future<Output = Result<StreamPosition, StoreError>> + Send {
-        (**self).stream_position(stream)
-    }
-
-    fn read_all(
-        &self,
-        filter: &EventFilter,
-        from_position: u64,
-    ) -> impl Future<Output = Result<EventStream, StoreError>> + Send {
-        (**self).read_all(filter, from_position)
-    }
-
-    fn load_snapshot(
-        &self,
-        stream: &StreamId,
-    ) -> impl Future<Output = Result<Option<Snapshot>, StoreError>> + Send {
-        (**self).load_snapshot(stream)
-    }
-
-    fn save_snapshot(
-        &self,
-        stream: &StreamId,
-        snapshot: Snapshot,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        (**self).save_snapshot(stream, snapshot)
     }
 }

@@ -234,6 +234,7 @@ impl TenantReadService {
             .record("subject", subject.as_str())
             .record("from_sequence", read.from_sequence);
         self.store
+            .inner()
             .raw_page(&subject, read.from_sequence, read.batch)
             .await
             .map_err(|e| Refusal {

@@ -72,7 +72,7 @@ pub struct JetStreamEventStore {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     client: Client,
     js: jetstream::Context,
     /// Addressed by name only: a tenant-scoped store may not ask for the stream's info.
@@ -121,15 +121,10 @@ impl fmt::Debug for JetStreamEventStore {
 }
 
 impl JetStreamEventStore {
-    /// One page of `subject`'s messages as the stream answered a batched direct get, for the
-    /// tenant read service to relay.
-    pub(crate) async fn raw_page(
-        &self,
-        subject: &str,
-        from_seq: u64,
-        batch: usize,
-    ) -> Result<RawPage, StoreError> {
-        self.inner.raw_page(subject, from_seq, batch).await
+    /// The connection and stream behind the store, for the crate's own services (the tenant
+    /// read service relays [`Inner::raw_page`]s).
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
     }
 
     /// Whether the store was opened with
