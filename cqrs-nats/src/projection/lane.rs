@@ -1,10 +1,10 @@
-//! One partition's loop: take the partition's checkpoint, read on from it with an ordered
-//! consumer, hand the projection batches of what is at hand, commit the checkpoint; park what
-//! fails; release the partition when handing it over.
+//! One partition's loop: take the partition's checkpoint, read on from it in order (see
+//! [`open_reader`]), hand the projection batches of what is at hand, commit the checkpoint;
+//! park what fails; release the partition when handing it over.
 
 use crate::headers;
 use async_nats::jetstream;
-use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::message::StreamMessage;
 use cqrs_core::metrics::{
     PROJECTION_EVENTS, PROJECTION_HANDLER_DURATION, PROJECTION_LAG, PROJECTION_PARKED,
@@ -50,7 +50,7 @@ pub(super) async fn run<P: Projection>(
                     (failures, handled) = (0, owned.handled);
                 }
                 failures += 1;
-                tracing::warn!(projection = %shared.name, partition, %error, "reading the partition failed; reading on from the last handled event");
+                tracing::warn!(projection = %shared.name, partition, error = %cqrs_core::error::report(&error), "reading the partition failed; reading on from the last handled event");
                 if pause(&mut stop, failures).await {
                     owned.release(&shared).await;
                     return;
@@ -113,6 +113,9 @@ impl Owned {
                 Some(false)
             }
             Err(error) => {
+                // Tried again after the commit interval, not after every batch: while the
+                // bucket elects a leader each attempt fails at once.
+                self.last_commit = Instant::now();
                 tracing::warn!(projection = %shared.name, partition = self.partition, %error, "cannot commit the checkpoint; retrying");
                 None
             }
@@ -214,26 +217,13 @@ async fn read<P: Projection>(
     owned: &mut Owned,
     stop: &mut watch::Receiver<bool>,
 ) -> Ended {
-    let (filter_subject, filter_subjects) = split_filters(owned.committed.filter.clone());
-    let consumer = match shared
-        .stream
-        .create_consumer(pull::OrderedConfig {
-            filter_subject,
-            filter_subjects,
-            deliver_policy: DeliverPolicy::ByStartSequence {
-                start_sequence: owned.handled + 1,
-            },
-            ..Default::default()
-        })
-        .await
-    {
-        Ok(consumer) => consumer,
-        Err(error) => return Ended::Failed(unavailable_because("reading the partition", error)),
-    };
-    let mut messages = match consumer.messages().await {
+    let mut messages = match open_reader(shared, owned).await {
         Ok(messages) => messages,
-        Err(error) => return Ended::Failed(unavailable_because("reading the partition", error)),
+        Err(error) => return Ended::Failed(error),
     };
+    // The consumer numbers what it delivers 1, 2, ...: a number skipped is a message lost on
+    // the way (a reconnect), so the reader ends and reads on from the last handled event.
+    let mut delivered = 0u64;
     let max = shared.config.max_batch;
     let linger = shared.config.batch_linger;
     let mut carried: Option<jetstream::Message> = None;
@@ -253,11 +243,14 @@ async fn read<P: Projection>(
                     next = messages.next() => match next {
                         Some(Ok(message)) => message,
                         Some(Err(error)) => return Ended::Failed(unavailable_because("reading the partition", error)),
-                        None => return Ended::Failed(unavailable("the ordered consumer ended")),
+                        None => return Ended::Failed(unavailable("the partition's consumer ended")),
                     },
                 }
             }
         };
+        if let Err(error) = in_order(&first, &mut delivered) {
+            return Ended::Failed(error);
+        }
         batch.push(first);
         let mut failed = None;
         let deadline = tokio::time::Instant::now() + linger;
@@ -271,13 +264,19 @@ async fn read<P: Projection>(
                 },
             };
             match next {
-                Some(Ok(message)) => batch.push(message),
+                Some(Ok(message)) => match in_order(&message, &mut delivered) {
+                    Ok(()) => batch.push(message),
+                    Err(error) => {
+                        failed = Some(error);
+                        break;
+                    }
+                },
                 Some(Err(error)) => {
                     failed = Some(unavailable_because("reading the partition", error));
                     break;
                 }
                 None => {
-                    failed = Some(unavailable("the ordered consumer ended"));
+                    failed = Some(unavailable("the partition's consumer ended"));
                     break;
                 }
             }
@@ -310,9 +309,74 @@ async fn read<P: Projection>(
             Some(Some(Err(error))) => {
                 return Ended::Failed(unavailable_because("reading the partition", error));
             }
-            Some(None) => return Ended::Failed(unavailable("the ordered consumer ended")),
+            Some(None) => return Ended::Failed(unavailable("the partition's consumer ended")),
         };
     }
+}
+
+/// How often the server tells an idle reader that its consumer is alive, and the most a pull
+/// request waits.
+///
+/// Why not async-nats' ordered consumer: it notices a consumer that died with its server (the
+/// stream leader's SIGKILL) only after two missed idle heartbeats of 15 s, and during that time
+/// the partition stood still (`tests/tests/failover.rs` caught up 22 s after a kill). The
+/// reader here is the same ephemeral, unacknowledged, in-memory, one-replica consumer, asks for
+/// a heartbeat every `READER_HEARTBEAT`, ends on the second one missed (async-nats' pull stream
+/// reports it), on a consumer that is gone, or on a gap in the delivery numbers — and the lane
+/// reads on from the last handled event.
+const READER_HEARTBEAT: Duration = Duration::from_secs(1);
+const READER_EXPIRES: Duration = Duration::from_secs(10);
+
+/// A reader of the partition's events after the last handled one: an ephemeral consumer (removed
+/// by the server 10 s after its reader is gone) with a short idle heartbeat.
+async fn open_reader<P: Projection>(
+    shared: &Shared<P>,
+    owned: &Owned,
+) -> Result<pull::Stream, StoreError> {
+    let (filter_subject, filter_subjects) = split_filters(owned.committed.filter.clone());
+    let consumer = shared
+        .stream
+        .create_consumer(pull::Config {
+            filter_subject,
+            filter_subjects,
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: owned.handled + 1,
+            },
+            ack_policy: AckPolicy::None,
+            max_deliver: 1,
+            memory_storage: true,
+            num_replicas: 1,
+            inactive_threshold: READER_EXPIRES,
+            ..Default::default()
+        })
+        .await
+        .map_err(|error| unavailable_because("reading the partition", error))?;
+    consumer
+        .stream()
+        .max_messages_per_batch(READER_BATCH)
+        .heartbeat(READER_HEARTBEAT)
+        .expires(READER_EXPIRES)
+        .messages()
+        .await
+        .map_err(|error| unavailable_because("reading the partition", error))
+}
+
+/// How many messages one pull request asks for (as async-nats' ordered consumer).
+const READER_BATCH: usize = 500;
+
+/// Checks that `message` is the one after the `delivered` ones, and counts it.
+fn in_order(message: &jetstream::Message, delivered: &mut u64) -> Result<(), StoreError> {
+    let number = message
+        .info()
+        .map_err(|e| unavailable_because("reading the partition", e))?
+        .consumer_sequence;
+    if number != *delivered + 1 {
+        return Err(unavailable(format!(
+            "the partition's consumer delivered message {number} after {delivered}: messages were lost on the way"
+        )));
+    }
+    *delivered = number;
+    Ok(())
 }
 
 /// Records a handled batch: its events, the projection's time for it, and the partition's lag.

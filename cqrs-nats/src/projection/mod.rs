@@ -13,8 +13,10 @@
 //!   applied on the client). A partition without a checkpoint starts where
 //!   [`ProjectionConfig::start_from`] says. Projection names are 1 to 64 characters of
 //!   `[A-Za-z0-9_-]`.
-//! - **Order.** The owner of a partition reads it with an ordered consumer from the position
-//!   after its checkpoint and hands the projection the events in stream order, in batches
+//! - **Order.** The owner of a partition reads it from the position after its checkpoint (an
+//!   ephemeral unacknowledged consumer checked like an ordered one: a gap in its delivery
+//!   numbers, a consumer gone, or two missed 1 s idle heartbeats end the reader and it reads on
+//!   from the last handled event, so a consumer lost with its server costs seconds) and hands the projection the events in stream order, in batches
 //!   ([`Projection::apply_batch`](cqrs_core::Projection::apply_batch); up to
 //!   [`ProjectionConfig::max_batch`] events of what has arrived, never waiting to fill one
 //!   unless [`ProjectionConfig::batch_linger`] says so). It commits the checkpoint when the
