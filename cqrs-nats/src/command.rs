@@ -275,9 +275,12 @@ where
         target: Targeted<A>,
         metadata: CommandMetadata,
     ) -> Result<(), HandlerError> {
-        let metadata = target.metadata(metadata);
         let outcome = self
-            .send::<A>(&target.aggregate_id, &target.command, &metadata)
+            .send::<A>(
+                &target.aggregate_id,
+                &target.command,
+                &target.metadata(metadata),
+            )
             .await;
         dispatched::<A, _, _>(&target.aggregate_id, outcome, CommandFailure::is_refusal)
     }
