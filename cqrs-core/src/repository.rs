@@ -96,6 +96,10 @@ impl<A> Clone for SnapshotPolicy<A> {
     }
 }
 
+/// How many loads found behind the store's current position one command reloads before the
+/// store is reported `Unavailable`.
+const STALE_LOADS: u32 = 5;
+
 /// The cached aggregates and their insertion order.
 type CacheEntries<A> = (HashMap<StreamId, Loaded<A>>, VecDeque<StreamId>);
 
@@ -289,6 +293,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         // decided again, which costs no retry because the caller's expectation was not at fault.
         let mut trust_cache = true;
         let mut looked_up = false;
+        let mut stale_loads = 0u32;
         loop {
             let cached = trust_cache
                 .then(|| self.cached(stream, metadata.expected_version))
@@ -307,9 +312,17 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             {
                 return self.stale_pin(stream, &key, pinned, loaded.version()).await;
             }
-            let events = match decide(&loaded, command.clone()) {
+            let decided = decide(&loaded, command.clone());
+            // A refusal, or a decision to write nothing, is answered only on the current state:
+            // a cached state may be stale, and so may a load that a lagging replica served
+            // (the store's version check fences only what is appended).
+            if !matches!(&decided, Ok(events) if !events.is_empty())
+                && (from_cache || !self.is_current(stream, &loaded, &mut stale_loads).await?)
+            {
+                continue;
+            }
+            let events = match decided {
                 Ok(events) => events,
-                Err(_) if from_cache => continue,
                 // A retry of a command that already succeeded may be refused by the state it
                 // produced: answer with the original outcome instead.
                 Err(refusal) => {
@@ -384,6 +397,40 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 Err(error) => return Err(error.into()),
             }
         }
+    }
+
+    /// Whether `loaded` is where `stream` stands now. A load that is behind counts in
+    /// `stale_loads`; after [`STALE_LOADS`] of them the store is `Unavailable` (retryable)
+    /// rather than the command answered on a state known to be old.
+    pub(crate) async fn is_current(
+        &self,
+        stream: &StreamId,
+        loaded: &Loaded<A>,
+        stale_loads: &mut u32,
+    ) -> Result<bool, StoreError> {
+        let now = self.store.stream_position(stream).await?;
+        if now.version <= loaded.version() {
+            return Ok(true);
+        }
+        *stale_loads += 1;
+        tracing::debug!(
+            loaded = loaded.version(),
+            current = now.version,
+            "the state was loaded from a replica that lags; loading again"
+        );
+        if *stale_loads > STALE_LOADS {
+            return Err(StoreError::Unavailable {
+                operation: "load",
+                reason: format!(
+                    "{stream} loaded at version {} {STALE_LOADS} times while it stands at {}: the replicas that serve loads lag; retry",
+                    loaded.version(),
+                    now.version
+                ),
+                source: None,
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20 << *stale_loads)).await;
+        Ok(false)
     }
 
     /// The answer to a command pinned at `pinned` while `stream` is at `actual`: its original

@@ -102,9 +102,22 @@ impl UnitOfWork {
         let stream = StreamId::of::<A>(aggregate_id, self.metadata.tenant.as_deref());
         self.check_new(&stream)?;
         self.aggregates.push(stream.clone());
-        let loaded = repository.load(&stream).await?;
+        // A refusal or a decision to write nothing is answered only on the current state (a
+        // load may come from a replica that lags), as by the repository.
+        let mut stale_loads = 0;
+        let (loaded, decided) = loop {
+            let loaded = repository.load(&stream).await?;
+            let decided = decide(&loaded, command.clone());
+            if matches!(&decided, Ok(events) if !events.is_empty())
+                || repository
+                    .is_current(&stream, &loaded, &mut stale_loads)
+                    .await?
+            {
+                break (loaded, decided);
+            }
+        };
         let key = part_key(&self.key, &stream);
-        let events = match decide(&loaded, command) {
+        let events = match decided {
             Ok(events) => events,
             // A retry of a unit that committed may be refused by the state it produced.
             Err(refusal) => {

@@ -474,6 +474,116 @@ async fn refusal_on_a_stale_cache_is_checked_against_the_newer_state() {
     assert!(err.is_conflict(), "{err}");
 }
 
+/// A store whose next `lagging` loads are served by a replica one event behind (the JetStream
+/// store's direct gets may be answered by a follower that lags); everything else is current.
+#[derive(Clone)]
+struct LaggingReplica {
+    inner: InMemoryEventStore,
+    lagging: Arc<AtomicU32>,
+}
+
+impl EventStore for LaggingReplica {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        idempotency: Option<&IdempotencyKey>,
+    ) -> Result<cqrs_core::Committed, StoreError> {
+        self.inner
+            .append(stream, expected, events, idempotency)
+            .await
+    }
+    async fn load(
+        &self,
+        stream: &StreamId,
+        from: u64,
+    ) -> Result<cqrs_core::EventStream, StoreError> {
+        let mut events: Vec<RecordedEvent> =
+            self.inner.load(stream, from).await?.try_collect().await?;
+        let lag = self
+            .lagging
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if lag.is_ok() {
+            events.pop();
+        }
+        Ok(futures::stream::iter(events.into_iter().map(Ok)).boxed())
+    }
+    fn deduplication_window(&self) -> Option<std::time::Duration> {
+        self.inner.deduplication_window()
+    }
+    async fn stream_position(
+        &self,
+        stream: &StreamId,
+    ) -> Result<cqrs_core::StreamPosition, StoreError> {
+        self.inner.stream_position(stream).await
+    }
+    async fn read_all(
+        &self,
+        filter: &EventFilter,
+        from: u64,
+    ) -> Result<cqrs_core::EventStream, StoreError> {
+        self.inner.read_all(filter, from).await
+    }
+    async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+        self.inner.load_snapshot(stream).await
+    }
+    async fn save_snapshot(&self, stream: &StreamId, snapshot: Snapshot) -> Result<(), StoreError> {
+        self.inner.save_snapshot(stream, snapshot).await
+    }
+}
+
+#[tokio::test]
+async fn refusal_on_a_load_from_a_lagging_replica_is_checked_against_the_current_state() {
+    let inner = InMemoryEventStore::new();
+    let lagging = Arc::new(AtomicU32::new(0));
+    let repo = Repository::<Wallet, _>::new(LaggingReplica {
+        inner: inner.clone(),
+        lagging: Arc::clone(&lagging),
+    });
+    repo.execute("w1", Cmd::Open, CommandMetadata::root())
+        .await
+        .unwrap();
+    repo.execute("w1", Cmd::Credit(50), CommandMetadata::root())
+        .await
+        .unwrap();
+    // The next load misses the credit: on it the debit would be refused.
+    lagging.store(1, Ordering::SeqCst);
+    let debited = repo
+        .execute("w1", Cmd::Debit(30), CommandMetadata::root())
+        .await
+        .unwrap();
+    assert_eq!(debited[0].version, 3);
+    // A refusal on the current state stands.
+    let err = repo
+        .execute("w1", Cmd::Debit(30), CommandMetadata::root())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CommandError::Rejected(WalletError::InsufficientFunds)),
+        "{err}"
+    );
+    // Loads that stay behind (they miss this credit): a retryable store error, never a refusal
+    // on an old state.
+    repo.execute("w1", Cmd::Credit(100), CommandMetadata::root())
+        .await
+        .unwrap();
+    lagging.store(u32::MAX, Ordering::SeqCst);
+    let err = repo
+        .execute("w1", Cmd::Debit(50), CommandMetadata::root())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, CommandError::Store(e @ StoreError::Unavailable { .. }) if e.is_retryable()),
+        "{err}"
+    );
+    lagging.store(0, Ordering::SeqCst);
+    repo.execute("w1", Cmd::Debit(50), CommandMetadata::root())
+        .await
+        .unwrap();
+    assert_eq!(repo.load(&wallet("w1")).await.unwrap().state.balance, 70);
+}
+
 #[tokio::test]
 async fn concurrent_writers_with_retry_lose_nothing() {
     let repo = Repo::new(InMemoryEventStore::new()).with_conflict_retries(100);

@@ -16,6 +16,10 @@ use uuid::Uuid;
 /// rather than page by page: creating the consumer costs about as much as a page.
 const LONG_TAIL: u64 = 2_000;
 
+/// How often a lookup that a lagging replica answered short is read again (after 20 ms, 40 ms,
+/// ... 640 ms: about 1.3 s in all) before it is reported `Unavailable`.
+const STALE_LOOKUP_RETRIES: u32 = 6;
+
 /// Where the next events of a load come from.
 enum Source {
     /// The first page, fetched when the stream is first polled: nothing to overlap it with.
@@ -289,32 +293,81 @@ impl Inner {
         .boxed()
     }
 
-    /// Scans `subject` for the commit whose event ids are `ids` (the first, then as many of the
-    /// following as match in order).
+    /// The commit on `subject` whose events have the ids `ids` (in a row, from the first), if
+    /// it exists.
     pub(super) async fn find_ids(
         self: &Arc<Self>,
         subject: &str,
         ids: &[Uuid],
     ) -> Result<Option<Vec<RecordedEvent>>, StoreError> {
-        let Some(&first) = ids.first() else {
+        if ids.is_empty() {
+            return Ok(None);
+        }
+        self.find_run(subject, |index| ids.get(index).copied())
+            .await
+    }
+
+    /// The run of events on `subject` whose ids are `id_at(0)`, `id_at(1)`, ... (until `id_at`
+    /// says `None` or an event has another id), if its first event exists.
+    ///
+    /// The pages come from direct gets, which any replica may answer, and a follower that lags
+    /// ends its answer early. A lookup that finds nothing is therefore checked against the
+    /// leader's last event on the subject: if the pages stopped short of it, the rest is read
+    /// again after a pause (a lagging replica catches up within moments), and a lookup that
+    /// still cannot see the leader's head is `Unavailable` (retryable) — never "not there",
+    /// which would turn a retry into a wrong `Conflict` or a refusal.
+    pub(super) async fn find_run(
+        self: &Arc<Self>,
+        subject: &str,
+        id_at: impl Fn(usize) -> Option<Uuid>,
+    ) -> Result<Option<Vec<RecordedEvent>>, StoreError> {
+        const OP: &str = "look up a commit";
+        let Some(first) = id_at(0) else {
             return Ok(None);
         };
-        let mut events = self.events(subject.to_owned(), 1, 0, None);
-        let mut found: Vec<RecordedEvent> = Vec::new();
-        while let Some(event) = events.try_next().await? {
-            if found.is_empty() {
-                if event.event_id == first {
+        let mut from_seq = 1;
+        for attempt in 0..=STALE_LOOKUP_RETRIES {
+            let mut events = self.events(subject.to_owned(), from_seq, 0, None);
+            let mut found: Vec<RecordedEvent> = Vec::new();
+            while let Some(event) = events.try_next().await? {
+                from_seq = event.position + 1;
+                let wanted = if found.is_empty() {
+                    Some(first)
+                } else {
+                    id_at(found.len())
+                };
+                if wanted == Some(event.event_id) {
                     found.push(event);
+                    if id_at(found.len()).is_none() {
+                        break;
+                    }
+                } else if !found.is_empty() {
+                    break;
                 }
-            } else if ids.get(found.len()) == Some(&event.event_id) {
-                found.push(event);
-            } else {
-                break;
             }
-            if found.len() == ids.len() {
-                break;
+            if !found.is_empty() {
+                return Ok(Some(found));
+            }
+            // Nothing found: complete only if the pages reached the leader's last event.
+            match self.last(subject).await? {
+                Some(head) if head.position >= from_seq => {
+                    tracing::debug!(
+                        subject,
+                        read_up_to = from_seq - 1,
+                        head = head.position,
+                        attempt,
+                        "a lagging replica answered the lookup; reading the rest again"
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(20 << attempt)).await;
+                }
+                _ => return Ok(None),
             }
         }
-        Ok((!found.is_empty()).then_some(found))
+        Err(unavailable(
+            OP,
+            format!(
+                "the replicas that answered the read of `{subject}` lag behind its leader; retry"
+            ),
+        ))
     }
 }

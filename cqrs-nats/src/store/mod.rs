@@ -44,7 +44,8 @@
 //! (2 minutes by default). Appends with an expected version find their original commit at any
 //! age; an [`ExpectedVersion::Any`] append retried after the window is written again. On
 //! replicated streams direct gets may be served by a follower that lags: a stale load leads to a
-//! conflict on the next append, never to a lost update.
+//! conflict on the next append, never to a lost update, and a look-up of a commit that finds
+//! nothing is confirmed against the leader's last event (see `Inner::find_run`).
 //!
 //! **Permissions.** A request the server's permissions refuse is
 //! [`StoreError::PermissionDenied`] at once, naming the subject (see [`crate::permissions`]);
@@ -296,6 +297,25 @@ impl EventStore for JetStreamEventStore {
         Ok(self
             .inner
             .events(subject, after.position + 1, 0, Some(after.version + 1)))
+    }
+
+    /// Scans the aggregate's events for the ids derived from `key`, checking that the replica
+    /// that answered was not behind the leader (a look-up that finds nothing is confirmed
+    /// against the leader's last event of the aggregate).
+    async fn find_commit(
+        &self,
+        stream: &StreamId,
+        key: &IdempotencyKey,
+    ) -> Result<Option<Committed>, StoreError> {
+        let subject = self.stored_subject_or_invalid(stream)?;
+        Ok(self
+            .inner
+            .find_run(&subject, |index| Some(key.event_id(index)))
+            .await?
+            .map(|events| Committed {
+                events,
+                duplicate: true,
+            }))
     }
 
     /// The stream's duplicate window ([`StoreConfig::duplicate_window`]), within which
