@@ -303,12 +303,15 @@ async fn domain_rejection_is_typed() {
     assert_eq!(err.rejection(), Some(&WalletError::NotOpen));
 }
 
-/// A store that lets another writer slip in right before the first append.
+/// A store that lets another writer slip in right before the first append (unless `raced`),
+/// and whose next `lagging` loads are served by a replica one event behind (the JetStream
+/// store's direct gets may be answered by a follower that lags).
 #[derive(Clone)]
 struct RacingStore {
     inner: InMemoryEventStore,
     raced: Arc<AtomicBool>,
     loads: Arc<AtomicU32>,
+    lagging: Arc<AtomicU32>,
 }
 
 impl EventStore for RacingStore {
@@ -339,7 +342,15 @@ impl EventStore for RacingStore {
         from: u64,
     ) -> Result<cqrs_core::EventStream, StoreError> {
         self.loads.fetch_add(1, Ordering::SeqCst);
-        self.inner.load(stream, from).await
+        let mut events: Vec<RecordedEvent> =
+            self.inner.load(stream, from).await?.try_collect().await?;
+        let lag = self
+            .lagging
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if lag.is_ok() {
+            events.pop();
+        }
+        Ok(futures::stream::iter(events.into_iter().map(Ok)).boxed())
     }
     fn deduplication_window(&self) -> Option<std::time::Duration> {
         self.inner.deduplication_window()
@@ -371,6 +382,7 @@ async fn racing_repo(retries: u32, cache: bool) -> Repository<Wallet, RacingStor
         inner: inner.clone(),
         raced: Arc::new(AtomicBool::new(true)),
         loads: Arc::new(AtomicU32::new(0)),
+        lagging: Arc::new(AtomicU32::new(0)),
     };
     let mut repo = Repository::new(store.clone()).with_conflict_retries(retries);
     if cache {
@@ -434,6 +446,25 @@ async fn stale_cache_is_caught_by_the_store_and_decided_again_without_a_retry() 
     assert_eq!(repo.load(&wallet("w1")).await.unwrap().state.balance, 101);
 }
 
+/// On wallet `w1`, opened and credited 50 where `repo` may not have seen the credit yet:
+/// debiting 30 succeeds (decided again on the newer state) and a second debit of 30 is a
+/// genuine refusal.
+async fn debit_30_then_a_genuine_refusal<S: EventStore>(repo: &Repository<Wallet, S>) {
+    let debited = repo
+        .execute("w1", Cmd::Debit(30), CommandMetadata::root())
+        .await
+        .unwrap();
+    assert_eq!(debited[0].version, 3);
+    let err = repo
+        .execute("w1", Cmd::Debit(30), CommandMetadata::root())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CommandError::Rejected(WalletError::InsufficientFunds)),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn refusal_on_a_stale_cache_is_checked_against_the_newer_state() {
     let store = InMemoryEventStore::new();
@@ -448,20 +479,7 @@ async fn refusal_on_a_stale_cache_is_checked_against_the_newer_state() {
         .execute("w1", Cmd::Credit(50), CommandMetadata::root())
         .await
         .unwrap();
-    let debited = cached
-        .execute("w1", Cmd::Debit(30), CommandMetadata::root())
-        .await
-        .unwrap();
-    assert_eq!(debited[0].version, 3);
-    // A genuine refusal is still a refusal.
-    let err = cached
-        .execute("w1", Cmd::Debit(30), CommandMetadata::root())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, CommandError::Rejected(WalletError::InsufficientFunds)),
-        "{err}"
-    );
+    debit_30_then_a_genuine_refusal(&cached).await;
     // A pinned expected version that the cache does not match is loaded, not guessed.
     let err = cached
         .execute(
@@ -474,95 +492,18 @@ async fn refusal_on_a_stale_cache_is_checked_against_the_newer_state() {
     assert!(err.is_conflict(), "{err}");
 }
 
-/// A store whose next `lagging` loads are served by a replica one event behind (the JetStream
-/// store's direct gets may be answered by a follower that lags); everything else is current.
-#[derive(Clone)]
-struct LaggingReplica {
-    inner: InMemoryEventStore,
-    lagging: Arc<AtomicU32>,
-}
-
-impl EventStore for LaggingReplica {
-    async fn append(
-        &self,
-        stream: &StreamId,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-        idempotency: Option<&IdempotencyKey>,
-    ) -> Result<cqrs_core::Committed, StoreError> {
-        self.inner
-            .append(stream, expected, events, idempotency)
-            .await
-    }
-    async fn load(
-        &self,
-        stream: &StreamId,
-        from: u64,
-    ) -> Result<cqrs_core::EventStream, StoreError> {
-        let mut events: Vec<RecordedEvent> =
-            self.inner.load(stream, from).await?.try_collect().await?;
-        let lag = self
-            .lagging
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-        if lag.is_ok() {
-            events.pop();
-        }
-        Ok(futures::stream::iter(events.into_iter().map(Ok)).boxed())
-    }
-    fn deduplication_window(&self) -> Option<std::time::Duration> {
-        self.inner.deduplication_window()
-    }
-    async fn stream_position(
-        &self,
-        stream: &StreamId,
-    ) -> Result<cqrs_core::StreamPosition, StoreError> {
-        self.inner.stream_position(stream).await
-    }
-    async fn read_all(
-        &self,
-        filter: &EventFilter,
-        from: u64,
-    ) -> Result<cqrs_core::EventStream, StoreError> {
-        self.inner.read_all(filter, from).await
-    }
-    async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
-        self.inner.load_snapshot(stream).await
-    }
-    async fn save_snapshot(&self, stream: &StreamId, snapshot: Snapshot) -> Result<(), StoreError> {
-        self.inner.save_snapshot(stream, snapshot).await
-    }
-}
-
 #[tokio::test]
 async fn refusal_on_a_load_from_a_lagging_replica_is_checked_against_the_current_state() {
-    let inner = InMemoryEventStore::new();
-    let lagging = Arc::new(AtomicU32::new(0));
-    let repo = Repository::<Wallet, _>::new(LaggingReplica {
-        inner: inner.clone(),
-        lagging: Arc::clone(&lagging),
-    });
-    repo.execute("w1", Cmd::Open, CommandMetadata::root())
-        .await
-        .unwrap();
+    // No racing writer, no cache: only the loads lag.
+    let repo = racing_repo(0, false).await;
+    repo.store().raced.store(true, Ordering::SeqCst);
+    let lagging = Arc::clone(&repo.store().lagging);
     repo.execute("w1", Cmd::Credit(50), CommandMetadata::root())
         .await
         .unwrap();
     // The next load misses the credit: on it the debit would be refused.
     lagging.store(1, Ordering::SeqCst);
-    let debited = repo
-        .execute("w1", Cmd::Debit(30), CommandMetadata::root())
-        .await
-        .unwrap();
-    assert_eq!(debited[0].version, 3);
-    // A refusal on the current state stands.
-    let err = repo
-        .execute("w1", Cmd::Debit(30), CommandMetadata::root())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, CommandError::Rejected(WalletError::InsufficientFunds)),
-        "{err}"
-    );
+    debit_30_then_a_genuine_refusal(&repo).await;
     // Loads that stay behind (they miss this credit): a retryable store error, never a refusal
     // on an old state.
     repo.execute("w1", Cmd::Credit(100), CommandMetadata::root())
