@@ -325,10 +325,11 @@ async fn read<P: Projection>(
 /// reports it), on a consumer that is gone, or on a gap in the delivery numbers — and the lane
 /// reads on from the last handled event.
 const READER_HEARTBEAT: Duration = Duration::from_secs(1);
-const READER_EXPIRES: Duration = Duration::from_secs(10);
+const READER_EXPIRES: Duration = Duration::from_secs(30);
 
-/// A reader of the partition's events after the last handled one: an ephemeral consumer (removed
-/// by the server 10 s after its reader is gone) with a short idle heartbeat.
+/// A reader of the partition's events after the last handled one: an ephemeral consumer with a
+/// short idle heartbeat, removed by the server 30 s after its reader is gone (as async-nats'
+/// ordered consumer is).
 async fn open_reader<P: Projection>(
     shared: &Shared<P>,
     owned: &Owned,
