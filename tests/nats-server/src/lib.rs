@@ -13,6 +13,12 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod cluster;
+mod proxy;
+
+pub use cluster::{ProxiedCluster, ProxiedClusterBuilder, SyncInterval};
+pub use proxy::{Proxy, ProxyStats};
+
 use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -111,6 +117,7 @@ impl Builder {
             jetstream: self.jetstream,
             port: None,
             child: None,
+            paused: false,
         };
         server.spawn().await?;
         Ok(server)
@@ -126,6 +133,7 @@ pub struct NatsServer {
     jetstream: bool,
     port: Option<u16>,
     child: Option<Child>,
+    paused: bool,
 }
 
 impl fmt::Debug for NatsServer {
@@ -135,6 +143,7 @@ impl fmt::Debug for NatsServer {
             .field("dir", &self.dir.path())
             .field("port", &self.port)
             .field("running", &self.child.is_some())
+            .field("paused", &self.paused)
             .finish_non_exhaustive()
     }
 }
@@ -208,11 +217,53 @@ impl NatsServer {
     }
 
     /// Kills the server (SIGKILL: a crash, no clean shutdown). Does nothing if it is not running.
+    /// A paused server is killed too.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+        self.paused = false;
+    }
+
+    /// Pauses the server (SIGSTOP): it keeps its sockets but answers nothing until
+    /// [`resume`](Self::resume) — a stalled process, as in a long GC pause or a frozen VM. Does
+    /// nothing if it is not running or already paused.
+    ///
+    /// # Errors
+    ///
+    /// If `kill -STOP` cannot be run or fails.
+    pub fn pause(&mut self) -> Result<(), TestServerError> {
+        if self.paused {
+            return Ok(());
+        }
+        if let Some(pid) = self.pid() {
+            signal(pid, "-STOP")?;
+            self.paused = true;
+        }
+        Ok(())
+    }
+
+    /// Resumes a server paused by [`pause`](Self::pause) (SIGCONT). Does nothing if it is not
+    /// paused.
+    ///
+    /// # Errors
+    ///
+    /// If `kill -CONT` cannot be run or fails.
+    pub fn resume(&mut self) -> Result<(), TestServerError> {
+        if !self.paused {
+            return Ok(());
+        }
+        if let Some(pid) = self.pid() {
+            signal(pid, "-CONT")?;
+        }
+        self.paused = false;
+        Ok(())
+    }
+
+    /// Whether the server is paused.
+    pub fn is_paused(&self) -> bool {
+        self.paused
     }
 
     /// Kills the server and starts it again on the same port and store directory.
@@ -303,6 +354,29 @@ impl NatsServer {
     }
 }
 
+/// Sends `signal` (`-STOP`, `-CONT`) to process `pid` with `kill(1)`.
+fn signal(pid: u32, signal: &str) -> Result<(), TestServerError> {
+    let io = |source| TestServerError::Io {
+        bin: PathBuf::from("kill"),
+        source,
+    };
+    let status = Command::new("kill")
+        .arg(signal)
+        .arg(pid.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(io)?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(io(std::io::Error::other(format!(
+            "kill {signal} {pid} exited with {status}"
+        ))))
+    }
+}
+
 /// A free loopback port (bound and released; another process could take it in between, which
 /// for test ports is rare enough).
 fn free_port() -> Result<u16, std::io::Error> {
@@ -356,6 +430,9 @@ fn read_ports_file(dir: &Path, pid: u32) -> Option<u16> {
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
+        // SIGKILL ends a stopped process too; resume first all the same, so that nothing is
+        // left stopped should the kill fail.
+        let _ = self.resume();
         self.kill();
     }
 }
