@@ -388,7 +388,26 @@ fn free_port() -> Result<u16, std::io::Error> {
 /// A JetStream cluster of `size` servers on loopback (named `n1`, `n2`, ...), for tests with
 /// replicated streams. Every server is up when this returns; the JetStream meta leader may take
 /// a few more seconds to be elected, so retry the first JetStream request.
+///
+/// The cluster ports are picked free and released before the servers bind them, so a server's
+/// own random client port can take one of them first (`bind: address already in use`, seen in
+/// CI): the whole cluster is then started again on new ports, up to three times.
 pub async fn start_cluster(size: usize) -> Result<Vec<NatsServer>, TestServerError> {
+    let mut attempts = 0;
+    loop {
+        match try_start_cluster(size).await {
+            Err(TestServerError::NotReady { log, .. })
+                if attempts < 3 && log.contains("address already in use") =>
+            {
+                attempts += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// One attempt of [`start_cluster`].
+async fn try_start_cluster(size: usize) -> Result<Vec<NatsServer>, TestServerError> {
     let io = |source| TestServerError::Io {
         bin: PathBuf::from("nats-server"),
         source,
