@@ -422,9 +422,9 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             return Err(StoreError::Unavailable {
                 operation: "load",
                 reason: format!(
-                    "{stream} loaded at version {} {STALE_LOADS} times while it stands at {}: the replicas that serve loads lag; retry",
-                    loaded.version(),
-                    now.version
+                    "{stream} was loaded behind its current version {} more than {STALE_LOADS} times (last at {}): the replicas that serve loads lag; retry",
+                    now.version,
+                    loaded.version()
                 ),
                 source: None,
             });
