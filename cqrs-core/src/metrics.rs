@@ -13,6 +13,7 @@
 //! | `cqrs_projection_handler_duration_seconds` | histogram | `projection` | time a projection took for one batch |
 //! | `cqrs_projection_lag` | gauge | `projection`, `partition` | events of the partition stored after the last one handled |
 //! | `cqrs_projection_parked_total` | counter | `projection` | events parked on the dead-letter stream |
+//! | `cqrs_projection_reader_restarts_total` | counter | `projection`, `reason` | partition readers made again because the stream's leader disagreed with them: `started_late` (a reader's first event came after events the leader holds for it), `stalled` (its consumer delivered nothing while the leader held an event for it) |
 //! | `cqrs_command_service_requests_total` | counter | `context`, `aggregate_type`, `outcome` | requests a command service answered (`outcome`: `committed` or the reply's failure kind) |
 
 use std::time::Duration;
@@ -35,6 +36,8 @@ pub const PROJECTION_HANDLER_DURATION: &str = "cqrs_projection_handler_duration_
 pub const PROJECTION_LAG: &str = "cqrs_projection_lag";
 /// `cqrs_projection_parked_total`.
 pub const PROJECTION_PARKED: &str = "cqrs_projection_parked_total";
+/// `cqrs_projection_reader_restarts_total`.
+pub const PROJECTION_READER_RESTARTS: &str = "cqrs_projection_reader_restarts_total";
 /// `cqrs_command_service_requests_total`.
 pub const COMMAND_SERVICE_REQUESTS: &str = "cqrs_command_service_requests_total";
 

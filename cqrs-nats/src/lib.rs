@@ -35,6 +35,7 @@ pub mod command;
 pub mod deadletter;
 pub mod deadlines;
 pub mod error;
+mod gaps;
 pub mod headers;
 pub mod keys;
 pub mod layout;

@@ -8,6 +8,7 @@ use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::message::StreamMessage;
 use cqrs_core::metrics::{
     PROJECTION_EVENTS, PROJECTION_HANDLER_DURATION, PROJECTION_LAG, PROJECTION_PARKED,
+    PROJECTION_READER_RESTARTS,
 };
 use cqrs_core::projection::deliver_batch;
 use cqrs_core::{Projection, RecordedEvent, StoreError};
@@ -15,6 +16,8 @@ use futures::{FutureExt, StreamExt};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::Instrument;
+
+use crate::gaps::{Gap, Watch};
 
 use super::checkpoint::Checkpoint;
 use super::names::{filter_subjects_in, split_filters};
@@ -78,13 +81,17 @@ struct Owned {
     committed: Checkpoint,
     handled: u64,
     last_commit: Instant,
+    /// The last write failed (at `last_commit`): the next is tried a commit interval later.
+    failing: bool,
 }
 
 impl Owned {
     /// Commits the handled position if it moved: false once the checkpoint is no longer this
     /// lane's. A failed write is retried at the next commit.
     async fn commit<P>(&mut self, shared: &Shared<P>) -> bool {
-        if self.handled == self.committed.position {
+        if self.handled == self.committed.position
+            || (self.failing && self.last_commit.elapsed() < shared.config.commit_interval)
+        {
             return true;
         }
         let next = Checkpoint {
@@ -106,6 +113,7 @@ impl Owned {
                 self.revision = revision;
                 self.committed = next;
                 self.last_commit = Instant::now();
+                self.failing = false;
                 Some(true)
             }
             Ok(None) => {
@@ -113,9 +121,10 @@ impl Owned {
                 Some(false)
             }
             Err(error) => {
-                // Tried again after the commit interval, not after every batch: while the
-                // bucket elects a leader each attempt fails at once.
+                // Tried again after the commit interval, not after every batch or idle
+                // moment: while the bucket elects a leader each attempt fails at once.
                 self.last_commit = Instant::now();
+                self.failing = true;
                 tracing::warn!(projection = %shared.name, partition = self.partition, %error, "cannot commit the checkpoint; retrying");
                 None
             }
@@ -187,6 +196,7 @@ async fn take<P>(
                                     committed: mine,
                                     handled: position,
                                     last_commit: Instant::now(),
+                                    failing: false,
                                 });
                             }
                             // Written by another in between: read it again.
@@ -237,18 +247,14 @@ async fn read<P: Projection>(
                 if !owned.commit(shared).await {
                     return Ended::Lost;
                 }
-                tokio::select! {
-                    biased;
-                    () = stopped(stop) => return Ended::Stopped,
-                    next = messages.next() => match next {
-                        Some(Ok(message)) => message,
-                        Some(Err(error)) => return Ended::Failed(unavailable_because("reading the partition", error)),
-                        None => return Ended::Failed(unavailable("the partition's consumer ended")),
-                    },
+                match wait_next(shared, owned, &mut messages, stop).await {
+                    Ok(Some(message)) => message,
+                    Ok(None) => return Ended::Stopped,
+                    Err(error) => return Ended::Failed(error),
                 }
             }
         };
-        if let Err(error) = in_order(&first, &mut delivered) {
+        if let Err(error) = admit(shared, owned, &first, &mut delivered).await {
             return Ended::Failed(error);
         }
         batch.push(first);
@@ -263,20 +269,16 @@ async fn read<P: Projection>(
                     Err(_) => break,
                 },
             };
-            match next {
-                Some(Ok(message)) => match in_order(&message, &mut delivered) {
-                    Ok(()) => batch.push(message),
+            match yielded(next) {
+                Ok(message) => match in_order(&message, &mut delivered) {
+                    Ok(_) => batch.push(message),
                     Err(error) => {
                         failed = Some(error);
                         break;
                     }
                 },
-                Some(Err(error)) => {
-                    failed = Some(unavailable_because("reading the partition", error));
-                    break;
-                }
-                None => {
-                    failed = Some(unavailable("the partition's consumer ended"));
+                Err(error) => {
+                    failed = Some(error);
                     break;
                 }
             }
@@ -303,14 +305,72 @@ async fn read<P: Projection>(
         {
             return Ended::Lost;
         }
-        carried = match messages.next().now_or_never() {
-            None => None,
-            Some(Some(Ok(message))) => Some(message),
-            Some(Some(Err(error))) => {
-                return Ended::Failed(unavailable_because("reading the partition", error));
+        if let Some(next) = messages.next().now_or_never() {
+            match yielded(next) {
+                Ok(message) => carried = Some(message),
+                Err(error) => return Ended::Failed(error),
             }
-            Some(None) => return Ended::Failed(unavailable("the partition's consumer ended")),
+        }
+    }
+}
+
+/// How long a reader may deliver nothing before the leader is asked whether it holds events
+/// for it; doubled (up to `IDLE_CHECK_MAX`) each time the leader holds none.
+const IDLE_CHECK: Duration = Duration::from_secs(2);
+const IDLE_CHECK_MAX: Duration = Duration::from_secs(32);
+
+/// Waits for the reader's next message while idle (`None`: asked to stop). A reader whose
+/// consumer stays silent while the stream's leader holds an event for it is stalled and ends,
+/// to read on from the last handled event: the nemesis left readers on a replica that had
+/// caught up after a partition silent for good, heartbeats and all, until the next event was
+/// written (so at the end of a workload, never).
+async fn wait_next<P: Projection>(
+    shared: &Shared<P>,
+    owned: &Owned,
+    messages: &mut pull::Stream,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Option<jetstream::Message>, StoreError> {
+    let mut quiet = IDLE_CHECK;
+    loop {
+        tokio::select! {
+            biased;
+            () = stopped(stop) => return Ok(None),
+            next = messages.next() => return yielded(next).map(Some),
+            () = tokio::time::sleep(quiet) => {}
+        }
+        let first =
+            crate::gaps::first_after(&shared.stream, &owned.committed.filter, owned.handled).await;
+        let Ok(Some(first)) = first else {
+            // Nothing for it (or the leader cannot tell now): keep waiting, asking less often.
+            quiet = (quiet * 2).min(IDLE_CHECK_MAX);
+            continue;
         };
+        // It may be on its way: one heartbeat's grace.
+        tokio::select! {
+            biased;
+            () = stopped(stop) => return Ok(None),
+            next = messages.next() => return yielded(next).map(Some),
+            () = tokio::time::sleep(READER_HEARTBEAT) => {}
+        }
+        ::metrics::counter!(PROJECTION_READER_RESTARTS, "projection" => shared.name.clone(), "reason" => "stalled")
+            .increment(1);
+        tracing::warn!(projection = %shared.name, partition = owned.partition, handled = owned.handled, first, "the partition's reader stalled: the stream's leader holds an event for it, its consumer delivered nothing; reading again");
+        return Err(unavailable(format!(
+            "the partition's reader stalled: the stream's leader holds event {first}, its consumer delivered nothing after {} for {} s",
+            owned.handled,
+            (quiet + READER_HEARTBEAT).as_secs()
+        )));
+    }
+}
+
+/// The message the reader yielded, or why the reader ends.
+fn yielded(
+    next: Option<Result<jetstream::Message, pull::MessagesError>>,
+) -> Result<jetstream::Message, StoreError> {
+    match next {
+        Some(Ok(message)) => Ok(message),
+        Some(Err(error)) => Err(unavailable_because("reading the partition", error)),
+        None => Err(unavailable("the partition's consumer ended")),
     }
 }
 
@@ -335,14 +395,24 @@ async fn open_reader<P: Projection>(
     owned: &Owned,
 ) -> Result<pull::Stream, StoreError> {
     let (filter_subject, filter_subjects) = split_filters(owned.committed.filter.clone());
+    let start_sequence = owned.handled + 1;
+    // Tests make one reader start past events, or one that delivers nothing.
+    #[cfg(test)]
+    let (start_sequence, filter_subject, filter_subjects) = match tests::take_fault() {
+        Some(tests::Fault::StartLate(by)) => (start_sequence + by, filter_subject, filter_subjects),
+        Some(tests::Fault::Silent) => (
+            start_sequence,
+            shared.subjects.guards(Some("silent")),
+            Vec::new(),
+        ),
+        None => (start_sequence, filter_subject, filter_subjects),
+    };
     let consumer = shared
         .stream
         .create_consumer(pull::Config {
             filter_subject,
             filter_subjects,
-            deliver_policy: DeliverPolicy::ByStartSequence {
-                start_sequence: owned.handled + 1,
-            },
+            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence },
             ack_policy: AckPolicy::None,
             max_deliver: 1,
             memory_storage: true,
@@ -352,6 +422,12 @@ async fn open_reader<P: Projection>(
         })
         .await
         .map_err(|error| unavailable_because("reading the partition", error))?;
+    let host = consumer
+        .cached_info()
+        .cluster
+        .as_ref()
+        .and_then(|cluster| cluster.leader.as_deref());
+    tracing::debug!(projection = %shared.name, partition = owned.partition, from = owned.handled + 1, host, "reading the partition");
     consumer
         .stream()
         .max_messages_per_batch(READER_BATCH)
@@ -365,19 +441,51 @@ async fn open_reader<P: Projection>(
 /// How many messages one pull request asks for (as async-nats' ordered consumer).
 const READER_BATCH: usize = 500;
 
-/// Checks that `message` is the one after the `delivered` ones, and counts it.
-fn in_order(message: &jetstream::Message, delivered: &mut u64) -> Result<(), StoreError> {
-    let number = message
+/// Checks that `message` is the one after the `delivered` ones, and counts it. Its position.
+fn in_order(message: &jetstream::Message, delivered: &mut u64) -> Result<u64, StoreError> {
+    let info = message
         .info()
-        .map_err(|e| unavailable_because("reading the partition", e))?
-        .consumer_sequence;
+        .map_err(|e| unavailable_because("reading the partition", e))?;
+    let number = info.consumer_sequence;
     if number != *delivered + 1 {
         return Err(unavailable(format!(
             "the partition's consumer delivered message {number} after {delivered}: messages were lost on the way"
         )));
     }
     *delivered = number;
-    Ok(())
+    Ok(info.stream_sequence)
+}
+
+/// Admits the first message of a batch: in order ([`in_order`]) and, for a reader's first
+/// message, nothing before it that the stream's leader holds (see [`crate::gaps`]): a reader
+/// that starts past events is read again from the last handled one. One request per reader;
+/// later events come in order from the consumer's server.
+async fn admit<P: Projection>(
+    shared: &Shared<P>,
+    owned: &Owned,
+    message: &jetstream::Message,
+    delivered: &mut u64,
+) -> Result<(), StoreError> {
+    let position = in_order(message, delivered)?;
+    if *delivered > 1 {
+        return Ok(());
+    }
+    match Watch::after(owned.handled)
+        .check(&shared.stream, &owned.committed.filter, position)
+        .await
+    {
+        Ok(Gap::Closed) => Ok(()),
+        Ok(Gap::Skipped(first)) => {
+            ::metrics::counter!(PROJECTION_READER_RESTARTS, "projection" => shared.name.clone(), "reason" => "started_late")
+                .increment(1);
+            tracing::warn!(projection = %shared.name, partition = owned.partition, after = owned.handled, first, delivered = position, "the partition's reader started past events the stream's leader holds; reading again from the last handled one");
+            Err(unavailable(format!(
+                "the partition's reader was handed event {position} first, after {}, but the stream's leader holds event {first} in between",
+                owned.handled
+            )))
+        }
+        Err(unchecked) => Err(unavailable(unchecked.to_string())),
+    }
 }
 
 /// Records a handled batch: its events, the projection's time for it, and the partition's lag.
@@ -531,5 +639,123 @@ pub(super) async fn pause(stop: &mut watch::Receiver<bool>, failures: u32) -> bo
     tokio::select! {
         _ = stop.wait_for(|s| *s) => true,
         () = tokio::time::sleep(backoff(failures)) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{JetStreamEventStore, JetStreamProjectionRunner, ProjectionConfig, StoreConfig};
+    use cqrs_core::{
+        EventStore, ExpectedVersion, HandlerError, Metadata, NewEvent, Projection, RecordedEvent,
+        SerializedEvent, StreamId,
+    };
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex, PoisonError};
+    use std::time::Duration;
+
+    /// A fault for the next reader opened (once): `n` events late, or `u64::MAX` for a reader
+    /// whose consumer delivers nothing.
+    static FAULT: AtomicU64 = AtomicU64::new(0);
+
+    /// What is wrong with a reader a test opens.
+    pub(super) enum Fault {
+        /// It starts this many events past the last handled one.
+        StartLate(u64),
+        /// Its consumer delivers nothing (filtered on a subject no event is on).
+        Silent,
+    }
+
+    pub(super) fn take_fault() -> Option<Fault> {
+        match FAULT.swap(0, Ordering::SeqCst) {
+            0 => None,
+            u64::MAX => Some(Fault::Silent),
+            by => Some(Fault::StartLate(by)),
+        }
+    }
+
+    /// Records the positions it is handed.
+    struct Positions(Arc<Mutex<Vec<u64>>>);
+
+    impl Projection for Positions {
+        fn name(&self) -> &'static str {
+            "positions"
+        }
+
+        async fn apply(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(event.position);
+            Ok(())
+        }
+    }
+
+    /// A runner of [`Positions`] over five stored events, its first reader opened with `fault`:
+    /// the positions it handled once `wait_for(5)` returned.
+    async fn five_events_read_by_a_reader_with(fault: u64, context: &str) -> Vec<u64> {
+        let server = cqrs_test_server::NatsServer::start()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let store =
+            JetStreamEventStore::connect(server.url(), StoreConfig::new(context).partitions(1))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        let events = (0..5)
+            .map(|_| {
+                NewEvent::new(
+                    cqrs_core::metadata::new_id(),
+                    SerializedEvent {
+                        event_type: "Added".to_owned(),
+                        schema_version: 1,
+                        data: b"{}".to_vec(),
+                    },
+                    Metadata::standalone(),
+                )
+            })
+            .collect();
+        store
+            .append(
+                &StreamId::new("Counter", "c1"),
+                ExpectedVersion::NoStream,
+                events,
+                None,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        FAULT.store(fault, Ordering::SeqCst);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let runner = JetStreamProjectionRunner::spawn(
+            &store,
+            Positions(Arc::clone(&seen)),
+            ProjectionConfig::new(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        runner
+            .wait_for(5, Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            FAULT.load(Ordering::SeqCst),
+            0,
+            "the faulty reader was opened"
+        );
+        runner.stop().await.unwrap_or_else(|e| panic!("{e}"));
+        seen.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    // One test, so that the two faults never meet in one reader.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_the_leader_disagrees_with_is_made_again() {
+        assert_eq!(
+            five_events_read_by_a_reader_with(2, "late").await,
+            [1, 2, 3, 4, 5],
+            "a reader that starts past events is caught before anything after them is handled"
+        );
+        assert_eq!(
+            five_events_read_by_a_reader_with(u64::MAX, "silent").await,
+            [1, 2, 3, 4, 5],
+            "a reader that stays silent while the leader holds events is made again"
+        );
     }
 }

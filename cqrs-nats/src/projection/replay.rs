@@ -6,12 +6,12 @@ use crate::store::JetStreamEventStore;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use cqrs_core::projection::{CatchUp, RetryPolicy, deliver};
 use cqrs_core::{Projection, StoreError};
-use futures::StreamExt;
 use time::OffsetDateTime;
 
 use super::names::filter_subjects;
 use super::names::split_filters;
-use super::{context_subjects, unavailable, unavailable_because};
+use super::{OP, context_subjects, unavailable_because};
+use crate::gaps::ToHead;
 
 /// Where a [`replay`] starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +36,8 @@ pub async fn replay<P: Projection + ?Sized>(
     let (stream, subjects) = context_subjects(store).await?;
     let head = stream.cached_info().state.last_sequence;
     let filter = projection.filter();
-    let (filter_subject, filter_subjects) = split_filters(filter_subjects(&subjects, &filter));
+    let filters = filter_subjects(&subjects, &filter);
+    let (filter_subject, filter_subjects) = split_filters(filters.clone());
     let deliver_policy = match from {
         ReplayFrom::Position(p) => DeliverPolicy::ByStartSequence {
             start_sequence: p.max(1),
@@ -56,35 +57,17 @@ pub async fn replay<P: Projection + ?Sized>(
         })
         .await
         .map_err(|e| unavailable_because("creating the consumer", e))?;
-    if consumer.cached_info().num_pending == 0 {
+    let Some(mut reader) = ToHead::open(OP, stream, filters, head, consumer).await? else {
         return Ok(outcome);
-    }
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(|e| unavailable_because("reading the consumer", e))?;
-    loop {
-        let Some(message) = messages.next().await else {
-            return Err(unavailable("the consumer ended before the head"));
-        };
-        let (stored, pending) = headers::delivered(
-            message.map_err(|e| unavailable_because("reading the consumer", e))?,
-        )
-        .map_err(unavailable)?;
-        let sequence = stored.sequence;
-        if sequence > head {
-            break;
-        }
+    };
+    while let Some(stored) = reader.next().await? {
         let event = headers::decode(&subjects, &stored)?;
-        outcome.checkpoint = sequence;
+        outcome.checkpoint = stored.sequence;
         if filter.matches(&event) {
             match deliver(projection, &event, policy).await {
                 Ok(()) => outcome.applied += 1,
                 Err(parked) => outcome.parked.push(parked),
             }
-        }
-        if pending == 0 || sequence >= head {
-            break;
         }
     }
     Ok(outcome)

@@ -2,7 +2,8 @@
 //! allows, ending at the head as of the call.
 
 use super::JetStreamEventStore;
-use super::failure::{backend, unavailable, unavailable_because};
+use super::failure::unavailable_because;
+use crate::gaps::ToHead;
 use crate::headers;
 use crate::permissions::api;
 use async_nats::jetstream;
@@ -39,11 +40,11 @@ impl JetStreamEventStore {
         if start > head {
             return Ok(fstream::empty().boxed());
         }
-        let mut filters = crate::projection::filter_subjects(&self.inner.subjects, filter);
+        let filters = crate::projection::filter_subjects(&self.inner.subjects, filter);
         let (filter_subject, filter_subjects) = if filters.len() == 1 {
-            (filters.pop().unwrap_or_default(), Vec::new())
+            (filters[0].clone(), Vec::new())
         } else {
-            (String::new(), filters)
+            (String::new(), filters.clone())
         };
         // Named, so that a single filter subject is part of the create's API subject, where
         // per-tenant permissions can allow it.
@@ -66,44 +67,22 @@ impl JetStreamEventStore {
             .guarded(OP, &all, &create, stream.create_consumer(config))
             .await?
             .map_err(|e| unavailable_because(OP, "creating the consumer", e))?;
-        if consumer.cached_info().num_pending == 0 {
+        let Some(reader) = ToHead::open(OP, stream, filters, head, consumer).await? else {
             return Ok(fstream::empty().boxed());
-        }
-        let messages = consumer
-            .messages()
-            .await
-            .map_err(|e| unavailable_because(OP, "reading the consumer", e))?;
+        };
         let inner = Arc::clone(&self.inner);
         let filter = filter.clone();
-        let events = fstream::try_unfold(Some(messages), move |state| {
+        let events = fstream::try_unfold(reader, move |mut reader| {
             let inner = Arc::clone(&inner);
             let filter = filter.clone();
             async move {
-                let Some(mut messages) = state else {
-                    return Ok(None);
-                };
-                loop {
-                    let Some(message) = messages.next().await else {
-                        return Err(unavailable(OP, "the consumer ended before the head"));
-                    };
-                    let message =
-                        message.map_err(|e| unavailable_because(OP, "reading the consumer", e))?;
-                    let (stored, pending) =
-                        headers::delivered(message).map_err(|e| backend(OP, e))?;
-                    let sequence = stored.sequence;
-                    if sequence > head {
-                        return Ok(None);
-                    }
+                while let Some(stored) = reader.next().await? {
                     let event = headers::decode(&inner.subjects, &stored)?;
-                    let next = (sequence < head && pending > 0).then_some(messages);
                     if filter.matches(&event) {
-                        return Ok(Some((event, next)));
-                    }
-                    match next {
-                        Some(m) => messages = m,
-                        None => return Ok(None),
+                        return Ok(Some((event, reader)));
                     }
                 }
+                Ok(None)
             }
         });
         Ok(events.boxed())
