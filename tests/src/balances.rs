@@ -24,6 +24,7 @@ pub struct Balances<S> {
     pub model: S,
     written: Arc<AtomicUsize>,
     skipped: Arc<AtomicUsize>,
+    positions: Arc<std::sync::Mutex<Vec<(u64, Uuid)>>>,
 }
 
 impl<S: ReadModelStore<i64>> Balances<S> {
@@ -33,6 +34,7 @@ impl<S: ReadModelStore<i64>> Balances<S> {
             model,
             written: Arc::default(),
             skipped: Arc::default(),
+            positions: Arc::default(),
         }
     }
 
@@ -44,6 +46,15 @@ impl<S: ReadModelStore<i64>> Balances<S> {
     /// Redelivered events skipped because their position was already applied.
     pub fn skipped(&self) -> usize {
         self.skipped.load(Ordering::SeqCst)
+    }
+
+    /// The positions and ids of the events written to the model, in the order written: a fault
+    /// test names what a live projection missed by comparing them with a rebuild's.
+    pub fn positions(&self) -> Vec<(u64, Uuid)> {
+        self.positions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The model as a map, for comparing.
@@ -85,7 +96,13 @@ impl<S: ReadModelStore<i64>> Projection for Balances<S> {
         })
         .await?;
         let counter = match applied {
-            Applied::Written(_) => &self.written,
+            Applied::Written(_) => {
+                self.positions
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push((event.position, event.event_id));
+                &self.written
+            }
             Applied::AlreadyApplied => &self.skipped,
         };
         counter.fetch_add(1, Ordering::SeqCst);

@@ -61,6 +61,11 @@ impl Kind {
         Self::ClientCut,
     ];
 
+    /// The kind named `name` (as the summary spells it).
+    pub(crate) fn named(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.name() == name)
+    }
+
     fn name(self) -> &'static str {
         match self {
             Self::Kill => "kill",

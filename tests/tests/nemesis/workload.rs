@@ -470,6 +470,12 @@ pub(crate) struct Runners {
     pub(crate) written: usize,
     /// Redeliveries the live projection skipped.
     pub(crate) skipped: usize,
+    /// Runs of positions a rebuild applied and the live projection did not (`first..=last`).
+    pub(crate) missed: Vec<(u64, u64)>,
+    /// How many of the missed positions each partition holds.
+    pub(crate) missed_by_partition: BTreeMap<u32, usize>,
+    /// Events the live projection was handed that the stream does not hold.
+    pub(crate) foreign: usize,
 }
 
 /// Waits until the live projection and the saga processed the head, stops them, and compares
@@ -491,12 +497,15 @@ async fn finish_runners(
     .await;
     let balances = live.projection().balances().await.expect("live balances");
     let (written, skipped) = (live.projection().written(), live.projection().skipped());
-    let rebuilt = until_available("the rebuild", Duration::from_secs(60), || async {
+    let (rebuilt, all) = until_available("the rebuild", Duration::from_secs(60), || async {
         let projection = Balances::in_memory();
         catch_up(checker, &projection, 0, &RetryPolicy::default()).await?;
-        Ok(projection.balances().await.expect("rebuilt balances"))
+        let balances = projection.balances().await.expect("rebuilt balances");
+        Ok((balances, projection.positions()))
     })
     .await;
+    let (missed, foreign) = runs_missing(&all, &live.projection().positions());
+    let missed_by_partition = partitions_of(checker, &missed).await;
     let stopped = tokio::time::timeout(Duration::from_secs(30), async {
         live.stop().await.is_ok() & saga.stop().await.is_ok()
     });
@@ -507,7 +516,51 @@ async fn finish_runners(
         equal_to_rebuild: balances == rebuilt,
         written,
         skipped,
+        missed,
+        missed_by_partition,
+        foreign,
     }
+}
+
+/// How many of the `runs`' positions are on each partition (read back from the stream).
+async fn partitions_of(store: &JetStreamEventStore, runs: &[(u64, u64)]) -> BTreeMap<u32, usize> {
+    let mut partitions = BTreeMap::new();
+    let Ok(stream) = store.jetstream().get_stream(store.stream_name()).await else {
+        return partitions;
+    };
+    let subjects = store.subjects();
+    for &(first, last) in runs {
+        for position in first..=last {
+            let Ok(message) = stream.direct_get(position).await else {
+                continue;
+            };
+            if let Ok((partition, ..)) = subjects.parse_with_partition(&message.subject) {
+                *partitions.entry(partition).or_default() += 1;
+            }
+        }
+    }
+    partitions
+}
+
+/// The runs of `all` (ascending) that `seen` lacks, as `first..=last` in `all`'s order, and the
+/// events `seen` holds that `all` does not (another event at that position: a replica's
+/// divergent history, which the live projection was handed).
+fn runs_missing(all: &[(u64, uuid::Uuid)], seen: &[(u64, uuid::Uuid)]) -> (Vec<(u64, u64)>, usize) {
+    let seen_set: std::collections::BTreeSet<(u64, uuid::Uuid)> = seen.iter().copied().collect();
+    let all_set: std::collections::BTreeSet<(u64, uuid::Uuid)> = all.iter().copied().collect();
+    let foreign = seen_set.difference(&all_set).count();
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut open: Option<(u64, u64)> = None;
+    for event in all {
+        let position = event.0;
+        if seen_set.contains(event) {
+            runs.extend(open.take());
+        } else {
+            open = Some(open.map_or((position, position), |(first, _)| (first, position)));
+        }
+    }
+    runs.extend(open);
+    (runs, foreign)
 }
 
 /// The events in the events stream (read guards' carriers aside), as its leader counts them (a
@@ -648,7 +701,11 @@ pub(crate) async fn run(seed: u64, sync: SyncInterval, faults: Vec<Fault>) -> Ou
         progress.phase.store(2 * index + 2, Ordering::SeqCst);
         done.recovered_after =
             super::faults::progress(&progress.acks, RECOVERED_AFTER_ACKS, RECOVERY).await;
-        eprintln!("seed={seed} fault {}: {done}", injected.len() + 1);
+        eprintln!(
+            "{} seed={seed} fault {}: {done}",
+            time::OffsetDateTime::now_utc(),
+            injected.len() + 1
+        );
         injected.push(done);
         tokio::time::sleep(fault.quiet).await;
     }
@@ -683,7 +740,8 @@ pub(crate) async fn run(seed: u64, sync: SyncInterval, faults: Vec<Fault>) -> Ou
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
-    if tally.lost + tally.duplicated + tally.phantom + tally.gaps > 0 {
+    if tally.lost + tally.duplicated + tally.phantom + tally.gaps > 0 || !runners.missed.is_empty()
+    {
         keep_logs(&cluster, seed);
     }
     let mut lost_by = BTreeMap::new();
@@ -758,7 +816,7 @@ impl Outcome {
         let r = &self.runners;
         let faults: Vec<String> = self.faults.iter().map(ToString::to_string).collect();
         format!(
-            "nemesis: seed={} sync={} faults={} acknowledged={} present={} lost={} lost_by={:?} lost_via={:?} stale_tallies={} duplicated={} phantom={} gaps={} attempted={} unacknowledged_present={} unresolved={} wrong_answers={} hot_conflicts={} resolved_unknowns={} projection_equal_to_rebuild={} projection_written={} account_events={} redeliveries_skipped={} parked={} runners_alive={} paid_orders={} shipped_once={} saga_refusals={} stale_refusals={} wrong_answers_by_kind={:?} healed_recovery_ms={} total_ms={} errors={:?} schedule=[{}]",
+            "nemesis: seed={} sync={} faults={} acknowledged={} present={} lost={} lost_by={:?} lost_via={:?} stale_tallies={} duplicated={} phantom={} gaps={} attempted={} unacknowledged_present={} unresolved={} wrong_answers={} hot_conflicts={} resolved_unknowns={} projection_equal_to_rebuild={} projection_missed={:?} missed_by_partition={:?} projection_foreign={} projection_written={} account_events={} redeliveries_skipped={} parked={} runners_alive={} paid_orders={} shipped_once={} saga_refusals={} stale_refusals={} wrong_answers_by_kind={:?} healed_recovery_ms={} total_ms={} errors={:?} schedule=[{}]",
             self.seed,
             match self.sync {
                 SyncInterval::Always => "always",
@@ -781,6 +839,9 @@ impl Outcome {
             l.hot_conflicts,
             l.resolved_unknowns,
             r.equal_to_rebuild,
+            r.missed,
+            r.missed_by_partition,
+            r.foreign,
             r.written,
             t.account_events,
             r.skipped,
@@ -819,6 +880,11 @@ impl Outcome {
         check(l.wrong.is_empty(), "wrong answers");
         check(l.unresolved == 0, "commands unresolved at their deadline");
         check(r.equal_to_rebuild, "live projection differs from a rebuild");
+        check(r.missed.is_empty(), "live projection missed events");
+        check(
+            r.foreign == 0,
+            "live projection was handed events the stream does not hold",
+        );
         check(
             r.written == t.account_events,
             "projection wrote an event not once",
