@@ -282,12 +282,16 @@ impl<I: Sync> ToHead<I> {
             return Err(unavailable(op, "the consumer ended before the head"));
         };
         let message = message.map_err(|e| unavailable_because(op, "reading the consumer", e))?;
+        let headers::Delivered {
+            message: stored,
+            pending,
+            number,
+        } = headers::delivered(message).map_err(|e| unavailable(op, e))?;
         // async-nats makes the ordered consumer again (numbering from 1) after a gap or a
         // missed heartbeat, on whichever server the cluster picks: its first event is checked.
-        if message.info().is_ok_and(|info| info.consumer_sequence == 1) {
+        if number == 1 {
             self.watch.check_next = true;
         }
-        let (stored, pending) = headers::delivered(message).map_err(|e| unavailable(op, e))?;
         if stored.sequence > self.head {
             self.watch.last = self.head;
             return Ok(None);

@@ -393,21 +393,25 @@ fn header(message: &StreamMessage, name: HeaderName) -> Option<&str> {
 pub(crate) fn from_consumer(
     message: async_nats::jetstream::Message,
 ) -> Result<StreamMessage, String> {
-    delivered(message).map(|(message, _)| message)
+    delivered(message).map(|delivered| delivered.message)
 }
 
 /// [`from_consumer`], with the number of messages the consumer still had pending after this
-/// one (readers that stop at a head use it to know there is nothing more).
-pub(crate) fn delivered(
-    message: async_nats::jetstream::Message,
-) -> Result<(StreamMessage, u64), String> {
+/// one (readers that stop at a head use it to know there is nothing more) and its number among
+/// what the consumer delivered.
+pub(crate) fn delivered(message: async_nats::jetstream::Message) -> Result<Delivered, String> {
     let info = message
         .info()
         .map_err(|e| format!("a consumer delivered a message without JetStream metadata: {e}"))?;
-    let (sequence, pending, time) = (info.stream_sequence, info.pending, info.published);
+    let (sequence, pending, number, time) = (
+        info.stream_sequence,
+        info.pending,
+        info.consumer_sequence,
+        info.published,
+    );
     let message = message.message;
-    Ok((
-        StreamMessage {
+    Ok(Delivered {
+        message: StreamMessage {
             subject: message.subject,
             sequence,
             headers: message.headers.unwrap_or_default(),
@@ -415,7 +419,18 @@ pub(crate) fn delivered(
             time,
         },
         pending,
-    ))
+        number,
+    })
+}
+
+/// A message as a consumer delivered it.
+pub(crate) struct Delivered {
+    /// The stored message.
+    pub(crate) message: StreamMessage,
+    /// How many more the consumer held when it sent it.
+    pub(crate) pending: u64,
+    /// Its number among what the consumer delivered (1 for the first).
+    pub(crate) number: u64,
 }
 
 /// The fields of an envelope, whichever wire format carried them.

@@ -234,6 +234,10 @@ async fn read<P: Projection>(
     // The consumer numbers what it delivers 1, 2, ...: a number skipped is a message lost on
     // the way (a reconnect), so the reader ends and reads on from the last handled event.
     let mut delivered = 0u64;
+    // One timer for the reader's idle checks, not one per idle wait: waits are many when the
+    // reader keeps up with the head.
+    let mut idle = tokio::time::interval_at(tokio::time::Instant::now() + IDLE_CHECK, IDLE_CHECK);
+    idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let max = shared.config.max_batch;
     let linger = shared.config.batch_linger;
     let mut carried: Option<jetstream::Message> = None;
@@ -247,7 +251,7 @@ async fn read<P: Projection>(
                 if !owned.commit(shared).await {
                     return Ended::Lost;
                 }
-                match wait_next(shared, owned, &mut messages, stop).await {
+                match wait_next(shared, owned, &mut messages, &mut idle, stop).await {
                     Ok(Some(message)) => message,
                     Ok(None) => return Ended::Stopped,
                     Err(error) => return Ended::Failed(error),
@@ -315,7 +319,8 @@ async fn read<P: Projection>(
 }
 
 /// How long a reader may deliver nothing before the leader is asked whether it holds events
-/// for it; doubled (up to `IDLE_CHECK_MAX`) each time the leader holds none.
+/// for it (checked on the ticks of the reader's idle timer); doubled (up to `IDLE_CHECK_MAX`)
+/// each time the leader holds none.
 const IDLE_CHECK: Duration = Duration::from_secs(2);
 const IDLE_CHECK_MAX: Duration = Duration::from_secs(32);
 
@@ -328,15 +333,20 @@ async fn wait_next<P: Projection>(
     shared: &Shared<P>,
     owned: &Owned,
     messages: &mut pull::Stream,
+    idle: &mut tokio::time::Interval,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<Option<jetstream::Message>, StoreError> {
+    let since = tokio::time::Instant::now();
     let mut quiet = IDLE_CHECK;
     loop {
         tokio::select! {
             biased;
             () = stopped(stop) => return Ok(None),
             next = messages.next() => return yielded(next).map(Some),
-            () = tokio::time::sleep(quiet) => {}
+            _ = idle.tick() => {}
+        }
+        if since.elapsed() < quiet {
+            continue;
         }
         let first =
             crate::gaps::first_after(&shared.stream, &owned.committed.filter, owned.handled).await;
@@ -358,7 +368,7 @@ async fn wait_next<P: Projection>(
         return Err(unavailable(format!(
             "the partition's reader stalled: the stream's leader holds event {first}, its consumer delivered nothing after {} for {} s",
             owned.handled,
-            (quiet + READER_HEARTBEAT).as_secs()
+            (since.elapsed()).as_secs()
         )));
     }
 }
