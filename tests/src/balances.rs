@@ -22,9 +22,9 @@ use uuid::Uuid;
 pub struct Balances<S> {
     /// The read model: balance per account id.
     pub model: S,
-    written: Arc<AtomicUsize>,
     skipped: Arc<AtomicUsize>,
-    positions: Arc<std::sync::Mutex<Vec<(u64, Uuid)>>>,
+    /// What was written, in order: position and event id.
+    written: Arc<std::sync::Mutex<Vec<(u64, Uuid)>>>,
 }
 
 impl<S: ReadModelStore<i64>> Balances<S> {
@@ -32,15 +32,14 @@ impl<S: ReadModelStore<i64>> Balances<S> {
     pub fn with_model(model: S) -> Self {
         Self {
             model,
-            written: Arc::default(),
             skipped: Arc::default(),
-            positions: Arc::default(),
+            written: Arc::default(),
         }
     }
 
     /// Events written to the model so far.
     pub fn written(&self) -> usize {
-        self.written.load(Ordering::SeqCst)
+        self.positions().len()
     }
 
     /// Redelivered events skipped because their position was already applied.
@@ -51,7 +50,7 @@ impl<S: ReadModelStore<i64>> Balances<S> {
     /// The positions and ids of the events written to the model, in the order written: a fault
     /// test names what a live projection missed by comparing them with a rebuild's.
     pub fn positions(&self) -> Vec<(u64, Uuid)> {
-        self.positions
+        self.written
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
@@ -95,17 +94,16 @@ impl<S: ReadModelStore<i64>> Projection for Balances<S> {
             old.unwrap_or(0) + amount
         })
         .await?;
-        let counter = match applied {
-            Applied::Written(_) => {
-                self.positions
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .push((event.position, event.event_id));
-                &self.written
+        match applied {
+            Applied::Written(_) => self
+                .written
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push((event.position, event.event_id)),
+            Applied::AlreadyApplied => {
+                self.skipped.fetch_add(1, Ordering::SeqCst);
             }
-            Applied::AlreadyApplied => &self.skipped,
-        };
-        counter.fetch_add(1, Ordering::SeqCst);
+        }
         Ok(())
     }
 }
