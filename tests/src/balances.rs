@@ -39,7 +39,10 @@ impl<S: ReadModelStore<i64>> Balances<S> {
 
     /// Events written to the model so far.
     pub fn written(&self) -> usize {
-        self.positions().len()
+        self.written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
     }
 
     /// Redelivered events skipped because their position was already applied.

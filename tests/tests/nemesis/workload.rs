@@ -525,6 +525,9 @@ async fn finish_runners(
 /// How many of the `runs`' positions are on each partition (read back from the stream).
 async fn partitions_of(store: &JetStreamEventStore, runs: &[(u64, u64)]) -> BTreeMap<u32, usize> {
     let mut partitions = BTreeMap::new();
+    if runs.is_empty() {
+        return partitions;
+    }
     let Ok(stream) = store.jetstream().get_stream(store.stream_name()).await else {
         return partitions;
     };
