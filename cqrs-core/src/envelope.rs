@@ -5,6 +5,7 @@ use crate::metadata::Metadata;
 use crate::personal::PersonalField;
 use crate::stream::{StreamId, StreamPosition};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -34,6 +35,12 @@ pub struct EventEnvelope<E> {
     /// ([`personal`](crate::personal)).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub erased: Vec<String>,
+    /// The store the event was read from (JetStream: the stream's name, `EVENTS_<CONTEXT>`), as
+    /// its reader names it — positions are only comparable within one store; see
+    /// [`SeenPosition`](crate::SeenPosition). Not stored; `None` when the reader does not say
+    /// (the in-memory store, whose positions no other copy serves behind).
+    #[serde(skip)]
+    pub store: Option<Arc<str>>,
 }
 
 impl<E> EventEnvelope<E> {
@@ -66,6 +73,7 @@ impl<E> EventEnvelope<E> {
             metadata: self.metadata,
             payload: f(self.payload),
             erased: self.erased,
+            store: self.store,
         }
     }
 }

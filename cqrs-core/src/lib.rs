@@ -55,7 +55,7 @@ pub use envelope::{EventEnvelope, NewEvent, RecordedEvent, SerializedEvent};
 pub use error::{CommandError, StoreError};
 pub use event::{DecodeError, DomainEvent, EncodeError, EventSchema};
 pub use memory::InMemoryEventStore;
-pub use metadata::{CommandMetadata, IdempotencyKey, Metadata};
+pub use metadata::{CommandMetadata, IdempotencyKey, Metadata, SeenPosition};
 pub use process::{CommandDispatcher, ProcessManager, ProcessManagerProjection, Targeted};
 pub use projection::{HandlerError, Projection, Reactor, RetryPolicy, WithReactor};
 pub use read_model::{ReadModelStore, Versioned};

@@ -317,6 +317,7 @@ impl State {
                 metadata,
                 payload: event.payload,
                 erased: Vec::new(),
+                store: None,
             });
         }
         start..self.log.len()

@@ -50,6 +50,14 @@ pub struct CommandMetadata {
     /// The aggregate version the caller based the command on; `None` lets the repository use the
     /// version it loaded (and retry on conflict when allowed).
     pub expected_version: Option<u64>,
+    /// The newest event the caller has seen, as a position in the store it was read from — for
+    /// a process manager's command, its triggering event. A refusal, or a decision to write
+    /// nothing, is answered only on a state read from a store that holds every event up to it
+    /// ([`EventStore::has_reached`](crate::EventStore::has_reached)): a replica still applying
+    /// what it committed (a new leader after a power loss) can serve the aggregate without the
+    /// very event the caller reacts to. `None`: no such floor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen_position: Option<SeenPosition>,
     /// Key under which a retried command is recognised and answered with its original outcome.
     /// `None` means the command id is used.
     pub idempotency_key: Option<String>,
@@ -74,6 +82,7 @@ impl CommandMetadata {
             actor: None,
             trace: None,
             expected_version: None,
+            seen_position: None,
             idempotency_key: None,
             extra: BTreeMap::new(),
         }
@@ -107,6 +116,7 @@ impl CommandMetadata {
             actor: event.actor.clone(),
             trace: event.trace.clone(),
             expected_version: None,
+            seen_position: None,
             idempotency_key: None,
             extra: BTreeMap::new(),
         }
@@ -137,6 +147,14 @@ impl CommandMetadata {
     /// command, which gets its original events.
     pub fn with_expected_version(mut self, version: u64) -> Self {
         self.expected_version = Some(version);
+        self
+    }
+
+    /// Sets [`seen_position`](Self::seen_position): the caller has seen `store`'s events up to
+    /// `position` (an event it read, e.g. [`SeenPosition::of`]), so the command is not refused
+    /// on a state older than that.
+    pub fn with_seen_position(mut self, seen: SeenPosition) -> Self {
+        self.seen_position = Some(seen);
         self
     }
 
@@ -172,6 +190,35 @@ impl CommandMetadata {
             trace: self.trace.clone(),
             extra: self.extra.clone(),
         }
+    }
+}
+
+/// A position in one store's history that a caller has seen: positions of different stores
+/// (JetStream: of different bounded contexts' streams) say nothing about each other, so the
+/// store is named with it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SeenPosition {
+    /// The store, as [`EventEnvelope::store`](crate::EventEnvelope::store) names it
+    /// (JetStream: the stream's name, `EVENTS_<CONTEXT>`).
+    pub store: String,
+    /// The store-wide position of the event.
+    pub position: u64,
+}
+
+impl SeenPosition {
+    /// Where `event` stands in the store it was read from; `None` when its reader does not name
+    /// the store.
+    pub fn of<E>(event: &crate::EventEnvelope<E>) -> Option<Self> {
+        event.store.as_deref().map(|store| Self {
+            store: store.to_owned(),
+            position: event.position,
+        })
+    }
+}
+
+impl std::fmt::Display for SeenPosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.store, self.position)
     }
 }
 

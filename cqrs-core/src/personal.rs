@@ -704,6 +704,13 @@ impl<S: EventStore> EventStore for PersonalDataStore<S> {
         self.store.stream_position(stream)
     }
 
+    fn has_reached(
+        &self,
+        seen: &crate::metadata::SeenPosition,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        self.store.has_reached(seen)
+    }
+
     async fn read_all(
         &self,
         filter: &EventFilter,

@@ -9,7 +9,7 @@
 use crate::aggregate::Aggregate;
 use crate::envelope::RecordedEvent;
 use crate::error::CommandError;
-use crate::metadata::CommandMetadata;
+use crate::metadata::{CommandMetadata, SeenPosition};
 use crate::projection::{HandlerError, Projection};
 use crate::read_model::ReadModelStore;
 use crate::repository::Repository;
@@ -198,7 +198,8 @@ where
 
 /// The commands a process manager issues for one event, with their metadata: the event's
 /// correlation id and tenant, `causation_id` = the event id, a command id derived from (process
-/// manager, event id, index), and actor `process:<NAME>`.
+/// manager, event id, index), actor `process:<NAME>`, and the event's position as
+/// [`seen_position`](CommandMetadata::seen_position).
 pub fn reactions<PM: ProcessManager>(
     event: &RecordedEvent,
     commands: Vec<PM::Command>,
@@ -206,10 +207,12 @@ pub fn reactions<PM: ProcessManager>(
     (0u32..)
         .zip(commands)
         .map(|(index, command)| {
-            // The process manager, not the user behind the triggering event, issues it.
-            let metadata =
+            // The process manager, not the user behind the triggering event, issues it; and
+            // it has seen the store up to that event, so no state without it may refuse.
+            let mut metadata =
                 CommandMetadata::reaction(PM::NAME, &event.metadata, event.event_id, index)
                     .with_actor(format!("process:{}", PM::NAME));
+            metadata.seen_position = SeenPosition::of(event);
             (command, metadata)
         })
         .collect()
@@ -309,5 +312,67 @@ where
             .put(&key, next, event.position, revision)
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::SerializedEvent;
+    use crate::metadata::{Metadata, new_id};
+    use std::sync::Arc;
+
+    struct Echo;
+
+    impl ProcessManager for Echo {
+        const NAME: &'static str = "echo";
+        type State = ();
+        type Command = ();
+
+        fn filter(&self) -> EventFilter {
+            EventFilter::all()
+        }
+
+        fn react(&self, (): (), _: &RecordedEvent) -> Result<((), Vec<()>), HandlerError> {
+            Ok(((), vec![()]))
+        }
+    }
+
+    fn event_from(store: Option<&str>) -> RecordedEvent {
+        RecordedEvent {
+            event_id: new_id(),
+            aggregate_type: "Order".to_owned(),
+            aggregate_id: "o-1".to_owned(),
+            version: 3,
+            position: 42,
+            recorded_at: time::OffsetDateTime::UNIX_EPOCH,
+            metadata: Metadata::standalone(),
+            payload: SerializedEvent {
+                event_type: "Paid".to_owned(),
+                schema_version: 1,
+                data: b"{}".to_vec(),
+            },
+            erased: Vec::new(),
+            store: store.map(Arc::from),
+        }
+    }
+
+    #[test]
+    fn a_reaction_has_seen_the_store_up_to_its_event() {
+        let event = event_from(Some("EVENTS_SALES"));
+        let issued = reactions::<Echo>(&event, vec![()]);
+        assert_eq!(issued.len(), 1);
+        let metadata = &issued[0].1;
+        assert_eq!(
+            metadata.seen_position,
+            Some(SeenPosition {
+                store: "EVENTS_SALES".to_owned(),
+                position: 42
+            })
+        );
+        assert_eq!(metadata.causation_id, Some(event.event_id));
+        // A reader that does not name its store gives no floor: its positions could be anyone's.
+        let unnamed = reactions::<Echo>(&event_from(None), vec![()]);
+        assert_eq!(unnamed[0].1.seen_position, None);
     }
 }

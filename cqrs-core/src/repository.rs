@@ -293,7 +293,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         // decided again, which costs no retry because the caller's expectation was not at fault.
         let mut trust_cache = true;
         let mut looked_up = false;
-        let mut stale_loads = 0u32;
+        let mut stale = 0u32;
         loop {
             let cached = trust_cache
                 .then(|| self.cached(stream, metadata.expected_version))
@@ -313,11 +313,13 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 return self.stale_pin(stream, &key, pinned, loaded.version()).await;
             }
             let decided = decide(&loaded, command.clone());
-            // A refusal, or a decision to write nothing, is answered only on the current state:
-            // a cached state may be stale, and so may a load that a lagging replica served
-            // (the store's version check fences only what is appended).
+            // A refusal, or a decision to write nothing, is answered only on the current state (a
+            // cache or a lagging copy of the store may be stale; appends alone are fenced).
             if !matches!(&decided, Ok(events) if !events.is_empty())
-                && (from_cache || !self.is_current(stream, &loaded, &mut stale_loads).await?)
+                && (from_cache
+                    || !self
+                        .is_current(stream, &loaded, metadata, &mut stale)
+                        .await?)
             {
                 continue;
             }
@@ -399,31 +401,51 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         }
     }
 
-    /// Whether `loaded` is where `stream` stands now. A load that is behind counts in
-    /// `stale_loads`; after [`STALE_LOADS`] of them the store is `Unavailable` (retryable)
-    /// rather than the command answered on a state known to be old.
+    /// Whether `loaded` is where `stream` stands now: the store's authority holds no later
+    /// event of it, and — when the command's caller has seen the store up to a position
+    /// ([`CommandMetadata::seen_position`]) — every event up to that position (asked only when
+    /// `loaded` does not already reach it). The second check catches
+    /// an authority that is itself behind: a new leader still applying what it committed
+    /// answers "no later event" for an aggregate whose event the caller reacts to (the nemesis
+    /// saw a saga's `Ship` refused by a paid order loaded as never created, after a power loss).
+    ///
+    /// A load that is behind counts in `stale_loads`; after [`STALE_LOADS`] of them the store is
+    /// `Unavailable` (retryable) rather than the command answered on a state known to be old.
     pub(crate) async fn is_current(
         &self,
         stream: &StreamId,
         loaded: &Loaded<A>,
+        command: &CommandMetadata,
         stale_loads: &mut u32,
     ) -> Result<bool, StoreError> {
-        let now = self.store.stream_position(stream).await?;
-        if now.version <= loaded.version() {
+        // A state that holds an event at or after the floor was read from a copy past it.
+        let floor = (command.seen_position.as_ref())
+            .filter(|seen| seen.position > loaded.position.position);
+        let behind = match floor {
+            Some(seen) if !self.store.has_reached(seen).await? => Some(format!(
+                "the store has not reached position {}, which the caller has seen",
+                seen.position
+            )),
+            _ => {
+                let now = self.store.stream_position(stream).await?;
+                (now.version > loaded.version())
+                    .then(|| format!("its current version is {}", now.version))
+            }
+        };
+        let Some(behind) = behind else {
             return Ok(true);
-        }
+        };
         *stale_loads += 1;
         tracing::debug!(
             loaded = loaded.version(),
-            current = now.version,
-            "the state was loaded from a replica that lags; loading again"
+            %behind,
+            "the state was loaded from a copy of the store that lags; loading again"
         );
         if *stale_loads > STALE_LOADS {
             return Err(StoreError::Unavailable {
                 operation: "load",
                 reason: format!(
-                    "{stream} was loaded behind its current version {} more than {STALE_LOADS} times (last at {}): the replicas that serve loads lag; retry",
-                    now.version,
+                    "{stream} was loaded at version {} behind the store more than {STALE_LOADS} times ({behind}): the replicas that serve loads lag; retry",
                     loaded.version()
                 ),
                 source: None,

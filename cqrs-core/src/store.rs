@@ -2,7 +2,7 @@
 
 use crate::envelope::{NewEvent, RecordedEvent};
 use crate::error::StoreError;
-use crate::metadata::IdempotencyKey;
+use crate::metadata::{IdempotencyKey, SeenPosition};
 use crate::stream::{EventFilter, ExpectedVersion, StreamId, StreamPosition};
 use futures::TryStreamExt;
 use futures::stream::BoxStream;
@@ -287,6 +287,23 @@ pub trait EventStore: Send + Sync + 'static {
         stream: &StreamId,
     ) -> impl Future<Output = Result<StreamPosition, StoreError>> + Send;
 
+    /// Whether the store holds every event up to `seen`, as its authority sees it now
+    /// (JetStream: the stream's leader); a position in another store says nothing about this
+    /// one, and is `true`. The repository asks it before it answers a command with a refusal, or
+    /// with nothing to write, on a state that does not include the command's
+    /// [`seen_position`](crate::CommandMetadata::seen_position): a copy that serves reads while
+    /// it still applies what it committed says "no such event" where the caller has seen one.
+    ///
+    /// The default, `true`, is right for a store that reads from the one copy it writes (the
+    /// in-memory store); a store that wraps another forwards it.
+    fn has_reached(
+        &self,
+        seen: &SeenPosition,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let _ = seen;
+        std::future::ready(Ok(true))
+    }
+
     /// All events matching `filter`, from store position `from_position` (inclusive; 1 or 0
     /// for the beginning) to the head as of the call, in position order.
     fn read_all(
@@ -353,6 +370,7 @@ impl<S: EventStore> EventStore for Arc<S> {
         fn load_after(stream: &StreamId, after: StreamPosition) -> EventStream;
         fn find_commit(stream: &StreamId, key: &IdempotencyKey) -> Option<Committed>;
         fn stream_position(stream: &StreamId) -> StreamPosition;
+        fn has_reached(seen: &SeenPosition) -> bool;
         fn read_all(filter: &EventFilter, from_position: u64) -> EventStream;
         fn load_snapshot(stream: &StreamId) -> Option<Snapshot>;
         fn save_snapshot(stream: &StreamId, snapshot: Snapshot) -> ();

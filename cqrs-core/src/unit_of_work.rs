@@ -110,7 +110,7 @@ impl UnitOfWork {
             let decided = decide(&loaded, command.clone());
             if matches!(&decided, Ok(events) if !events.is_empty())
                 || repository
-                    .is_current(&stream, &loaded, &mut stale_loads)
+                    .is_current(&stream, &loaded, &self.metadata, &mut stale_loads)
                     .await?
             {
                 break (loaded, decided);

@@ -9,7 +9,7 @@ use cqrs_core::metadata::new_id;
 use cqrs_core::{
     Aggregate, CommandError, CommandMetadata, EventFilter, EventStore, ExpectedVersion,
     IdempotencyKey, InMemoryEventStore, Metadata, NewEvent, RecordedEvent, Repository,
-    SerializedEvent, Snapshot, StoreError, StreamId,
+    SeenPosition, SerializedEvent, Snapshot, StoreError, StreamId,
 };
 use futures::{StreamExt, TryStreamExt};
 use std::sync::Arc;
@@ -305,13 +305,23 @@ async fn domain_rejection_is_typed() {
 
 /// A store that lets another writer slip in right before the first append (unless `raced`),
 /// and whose next `lagging` loads are served by a replica one event behind (the JetStream
-/// store's direct gets may be answered by a follower that lags).
+/// store's direct gets may be answered by a follower that lags). While `applying` is above
+/// zero its authority is one event behind too (a new leader still applying what it
+/// committed): loads and `stream_position` lack the last event, and each `has_reached` answers
+/// `false` and counts `applying` down.
 #[derive(Clone)]
 struct RacingStore {
     inner: InMemoryEventStore,
     raced: Arc<AtomicBool>,
     loads: Arc<AtomicU32>,
     lagging: Arc<AtomicU32>,
+    applying: Arc<AtomicU32>,
+}
+
+impl RacingStore {
+    fn authority_behind(&self) -> bool {
+        self.applying.load(Ordering::SeqCst) > 0
+    }
 }
 
 impl EventStore for RacingStore {
@@ -347,7 +357,7 @@ impl EventStore for RacingStore {
         let lag = self
             .lagging
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-        if lag.is_ok() {
+        if lag.is_ok() || self.authority_behind() {
             events.pop();
         }
         Ok(futures::stream::iter(events.into_iter().map(Ok)).boxed())
@@ -359,7 +369,21 @@ impl EventStore for RacingStore {
         &self,
         stream: &StreamId,
     ) -> Result<cqrs_core::StreamPosition, StoreError> {
-        self.inner.stream_position(stream).await
+        if !self.authority_behind() {
+            return self.inner.stream_position(stream).await;
+        }
+        let events: Vec<RecordedEvent> = self.inner.load(stream, 1).await?.try_collect().await?;
+        let held = events.len().saturating_sub(1);
+        Ok(events[..held]
+            .last()
+            .map(RecordedEvent::stream_position)
+            .unwrap_or_default())
+    }
+    async fn has_reached(&self, _seen: &SeenPosition) -> Result<bool, StoreError> {
+        let behind = self
+            .applying
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        Ok(behind.is_err())
     }
     async fn read_all(
         &self,
@@ -383,6 +407,7 @@ async fn racing_repo(retries: u32, cache: bool) -> Repository<Wallet, RacingStor
         raced: Arc::new(AtomicBool::new(true)),
         loads: Arc::new(AtomicU32::new(0)),
         lagging: Arc::new(AtomicU32::new(0)),
+        applying: Arc::new(AtomicU32::new(0)),
     };
     let mut repo = Repository::new(store.clone()).with_conflict_retries(retries);
     if cache {
@@ -523,6 +548,64 @@ async fn refusal_on_a_load_from_a_lagging_replica_is_checked_against_the_current
         .await
         .unwrap();
     assert_eq!(repo.load(&wallet("w1")).await.unwrap().state.balance, 70);
+}
+
+#[tokio::test]
+async fn refusal_by_a_store_behind_what_the_caller_has_seen_waits_for_the_store() {
+    let repo = racing_repo(0, false).await;
+    repo.store().raced.store(true, Ordering::SeqCst);
+    let applying = Arc::clone(&repo.store().applying);
+    let credited = repo
+        .execute("w1", Cmd::Credit(100), CommandMetadata::root())
+        .await
+        .unwrap();
+    // A process manager reacting to an event: it has seen the store up to it.
+    let reacting_to = |position| {
+        CommandMetadata::root().with_seen_position(SeenPosition {
+            store: "EVENTS_BANK".to_owned(),
+            position,
+        })
+    };
+    // The store's authority lacks the credit, so its own check calls the empty wallet current:
+    // without a floor, the debit is refused on a state older than its cause.
+    applying.store(1, Ordering::SeqCst);
+    let err = repo
+        .execute("w1", Cmd::Debit(50), CommandMetadata::root())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CommandError::Rejected(WalletError::InsufficientFunds)),
+        "{err}"
+    );
+    // With the floor the refusal is not taken: the command waits until the store has the credit.
+    applying.store(2, Ordering::SeqCst);
+    let debited = repo
+        .execute("w1", Cmd::Debit(50), reacting_to(credited[0].position))
+        .await
+        .unwrap();
+    assert_eq!(debited[0].version, 3);
+    assert_eq!(applying.load(Ordering::SeqCst), 0);
+    // A store that never gets there: a retryable store error, never an answer on a state that
+    // lacks the event the caller reacts to.
+    applying.store(u32::MAX, Ordering::SeqCst);
+    let err = repo
+        .execute("w1", Cmd::Debit(120), reacting_to(debited[0].position))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, CommandError::Store(e @ StoreError::Unavailable { .. }) if e.is_retryable()),
+        "{err}"
+    );
+    applying.store(0, Ordering::SeqCst);
+    // A genuine refusal, on a state that holds the floor, is answered without asking.
+    let err = repo
+        .execute("w1", Cmd::Debit(80), reacting_to(debited[0].position))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CommandError::Rejected(WalletError::InsufficientFunds)),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -25,7 +25,7 @@ use async_nats::{HeaderMap, Message};
 use cqrs_core::process::dispatched;
 use cqrs_core::{
     Aggregate, CommandDispatcher, CommandError, CommandMetadata, EventStore, HandlerError,
-    Repository, Targeted,
+    Repository, SeenPosition, Targeted,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -54,6 +54,9 @@ pub mod header {
     pub const EXPECTED_VERSION: &str = "Cqrs-Expected-Version";
     /// Idempotency key.
     pub const IDEMPOTENCY_KEY: &str = "Cqrs-Idempotency-Key";
+    /// The newest event the caller has seen, `<store>:<position>`
+    /// ([`CommandMetadata::seen_position`](cqrs_core::CommandMetadata::seen_position)).
+    pub const SEEN_POSITION: &str = "Cqrs-Seen-Position";
     /// Prefix of extra metadata headers.
     pub const EXTRA_PREFIX: &str = crate::headers::legacy::EXTRA_PREFIX;
 }
@@ -308,6 +311,9 @@ pub fn request_headers(aggregate_id: &str, metadata: &CommandMetadata) -> Header
     if let Some(version) = metadata.expected_version {
         headers.insert(header::EXPECTED_VERSION, version.to_string());
     }
+    if let Some(seen) = &metadata.seen_position {
+        headers.insert(header::SEEN_POSITION, seen.to_string());
+    }
     for (key, value) in &metadata.extra {
         headers.insert(
             format!("{}{key}", header::EXTRA_PREFIX).as_str(),
@@ -362,6 +368,24 @@ pub(crate) fn parse_request<C: DeserializeOwned>(
                     header::EXPECTED_VERSION
                 ))
             })
+        })
+        .transpose()?;
+    metadata.seen_position = text(header::SEEN_POSITION)
+        .map(|v| {
+            v.rsplit_once(':')
+                .and_then(|(store, position)| {
+                    Some(SeenPosition {
+                        store: store.to_owned(),
+                        position: position.parse().ok()?,
+                    })
+                })
+                .filter(|seen| !seen.store.is_empty())
+                .ok_or_else(|| {
+                    BadRequest(format!(
+                        "header {} is not `<store>:<position>` ({v:?})",
+                        header::SEEN_POSITION
+                    ))
+                })
         })
         .transpose()?;
     for (name, values) in headers.iter() {
@@ -621,7 +645,36 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::FailureKind;
+    use super::{FailureKind, header, parse_request, request_headers};
+    use cqrs_core::{CommandMetadata, SeenPosition};
+
+    #[test]
+    fn metadata_survives_the_request_headers() {
+        let metadata = CommandMetadata::root()
+            .with_tenant("acme")
+            .with_expected_version(3)
+            .with_seen_position(SeenPosition {
+                store: "EVENTS_SALES".to_owned(),
+                position: 1234,
+            })
+            .with_extra("request", "r-1");
+        let headers = request_headers("o-1", &metadata);
+        let parsed = parse_request::<u32>(Some(&headers), b"7");
+        assert_eq!(parsed, Ok(("o-1".to_owned(), 7, metadata)));
+    }
+
+    #[test]
+    fn a_malformed_seen_position_is_a_bad_request() {
+        for bad in ["1234", "EVENTS_SALES:", ":12", "EVENTS_SALES:x"] {
+            let mut headers = request_headers("o-1", &CommandMetadata::root());
+            headers.insert(header::SEEN_POSITION, bad);
+            let error = parse_request::<u32>(Some(&headers), b"7").map(|_| ());
+            assert!(
+                matches!(&error, Err(e) if e.to_string().contains(header::SEEN_POSITION)),
+                "{bad:?}: {error:?}"
+            );
+        }
+    }
 
     #[test]
     fn a_failure_kind_counts_under_the_name_its_reply_writes() {

@@ -483,12 +483,16 @@ impl<'a> Decoder<'a> {
                 aggregate
             }
         };
-        decode_of(aggregate, message)
+        decode_of(aggregate, message, self.subjects.stream())
     }
 }
 
-/// Reads the event in `message` of aggregate `aggregate`.
-fn decode_of(aggregate: Aggregate, message: &StreamMessage) -> Result<RecordedEvent, StoreError> {
+/// Reads the event in `message` of aggregate `aggregate`, from the stream named `store`.
+fn decode_of(
+    aggregate: Aggregate,
+    message: &StreamMessage,
+    store: &std::sync::Arc<str>,
+) -> Result<RecordedEvent, StoreError> {
     let position = message.sequence;
     let malformed = |reason: String| StoreError::MalformedEnvelope { position, reason };
     let (tenant, aggregate_type, aggregate_id) = aggregate;
@@ -526,6 +530,7 @@ fn decode_of(aggregate: Aggregate, message: &StreamMessage) -> Result<RecordedEv
             data: message.payload.to_vec(),
         },
         erased: Vec::new(),
+        store: Some(std::sync::Arc::clone(store)),
     })
 }
 

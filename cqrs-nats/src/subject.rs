@@ -231,6 +231,8 @@ fn fnv1a<'a>(tokens: impl IntoIterator<Item = &'a str>) -> u32 {
 pub struct Subjects {
     context: String,
     partitions: u32,
+    /// `EVENTS_<CONTEXT>`, shared with every event read ([`EventEnvelope::store`](cqrs_core::EventEnvelope::store)).
+    stream: std::sync::Arc<str>,
 }
 
 impl Subjects {
@@ -249,7 +251,14 @@ impl Subjects {
         Ok(Self {
             context: context.to_owned(),
             partitions,
+            stream: crate::layout::events_stream(context).into(),
         })
+    }
+
+    /// The context's stream, `EVENTS_<CONTEXT>`: what names the store of the events read
+    /// ([`EventEnvelope::store`](cqrs_core::EventEnvelope::store)).
+    pub fn stream(&self) -> &std::sync::Arc<str> {
+        &self.stream
     }
 
     /// The context name.

@@ -5,8 +5,8 @@
 use cqrs_core::doc::{Counter, CounterCommand};
 use cqrs_core::metadata::new_id;
 use cqrs_core::{
-    AppendTo, CommandMetadata, DecodeError, EventFilter, EventStore, ExpectedVersion, NewEvent,
-    Repository, Snapshot, StoreError, StreamId, StreamPosition, UnitOfWork,
+    AppendTo, CommandError, CommandMetadata, DecodeError, EventFilter, EventStore, ExpectedVersion,
+    NewEvent, Repository, SeenPosition, Snapshot, StoreError, StreamId, StreamPosition, UnitOfWork,
 };
 use cqrs_nats::async_nats::{self, HeaderMap, jetstream};
 use cqrs_nats::{ConnectError, JetStreamEventStore, StoreConfig, Subjects};
@@ -37,6 +37,69 @@ async fn publish_plain(url: &str, subject: &str, headers: &[(&str, &str)], body:
         .await
         .expect("ack")
         .sequence
+}
+
+/// Every event read names its store, and the store tells whether its leader holds a position:
+/// what keeps a process manager's command from being refused by a state older than its cause.
+#[tokio::test]
+async fn events_name_their_store_which_tells_whether_it_has_reached_a_position() {
+    let f = fixture().await.expect("fixture");
+    let stream = StreamId::new("Order", "o-1");
+    let committed = f
+        .store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![event("Placed", 1), event("Paid", 2)],
+            None,
+        )
+        .await
+        .unwrap();
+    let loaded = load_all(&f.store, &stream).await.unwrap();
+    let read: Events = f
+        .store
+        .read_all(&EventFilter::all(), 0)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    for event in committed.events.iter().chain(&loaded).chain(&read) {
+        assert_eq!(event.store.as_deref(), Some("EVENTS_TEST"), "{event:?}");
+    }
+    let paid = SeenPosition::of(&loaded[1]).unwrap();
+    assert!(f.store.has_reached(&paid).await.unwrap());
+    let ahead = SeenPosition {
+        position: paid.position + 1,
+        ..paid.clone()
+    };
+    assert!(!f.store.has_reached(&ahead).await.unwrap());
+    // A position in another context's stream says nothing about this one.
+    let elsewhere = SeenPosition {
+        store: "EVENTS_OTHER".to_owned(),
+        position: 1_000,
+    };
+    assert!(f.store.has_reached(&elsewhere).await.unwrap());
+
+    // Through the repository: a refusal on a state older than what the caller saw is not
+    // answered (a retryable error instead); with the floor reached, or in another store, it is.
+    let counters = Repository::<Counter, _>::new(f.store.clone());
+    let refused = |seen: SeenPosition| {
+        counters.execute(
+            "c-1",
+            CounterCommand::Add(0),
+            CommandMetadata::root().with_seen_position(seen),
+        )
+    };
+    let err = refused(ahead).await.unwrap_err();
+    assert!(
+        matches!(&err, CommandError::Store(e @ StoreError::Unavailable { .. }) if e.is_retryable()),
+        "{err}"
+    );
+    for seen in [paid, elsewhere] {
+        let err = refused(seen).await.unwrap_err();
+        assert!(matches!(err, CommandError::Rejected(_)), "{err}");
+    }
 }
 
 /// A message in the first wire format, one header per field, as stores before the

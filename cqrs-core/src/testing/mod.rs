@@ -385,6 +385,7 @@ impl EventLog {
                 metadata: metadata.clone(),
                 payload,
                 erased: Vec::new(),
+                store: None,
             });
         }
         self

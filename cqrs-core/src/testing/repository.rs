@@ -369,6 +369,10 @@ impl<A: Aggregate> EventStore for RacingStore<A> {
         self.inner.stream_position(stream).await
     }
 
+    async fn has_reached(&self, seen: &crate::metadata::SeenPosition) -> Result<bool, StoreError> {
+        self.inner.has_reached(seen).await
+    }
+
     async fn read_all(
         &self,
         filter: &EventFilter,

@@ -303,7 +303,14 @@ impl JetStreamEventStore {
                         .await;
                 }
                 Ok((first_seq, false)) => {
-                    let committed = recorded(stream, events, last.version, first_seq, recorded_at);
+                    let committed = recorded(
+                        self.subjects().stream(),
+                        stream,
+                        events,
+                        last.version,
+                        first_seq,
+                        recorded_at,
+                    );
                     if let Some(head) = committed.events.last() {
                         self.inner.remember(&subject, head);
                     }
@@ -386,9 +393,10 @@ impl JetStreamEventStore {
     }
 }
 
-/// The recorded form of `events`, stored from stream sequence `first_seq` on after version
-/// `after_version`.
+/// The recorded form of `events`, stored in the stream named `store` from stream sequence
+/// `first_seq` on after version `after_version`.
 pub(super) fn recorded(
+    store: &std::sync::Arc<str>,
     stream: &StreamId,
     events: Vec<NewEvent>,
     after_version: u64,
@@ -411,6 +419,7 @@ pub(super) fn recorded(
                 metadata,
                 payload: event.payload,
                 erased: Vec::new(),
+                store: Some(std::sync::Arc::clone(store)),
             }
         })
         .collect();

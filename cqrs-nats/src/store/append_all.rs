@@ -193,8 +193,14 @@ impl JetStreamEventStore {
             .zip(heads)
             .map(|(part, head)| {
                 let count = part.events.len() as u64;
-                let committed =
-                    recorded(&part.stream, part.events, head.version, next, recorded_at);
+                let committed = recorded(
+                    self.subjects().stream(),
+                    &part.stream,
+                    part.events,
+                    head.version,
+                    next,
+                    recorded_at,
+                );
                 next += count;
                 if let Some(last) = committed.events.last() {
                     self.inner.remember(&part.subject, last);

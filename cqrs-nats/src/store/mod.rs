@@ -61,7 +61,7 @@ use async_nats::Client;
 use async_nats::jetstream::{self, stream};
 use cqrs_core::{
     AppendTo, Committed, EventFilter, EventStore, EventStream, ExpectedVersion, IdempotencyKey,
-    NewEvent, Snapshot, StoreError, StreamId, StreamPosition,
+    NewEvent, SeenPosition, Snapshot, StoreError, StreamId, StreamPosition,
 };
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -331,6 +331,20 @@ impl EventStore for JetStreamEventStore {
             .last(&subject)
             .await?
             .map_or_else(StreamPosition::default, |e| e.stream_position()))
+    }
+
+    async fn has_reached(&self, seen: &SeenPosition) -> Result<bool, StoreError> {
+        // A position in another context's stream says nothing about this one.
+        if *seen.store != **self.inner.subjects.stream() {
+            return Ok(true);
+        }
+        self.inner
+            .has_reached(seen.position)
+            .instrument(tracing::debug_span!(
+                "cqrs.nats.has_reached",
+                position = seen.position
+            ))
+            .await
     }
 
     async fn read_all(

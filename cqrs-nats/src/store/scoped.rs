@@ -119,6 +119,31 @@ impl Inner {
             .map_err(|violation| violation.store_error(operation, stream.clone()))
     }
 
+    /// Whether the stream's leader holds the event at `position` (see
+    /// [`EventStore::has_reached`](cqrs_core::EventStore::has_reached)): its first event at or
+    /// after `position`, asked of the leader ([`crate::gaps::first_after`]; events are never
+    /// deleted, so that is the event itself once the leader has it). A tenant-scoped store may
+    /// not ask the leader — its grants stop at direct gets, which any replica answers — so it
+    /// takes the position as reached, as it takes a direct get's head of an aggregate.
+    pub(super) async fn has_reached(&self, position: u64) -> Result<bool, StoreError> {
+        const OP: &str = "check that the store has reached a position";
+        if self.config.scoped_reads || position == 0 {
+            return Ok(true);
+        }
+        let api = api::msg_get(&self.stream_name);
+        let filters = [self.subjects.all_events()];
+        let ask = crate::gaps::first_after(&self.stream, &filters, position - 1);
+        match self.guard.run(&[&api], ask).await {
+            Ok(Ok(first)) => Ok(first.is_some()),
+            Ok(Err(e)) => Err(unavailable_because(
+                OP,
+                "asking the stream's leader for the event",
+                e,
+            )),
+            Err(violation) => Err(self.denied(OP, &filters[0], &violation)),
+        }
+    }
+
     /// The last message of `subject`: a leader read, or a direct get by subject on the scoped
     /// path.
     pub(super) async fn last_message(
