@@ -53,9 +53,10 @@ pub struct CommandMetadata {
     /// The newest event the caller has seen, as a position in the store it was read from — for
     /// a process manager's command, its triggering event. A refusal, or a decision to write
     /// nothing, is answered only on a state read from a store that holds every event up to it
-    /// ([`EventStore::has_reached`](crate::EventStore::has_reached)): a replica still applying
-    /// what it committed (a new leader after a power loss) can serve the aggregate without the
-    /// very event the caller reacts to. `None`: no such floor.
+    /// ([`EventStore::has_reached`](crate::EventStore::has_reached)): a copy of the store that
+    /// lags — even a JetStream leader cut off from its cluster, which answers from its old state
+    /// until it steps down — can serve the aggregate without the very event the caller reacts
+    /// to. `None`: no such floor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seen_position: Option<SeenPosition>,
     /// Key under which a retried command is recognised and answered with its original outcome.

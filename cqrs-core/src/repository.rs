@@ -404,10 +404,11 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     /// Whether `loaded` is where `stream` stands now: the store's authority holds no later
     /// event of it, and — when the command's caller has seen the store up to a position
     /// ([`CommandMetadata::seen_position`]) — every event up to that position (asked only when
-    /// `loaded` does not already reach it). The second check catches
-    /// an authority that is itself behind: a new leader still applying what it committed
-    /// answers "no later event" for an aggregate whose event the caller reacts to (the nemesis
-    /// saw a saga's `Ship` refused by a paid order loaded as never created, after a power loss).
+    /// `loaded` does not already reach it). The second check catches an authority that is
+    /// itself behind: a JetStream leader cut off from the rest of its cluster keeps answering as
+    /// leader, from its old state, until it steps down (7–18 s in a plain-client experiment), so
+    /// it says "no later event" of an aggregate whose event the caller reacts to (the nemesis
+    /// saw a saga's `Ship` refused by a paid order loaded as never created).
     ///
     /// A load that is behind counts in `stale_loads`; after [`STALE_LOADS`] of them the store is
     /// `Unavailable` (retryable) rather than the command answered on a state known to be old.

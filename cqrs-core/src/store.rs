@@ -291,8 +291,9 @@ pub trait EventStore: Send + Sync + 'static {
     /// (JetStream: the stream's leader); a position in another store says nothing about this
     /// one, and is `true`. The repository asks it before it answers a command with a refusal, or
     /// with nothing to write, on a state that does not include the command's
-    /// [`seen_position`](crate::CommandMetadata::seen_position): a copy that serves reads while
-    /// it still applies what it committed says "no such event" where the caller has seen one.
+    /// [`seen_position`](crate::CommandMetadata::seen_position): a copy that lags says "no such
+    /// event" where the caller has seen one — on JetStream even the leader, when it is cut off
+    /// from the rest of its cluster and has not noticed yet.
     ///
     /// The default, `true`, is right for a store that reads from the one copy it writes (the
     /// in-memory store); a store that wraps another forwards it.

@@ -305,22 +305,22 @@ async fn domain_rejection_is_typed() {
 
 /// A store that lets another writer slip in right before the first append (unless `raced`),
 /// and whose next `lagging` loads are served by a replica one event behind (the JetStream
-/// store's direct gets may be answered by a follower that lags). While `applying` is above
-/// zero its authority is one event behind too (a new leader still applying what it
-/// committed): loads and `stream_position` lack the last event, and each `has_reached` answers
-/// `false` and counts `applying` down.
+/// store's direct gets may be answered by a follower that lags). While `cut_off` is above
+/// zero its authority is one event behind too (a JetStream leader cut off from its cluster
+/// answers from its old state until it steps down): loads and `stream_position` lack the last
+/// event, and each `has_reached` answers `false` and counts `cut_off` down.
 #[derive(Clone)]
 struct RacingStore {
     inner: InMemoryEventStore,
     raced: Arc<AtomicBool>,
     loads: Arc<AtomicU32>,
     lagging: Arc<AtomicU32>,
-    applying: Arc<AtomicU32>,
+    cut_off: Arc<AtomicU32>,
 }
 
 impl RacingStore {
     fn authority_behind(&self) -> bool {
-        self.applying.load(Ordering::SeqCst) > 0
+        self.cut_off.load(Ordering::SeqCst) > 0
     }
 }
 
@@ -381,7 +381,7 @@ impl EventStore for RacingStore {
     }
     async fn has_reached(&self, _seen: &SeenPosition) -> Result<bool, StoreError> {
         let behind = self
-            .applying
+            .cut_off
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
         Ok(behind.is_err())
     }
@@ -407,7 +407,7 @@ async fn racing_repo(retries: u32, cache: bool) -> Repository<Wallet, RacingStor
         raced: Arc::new(AtomicBool::new(true)),
         loads: Arc::new(AtomicU32::new(0)),
         lagging: Arc::new(AtomicU32::new(0)),
-        applying: Arc::new(AtomicU32::new(0)),
+        cut_off: Arc::new(AtomicU32::new(0)),
     };
     let mut repo = Repository::new(store.clone()).with_conflict_retries(retries);
     if cache {
@@ -554,7 +554,7 @@ async fn refusal_on_a_load_from_a_lagging_replica_is_checked_against_the_current
 async fn refusal_by_a_store_behind_what_the_caller_has_seen_waits_for_the_store() {
     let repo = racing_repo(0, false).await;
     repo.store().raced.store(true, Ordering::SeqCst);
-    let applying = Arc::clone(&repo.store().applying);
+    let cut_off = Arc::clone(&repo.store().cut_off);
     let credited = repo
         .execute("w1", Cmd::Credit(100), CommandMetadata::root())
         .await
@@ -568,7 +568,7 @@ async fn refusal_by_a_store_behind_what_the_caller_has_seen_waits_for_the_store(
     };
     // The store's authority lacks the credit, so its own check calls the empty wallet current:
     // without a floor, the debit is refused on a state older than its cause.
-    applying.store(1, Ordering::SeqCst);
+    cut_off.store(1, Ordering::SeqCst);
     let err = repo
         .execute("w1", Cmd::Debit(50), CommandMetadata::root())
         .await
@@ -578,16 +578,16 @@ async fn refusal_by_a_store_behind_what_the_caller_has_seen_waits_for_the_store(
         "{err}"
     );
     // With the floor the refusal is not taken: the command waits until the store has the credit.
-    applying.store(2, Ordering::SeqCst);
+    cut_off.store(2, Ordering::SeqCst);
     let debited = repo
         .execute("w1", Cmd::Debit(50), reacting_to(credited[0].position))
         .await
         .unwrap();
     assert_eq!(debited[0].version, 3);
-    assert_eq!(applying.load(Ordering::SeqCst), 0);
+    assert_eq!(cut_off.load(Ordering::SeqCst), 0);
     // A store that never gets there: a retryable store error, never an answer on a state that
     // lacks the event the caller reacts to.
-    applying.store(u32::MAX, Ordering::SeqCst);
+    cut_off.store(u32::MAX, Ordering::SeqCst);
     let err = repo
         .execute("w1", Cmd::Debit(120), reacting_to(debited[0].position))
         .await
@@ -596,7 +596,7 @@ async fn refusal_by_a_store_behind_what_the_caller_has_seen_waits_for_the_store(
         matches!(&err, CommandError::Store(e @ StoreError::Unavailable { .. }) if e.is_retryable()),
         "{err}"
     );
-    applying.store(0, Ordering::SeqCst);
+    cut_off.store(0, Ordering::SeqCst);
     // A genuine refusal, on a state that holds the floor, is answered without asking.
     let err = repo
         .execute("w1", Cmd::Debit(80), reacting_to(debited[0].position))

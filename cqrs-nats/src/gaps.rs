@@ -12,6 +12,11 @@
 //! `STREAM.MSG.GET` with `next_by_subj`, which only the leader answers); a reader's first event
 //! is checked against it too ([`Watch`]), so that a consumer placed past events is caught
 //! before anything after them is used.
+//!
+//! The leader's word has one limit: a leader cut off from the rest of its cluster answers as
+//! leader, from its old state, until it notices (7–18 s measured), so a client connected to it
+//! hears "nothing more" early in that window. Commands guard against it with the position their
+//! caller has seen ([`cqrs_core::CommandMetadata::seen_position`]).
 
 use crate::headers;
 use crate::store::{unavailable, unavailable_because};

@@ -135,3 +135,139 @@ async fn r3_cluster_fences_racing_writers_and_answers_retries() {
         assert_eq!(again.events, first.events);
     }
 }
+
+/// Connects a store for context `test` (R3) to `url`, retrying while the cluster elects its
+/// meta leader.
+async fn store_on(url: String) -> JetStreamEventStore {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match JetStreamEventStore::connect(url.clone(), StoreConfig::new("test").replicas(3)).await
+        {
+            Ok(store) => return store,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("cluster never became ready: {e}"),
+        }
+    }
+}
+
+/// Runs `attempt` until it succeeds, while it fails with a retryable store error, for at most a
+/// minute; a refusal or another error fails the test.
+async fn until_done<T, E, F, Fut>(what: &str, mut attempt: F) -> T
+where
+    E: std::error::Error,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, cqrs_core::CommandError<E>>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match attempt().await {
+            Ok(value) => return value,
+            Err(cqrs_core::CommandError::Store(e))
+                if e.is_retryable() && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("{what}: {e:?}"),
+        }
+    }
+}
+
+/// A leader cut off from the rest of its cluster keeps answering as leader, from its old state,
+/// until it notices (7–18 s measured): to a client connected to it, an order the other side has
+/// since submitted and paid has no events at all. The Shipping saga's `Ship`, issued for the
+/// `Paid` event read on the other side, carries that event's position, so on the cut-off side it
+/// waits (a retryable error) instead of being refused by `Draft` — a refusal a saga counts as
+/// delivered, which would leave the paid order unshipped for good. Once the cut heals it ships,
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_connected_to_a_cut_off_leader_is_not_refused_by_its_old_state() {
+    use cqrs_core::process::{ProcessManager, Targeted, reactions};
+    use cqrs_core::{CommandError, CommandMetadata, Repository};
+    use examples::order_flow::Shipping;
+    use examples::order_fulfilment::{Channel, Item, Order, OrderCommand};
+
+    let cluster = cqrs_test_server::ProxiedCluster::builder(3)
+        .start()
+        .await
+        .expect("cluster");
+    let provisioned = store_on(cluster.server(0).url()).await;
+    drop(provisioned);
+    // The stream's leader: the saga's connection goes straight to it.
+    let client = cqrs_nats::async_nats::connect(cluster.server(0).url())
+        .await
+        .unwrap();
+    let mut events = cqrs_nats::async_nats::jetstream::new(client)
+        .get_stream("EVENTS_TEST")
+        .await
+        .unwrap();
+    let info = events.info().await.unwrap();
+    let leader = (info.cluster.as_ref())
+        .and_then(|c| c.leader.as_deref())
+        .and_then(|name| cluster.index_of(name))
+        .expect("the stream has a leader");
+    let on_leader = Repository::<Order, _>::new(store_on(cluster.server(leader).url()).await);
+    let elsewhere = store_on(cluster.server((leader + 1) % 3).url()).await;
+    let orders_elsewhere = Repository::<Order, _>::new(elsewhere.clone());
+
+    assert!(cluster.isolate(leader) > 0, "no route was cut");
+    // The other two elect a leader; the order is submitted and paid there.
+    let item = Item {
+        sku: "BOOK-42".into(),
+        quantity: 1,
+    };
+    let submit = OrderCommand::Submit {
+        items: vec![item],
+        channel: Channel::Web,
+    };
+    let pay = OrderCommand::Pay {
+        payment_id: "pay-1".into(),
+    };
+    let mut paid = Vec::new();
+    for command in [submit, pay] {
+        let metadata = CommandMetadata::root();
+        paid = until_done("writing on the majority side", || {
+            orders_elsewhere.execute("o-1", command.clone(), metadata.clone())
+        })
+        .await;
+    }
+    let paid = elsewhere
+        .load(&StreamId::of::<Order>("o-1", None), paid[0].version)
+        .await
+        .unwrap()
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap()
+        .remove(0);
+    let ((), commands) = Shipping.react((), &paid).unwrap();
+    let [(ship, metadata)]: [(Targeted<Order>, CommandMetadata); 1] =
+        reactions::<Shipping>(&paid, commands)
+            .try_into()
+            .expect("one Ship command");
+
+    // On the cut-off side: never refused, whether the old leader still answers or has stopped.
+    let on_old_side = (on_leader)
+        .execute("o-1", ship.command.clone(), metadata.clone())
+        .await;
+    assert!(
+        matches!(&on_old_side, Err(CommandError::Store(e)) if e.is_retryable()),
+        "the cut-off side answered {on_old_side:?}; it must wait for the paid order"
+    );
+
+    // Healed: the saga's redelivery ships the order, and a second one gets the same events.
+    cluster.heal();
+    let mut shipped = Vec::new();
+    for delivery in ["the redelivery", "a second redelivery"] {
+        shipped.push(
+            until_done(delivery, || {
+                on_leader.execute("o-1", ship.command.clone(), metadata.clone())
+            })
+            .await,
+        );
+    }
+    assert_eq!(shipped[0].len(), 1);
+    assert_eq!(shipped[0][0].version, 3);
+    assert_eq!(shipped[0], shipped[1]);
+}
