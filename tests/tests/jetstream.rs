@@ -56,14 +56,7 @@ async fn events_name_their_store_which_tells_whether_it_has_reached_a_position()
         .await
         .unwrap();
     let loaded = load_all(&f.store, &stream).await.unwrap();
-    let read: Events = f
-        .store
-        .read_all(&EventFilter::all(), 0)
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let read = cqrs_tests::all_events(&f.store).await;
     for event in committed.events.iter().chain(&loaded).chain(&read) {
         assert_eq!(event.store.as_deref(), Some("EVENTS_TEST"), "{event:?}");
     }
