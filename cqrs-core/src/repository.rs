@@ -446,7 +446,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             return Err(StoreError::Unavailable {
                 operation: "load",
                 reason: format!(
-                    "{stream} was loaded at version {} behind the store more than {STALE_LOADS} times ({behind}): the replicas that serve loads lag; retry",
+                    "{stream} was loaded at version {} behind the store more than {STALE_LOADS} times ({behind}): the servers that answer this client lag (a replica catching up, or a leader cut off from its cluster); retry",
                     loaded.version()
                 ),
                 source: None,
