@@ -53,7 +53,7 @@ pub struct CommandMetadata {
     /// The newest event the caller has seen, as a position in the store it was read from — for
     /// a process manager's command, its triggering event. A refusal, or a decision to write
     /// nothing, is answered only on a state read from a store that holds every event up to it
-    /// ([`EventStore::has_reached`](crate::EventStore::has_reached)): a copy of the store that
+    /// ([`EventStore::version_past`](crate::EventStore::version_past)): a copy of the store that
     /// lags — even a JetStream leader cut off from its cluster, which answers from its old state
     /// until it steps down — can serve the aggregate without the very event the caller reacts
     /// to. `None`: no such floor.

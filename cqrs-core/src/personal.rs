@@ -704,11 +704,12 @@ impl<S: EventStore> EventStore for PersonalDataStore<S> {
         self.store.stream_position(stream)
     }
 
-    fn has_reached(
+    fn version_past(
         &self,
+        stream: &StreamId,
         seen: &crate::metadata::SeenPosition,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        self.store.has_reached(seen)
+    ) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send {
+        self.store.version_past(stream, seen)
     }
 
     async fn read_all(

@@ -403,12 +403,13 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
 
     /// Whether `loaded` is where `stream` stands now: the store's authority holds no later
     /// event of it, and — when the command's caller has seen the store up to a position
-    /// ([`CommandMetadata::seen_position`]) — every event up to that position (asked only when
-    /// `loaded` does not already reach it). The second check catches an authority that is
-    /// itself behind: a JetStream leader cut off from the rest of its cluster keeps answering as
-    /// leader, from its old state, until it steps down (7–18 s in a plain-client experiment), so
-    /// it says "no later event" of an aggregate whose event the caller reacts to (the nemesis
-    /// saw a saga's `Ship` refused by a paid order loaded as never created).
+    /// ([`CommandMetadata::seen_position`]) — every event up to that position, in the same
+    /// answer (asked only when `loaded` does not already reach it). The second check catches an
+    /// authority that is itself behind: a JetStream leader cut off from the rest of its cluster
+    /// keeps answering as leader, from its old state, until it steps down (7–18 s in a
+    /// plain-client experiment), so it says "no later event" of an aggregate whose event the
+    /// caller reacts to (the nemesis saw a saga's `Ship` refused by a paid order loaded as never
+    /// created).
     ///
     /// A load that is behind counts in `stale_loads`; after [`STALE_LOADS`] of them the store is
     /// `Unavailable` (retryable) rather than the command answered on a state known to be old.
@@ -422,16 +423,19 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         // A state that holds an event at or after the floor was read from a copy past it.
         let floor = (command.seen_position.as_ref())
             .filter(|seen| seen.position > loaded.position.position);
-        let behind = match floor {
-            Some(seen) if !self.store.has_reached(seen).await? => Some(format!(
-                "the store has not reached position {}, which the caller has seen",
+        let now = match floor {
+            Some(seen) => self.store.version_past(stream, seen).await?,
+            None => Some(self.store.stream_position(stream).await?.version),
+        };
+        let behind = match (now, floor) {
+            (None, Some(seen)) => Some(format!(
+                "the store answered from before position {}, which the caller has seen",
                 seen.position
             )),
-            _ => {
-                let now = self.store.stream_position(stream).await?;
-                (now.version > loaded.version())
-                    .then(|| format!("its current version is {}", now.version))
+            (Some(now), _) if now > loaded.version() => {
+                Some(format!("its current version is {now}"))
             }
+            _ => None,
         };
         let Some(behind) = behind else {
             return Ok(true);

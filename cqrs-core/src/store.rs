@@ -287,22 +287,26 @@ pub trait EventStore: Send + Sync + 'static {
         stream: &StreamId,
     ) -> impl Future<Output = Result<StreamPosition, StoreError>> + Send;
 
-    /// Whether the store holds every event up to `seen`, as its authority sees it now
-    /// (JetStream: the stream's leader); a position in another store says nothing about this
-    /// one, and is `true`. The repository asks it before it answers a command with a refusal, or
-    /// with nothing to write, on a state that does not include the command's
-    /// [`seen_position`](crate::CommandMetadata::seen_position): a copy that lags says "no such
-    /// event" where the caller has seen one — on JetStream even the leader, when it is cut off
-    /// from the rest of its cluster and has not noticed yet.
+    /// The version of `stream` now, as told by a copy of the store that holds every event up to
+    /// `seen` — `None` when the copy that answered has not got that far. The repository asks it
+    /// before it answers a command with a refusal, or with nothing to write, on a state that
+    /// does not include the command's [`seen_position`](crate::CommandMetadata::seen_position):
+    /// a copy that lags says "no later event" where the caller has seen one — on JetStream even
+    /// the leader, when it is cut off from the rest of its cluster and has not noticed yet. One
+    /// answer says both, so that two copies cannot each vouch for half of it (after a partition
+    /// heals, the old leader and the new one both answer for a while). A position in another
+    /// store (`seen.store` is not this store's name) is no constraint.
     ///
-    /// The default, `true`, is right for a store that reads from the one copy it writes (the
-    /// in-memory store); a store that wraps another forwards it.
-    fn has_reached(
+    /// The default asks [`stream_position`](Self::stream_position), which is right for a store
+    /// that reads from the one copy it writes (the in-memory store); a store that wraps another
+    /// forwards it.
+    fn version_past(
         &self,
+        stream: &StreamId,
         seen: &SeenPosition,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+    ) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send {
         let _ = seen;
-        std::future::ready(Ok(true))
+        async move { Ok(Some(self.stream_position(stream).await?.version)) }
     }
 
     /// All events matching `filter`, from store position `from_position` (inclusive; 1 or 0
@@ -371,7 +375,7 @@ impl<S: EventStore> EventStore for Arc<S> {
         fn load_after(stream: &StreamId, after: StreamPosition) -> EventStream;
         fn find_commit(stream: &StreamId, key: &IdempotencyKey) -> Option<Committed>;
         fn stream_position(stream: &StreamId) -> StreamPosition;
-        fn has_reached(seen: &SeenPosition) -> bool;
+        fn version_past(stream: &StreamId, seen: &SeenPosition) -> Option<u64>;
         fn read_all(filter: &EventFilter, from_position: u64) -> EventStream;
         fn load_snapshot(stream: &StreamId) -> Option<Snapshot>;
         fn save_snapshot(stream: &StreamId, snapshot: Snapshot) -> ();

@@ -308,7 +308,7 @@ async fn domain_rejection_is_typed() {
 /// store's direct gets may be answered by a follower that lags). While `cut_off` is above
 /// zero its authority is one event behind too (a JetStream leader cut off from its cluster
 /// answers from its old state until it steps down): loads and `stream_position` lack the last
-/// event, and each `has_reached` answers `false` and counts `cut_off` down.
+/// event, and each `version_past` answers `None` and counts `cut_off` down.
 #[derive(Clone)]
 struct RacingStore {
     inner: InMemoryEventStore,
@@ -379,11 +379,18 @@ impl EventStore for RacingStore {
             .map(RecordedEvent::stream_position)
             .unwrap_or_default())
     }
-    async fn has_reached(&self, _seen: &SeenPosition) -> Result<bool, StoreError> {
+    async fn version_past(
+        &self,
+        stream: &StreamId,
+        _seen: &SeenPosition,
+    ) -> Result<Option<u64>, StoreError> {
         let behind = self
             .cut_off
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-        Ok(behind.is_err())
+        if behind.is_ok() {
+            return Ok(None);
+        }
+        Ok(Some(self.inner.stream_position(stream).await?.version))
     }
     async fn read_all(
         &self,

@@ -39,10 +39,11 @@ async fn publish_plain(url: &str, subject: &str, headers: &[(&str, &str)], body:
         .sequence
 }
 
-/// Every event read names its store, and the store tells whether its leader holds a position:
-/// what keeps a process manager's command from being refused by a state older than its cause.
+/// Every event read names its store, and the store tells an aggregate's version only from a
+/// server that holds a given position: what keeps a process manager's command from being
+/// refused by a state older than its cause.
 #[tokio::test]
-async fn events_name_their_store_which_tells_whether_it_has_reached_a_position() {
+async fn events_name_their_store_which_answers_only_from_past_a_seen_position() {
     let f = fixture().await.expect("fixture");
     let stream = StreamId::new("Order", "o-1");
     let committed = f
@@ -61,18 +62,21 @@ async fn events_name_their_store_which_tells_whether_it_has_reached_a_position()
         assert_eq!(event.store.as_deref(), Some("EVENTS_TEST"), "{event:?}");
     }
     let paid = SeenPosition::of(&loaded[1]).unwrap();
-    assert!(f.store.has_reached(&paid).await.unwrap());
+    let version_past = |seen| f.store.version_past(&stream, seen);
+    assert_eq!(version_past(&paid).await.unwrap(), Some(2));
     let ahead = SeenPosition {
         position: paid.position + 1,
         ..paid.clone()
     };
-    assert!(!f.store.has_reached(&ahead).await.unwrap());
+    assert_eq!(version_past(&ahead).await.unwrap(), None);
     // A position in another context's stream says nothing about this one.
     let elsewhere = SeenPosition {
         store: "EVENTS_OTHER".to_owned(),
         position: 1_000,
     };
-    assert!(f.store.has_reached(&elsewhere).await.unwrap());
+    assert_eq!(version_past(&elsewhere).await.unwrap(), Some(2));
+    let unborn = StreamId::new("Order", "o-2");
+    assert_eq!(f.store.version_past(&unborn, &paid).await.unwrap(), Some(0));
 
     // Through the repository: a refusal on a state older than what the caller saw is not
     // answered (a retryable error instead); with the floor reached, or in another store, it is.

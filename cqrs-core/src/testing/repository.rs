@@ -369,8 +369,12 @@ impl<A: Aggregate> EventStore for RacingStore<A> {
         self.inner.stream_position(stream).await
     }
 
-    async fn has_reached(&self, seen: &crate::metadata::SeenPosition) -> Result<bool, StoreError> {
-        self.inner.has_reached(seen).await
+    async fn version_past(
+        &self,
+        stream: &StreamId,
+        seen: &crate::metadata::SeenPosition,
+    ) -> Result<Option<u64>, StoreError> {
+        self.inner.version_past(stream, seen).await
     }
 
     async fn read_all(

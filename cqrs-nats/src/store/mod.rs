@@ -333,15 +333,21 @@ impl EventStore for JetStreamEventStore {
             .map_or_else(StreamPosition::default, |e| e.stream_position()))
     }
 
-    async fn has_reached(&self, seen: &SeenPosition) -> Result<bool, StoreError> {
-        // A position in another context's stream says nothing about this one.
-        if *seen.store != **self.inner.subjects.stream() {
-            return Ok(true);
+    async fn version_past(
+        &self,
+        stream: &StreamId,
+        seen: &SeenPosition,
+    ) -> Result<Option<u64>, StoreError> {
+        // A position in another context's stream says nothing about this one; a tenant-scoped
+        // store may not ask for the stream's info, and takes the leader's last event instead.
+        if *seen.store != **self.inner.subjects.stream() || self.inner.config.scoped_reads {
+            return Ok(Some(self.stream_position(stream).await?.version));
         }
+        let subject = self.stored_subject_or_invalid(stream)?;
         self.inner
-            .has_reached(seen.position)
+            .version_past(&subject, seen.position)
             .instrument(tracing::debug_span!(
-                "cqrs.nats.has_reached",
+                "cqrs.nats.version_past",
                 position = seen.position
             ))
             .await

@@ -119,28 +119,34 @@ impl Inner {
             .map_err(|violation| violation.store_error(operation, stream.clone()))
     }
 
-    /// Whether the stream's leader holds the event at `position` (see
-    /// [`EventStore::has_reached`](cqrs_core::EventStore::has_reached)): its first event at or
-    /// after `position`, asked of the leader ([`crate::gaps::first_after`]; events are never
-    /// deleted, so that is the event itself once the leader has it). A tenant-scoped store may
-    /// not ask the leader — its grants stop at direct gets, which any replica answers — so it
-    /// takes the position as reached, as it takes a direct get's head of an aggregate.
-    pub(super) async fn has_reached(&self, position: u64) -> Result<bool, StoreError> {
-        const OP: &str = "check that the store has reached a position";
-        if self.config.scoped_reads || position == 0 {
-            return Ok(true);
-        }
-        let api = api::msg_get(&self.stream_name);
-        let filters = [self.subjects.all_events()];
-        let ask = crate::gaps::first_after(&self.stream, &filters, position - 1);
+    /// The version of the aggregate on `subject`, from one stream info request filtered to the
+    /// subject (see [`EventStore::version_past`](cqrs_core::EventStore::version_past)): the
+    /// answer's last sequence says whether the server that answered holds `position`, and its
+    /// message count for the subject is the version (the stream refuses deletes and purges).
+    pub(super) async fn version_past(
+        &self,
+        subject: &str,
+        position: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        const OP: &str = "read the version of an aggregate";
+        let api = api::stream_info(&self.stream_name);
+        let ask = async {
+            let mut info = self.stream.info_with_subjects(subject).await?;
+            let reached = info.info.state.last_sequence >= position;
+            let count = match futures::TryStreamExt::try_next(&mut info).await? {
+                Some((_, count)) => u64::try_from(count).unwrap_or(u64::MAX),
+                None => 0,
+            };
+            Ok::<_, async_nats::jetstream::stream::InfoError>(reached.then_some(count))
+        };
         match self.guard.run(&[&api], ask).await {
-            Ok(Ok(first)) => Ok(first.is_some()),
+            Ok(Ok(version)) => Ok(version),
             Ok(Err(e)) => Err(unavailable_because(
                 OP,
-                "asking the stream's leader for the event",
+                "asking the stream's leader for its info",
                 e,
             )),
-            Err(violation) => Err(self.denied(OP, &filters[0], &violation)),
+            Err(violation) => Err(self.denied(OP, subject, &violation)),
         }
     }
 
