@@ -293,7 +293,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         // decided again, which costs no retry because the caller's expectation was not at fault.
         let mut trust_cache = true;
         let mut looked_up = false;
-        let mut stale = 0u32;
+        let mut stale_loads = 0u32;
         loop {
             let cached = trust_cache
                 .then(|| self.cached(stream, metadata.expected_version))
@@ -318,7 +318,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             if !matches!(&decided, Ok(events) if !events.is_empty())
                 && (from_cache
                     || !self
-                        .is_current(stream, &loaded, metadata, &mut stale)
+                        .is_current(stream, &loaded, metadata, &mut stale_loads)
                         .await?)
             {
                 continue;

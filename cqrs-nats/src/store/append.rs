@@ -216,7 +216,7 @@ impl JetStreamEventStore {
         if scoped && let Some(committed) = self.original(subject, ids).await? {
             return Ok(committed);
         }
-        let api = api::msg_get(&self.inner.stream_name);
+        let api = api::msg_get(self.inner.stream_name());
         let read = self.inner.stream.get_raw_message(sequence);
         let message = match self.inner.guard.run(&[&api], read).await {
             Ok(read) => read.map_err(|e| {

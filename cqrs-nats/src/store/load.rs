@@ -79,8 +79,8 @@ impl Tail {
         // Named, so that the filter is part of the create's API subject (see `read_all`).
         let name = format!("cqrs-load-{}", Uuid::now_v7().simple());
         let create = [
-            api::consumer_create(&inner.stream_name, &name, subject),
-            format!("$JS.API.CONSUMER.CREATE.{}.{name}", inner.stream_name),
+            api::consumer_create(inner.stream_name(), &name, subject),
+            format!("$JS.API.CONSUMER.CREATE.{}.{name}", inner.stream_name()),
         ];
         let config = pull::OrderedConfig {
             name: Some(name.clone()),

@@ -78,7 +78,6 @@ pub(crate) struct Inner {
     js: jetstream::Context,
     /// Addressed by name only: a tenant-scoped store may not ask for the stream's info.
     stream: stream::Stream<()>,
-    stream_name: String,
     subjects: Subjects,
     /// `None` when the bucket is missing and the store may not create it.
     snapshots: Option<SnapshotBucket>,
@@ -89,6 +88,13 @@ pub(crate) struct Inner {
     /// Whether the stream stores read guards' carriers (a stream made before them and not
     /// updated since does not listen on their subject).
     read_guards: bool,
+}
+
+impl Inner {
+    /// The events stream's name, `EVENTS_<CONTEXT>`: the context's subjects hold it.
+    fn stream_name(&self) -> &str {
+        self.subjects.stream()
+    }
 }
 
 mod append;
@@ -115,7 +121,7 @@ use snapshots::{SnapshotBucket, Write};
 impl fmt::Debug for JetStreamEventStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JetStreamEventStore")
-            .field("stream", &self.inner.stream_name)
+            .field("stream", &self.inner.stream_name())
             .field("config", &self.inner.config)
             .finish_non_exhaustive()
     }
@@ -151,7 +157,7 @@ impl JetStreamEventStore {
 
     /// The name of the context's stream.
     pub fn stream_name(&self) -> &str {
-        &self.inner.stream_name
+        self.inner.stream_name()
     }
 
     /// The subject `stream`'s events are published to:
@@ -340,7 +346,7 @@ impl EventStore for JetStreamEventStore {
     ) -> Result<Option<u64>, StoreError> {
         // A position in another context's stream says nothing about this one; a tenant-scoped
         // store may not ask for the stream's info, and takes the leader's last event instead.
-        if *seen.store != **self.inner.subjects.stream() || self.inner.config.scoped_reads {
+        if seen.store != self.inner.stream_name() || self.inner.config.scoped_reads {
             return Ok(Some(self.stream_position(stream).await?.version));
         }
         let subject = self.stored_subject_or_invalid(stream)?;

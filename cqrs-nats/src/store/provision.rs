@@ -138,7 +138,6 @@ impl JetStreamEventStore {
                 client,
                 js,
                 stream,
-                stream_name: config.stream_name(),
                 subjects,
                 snapshots,
                 config,

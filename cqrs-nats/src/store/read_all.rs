@@ -24,14 +24,14 @@ impl JetStreamEventStore {
             return self.inner.read_all_scoped(filter, from_position).await;
         }
         let all = StreamId::new("*", "*");
-        let info = [api::stream_info(&self.inner.stream_name)];
+        let info = [api::stream_info(self.inner.stream_name())];
         let stream = self
             .inner
             .guarded(
                 OP,
                 &all,
                 &info,
-                self.inner.js.get_stream(&self.inner.stream_name),
+                self.inner.js.get_stream(self.inner.stream_name()),
             )
             .await?
             .map_err(|e| unavailable_because(OP, "getting the stream", e))?;
@@ -50,8 +50,11 @@ impl JetStreamEventStore {
         // per-tenant permissions can allow it.
         let name = format!("cqrs-read-{}", Uuid::now_v7().simple());
         let create = [
-            api::consumer_create(&self.inner.stream_name, &name, &filter_subject),
-            format!("$JS.API.CONSUMER.CREATE.{}.{name}", self.inner.stream_name),
+            api::consumer_create(self.inner.stream_name(), &name, &filter_subject),
+            format!(
+                "$JS.API.CONSUMER.CREATE.{}.{name}",
+                self.inner.stream_name()
+            ),
         ];
         let config = pull::OrderedConfig {
             name: Some(name),

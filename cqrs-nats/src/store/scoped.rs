@@ -72,8 +72,8 @@ impl Inner {
     ) -> StoreError {
         let mut reason = violation.to_string();
         let unscoped = [
-            api::direct_get(&self.stream_name),
-            api::msg_get(&self.stream_name),
+            api::direct_get(self.stream_name()),
+            api::msg_get(self.stream_name()),
         ];
         if unscoped.contains(&violation.subject) {
             reason.push_str(
@@ -129,7 +129,7 @@ impl Inner {
         position: u64,
     ) -> Result<Option<u64>, StoreError> {
         const OP: &str = "read the version of an aggregate";
-        let api = api::stream_info(&self.stream_name);
+        let api = api::stream_info(self.stream_name());
         let ask = async {
             let mut info = self.stream.info_with_subjects(subject).await?;
             let reached = info.info.state.last_sequence >= position;
@@ -160,7 +160,7 @@ impl Inner {
         const OP: &str = "read last event";
         if self.config.scoped_reads {
             let any_partition = any_partition(subject);
-            let api = api::direct_get_last(&self.stream_name, &any_partition);
+            let api = api::direct_get_last(self.stream_name(), &any_partition);
             let read = self
                 .stream
                 .direct_get_last_for_subject(any_partition.as_str());
@@ -171,7 +171,7 @@ impl Inner {
                 Err(violation) => Err(self.denied(OP, subject, &violation)),
             };
         }
-        let api = api::msg_get(&self.stream_name);
+        let api = api::msg_get(self.stream_name());
         let read = self.stream.get_last_raw_message_by_subject(subject);
         match self.guard.run(&[&api], read).await {
             Ok(Ok(message)) => Ok(Some(message)),
@@ -224,7 +224,7 @@ impl Inner {
                 "batch": batch,
             });
             (
-                api::direct_get(&self.stream_name),
+                api::direct_get(self.stream_name()),
                 serde_json::to_vec(&request),
             )
         };
