@@ -218,4 +218,10 @@ impl<E> CommandError<E> {
     pub fn is_conflict(&self) -> bool {
         matches!(self, Self::Store(e) if e.is_conflict())
     }
+
+    /// Whether sending the same command again later may succeed: the store failed with a
+    /// retryable error ([`StoreError::is_retryable`]).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Store(e) if e.is_retryable())
+    }
 }

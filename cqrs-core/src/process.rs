@@ -155,7 +155,8 @@ where
 
 /// In process: a process manager's command runs through the repository. A refusal counts as
 /// delivered; a store failure (a conflict the repository's retries did not settle included) is
-/// returned, so the runner retries the event.
+/// returned, so the runner retries the event — without using up its attempts while the failure
+/// is retryable ([`CommandError::is_retryable`]).
 impl<A: Aggregate, S: EventStore> CommandDispatcher<Targeted<A>> for Repository<A, S> {
     async fn dispatch(
         &self,
@@ -166,17 +167,26 @@ impl<A: Aggregate, S: EventStore> CommandDispatcher<Targeted<A>> for Repository<
         let outcome = self
             .execute(&target.aggregate_id, target.command, metadata)
             .await;
-        dispatched::<A, _, _>(&target.aggregate_id, outcome, CommandError::is_refusal)
+        dispatched::<A, _, _>(
+            &target.aggregate_id,
+            outcome,
+            CommandError::is_refusal,
+            CommandError::is_retryable,
+        )
     }
 }
 
 /// What a dispatcher of [`Targeted`] commands answers for `outcome`: delivered when the command
 /// was applied or refused (`is_refusal`; sending it again would change nothing, so the refusal
-/// is only logged), an error the runner retries otherwise. The shipped dispatchers use it.
+/// is only logged), an error the runner retries otherwise — a [transient](HandlerError::transient)
+/// one when `is_retryable` says sending the command again later may succeed (the store or the
+/// service unavailable, an unknown outcome), so that an outage parks nothing. The shipped
+/// dispatchers use it.
 pub fn dispatched<A: Aggregate, T, E>(
     aggregate_id: &str,
     outcome: Result<T, E>,
     is_refusal: fn(&E) -> bool,
+    is_retryable: fn(&E) -> bool,
 ) -> Result<(), HandlerError>
 where
     E: std::error::Error + Send + Sync + 'static,
@@ -192,6 +202,7 @@ where
             );
             Ok(())
         }
+        Err(error) if is_retryable(&error) => Err(HandlerError::from_error(error).transient()),
         Err(error) => Err(HandlerError::from_error(error)),
     }
 }

@@ -26,43 +26,107 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// Why a handler could not process an event. The runner retries it with backoff and parks the
-/// event after the configured number of attempts.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
+/// Why a handler could not process an event. The runner retries it with backoff; a
+/// [transient](Self::is_transient) failure (the store or the network unavailable) is retried
+/// for [`RetryPolicy::transient_patience`] without counting toward
+/// [`RetryPolicy::max_attempts`], any other is parked after the configured number of attempts.
+///
+/// A wrapped error ([`from_error`](Self::from_error)) is transparent: its message is the
+/// handler error's, and its source the handler error's source, so a chain prints each cause
+/// once; [`get_ref`](Self::get_ref) reaches the wrapped error itself.
+#[derive(Debug)]
 pub struct HandlerError {
-    message: String,
-    #[source]
-    source: Option<BoxError>,
+    cause: Cause,
+    transient: bool,
+}
+
+#[derive(Debug)]
+enum Cause {
+    Message(String),
+    Wrapped(BoxError),
 }
 
 impl HandlerError {
     /// An error with a message.
     pub fn new(message: impl Into<String>) -> Self {
         Self {
-            message: message.into(),
-            source: None,
+            cause: Cause::Message(message.into()),
+            transient: false,
         }
     }
 
-    /// Wraps another error, keeping it as the source.
+    /// Wraps another error.
     pub fn from_error(error: impl std::error::Error + Send + Sync + 'static) -> Self {
         Self {
-            message: error.to_string(),
-            source: Some(Box::new(error)),
+            cause: Cause::Wrapped(Box::new(error)),
+            transient: false,
+        }
+    }
+
+    /// Marks the failure transient: retrying the same event later may succeed although nothing
+    /// about the event or the handler changed (a dependency was unavailable, a write raced).
+    /// Errors converted from a retryable [`StoreError`] and from a read model's conflict or
+    /// backend failure are transient already.
+    #[must_use]
+    pub fn transient(mut self) -> Self {
+        self.transient = true;
+        self
+    }
+
+    /// Whether the failure is transient (see [`transient`](Self::transient)).
+    pub fn is_transient(&self) -> bool {
+        self.transient
+    }
+
+    /// The wrapped error, if this one was made by [`from_error`](Self::from_error) (or a
+    /// conversion), e.g. to downcast it.
+    pub fn get_ref(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        match &self.cause {
+            Cause::Message(_) => None,
+            Cause::Wrapped(error) => Some(&**error),
+        }
+    }
+}
+
+impl std::fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.cause {
+            Cause::Message(message) => f.write_str(message),
+            Cause::Wrapped(error) => std::fmt::Display::fmt(error, f),
+        }
+    }
+}
+
+impl std::error::Error for HandlerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.cause {
+            Cause::Message(_) => None,
+            Cause::Wrapped(error) => error.source(),
         }
     }
 }
 
 impl From<ReadModelError> for HandlerError {
     fn from(error: ReadModelError) -> Self {
-        Self::from_error(error)
+        // A raced write or a backend that failed may well succeed on the next attempt; a value
+        // that cannot be (de)serialised or a key the backend refuses will not.
+        let transient = matches!(
+            error,
+            ReadModelError::Conflict { .. } | ReadModelError::Backend { .. }
+        );
+        Self {
+            cause: Cause::Wrapped(Box::new(error)),
+            transient,
+        }
     }
 }
 
 impl From<StoreError> for HandlerError {
     fn from(error: StoreError) -> Self {
-        Self::from_error(error)
+        Self {
+            transient: error.is_retryable(),
+            cause: Cause::Wrapped(Box::new(error)),
+        }
     }
 }
 
@@ -169,6 +233,19 @@ pub fn versioned_name(name: &str, version: u32) -> String {
 }
 
 /// How often and how patiently a failing event is retried before it is parked.
+///
+/// Two kinds of failure are told apart ([`HandlerError::is_transient`]): a transient one (the
+/// store unavailable, an outcome unknown, a raced write: a saga's command during a failover, a
+/// read model's bucket during a partition) is retried for [`transient_patience`] after the
+/// event first failed without using up attempts, so that an outage parks nothing; any other
+/// failure, and a transient one that outlasts the patience, counts toward
+/// [`max_attempts`], after which the event is parked. The pause doubles after each failure of
+/// either kind, up to [`max_backoff`]. An event waiting out its retries holds back the events
+/// behind it on its runner's partition: delivery stays in order.
+///
+/// [`transient_patience`]: Self::transient_patience
+/// [`max_attempts`]: Self::max_attempts
+/// [`max_backoff`]: Self::max_backoff
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Attempts in all, including the first (at least 1).
@@ -177,20 +254,26 @@ pub struct RetryPolicy {
     pub initial_backoff: Duration,
     /// Longest pause.
     pub max_backoff: Duration,
+    /// How long after an event first failed its transient failures are retried without
+    /// counting as attempts (zero: they count like any other).
+    pub transient_patience: Duration,
 }
 
 impl Default for RetryPolicy {
+    /// 5 attempts, pauses from 100 ms doubling up to 10 s, transient failures retried for
+    /// 5 minutes (leader elections, rolling restarts and short partitions park nothing).
     fn default() -> Self {
         Self {
             max_attempts: 5,
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
+            transient_patience: Duration::from_secs(300),
         }
     }
 }
 
 impl RetryPolicy {
-    /// The pause after failed attempt number `attempt` (1-based).
+    /// The pause after failed try number `attempt` (1-based).
     pub fn backoff(&self, attempt: u32) -> Duration {
         let factor = 2u32.saturating_pow(attempt.saturating_sub(1));
         self.initial_backoff
@@ -206,23 +289,28 @@ pub struct ParkedEvent {
     pub projection: String,
     /// The event.
     pub event: RecordedEvent,
-    /// The last error.
+    /// The last error, with its causes ([`crate::error::report`]).
     pub error: String,
-    /// How many attempts were made.
+    /// How many times it was tried, transient failures included.
     pub attempts: u32,
     /// When it was parked.
     #[serde(with = "time::serde::rfc3339")]
     pub parked_at: OffsetDateTime,
 }
 
-/// Applies `event` with retries; after `policy.max_attempts` failures returns it as parked.
+/// Applies `event` with retries (see [`RetryPolicy`] for which failures count as attempts);
+/// once they are used up returns it as parked. Dropping the future abandons the event
+/// unapplied, as a crash would: it is delivered again from the checkpoint.
 pub async fn deliver<P: Projection + ?Sized>(
     projection: &P,
     event: &RecordedEvent,
     policy: &RetryPolicy,
 ) -> Result<(), ParkedEvent> {
     let max_attempts = policy.max_attempts.max(1);
+    // Attempts that counted toward `max_attempts`, and every try (for the pauses).
     let mut attempt = 1;
+    let mut tries = 1;
+    let mut failing_since = None;
     loop {
         let span = tracing::debug_span!(
             "cqrs.project",
@@ -232,33 +320,43 @@ pub async fn deliver<P: Projection + ?Sized>(
             version = event.version,
             position = event.position,
             correlation_id = %event.metadata.correlation_id,
-            attempt,
+            attempt = tries,
         );
         let outcome = tracing::Instrument::instrument(projection.apply(event), span).await;
-        match outcome {
-            Ok(()) => return Ok(()),
-            Err(error) if attempt >= max_attempts => {
-                tracing::warn!(
-                    projection = projection.name(),
-                    position = event.position,
-                    %error,
-                    attempts = attempt,
-                    "parking event after repeated failures"
-                );
-                return Err(ParkedEvent {
-                    projection: projection.name().to_owned(),
-                    event: event.clone(),
-                    error: error.to_string(),
-                    attempts: attempt,
-                    parked_at: OffsetDateTime::now_utc(),
-                });
-            }
-            Err(error) => {
-                tracing::debug!(projection = projection.name(), %error, attempt, "retrying");
-                tokio::time::sleep(policy.backoff(attempt)).await;
-                attempt += 1;
-            }
+        let Err(error) = outcome else {
+            return Ok(());
+        };
+        let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+        let patient = error.is_transient() && since.elapsed() < policy.transient_patience;
+        if !patient && attempt >= max_attempts {
+            let error = crate::error::report(&error);
+            tracing::warn!(
+                projection = projection.name(),
+                position = event.position,
+                %error,
+                attempts = tries,
+                "parking event after repeated failures"
+            );
+            return Err(ParkedEvent {
+                projection: projection.name().to_owned(),
+                event: event.clone(),
+                error,
+                attempts: tries,
+                parked_at: OffsetDateTime::now_utc(),
+            });
         }
+        tracing::debug!(
+            projection = projection.name(),
+            error = %crate::error::report(&error),
+            attempt = tries,
+            transient = patient,
+            "retrying"
+        );
+        tokio::time::sleep(policy.backoff(tries)).await;
+        if !patient {
+            attempt += 1;
+        }
+        tries += 1;
     }
 }
 

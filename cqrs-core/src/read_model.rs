@@ -39,7 +39,7 @@ pub enum ReadModelError {
         expected: Option<u64>,
     },
     /// The stored value could not be (de)serialised.
-    #[error("read model `{key}` could not be (de)serialised: {source}")]
+    #[error("read model `{key}` could not be (de)serialised")]
     Codec {
         /// The entry's key.
         key: String,
@@ -56,7 +56,7 @@ pub enum ReadModelError {
         reason: String,
     },
     /// The backend failed.
-    #[error("read model store failed during {operation}: {source}")]
+    #[error("read model store failed during {operation}")]
     Backend {
         /// What was attempted.
         operation: &'static str,

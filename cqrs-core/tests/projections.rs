@@ -31,6 +31,7 @@ fn fast_retry(max_attempts: u32) -> RetryPolicy {
         max_attempts,
         initial_backoff: Duration::from_millis(1),
         max_backoff: Duration::from_millis(5),
+        ..RetryPolicy::default()
     }
 }
 
@@ -788,4 +789,165 @@ async fn a_new_version_goes_live_only_once_caught_up() {
     assert_eq!(versions.live("totals"), 2);
     live.stop().await;
     next.stop().await;
+}
+
+/// Fails its first `failures` deliveries with `error()`, then succeeds; counts every try.
+struct FailsFirst {
+    failures: u32,
+    tries: AtomicU32,
+    error: fn() -> HandlerError,
+}
+
+impl FailsFirst {
+    fn new(failures: u32, error: fn() -> HandlerError) -> Self {
+        Self {
+            failures,
+            tries: AtomicU32::new(0),
+            error,
+        }
+    }
+}
+
+impl Projection for FailsFirst {
+    fn name(&self) -> &str {
+        "fails_first"
+    }
+
+    async fn apply(&self, _event: &RecordedEvent) -> Result<(), HandlerError> {
+        if self.tries.fetch_add(1, Ordering::SeqCst) < self.failures {
+            Err((self.error)())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// The store unavailable, as a saga's dispatch or a read model's store reports it.
+fn store_unavailable() -> HandlerError {
+    cqrs_core::StoreError::Unavailable {
+        operation: "append",
+        reason: "no responders".to_owned(),
+        source: None,
+    }
+    .into()
+}
+
+/// A failure that retrying does not cure, with a cause.
+fn poison_with_cause() -> HandlerError {
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot book the entry")]
+    struct Booking(#[source] std::io::Error);
+    HandlerError::from_error(Booking(std::io::Error::other("ledger closed")))
+}
+
+#[tokio::test]
+async fn a_transient_failure_does_not_use_up_attempts_and_a_permanent_one_does() {
+    let log = EventLog::new().append(&StreamId::new("Wallet", "w1"), [WalletEvent::Opened]);
+    let event = &log.events()[0];
+    let policy = fast_retry(3);
+
+    // The store unavailable for 20 tries (an outage outlasting 3 attempts): delivered, not
+    // parked.
+    let outage = FailsFirst::new(20, store_unavailable);
+    cqrs_core::projection::deliver(&outage, event, &policy)
+        .await
+        .expect("delivered once the store is back");
+    assert_eq!(outage.tries.load(Ordering::SeqCst), 21);
+
+    // The same number of permanent failures: parked after 3 tries, with the whole cause.
+    let poison = FailsFirst::new(20, poison_with_cause);
+    let parked = cqrs_core::projection::deliver(&poison, event, &policy)
+        .await
+        .expect_err("parked");
+    assert_eq!(poison.tries.load(Ordering::SeqCst), 3);
+    assert_eq!(parked.attempts, 3);
+    assert_eq!(parked.error, "cannot book the entry: ledger closed");
+
+    // A transient failure that outlasts the patience counts again: parked.
+    let endless = FailsFirst::new(u32::MAX, store_unavailable);
+    let impatient = RetryPolicy {
+        transient_patience: Duration::from_millis(30),
+        ..policy
+    };
+    let parked = cqrs_core::projection::deliver(&endless, event, &impatient)
+        .await
+        .expect_err("parked once the patience ran out");
+    assert!(parked.attempts > 3, "{parked:?}");
+    assert!(
+        parked.error.contains("no responders"),
+        "the store's words: {}",
+        parked.error
+    );
+}
+
+#[test]
+fn a_handler_error_is_transparent_and_classified_by_its_cause() {
+    use cqrs_core::read_model::ReadModelError;
+    use std::error::Error as _;
+    let backend = HandlerError::from(ReadModelError::Backend {
+        operation: "put",
+        source: Box::new(std::io::Error::other("bucket unavailable")),
+    });
+    // What failed, then why, each once.
+    assert_eq!(backend.to_string(), "read model store failed during put");
+    assert_eq!(
+        backend.source().map(ToString::to_string).as_deref(),
+        Some("bucket unavailable")
+    );
+    assert_eq!(
+        cqrs_core::error::report(&backend),
+        "read model store failed during put: bucket unavailable"
+    );
+    assert!(backend.is_transient());
+    assert!(
+        backend
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<ReadModelError>())
+            .is_some()
+    );
+
+    let codec = serde_json::from_str::<i64>("x").unwrap_err();
+    let undecodable = HandlerError::from(ReadModelError::Codec {
+        key: "w1".into(),
+        source: codec,
+    });
+    assert!(!undecodable.is_transient());
+    assert!(store_unavailable().is_transient());
+    let refused: HandlerError = cqrs_core::StoreError::InvalidInput {
+        stream: StreamId::new("Wallet", "w1"),
+        reason: "too large".into(),
+    }
+    .into();
+    assert!(!refused.is_transient());
+    assert!(!HandlerError::new("no").is_transient());
+    assert!(HandlerError::new("later").transient().is_transient());
+}
+
+#[test]
+fn a_dispatch_that_may_succeed_later_is_a_transient_failure() {
+    use cqrs_core::process::dispatched;
+    use cqrs_core::{Aggregate, CommandError, StoreError};
+    type Outcome = Result<(), CommandError<<Wallet as Aggregate>::Error>>;
+    let dispatch = |outcome: Outcome| {
+        dispatched::<Wallet, _, _>(
+            "w1",
+            outcome,
+            CommandError::is_refusal,
+            CommandError::is_retryable,
+        )
+    };
+    let unavailable = dispatch(Err(CommandError::Store(StoreError::Unavailable {
+        operation: "append",
+        reason: "no leader".into(),
+        source: None,
+    })))
+    .unwrap_err();
+    assert!(unavailable.is_transient(), "{unavailable}");
+    let invalid = dispatch(Err(CommandError::Store(StoreError::InvalidInput {
+        stream: StreamId::new("Wallet", "w1"),
+        reason: "too large".into(),
+    })))
+    .unwrap_err();
+    assert!(!invalid.is_transient(), "{invalid}");
+    assert!(dispatch(Ok(())).is_ok());
 }

@@ -154,13 +154,13 @@ pub enum CommandFailure {
         timeout: Duration,
     },
     /// The command could not be serialised.
-    #[error("command could not be serialised as JSON: {0}")]
+    #[error("command could not be serialised as JSON")]
     Encode(#[source] serde_json::Error),
     /// The reply is not a [`CommandReply`].
-    #[error("unreadable reply from the command service: {0}")]
+    #[error("unreadable reply from the command service")]
     BadReply(#[source] serde_json::Error),
     /// The request could not be sent.
-    #[error("command request on `{subject}` failed: {source}")]
+    #[error("command request on `{subject}` failed")]
     Transport {
         /// The request subject.
         subject: String,
@@ -262,12 +262,26 @@ impl CommandFailure {
             Some(FailureKind::Rejected | FailureKind::InvalidTransition)
         )
     }
+
+    /// Whether sending the same command again later (with the same command id) may succeed:
+    /// a conflict the service's retries did not settle, an unavailable store, no service
+    /// listening yet, no answer in time, or a request that could not be sent.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Failed { kind, .. } => {
+                matches!(kind, FailureKind::Conflict | FailureKind::Unavailable)
+            }
+            Self::NoService { .. } | Self::TimedOut { .. } | Self::Transport { .. } => true,
+            Self::Encode(_) | Self::BadReply(_) => false,
+        }
+    }
 }
 
 /// Over NATS: a process manager's command goes through the command service of its aggregate
-/// type. A refusal counts as delivered; anything else (no service, a timeout, a conflict the
-/// service's retries did not settle, an unavailable store) is returned, so the runner retries
-/// the event with the same command id.
+/// type. A refusal counts as delivered; anything else is returned, so the runner retries the
+/// event with the same command id — as a transient failure when
+/// [`CommandFailure::is_retryable`] (no service, a timeout, a conflict the service's retries
+/// did not settle, an unavailable store).
 impl<A> CommandDispatcher<Targeted<A>> for CommandClient
 where
     A: Aggregate,
@@ -285,7 +299,12 @@ where
                 &target.metadata(metadata),
             )
             .await;
-        dispatched::<A, _, _>(&target.aggregate_id, outcome, CommandFailure::is_refusal)
+        dispatched::<A, _, _>(
+            &target.aggregate_id,
+            outcome,
+            CommandFailure::is_refusal,
+            CommandFailure::is_retryable,
+        )
     }
 }
 
@@ -645,8 +664,38 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::{FailureKind, header, parse_request, request_headers};
+    use super::{CommandFailure, FailureKind, header, parse_request, request_headers};
     use cqrs_core::{CommandMetadata, SeenPosition};
+
+    #[test]
+    fn a_failure_says_what_failed_and_its_source_why_each_once() {
+        let json = serde_json::from_str::<u8>("{").unwrap_err();
+        let why = json.to_string();
+        let failure = CommandFailure::BadReply(json);
+        assert_eq!(
+            failure.to_string(),
+            "unreadable reply from the command service"
+        );
+        let line = cqrs_core::error::report(&failure);
+        assert_eq!(
+            line,
+            format!("unreadable reply from the command service: {why}")
+        );
+        assert!(
+            !failure.is_retryable(),
+            "a reply that cannot be read stays so"
+        );
+        let timed_out = CommandFailure::TimedOut {
+            subject: "sales.commands.Order".to_owned(),
+            timeout: std::time::Duration::from_secs(1),
+        };
+        assert!(timed_out.is_retryable());
+        let refused = CommandFailure::Failed {
+            kind: FailureKind::Rejected,
+            message: "no".to_owned(),
+        };
+        assert!(refused.is_refusal() && !refused.is_retryable());
+    }
 
     #[test]
     fn metadata_survives_the_request_headers() {

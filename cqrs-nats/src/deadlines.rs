@@ -114,9 +114,9 @@ impl<C> JetStreamDeadlines<C> {
         self.js
             .publish_with_headers(subject, headers, body.into())
             .await
-            .map_err(|e| HandlerError::from_error(unavailable(operation, e)))?
+            .map_err(|e| HandlerError::from(unavailable(operation, e)))?
             .await
-            .map_err(|e| HandlerError::from_error(unavailable(operation, e)))?;
+            .map_err(|e| HandlerError::from(unavailable(operation, e)))?;
         Ok(())
     }
 }

@@ -21,7 +21,7 @@ pub enum ServiceError {
     )]
     InvalidName(String),
     /// Subscribing failed.
-    #[error("could not subscribe to `{subject}`: {source}")]
+    #[error("could not subscribe to `{subject}`")]
     Subscribe {
         /// The subject.
         subject: String,

@@ -120,6 +120,7 @@ pub fn patient_config() -> ProjectionConfig {
             max_attempts: 60,
             initial_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_millis(500),
+            ..RetryPolicy::default()
         })
         .heartbeat(Duration::from_millis(500))
 }

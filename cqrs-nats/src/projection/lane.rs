@@ -296,8 +296,9 @@ async fn read<P: Projection>(
             tracing::warn!(projection = %shared.name, partition = owned.partition, "the worker's lease lapsed (paused, or cut off from the server); handling nothing until it is renewed");
             return Ended::Lost;
         }
-        let Some(done) = handle(shared, owned.partition, &mut batch, stop).await else {
-            return Ended::Stopped;
+        let done = match handle(shared, owned.partition, &mut batch, stop).await {
+            Ok(done) => done,
+            Err(ended) => return ended,
         };
         owned.handled = owned.handled.max(done);
         shared.progress.record(owned.partition, done);
@@ -519,14 +520,15 @@ fn record_batch(
 
 /// Handles a batch (emptied): decodes it, parks what is unreadable, hands the projection the
 /// events its filter wants in one [`deliver_batch`], parks what that gives back. The position
-/// up to which every event is handled (0 for a batch with nothing in it), or `None` when stopped
-/// while parking.
+/// up to which every event is handled (0 for a batch with nothing in it), or why the lane
+/// gave the batch up: stopped while delivering ([`must_give_up`]) or parking, or its lease
+/// lapsed while delivering.
 async fn handle<P: Projection>(
     shared: &Shared<P>,
     partition: u32,
     batch: &mut Vec<jetstream::Message>,
     stop: &watch::Receiver<bool>,
-) -> Option<u64> {
+) -> Result<u64, Ended> {
     let mut stored = Vec::with_capacity(batch.len());
     // What the consumer still holds after this batch: the partition's lag once it is handled.
     let pending = batch
@@ -543,7 +545,7 @@ async fn handle<P: Projection>(
     }
     let Some(last) = stored.last().map(|m| m.sequence) else {
         // Nothing readable as a JetStream message: nothing moves.
-        return Some(0);
+        return Ok(0);
     };
     let first = stored.first().map_or(last, |m| m.sequence);
     let span = tracing::debug_span!(
@@ -575,7 +577,13 @@ async fn handle<P: Projection>(
             cqrs_core::trace::link(&batch_span, event.metadata.trace.as_deref());
         }
         let started = std::time::Instant::now();
-        let parked = deliver_batch(&shared.projection, &events, &shared.config.retry).await;
+        // A delivery may wait out a transient failure for minutes (the projection's
+        // `RetryPolicy`): the lane gives it up rather than hold a partition it no longer owns
+        // or a stop (the events are delivered again from the checkpoint).
+        let parked = tokio::select! {
+            parked = deliver_batch(&shared.projection, &events, &shared.config.retry) => parked,
+            ended = must_give_up(shared, stop) => return Err(ended),
+        };
         record_batch(&shared.name, partition, events.len(), started.elapsed(), pending);
         let mut to_park = unreadable;
         for event in &parked {
@@ -594,10 +602,32 @@ async fn handle<P: Projection>(
                 done = done.min(message.sequence.saturating_sub(1));
             }
         }
-        Some(done)
+        Ok(done)
     }
     .instrument(span)
     .await
+}
+
+/// Resolves when a lane must give up the batch it is delivering: once the worker's lease has
+/// lapsed (checked four times a heartbeat; the other workers take the partition only a
+/// heartbeat after that), or a heartbeat after being asked to stop (time to finish an `apply`
+/// in flight, not to wait out retries).
+async fn must_give_up<P>(shared: &Shared<P>, stop: &watch::Receiver<bool>) -> Ended {
+    let heartbeat = shared.config.heartbeat;
+    let tick = (heartbeat / 4).max(Duration::from_millis(10));
+    let mut stopping_since = None;
+    loop {
+        tokio::time::sleep(tick).await;
+        if !shared.lease.valid() {
+            tracing::warn!(projection = %shared.name, "the worker's lease lapsed while delivering; giving the batch up to be delivered again from the checkpoint");
+            return Ended::Lost;
+        }
+        if *stop.borrow() && stopping_since.get_or_insert_with(Instant::now).elapsed() >= heartbeat
+        {
+            tracing::info!(projection = %shared.name, "stopped while delivering; the batch is delivered again from the checkpoint");
+            return Ended::Stopped;
+        }
+    }
 }
 
 /// Publishes the message to the dead-letter stream, retrying until it is stored (true) or the

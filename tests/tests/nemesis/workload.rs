@@ -71,7 +71,12 @@ impl CommandDispatcher<Targeted<Order>> for Shipper {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .push(format!("{id}: {refusal}"));
         }
-        dispatched::<Order, _, _>(&id, outcome, CommandError::is_refusal)
+        dispatched::<Order, _, _>(
+            &id,
+            outcome,
+            CommandError::is_refusal,
+            CommandError::is_retryable,
+        )
     }
 }
 
@@ -411,12 +416,14 @@ async fn spawn_runners(
         JetStreamProjectionRunner::spawn(store, Balances::in_memory(), patient_config())
     })
     .await;
-    // The saga's dispatches fail while the cluster is down: retry them for minutes, not park.
+    // The saga's dispatches fail while the cluster is down: the default attempts, because
+    // those failures are transient and use up none of them (an outage must park nothing);
+    // short pauses so that the saga catches up soon after a fault.
     let saga_config = ProjectionConfig::new()
         .retry(RetryPolicy {
-            max_attempts: 300,
             initial_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(1),
+            ..RetryPolicy::default()
         })
         .heartbeat(Duration::from_millis(500));
     let saga = until_available("starting the saga", Duration::from_secs(60), || {

@@ -201,3 +201,94 @@ async fn malformed_message_is_parked_not_looped_on() {
     .await;
     assert!(bad.is_err());
 }
+
+/// The store the projection writes to is unavailable while `outage` is set; every try counts.
+struct DuringOutage {
+    sums: Sums<InMemoryReadModelStore<u64>>,
+    outage: Arc<std::sync::atomic::AtomicBool>,
+    tries: Arc<AtomicU32>,
+}
+
+impl Projection for DuringOutage {
+    fn name(&self) -> &str {
+        self.sums.name()
+    }
+    fn filter(&self) -> EventFilter {
+        self.sums.filter()
+    }
+    async fn apply(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
+        self.tries.fetch_add(1, Ordering::SeqCst);
+        if self.outage.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable {
+                operation: "put",
+                reason: "no responders".to_owned(),
+                source: None,
+            }
+            .into());
+        }
+        self.sums.apply(event).await
+    }
+}
+
+/// An outage longer than the retry policy's attempts parks nothing: the event waits in its
+/// place (its partition's checkpoint stays before it), a stop does not wait the outage out,
+/// and once the outage is over the event is applied once.
+#[tokio::test]
+async fn an_outage_parks_nothing_and_a_stop_does_not_wait_it_out() {
+    let f = fixture().await.unwrap();
+    let first = add(&f.store, "c1", 2).await;
+    let head = add(&f.store, "c1", 3).await;
+    let sums = Sums::new("balances", InMemoryReadModelStore::new());
+    let outage = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let tries = Arc::new(AtomicU32::new(0));
+    let projection = || DuringOutage {
+        sums: sums.clone(),
+        outage: outage.clone(),
+        tries: tries.clone(),
+    };
+    // Two attempts, pauses of 1-5 ms: without the transient rule the event would be parked
+    // within milliseconds.
+    let handle = JetStreamProjectionRunner::spawn(&f.store, projection(), config(2))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENT;
+    while tries.load(Ordering::SeqCst) < 20 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "tried {} times",
+            tries.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(handle.parked().await.unwrap().is_empty());
+    assert_eq!(handle.checkpoint(), 0, "nothing handled");
+    // Stopping gives the delivery up after a heartbeat (200 ms here) instead of retrying for
+    // the policy's five minutes of patience.
+    let checkpoint = tokio::time::timeout(PATIENT, handle.stop())
+        .await
+        .expect("the stop did not wait the outage out")
+        .unwrap();
+    assert!(
+        checkpoint < first,
+        "checkpoint {checkpoint} passed the event"
+    );
+    let committed = checkpoints(&f.store, "balances").await;
+    assert!(
+        committed.values().all(|c| c.position < first),
+        "{committed:?}"
+    );
+
+    // The outage ends: a new runner applies both events once.
+    outage.store(false, Ordering::SeqCst);
+    let handle = JetStreamProjectionRunner::spawn(&f.store, projection(), config(2))
+        .await
+        .unwrap();
+    handle.wait_for(head, PATIENT).await.unwrap();
+    assert_eq!(
+        snapshot(&sums.model).await,
+        BTreeMap::from([("c1".into(), 5)])
+    );
+    assert!(handle.parked().await.unwrap().is_empty());
+    assert!(handle.dead_letters().await.unwrap().is_empty());
+    handle.stop().await.unwrap();
+}
