@@ -712,6 +712,14 @@ impl<S: EventStore> EventStore for PersonalDataStore<S> {
         self.store.version_past(stream, seen)
     }
 
+    fn current_version(
+        &self,
+        stream: &StreamId,
+        loaded: StreamPosition,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        self.store.current_version(stream, loaded)
+    }
+
     async fn read_all(
         &self,
         filter: &EventFilter,

@@ -425,7 +425,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             .filter(|seen| seen.position > loaded.position.position);
         let now = match floor {
             Some(seen) => self.store.version_past(stream, seen).await?,
-            None => Some(self.store.stream_position(stream).await?.version),
+            None => Some(self.store.current_version(stream, loaded.position).await?),
         };
         let behind = match (now, floor) {
             (None, Some(seen)) => Some(format!(

@@ -309,6 +309,27 @@ pub trait EventStore: Send + Sync + 'static {
         async move { Ok(Some(self.stream_position(stream).await?.version)) }
     }
 
+    /// The version of `stream` now, for a caller that loaded it at `loaded` and is about to
+    /// answer a command with a refusal, or with nothing to write, on that state (the
+    /// repository asks it when the command names no
+    /// [`seen_position`](crate::CommandMetadata::seen_position) past `loaded`, else
+    /// [`version_past`](Self::version_past)): `loaded.version` while the aggregate is still
+    /// there, a later version once it has moved.
+    ///
+    /// The default asks [`stream_position`](Self::stream_position), which is right for a store
+    /// whose one copy is the authority (the in-memory store); a store that wraps another
+    /// forwards it. On JetStream that is the stream leader's word, or — with
+    /// `StoreConfig::linearizable_refusals` — the stream's quorum, since a leader cut off from
+    /// its cluster answers from its old state for seconds.
+    fn current_version(
+        &self,
+        stream: &StreamId,
+        loaded: StreamPosition,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        let _ = loaded;
+        async move { Ok(self.stream_position(stream).await?.version) }
+    }
+
     /// All events matching `filter`, from store position `from_position` (inclusive; 1 or 0
     /// for the beginning) to the head as of the call, in position order.
     fn read_all(
@@ -376,6 +397,7 @@ impl<S: EventStore> EventStore for Arc<S> {
         fn find_commit(stream: &StreamId, key: &IdempotencyKey) -> Option<Committed>;
         fn stream_position(stream: &StreamId) -> StreamPosition;
         fn version_past(stream: &StreamId, seen: &SeenPosition) -> Option<u64>;
+        fn current_version(stream: &StreamId, loaded: StreamPosition) -> u64;
         fn read_all(filter: &EventFilter, from_position: u64) -> EventStream;
         fn load_snapshot(stream: &StreamId) -> Option<Snapshot>;
         fn save_snapshot(stream: &StreamId, snapshot: Snapshot) -> ();

@@ -139,10 +139,14 @@ async fn r3_cluster_fences_racing_writers_and_answers_retries() {
 /// Connects a store for context `test` (R3) to `url`, retrying while the cluster elects its
 /// meta leader.
 async fn store_on(url: String) -> JetStreamEventStore {
+    store_with(url, StoreConfig::new("test").replicas(3)).await
+}
+
+/// A store with `config` on `url`, once the cluster is ready.
+async fn store_with(url: String, config: StoreConfig) -> JetStreamEventStore {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match JetStreamEventStore::connect(url.clone(), StoreConfig::new("test").replicas(3)).await
-        {
+        match JetStreamEventStore::connect(url.clone(), config.clone()).await {
             Ok(store) => return store,
             Err(e) if Instant::now() < deadline => {
                 let _ = e;
@@ -263,6 +267,113 @@ async fn a_saga_connected_to_a_cut_off_leader_is_not_refused_by_its_old_state() 
         shipped.push(
             until_done(delivery, || {
                 on_leader.execute("o-1", ship.command.clone(), metadata.clone())
+            })
+            .await,
+        );
+    }
+    assert_eq!(shipped[0].len(), 1);
+    assert_eq!(shipped[0][0].version, 3);
+    assert_eq!(shipped[0], shipped[1]);
+}
+
+/// The same cut as above, for a root command: nothing tells it what its caller has seen, so
+/// only a quorum can vouch for the state it would be refused by. With
+/// `StoreConfig::linearizable_refusals` a client connected to the cut-off leader gets a
+/// retryable error, never "no transition for `Ship` in `Draft`" for an order the other side
+/// has paid (without it the refusal comes back while the old leader still answers); after the
+/// heal the same command ships the order, once. A refusal that holds is still given — by the
+/// quorum — and an order that really is a draft is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_on_a_cut_off_leader_is_refused_only_by_a_state_its_quorum_confirms() {
+    use cqrs_core::{CommandError, CommandMetadata, Repository};
+    use examples::order_fulfilment::{Channel, Item, Order, OrderCommand};
+
+    let cluster = cqrs_test_server::ProxiedCluster::builder(3)
+        .start()
+        .await
+        .expect("cluster");
+    let linearizable = || {
+        StoreConfig::new("test")
+            .replicas(3)
+            .linearizable_refusals(true)
+    };
+    let provisioned = store_with(cluster.server(0).url(), linearizable()).await;
+    let info = provisioned
+        .jetstream()
+        .get_stream("EVENTS_TEST")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone();
+    let leader = (info.cluster.as_ref())
+        .and_then(|c| c.leader.as_deref())
+        .and_then(|name| cluster.index_of(name))
+        .expect("the stream has a leader");
+    let on_leader =
+        Repository::<Order, _>::new(store_with(cluster.server(leader).url(), linearizable()).await);
+    let orders_elsewhere =
+        Repository::<Order, _>::new(store_on(cluster.server((leader + 1) % 3).url()).await);
+    let ship = OrderCommand::Ship {
+        tracking: "TRACK-1".into(),
+    };
+    let submit_one = || OrderCommand::Submit {
+        items: vec![Item {
+            sku: "BOOK-42".into(),
+            quantity: 1,
+        }],
+        channel: Channel::Web,
+    };
+
+    // Healthy: an order that is a draft is refused, the quorum confirming the draft.
+    let draft = on_leader
+        .execute("o-draft", ship.clone(), CommandMetadata::root())
+        .await;
+    assert!(
+        matches!(&draft, Err(e) if e.is_refusal()),
+        "a draft cannot ship: {draft:?}"
+    );
+    // The store's answer itself: the loaded version while it holds, a later one once moved.
+    let submitted = orders_elsewhere
+        .execute("o-2", submit_one(), CommandMetadata::root())
+        .await
+        .unwrap();
+    let stream = StreamId::of::<Order>("o-2", None);
+    let store = on_leader.store();
+    let at_submit = submitted[0].stream_position();
+    assert_eq!(store.current_version(&stream, at_submit).await.unwrap(), 1);
+    let before = cqrs_core::StreamPosition::default();
+    assert_eq!(store.current_version(&stream, before).await.unwrap(), 1);
+
+    assert!(cluster.isolate(leader) > 0, "no route was cut");
+    let pay = OrderCommand::Pay {
+        payment_id: "pay-1".into(),
+    };
+    for command in [submit_one(), pay] {
+        let metadata = CommandMetadata::root();
+        until_done("writing on the majority side", || {
+            orders_elsewhere.execute("o-1", command.clone(), metadata.clone())
+        })
+        .await;
+    }
+
+    // On the cut-off side, with no seen position: retryable, not a refusal.
+    let ship_metadata = CommandMetadata::root();
+    let on_old_side = on_leader
+        .execute("o-1", ship.clone(), ship_metadata.clone())
+        .await;
+    assert!(
+        matches!(&on_old_side, Err(CommandError::Store(e)) if e.is_retryable()),
+        "the cut-off side answered {on_old_side:?}; only a quorum may refuse"
+    );
+
+    cluster.heal();
+    let mut shipped = Vec::new();
+    for attempt in ["after the heal", "a retry"] {
+        shipped.push(
+            until_done(attempt, || {
+                on_leader.execute("o-1", ship.clone(), ship_metadata.clone())
             })
             .await,
         );

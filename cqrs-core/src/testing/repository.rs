@@ -377,6 +377,14 @@ impl<A: Aggregate> EventStore for RacingStore<A> {
         self.inner.version_past(stream, seen).await
     }
 
+    async fn current_version(
+        &self,
+        stream: &StreamId,
+        loaded: crate::StreamPosition,
+    ) -> Result<u64, StoreError> {
+        self.inner.current_version(stream, loaded).await
+    }
+
     async fn read_all(
         &self,
         filter: &EventFilter,

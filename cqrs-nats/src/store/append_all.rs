@@ -67,17 +67,8 @@ impl JetStreamEventStore {
                     .await?,
             ]);
         }
-        if let Some(guard) = parts.iter().find(|p| p.events.is_empty())
-            && !self.inner.read_guards
-        {
-            return Err(StoreError::InvalidInput {
-                stream: guard.stream.clone(),
-                reason: format!(
-                    "the stream of context `{}` predates read guards (it does not listen on `{}`): open the context once with StoreConfig::create_missing(true) to update it",
-                    self.inner.config.context,
-                    self.inner.subjects.guards_all()
-                ),
-            });
+        if let Some(guard) = parts.iter().find(|p| p.events.is_empty()) {
+            self.guards_listened(&guard.stream)?;
         }
         let mut attempt = 0u32;
         loop {
@@ -121,6 +112,22 @@ impl JetStreamEventStore {
         }
     }
 
+    /// Refuses a carrier for `stream` on a stream that does not store carriers (made before
+    /// read guards and not updated since).
+    pub(super) fn guards_listened(&self, stream: &StreamId) -> Result<(), StoreError> {
+        if self.inner.read_guards {
+            return Ok(());
+        }
+        Err(StoreError::InvalidInput {
+            stream: stream.clone(),
+            reason: format!(
+                "the stream of context `{}` predates read guards (it does not listen on `{}`): open the context once with StoreConfig::create_missing(true) to update it",
+                self.inner.config.context,
+                self.inner.subjects.guards_all()
+            ),
+        })
+    }
+
     /// The batch's messages: every part's events, each part's first carrying its expected
     /// subject sequence, then a carrier per read guard. Events come first so that they are
     /// stored one after the other from the batch's first sequence on.
@@ -155,7 +162,11 @@ impl JetStreamEventStore {
         }
         for (part, head) in parts.iter().zip(heads) {
             if part.events.is_empty() {
-                messages.push((part.publish_to.as_str(), carrier(part, head), Vec::new()));
+                messages.push((
+                    part.publish_to.as_str(),
+                    carrier(&part.subject, head.sequence),
+                    Vec::new(),
+                ));
             }
         }
         Ok(messages)
@@ -293,16 +304,14 @@ impl JetStreamEventStore {
     }
 }
 
-/// The carrier of a read guard: checks that the guarded aggregate is still at `head`.
-fn carrier(part: &Part, head: &Last) -> HeaderBuilder {
+/// The carrier of a read guard: checks that the aggregate stored under `subject` is still at
+/// stream sequence `sequence` (its last event's; 0 for none).
+pub(super) fn carrier(subject: &str, sequence: u64) -> HeaderBuilder {
     let mut headers = HeaderBuilder::default();
-    headers.control(
-        Control::ExpectedLastSubjectSequence,
-        head.sequence.to_string(),
-    );
+    headers.control(Control::ExpectedLastSubjectSequence, sequence.to_string());
     headers.control(
         Control::ExpectedLastSubjectSequenceSubject,
-        part.subject.clone(),
+        subject.to_owned(),
     );
     headers.control(Control::Ttl, "1s".to_owned());
     headers

@@ -13,6 +13,7 @@ pub const MAX_BATCH: usize = 1000;
 
 /// Settings of a [`JetStreamEventStore`](super::JetStreamEventStore).
 #[derive(Debug, Clone)]
+#[allow(clippy::struct_excessive_bools)] // independent switches, each set by its own method
 pub struct StoreConfig {
     pub(super) context: String,
     pub(super) replicas: usize,
@@ -24,6 +25,7 @@ pub struct StoreConfig {
     pub(super) scoped_reads: bool,
     pub(super) create_missing: bool,
     pub(super) compressed: bool,
+    pub(super) linearizable_refusals: bool,
 }
 
 impl StoreConfig {
@@ -41,6 +43,7 @@ impl StoreConfig {
             scoped_reads: false,
             create_missing: true,
             compressed: false,
+            linearizable_refusals: false,
         }
     }
 
@@ -105,6 +108,27 @@ impl StoreConfig {
     /// How long to wait for the server's answer to one request or publish.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
+        self
+    }
+
+    /// Whether a command is refused (or answered with nothing to write) only on a state the
+    /// stream's quorum confirms, rather than its leader's word (off by default).
+    ///
+    /// The repository answers a refusal only on the aggregate's current state: it asks the
+    /// store's authority for the aggregate's version first. On a replicated stream the leader
+    /// is not enough for a client connected to a leader cut off from its cluster: that leader
+    /// answers from its old state until it notices (7–18 s measured), so the command is
+    /// refused by a state the other side has moved past (unless it carries a
+    /// [`seen_position`](cqrs_core::CommandMetadata::seen_position) past it, as a process
+    /// manager's commands do). With this on, the store confirms the loaded state with a
+    /// write — a read guard's carrier expecting the aggregate's last sequence (see
+    /// `store::confirm`) — which only a quorum can commit: on the cut-off side the command
+    /// fails with a retryable `Unavailable` instead. Costs one replicated publish per refusal
+    /// (in place of the leader read), a stream sequence number and a message that expires after
+    /// a second. A single-replica stream has no other copy to be cut off from: its leader is
+    /// the authority already.
+    pub fn linearizable_refusals(mut self, linearizable: bool) -> Self {
+        self.linearizable_refusals = linearizable;
         self
     }
 

@@ -100,6 +100,7 @@ impl Inner {
 mod append;
 mod append_all;
 mod config;
+mod confirm;
 mod failure;
 mod heads;
 mod load;
@@ -355,6 +356,26 @@ impl EventStore for JetStreamEventStore {
             .instrument(tracing::debug_span!(
                 "cqrs.nats.version_past",
                 position = seen.position
+            ))
+            .await
+    }
+
+    async fn current_version(
+        &self,
+        stream: &StreamId,
+        loaded: StreamPosition,
+    ) -> Result<u64, StoreError> {
+        // A single replica has no other copy to be cut off from: its leader is the authority.
+        if !self.inner.config.linearizable_refusals || self.inner.config.replicas <= 1 {
+            return Ok(self.stream_position(stream).await?.version);
+        }
+        let subject = self.stored_subject_or_invalid(stream)?;
+        self.confirm(stream, &subject, loaded)
+            .instrument(tracing::debug_span!(
+                "cqrs.nats.confirm",
+                aggregate_type = %stream.aggregate_type,
+                aggregate_id = %stream.aggregate_id,
+                version = loaded.version,
             ))
             .await
     }
