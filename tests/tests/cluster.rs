@@ -179,6 +179,94 @@ where
     }
 }
 
+/// A three-node cluster with the events stream provisioned by a store with `config`, and the
+/// index of the stream's leader.
+async fn cluster_and_leader(config: StoreConfig) -> (cqrs_test_server::ProxiedCluster, usize) {
+    let cluster = cqrs_test_server::ProxiedCluster::builder(3)
+        .start()
+        .await
+        .expect("cluster");
+    let provisioned = store_with(cluster.server(0).url(), config).await;
+    let info = provisioned
+        .jetstream()
+        .get_stream("EVENTS_TEST")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone();
+    let leader = (info.cluster.as_ref())
+        .and_then(|c| c.leader.as_deref())
+        .and_then(|name| cluster.index_of(name))
+        .expect("the stream has a leader");
+    (cluster, leader)
+}
+
+/// `Submit` of one book through the web channel.
+fn submit_one() -> examples::order_fulfilment::OrderCommand {
+    use examples::order_fulfilment::{Channel, Item, OrderCommand};
+    OrderCommand::Submit {
+        items: vec![Item {
+            sku: "BOOK-42".into(),
+            quantity: 1,
+        }],
+        channel: Channel::Web,
+    }
+}
+
+/// Submits and pays order `id` through `orders`, waiting out elections; the `Paid` events.
+async fn submit_and_pay<S: cqrs_core::EventStore>(
+    orders: &cqrs_core::Repository<examples::order_fulfilment::Order, S>,
+    id: &str,
+) -> Vec<cqrs_core::EventEnvelope<examples::order_fulfilment::OrderEvent>> {
+    use examples::order_fulfilment::OrderCommand;
+    let pay = OrderCommand::Pay {
+        payment_id: "pay-1".into(),
+    };
+    let mut paid = Vec::new();
+    for command in [submit_one(), pay] {
+        let metadata = cqrs_core::CommandMetadata::root();
+        paid = until_done("writing on the majority side", || {
+            orders.execute(id, command.clone(), metadata.clone())
+        })
+        .await;
+    }
+    paid
+}
+
+/// `command` (a `Ship` of order `o-1`, paid on the other side) sent through `on_leader` while
+/// its server is cut off: a retryable error, never a refusal (`why` says who would refuse).
+/// Then healed: it ships the order at version 3, and sending it again gets the same events.
+async fn waits_then_ships_once<S: cqrs_core::EventStore>(
+    cluster: &cqrs_test_server::ProxiedCluster,
+    on_leader: &cqrs_core::Repository<examples::order_fulfilment::Order, S>,
+    command: &examples::order_fulfilment::OrderCommand,
+    metadata: &cqrs_core::CommandMetadata,
+    why: &str,
+) {
+    let on_old_side = on_leader
+        .execute("o-1", command.clone(), metadata.clone())
+        .await;
+    assert!(
+        matches!(&on_old_side, Err(cqrs_core::CommandError::Store(e)) if e.is_retryable()),
+        "the cut-off side answered {on_old_side:?}; {why}"
+    );
+    cluster.heal();
+    let mut shipped = Vec::new();
+    for attempt in ["after the heal", "sent again"] {
+        shipped.push(
+            until_done(attempt, || {
+                on_leader.execute("o-1", command.clone(), metadata.clone())
+            })
+            .await,
+        );
+    }
+    assert_eq!(shipped[0].len(), 1);
+    assert_eq!(shipped[0][0].version, 3);
+    assert_eq!(shipped[0], shipped[1]);
+}
+
 /// A leader cut off from the rest of its cluster keeps answering as leader, from its old state,
 /// until it notices (7–18 s measured): to a client connected to it, an order the other side has
 /// since submitted and paid has no events at all. The Shipping saga's `Ship`, issued for the
@@ -189,54 +277,19 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saga_connected_to_a_cut_off_leader_is_not_refused_by_its_old_state() {
     use cqrs_core::process::{ProcessManager, Targeted, reactions};
-    use cqrs_core::{CommandError, CommandMetadata, Repository};
+    use cqrs_core::{CommandMetadata, Repository};
     use examples::order_flow::Shipping;
-    use examples::order_fulfilment::{Channel, Item, Order, OrderCommand};
+    use examples::order_fulfilment::Order;
 
-    let cluster = cqrs_test_server::ProxiedCluster::builder(3)
-        .start()
-        .await
-        .expect("cluster");
-    let provisioned = store_on(cluster.server(0).url()).await;
-    drop(provisioned);
-    // The stream's leader: the saga's connection goes straight to it.
-    let client = cqrs_nats::async_nats::connect(cluster.server(0).url())
-        .await
-        .unwrap();
-    let mut events = cqrs_nats::async_nats::jetstream::new(client)
-        .get_stream("EVENTS_TEST")
-        .await
-        .unwrap();
-    let info = events.info().await.unwrap();
-    let leader = (info.cluster.as_ref())
-        .and_then(|c| c.leader.as_deref())
-        .and_then(|name| cluster.index_of(name))
-        .expect("the stream has a leader");
+    let (cluster, leader) = cluster_and_leader(StoreConfig::new("test").replicas(3)).await;
+    // The saga's connection goes straight to the stream's leader.
     let on_leader = Repository::<Order, _>::new(store_on(cluster.server(leader).url()).await);
     let elsewhere = store_on(cluster.server((leader + 1) % 3).url()).await;
     let orders_elsewhere = Repository::<Order, _>::new(elsewhere.clone());
 
     assert!(cluster.isolate(leader) > 0, "no route was cut");
     // The other two elect a leader; the order is submitted and paid there.
-    let item = Item {
-        sku: "BOOK-42".into(),
-        quantity: 1,
-    };
-    let submit = OrderCommand::Submit {
-        items: vec![item],
-        channel: Channel::Web,
-    };
-    let pay = OrderCommand::Pay {
-        payment_id: "pay-1".into(),
-    };
-    let mut paid = Vec::new();
-    for command in [submit, pay] {
-        let metadata = CommandMetadata::root();
-        paid = until_done("writing on the majority side", || {
-            orders_elsewhere.execute("o-1", command.clone(), metadata.clone())
-        })
-        .await;
-    }
+    let paid = submit_and_pay(&orders_elsewhere, "o-1").await;
     let paid = elsewhere
         .load(&StreamId::of::<Order>("o-1", None), paid[0].version)
         .await
@@ -251,33 +304,20 @@ async fn a_saga_connected_to_a_cut_off_leader_is_not_refused_by_its_old_state() 
             .try_into()
             .expect("one Ship command");
 
-    // On the cut-off side: never refused, whether the old leader still answers or has stopped.
-    let on_old_side = (on_leader)
-        .execute("o-1", ship.command.clone(), metadata.clone())
-        .await;
-    assert!(
-        matches!(&on_old_side, Err(CommandError::Store(e)) if e.is_retryable()),
-        "the cut-off side answered {on_old_side:?}; it must wait for the paid order"
-    );
-
-    // Healed: the saga's redelivery ships the order, and a second one gets the same events.
-    cluster.heal();
-    let mut shipped = Vec::new();
-    for delivery in ["the redelivery", "a second redelivery"] {
-        shipped.push(
-            until_done(delivery, || {
-                on_leader.execute("o-1", ship.command.clone(), metadata.clone())
-            })
-            .await,
-        );
-    }
-    assert_eq!(shipped[0].len(), 1);
-    assert_eq!(shipped[0][0].version, 3);
-    assert_eq!(shipped[0], shipped[1]);
+    // Never refused on the cut-off side, whether the old leader still answers or has stopped;
+    // after the heal, the saga's redeliveries ship it once.
+    waits_then_ships_once(
+        &cluster,
+        &on_leader,
+        &ship.command,
+        &metadata,
+        "it must wait for the paid order",
+    )
+    .await;
 }
 
-/// The same cut as above, for a root command: nothing tells it what its caller has seen, so
-/// only a quorum can vouch for the state it would be refused by. With
+/// The same cut, for a root command: nothing tells it what its caller has seen, so only a
+/// quorum can vouch for the state it would be refused by. With
 /// `StoreConfig::linearizable_refusals` a client connected to the cut-off leader gets a
 /// retryable error, never "no transition for `Ship` in `Draft`" for an order the other side
 /// has paid (without it the refusal comes back while the old leader still answers); after the
@@ -285,45 +325,21 @@ async fn a_saga_connected_to_a_cut_off_leader_is_not_refused_by_its_old_state() 
 /// quorum — and an order that really is a draft is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_on_a_cut_off_leader_is_refused_only_by_a_state_its_quorum_confirms() {
-    use cqrs_core::{CommandError, CommandMetadata, Repository};
-    use examples::order_fulfilment::{Channel, Item, Order, OrderCommand};
+    use cqrs_core::{CommandMetadata, Repository, StreamPosition};
+    use examples::order_fulfilment::{Order, OrderCommand};
 
-    let cluster = cqrs_test_server::ProxiedCluster::builder(3)
-        .start()
-        .await
-        .expect("cluster");
     let linearizable = || {
         StoreConfig::new("test")
             .replicas(3)
             .linearizable_refusals(true)
     };
-    let provisioned = store_with(cluster.server(0).url(), linearizable()).await;
-    let info = provisioned
-        .jetstream()
-        .get_stream("EVENTS_TEST")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .clone();
-    let leader = (info.cluster.as_ref())
-        .and_then(|c| c.leader.as_deref())
-        .and_then(|name| cluster.index_of(name))
-        .expect("the stream has a leader");
+    let (cluster, leader) = cluster_and_leader(linearizable()).await;
     let on_leader =
         Repository::<Order, _>::new(store_with(cluster.server(leader).url(), linearizable()).await);
     let orders_elsewhere =
         Repository::<Order, _>::new(store_on(cluster.server((leader + 1) % 3).url()).await);
     let ship = OrderCommand::Ship {
         tracking: "TRACK-1".into(),
-    };
-    let submit_one = || OrderCommand::Submit {
-        items: vec![Item {
-            sku: "BOOK-42".into(),
-            quantity: 1,
-        }],
-        channel: Channel::Web,
     };
 
     // Healthy: an order that is a draft is refused, the quorum confirming the draft.
@@ -343,42 +359,18 @@ async fn a_command_on_a_cut_off_leader_is_refused_only_by_a_state_its_quorum_con
     let store = on_leader.store();
     let at_submit = submitted[0].stream_position();
     assert_eq!(store.current_version(&stream, at_submit).await.unwrap(), 1);
-    let before = cqrs_core::StreamPosition::default();
+    let before = StreamPosition::default();
     assert_eq!(store.current_version(&stream, before).await.unwrap(), 1);
 
     assert!(cluster.isolate(leader) > 0, "no route was cut");
-    let pay = OrderCommand::Pay {
-        payment_id: "pay-1".into(),
-    };
-    for command in [submit_one(), pay] {
-        let metadata = CommandMetadata::root();
-        until_done("writing on the majority side", || {
-            orders_elsewhere.execute("o-1", command.clone(), metadata.clone())
-        })
-        .await;
-    }
-
-    // On the cut-off side, with no seen position: retryable, not a refusal.
-    let ship_metadata = CommandMetadata::root();
-    let on_old_side = on_leader
-        .execute("o-1", ship.clone(), ship_metadata.clone())
-        .await;
-    assert!(
-        matches!(&on_old_side, Err(CommandError::Store(e)) if e.is_retryable()),
-        "the cut-off side answered {on_old_side:?}; only a quorum may refuse"
-    );
-
-    cluster.heal();
-    let mut shipped = Vec::new();
-    for attempt in ["after the heal", "a retry"] {
-        shipped.push(
-            until_done(attempt, || {
-                on_leader.execute("o-1", ship.clone(), ship_metadata.clone())
-            })
-            .await,
-        );
-    }
-    assert_eq!(shipped[0].len(), 1);
-    assert_eq!(shipped[0][0].version, 3);
-    assert_eq!(shipped[0], shipped[1]);
+    submit_and_pay(&orders_elsewhere, "o-1").await;
+    // A root command, with no seen position.
+    waits_then_ships_once(
+        &cluster,
+        &on_leader,
+        &ship,
+        &CommandMetadata::root(),
+        "only a quorum may refuse",
+    )
+    .await;
 }

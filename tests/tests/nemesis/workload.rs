@@ -80,10 +80,12 @@ impl CommandDispatcher<Targeted<Order>> for Shipper {
     }
 }
 
+/// The strongest settings: three replicas, refusals confirmed by the quorum.
 fn config() -> StoreConfig {
     StoreConfig::new("nemesis")
         .replicas(3)
         .request_timeout(Duration::from_secs(2))
+        .linearizable_refusals(true)
 }
 
 /// Connects to `urls` (tried in that order), retrying while the cluster elects its meta leader.
