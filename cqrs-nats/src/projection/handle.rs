@@ -192,9 +192,9 @@ impl<P: Projection> JetStreamProjectionHandle<P> {
         Ok(succeeded)
     }
 
-    /// Stops gracefully: finishes the batch in hand on every partition (a batch still retrying
-    /// a failure a heartbeat after the stop is given up, to be delivered again from the
-    /// checkpoint by whoever takes the partition next), commits each
+    /// Stops gracefully: finishes the batch in hand on every partition (one not done five
+    /// heartbeats after the stop — a transient failure being retried — is given up, to be
+    /// delivered again from the checkpoint by whoever takes the partition next), commits each
     /// partition's checkpoint with no owner (so another worker takes it at once) and withdraws
     /// the worker's announcement. Returns the checkpoint (see [`Self::checkpoint`]). An error
     /// means the runner task panicked.

@@ -608,12 +608,17 @@ async fn handle<P: Projection>(
     .await
 }
 
+/// How many heartbeats a stopped lane waits for the batch it is delivering (a stop, or a
+/// hand-over of the partition): time to finish a slow batch, not to wait out the retries of a
+/// transient failure.
+const STOP_GRACE_HEARTBEATS: u32 = 5;
+
 /// Resolves when a lane must give up the batch it is delivering: once the worker's lease has
 /// lapsed (checked four times a heartbeat; the other workers take the partition only a
-/// heartbeat after that), or a heartbeat after being asked to stop (time to finish an `apply`
-/// in flight, not to wait out retries).
+/// heartbeat after that), or [`STOP_GRACE_HEARTBEATS`] after being asked to stop.
 async fn must_give_up<P>(shared: &Shared<P>, stop: &watch::Receiver<bool>) -> Ended {
     let heartbeat = shared.config.heartbeat;
+    let grace = heartbeat.saturating_mul(STOP_GRACE_HEARTBEATS);
     let tick = (heartbeat / 4).max(Duration::from_millis(10));
     let mut stopping_since = None;
     loop {
@@ -622,8 +627,7 @@ async fn must_give_up<P>(shared: &Shared<P>, stop: &watch::Receiver<bool>) -> En
             tracing::warn!(projection = %shared.name, "the worker's lease lapsed while delivering; giving the batch up to be delivered again from the checkpoint");
             return Ended::Lost;
         }
-        if *stop.borrow() && stopping_since.get_or_insert_with(Instant::now).elapsed() >= heartbeat
-        {
+        if *stop.borrow() && stopping_since.get_or_insert_with(Instant::now).elapsed() >= grace {
             tracing::info!(projection = %shared.name, "stopped while delivering; the batch is delivered again from the checkpoint");
             return Ended::Stopped;
         }

@@ -48,8 +48,8 @@
 //!   `<context>.deadletter.<projection>` ([`crate::deadletter`]) and its neighbours go on. A
 //!   transient failure ([`HandlerError::is_transient`](cqrs_core::HandlerError::is_transient))
 //!   uses up no attempts for the policy's `transient_patience`; a lane whose lease lapses
-//!   meanwhile gives the delivery up at once, one that is stopped a heartbeat later (the event
-//!   is delivered again from the checkpoint). A message that is not a readable event is parked at once.
+//!   meanwhile gives the delivery up at once, one that is stopped (or hands its partition
+//!   over) five heartbeats later (the event is delivered again from the checkpoint). A message that is not a readable event is parked at once.
 //! - **Rebuild, reset and time travel.** [`JetStreamProjectionRunner::rebuild`] deletes the
 //!   checkpoints and starts again from the first event (into a fresh read model);
 //!   [`JetStreamProjectionRunner::reset`] (or [`reset_checkpoints`], without a store: the CLI's

@@ -262,7 +262,7 @@ async fn an_outage_parks_nothing_and_a_stop_does_not_wait_it_out() {
     }
     assert!(handle.parked().await.unwrap().is_empty());
     assert_eq!(handle.checkpoint(), 0, "nothing handled");
-    // Stopping gives the delivery up after a heartbeat (200 ms here) instead of retrying for
+    // Stopping gives the delivery up after five heartbeats (1 s here) instead of retrying for
     // the policy's five minutes of patience.
     let checkpoint = tokio::time::timeout(PATIENT, handle.stop())
         .await
