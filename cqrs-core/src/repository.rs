@@ -294,6 +294,10 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         let mut trust_cache = true;
         let mut looked_up = false;
         let mut stale_loads = 0u32;
+        // The highest version a state of this command was decided on. Versions never go back
+        // (streams refuse deletes), so a later load or answer below it came from a copy of the
+        // store that lags — on JetStream even the leader, when it is cut off from its cluster.
+        let mut decided_on = 0u64;
         loop {
             let cached = trust_cache
                 .then(|| self.cached(stream, metadata.expected_version))
@@ -304,6 +308,13 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 None => self.load(stream).await?,
             };
             trust_cache = false;
+            if loaded.version() < decided_on {
+                let behind = format!("a state at version {decided_on} was loaded before");
+                self.behind(stream, &loaded, &behind, &mut stale_loads)
+                    .await?;
+                continue;
+            }
+            decided_on = loaded.version();
             // A pinned version is checked before deciding: a command based on an older state is
             // a conflict, whatever the newer state would say to it — unless it is a retry of a
             // command that succeeded, which gets its original outcome.
@@ -347,17 +358,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             }
             let expected =
                 ExpectedVersion::Exact(metadata.expected_version.unwrap_or(loaded.version()));
-            let mut event_metadata = metadata.event_metadata();
-            // The events carry the context of the span that writes them (feature `otel`).
-            if let Some(traceparent) = crate::trace::traceparent(&tracing::Span::current()) {
-                event_metadata.trace = Some(traceparent);
-            }
-            let new_events = events
-                .iter()
-                .enumerate()
-                .map(|(i, event)| NewEvent::encode(event, key.event_id(i), event_metadata.clone()))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(StoreError::from)?;
+            let new_events = encode(&events, metadata, &key)?;
             let appended = self
                 .store
                 .append(stream, expected, new_events, Some(&key))
@@ -370,15 +371,19 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             match appended {
                 Ok(committed) if committed.duplicate => return decode_committed::<A>(&committed),
                 Ok(committed) => {
-                    crate::metrics::appended(A::TYPE, committed.events.len());
-                    let envelopes: Vec<_> = committed
-                        .events
-                        .into_iter()
-                        .zip(events)
-                        .map(|(recorded, event)| recorded.map(|_| event))
-                        .collect();
-                    self.after_commit(stream, loaded, &envelopes).await;
-                    return Ok(envelopes);
+                    return Ok(self.after_commit(stream, loaded, committed, events).await);
+                }
+                // A conflict that puts the aggregate below the state the command was decided on
+                // is an answer from a copy that lags, not a writer that was first (the nemesis
+                // saw a retry told "expected version 242, but the stream is at version 200" by
+                // a leader cut off from its cluster, while its first attempt was stored).
+                Err(StoreError::Conflict {
+                    actual: Some(actual),
+                    ..
+                }) if actual < loaded.version() => {
+                    let behind = format!("the store answered a conflict at version {actual}");
+                    self.behind(stream, &loaded, &behind, &mut stale_loads)
+                        .await?;
                 }
                 // Stores answer a retried append with its original commit even when its expected
                 // version is stale, so a conflict here is a real one.
@@ -440,6 +445,21 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         let Some(behind) = behind else {
             return Ok(true);
         };
+        self.behind(stream, loaded, &behind, stale_loads).await?;
+        Ok(false)
+    }
+
+    /// Counts a state of `stream` found `behind` the store (loaded from, or answered by, a copy
+    /// that lags) in `stale_loads`, and waits a little before the next load; after
+    /// [`STALE_LOADS`] of them the store is `Unavailable` (retryable) rather than the command
+    /// answered on a state known to be old.
+    async fn behind(
+        &self,
+        stream: &StreamId,
+        loaded: &Loaded<A>,
+        behind: &str,
+        stale_loads: &mut u32,
+    ) -> Result<(), StoreError> {
         *stale_loads += 1;
         tracing::debug!(
             loaded = loaded.version(),
@@ -457,7 +477,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             });
         }
         tokio::time::sleep(std::time::Duration::from_millis(20 << *stale_loads)).await;
-        Ok(false)
+        Ok(())
     }
 
     /// The answer to a command pinned at `pinned` while `stream` is at `actual`: its original
@@ -489,8 +509,28 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             .filter(|cached| expected_version.is_none_or(|v| v == cached.version()))
     }
 
-    /// Updates the cache and takes a snapshot when the commit crossed the snapshot interval.
+    /// The envelopes of `events`, stored as `committed`; updates the cache and takes a snapshot
+    /// when the commit crossed the snapshot interval.
     async fn after_commit(
+        &self,
+        stream: &StreamId,
+        before: Loaded<A>,
+        committed: Committed,
+        events: Vec<A::Event>,
+    ) -> Vec<EventEnvelope<A::Event>> {
+        crate::metrics::appended(A::TYPE, committed.events.len());
+        let envelopes: Vec<_> = committed
+            .events
+            .into_iter()
+            .zip(events)
+            .map(|(recorded, event)| recorded.map(|_| event))
+            .collect();
+        self.remember(stream, before, &envelopes).await;
+        envelopes
+    }
+
+    /// Updates the cache and takes a snapshot when `committed` crossed the snapshot interval.
+    async fn remember(
         &self,
         stream: &StreamId,
         before: Loaded<A>,
@@ -616,6 +656,25 @@ fn outlives_window(
         return true;
     };
     now.abs_diff(std::time::Duration::new(seconds, nanos)) >= window / 2
+}
+
+/// The events a command decided, as the store takes them: ids derived from `key`, the command's
+/// metadata, and the context of the span that writes them (feature `otel`).
+pub(crate) fn encode<E: crate::DomainEvent>(
+    events: &[E],
+    metadata: &CommandMetadata,
+    key: &crate::IdempotencyKey,
+) -> Result<Vec<NewEvent>, StoreError> {
+    let mut event_metadata = metadata.event_metadata();
+    if let Some(traceparent) = crate::trace::traceparent(&tracing::Span::current()) {
+        event_metadata.trace = Some(traceparent);
+    }
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, event)| NewEvent::encode(event, key.event_id(i), event_metadata.clone()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(StoreError::from)
 }
 
 pub(crate) fn decide<A: Aggregate>(

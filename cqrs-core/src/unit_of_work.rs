@@ -2,7 +2,6 @@
 //! credits another, or neither happens.
 
 use crate::aggregate::Aggregate;
-use crate::envelope::NewEvent;
 use crate::error::{CommandError, StoreError};
 use crate::metadata::{CommandMetadata, IdempotencyKey};
 use crate::repository::{Loaded, Repository, decide, may_repeat_an_old_commit};
@@ -136,13 +135,7 @@ impl UnitOfWork {
         {
             return self.original::<A>(&original);
         }
-        let event_metadata = self.metadata.event_metadata();
-        let encoded = events
-            .iter()
-            .enumerate()
-            .map(|(i, event)| NewEvent::encode(event, key.event_id(i), event_metadata.clone()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(StoreError::from)?;
+        let encoded = crate::repository::encode(&events, &self.metadata, &key)?;
         let expected = match loaded.version() {
             0 => ExpectedVersion::NoStream,
             version => ExpectedVersion::Exact(version),

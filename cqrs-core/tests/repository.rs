@@ -308,7 +308,8 @@ async fn domain_rejection_is_typed() {
 /// store's direct gets may be answered by a follower that lags). While `cut_off` is above
 /// zero its authority is one event behind too (a JetStream leader cut off from its cluster
 /// answers from its old state until it steps down): loads and `stream_position` lack the last
-/// event, and each `version_past` answers `None` and counts `cut_off` down.
+/// event, each `version_past` answers `None` and counts `cut_off` down, and an append that
+/// expects the real last version is refused as a conflict at the old one.
 #[derive(Clone)]
 struct RacingStore {
     inner: InMemoryEventStore,
@@ -341,6 +342,22 @@ impl EventStore for RacingStore {
                     None,
                 )
                 .await?;
+        }
+        let real = self.inner.stream_position(stream).await?.version;
+        if self.authority_behind()
+            && real > 0
+            && expected == ExpectedVersion::Exact(real)
+            && self
+                .inner
+                .find_commit(stream, idempotency.unwrap())
+                .await?
+                .is_none()
+        {
+            return Err(StoreError::Conflict {
+                stream: stream.clone(),
+                expected,
+                actual: Some(real - 1),
+            });
         }
         self.inner
             .append(stream, expected, events, idempotency)
@@ -613,6 +630,47 @@ async fn refusal_by_a_store_behind_what_the_caller_has_seen_waits_for_the_store(
         matches!(err, CommandError::Rejected(WalletError::InsufficientFunds)),
         "{err}"
     );
+}
+
+/// A conflict that puts the aggregate below the state the command was decided on comes from a
+/// copy of the store that lags (versions never go back), not from a writer that was first: the
+/// nemesis saw a retry told "expected version 242, but the stream is at version 200" by a
+/// leader cut off from its cluster while its first attempt was stored. The repository loads
+/// again and, while the store stays behind, fails with a retryable `Unavailable`, never a
+/// `Conflict`; once the store has caught up the command is applied once.
+#[tokio::test]
+async fn a_conflict_answered_from_behind_the_decided_state_waits_for_the_store() {
+    let repo = racing_repo(0, true).await;
+    repo.store().raced.store(true, Ordering::SeqCst);
+    let cut_off = Arc::clone(&repo.store().cut_off);
+    // Decided on the cached state at version 2 (opened, credited) from now on.
+    let before = repo
+        .execute("w1", Cmd::Credit(100), CommandMetadata::root())
+        .await
+        .unwrap();
+    assert_eq!(before[0].version, 2);
+    cut_off.store(u32::MAX, Ordering::SeqCst);
+    let metadata = CommandMetadata::root();
+    let err = repo
+        .execute("w1", Cmd::Credit(10), metadata.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, CommandError::Store(e @ StoreError::Unavailable { .. }) if e.is_retryable()),
+        "{err}"
+    );
+    cut_off.store(0, Ordering::SeqCst);
+    let credited = repo.execute("w1", Cmd::Credit(10), metadata).await.unwrap();
+    assert_eq!(credited[0].version, 3);
+    let events: Vec<RecordedEvent> = repo
+        .store()
+        .load(&StreamId::new("Wallet", "w1"), 1)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 3, "applied once");
 }
 
 #[tokio::test]
