@@ -387,6 +387,9 @@ macro_rules! forward_to_inner {
     )*};
 }
 
+#[cfg(test)]
+pub(crate) use forward_to_inner;
+
 /// A shared store is the store: every call goes to it.
 impl<S: EventStore> EventStore for Arc<S> {
     forward_to_inner! {

@@ -222,7 +222,9 @@ impl UnitOfWork {
 
     /// Appends every staged event atomically, if every guard still holds; one [`Committed`]
     /// per aggregate with events, in the order their commands ran (none when no command
-    /// decided anything).
+    /// decided anything). An aggregate that moved is a [`StoreError::Conflict`] naming it; an
+    /// answer that puts one below the version the unit was decided on came from a copy of the
+    /// store that lags and is [`StoreError::Unavailable`] (both: run the unit again).
     pub async fn commit<S: EventStore>(self, store: &S) -> Result<Vec<Committed>, StoreError> {
         if self.retried {
             return self.originals(store).await;
@@ -242,7 +244,8 @@ impl UnitOfWork {
         let committed = store
             .append_all(self.parts, Some(&self.key))
             .instrument(span)
-            .await?;
+            .await
+            .map_err(from_behind)?;
         Ok(committed
             .into_iter()
             .zip(guards)
@@ -275,6 +278,27 @@ impl UnitOfWork {
     }
 }
 
+/// A conflict that puts an aggregate below the version the unit was decided on came from a copy
+/// of the store that lags (versions never go back; on JetStream even the leader answers from
+/// its old state when it is cut off from its cluster), not from a writer that was first: it is
+/// `Unavailable` (retryable; run the unit again), as the repository answers it.
+fn from_behind(error: StoreError) -> StoreError {
+    match error {
+        StoreError::Conflict {
+            stream,
+            expected: ExpectedVersion::Exact(decided_on),
+            actual: Some(actual),
+        } if actual < decided_on => StoreError::Unavailable {
+            operation: "commit a unit of work",
+            reason: format!(
+                "{stream} was answered at version {actual}, below version {decided_on} the unit was decided on: a copy of the store that lags answered; run the unit again"
+            ),
+            source: None,
+        },
+        other => other,
+    }
+}
+
 /// The key an aggregate's part of a unit is found again by: its event ids derive from it, so
 /// that every part's ids differ and each part can be looked up on its own aggregate.
 fn part_key(key: &IdempotencyKey, stream: &StreamId) -> IdempotencyKey {
@@ -287,5 +311,86 @@ fn decode_error(event: &crate::RecordedEvent, source: crate::event::DecodeError)
         version: event.version,
         position: event.position,
         source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::doc::{Counter, CounterCommand};
+    use crate::memory::InMemoryEventStore;
+    use crate::store::{EventStream, Snapshot, forward_to_inner};
+    use crate::stream::{EventFilter, StreamPosition};
+    use crate::{NewEvent, SeenPosition};
+
+    /// The in-memory store, except that a multi-aggregate commit is answered by a copy one
+    /// event behind its first aggregate (a JetStream leader cut off from its cluster).
+    #[derive(Clone)]
+    struct Behind(InMemoryEventStore);
+
+    impl std::ops::Deref for Behind {
+        type Target = InMemoryEventStore;
+        fn deref(&self) -> &InMemoryEventStore {
+            &self.0
+        }
+    }
+
+    impl EventStore for Behind {
+        forward_to_inner! {
+            fn append(stream: &StreamId, expected: ExpectedVersion, events: Vec<NewEvent>, idempotency: Option<&IdempotencyKey>) -> Committed;
+            fn load(stream: &StreamId, from_version: u64) -> EventStream;
+            fn load_after(stream: &StreamId, after: StreamPosition) -> EventStream;
+            fn find_commit(stream: &StreamId, key: &IdempotencyKey) -> Option<Committed>;
+            fn stream_position(stream: &StreamId) -> StreamPosition;
+            fn version_past(stream: &StreamId, seen: &SeenPosition) -> Option<u64>;
+            fn read_all(filter: &EventFilter, from_position: u64) -> EventStream;
+            fn load_snapshot(stream: &StreamId) -> Option<Snapshot>;
+            fn save_snapshot(stream: &StreamId, snapshot: Snapshot) -> ();
+        }
+
+        async fn append_all(
+            &self,
+            parts: Vec<AppendTo>,
+            _idempotency: Option<&IdempotencyKey>,
+        ) -> Result<Vec<Committed>, StoreError> {
+            let part = &parts[0];
+            let ExpectedVersion::Exact(version) = part.expected else {
+                panic!("the unit loaded {} at a version", part.stream);
+            };
+            Err(StoreError::Conflict {
+                stream: part.stream.clone(),
+                expected: part.expected,
+                actual: Some(version - 1),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_conflict_below_the_version_the_unit_was_decided_on_is_retryable() {
+        let store = Behind(InMemoryEventStore::new());
+        let counters = Repository::<Counter, _>::new(store.clone());
+        counters
+            .execute("a", CounterCommand::Add(1), CommandMetadata::root())
+            .await
+            .unwrap();
+        let mut unit = UnitOfWork::new(CommandMetadata::root());
+        unit.execute(&counters, "a", CounterCommand::Add(1))
+            .await
+            .unwrap();
+        unit.execute(&counters, "b", CounterCommand::Add(2))
+            .await
+            .unwrap();
+        let err = unit.commit(&store).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::Unavailable { .. }) && err.is_retryable(),
+            "{err}"
+        );
+        // A conflict above it is a writer that was first: still a conflict.
+        let raced = from_behind(StoreError::Conflict {
+            stream: StreamId::new("Counter", "a"),
+            expected: ExpectedVersion::Exact(1),
+            actual: Some(2),
+        });
+        assert!(raced.is_conflict(), "{raced}");
     }
 }
