@@ -574,15 +574,36 @@ async fn refusal_on_a_load_from_a_lagging_replica_is_checked_against_the_current
     assert_eq!(repo.load(&wallet("w1")).await.unwrap().state.balance, 70);
 }
 
-#[tokio::test]
-async fn refusal_by_a_store_behind_what_the_caller_has_seen_waits_for_the_store() {
-    let repo = racing_repo(0, false).await;
+/// A racing repository (`cache`: with its cache) whose wallet `w1` is opened and credited 100
+/// without a race, the handle that cuts its store's authority off, and the credit.
+async fn credited_wallet(
+    cache: bool,
+) -> (
+    Repository<Wallet, RacingStore>,
+    Arc<AtomicU32>,
+    Vec<cqrs_core::EventEnvelope<WalletEvent>>,
+) {
+    let repo = racing_repo(0, cache).await;
     repo.store().raced.store(true, Ordering::SeqCst);
     let cut_off = Arc::clone(&repo.store().cut_off);
     let credited = repo
         .execute("w1", Cmd::Credit(100), CommandMetadata::root())
         .await
         .unwrap();
+    (repo, cut_off, credited)
+}
+
+/// `err` is the store being unavailable, which the caller may retry.
+fn assert_retryably_unavailable(err: &CommandError<WalletError>) {
+    assert!(
+        matches!(err, CommandError::Store(e @ StoreError::Unavailable { .. }) if e.is_retryable()),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn refusal_by_a_store_behind_what_the_caller_has_seen_waits_for_the_store() {
+    let (repo, cut_off, credited) = credited_wallet(false).await;
     // A process manager reacting to an event: it has seen the store up to it.
     let reacting_to = |position| {
         CommandMetadata::root().with_seen_position(SeenPosition {
@@ -616,10 +637,7 @@ async fn refusal_by_a_store_behind_what_the_caller_has_seen_waits_for_the_store(
         .execute("w1", Cmd::Debit(120), reacting_to(debited[0].position))
         .await
         .unwrap_err();
-    assert!(
-        matches!(&err, CommandError::Store(e @ StoreError::Unavailable { .. }) if e.is_retryable()),
-        "{err}"
-    );
+    assert_retryably_unavailable(&err);
     cut_off.store(0, Ordering::SeqCst);
     // A genuine refusal, on a state that holds the floor, is answered without asking.
     let err = repo
@@ -640,14 +658,8 @@ async fn refusal_by_a_store_behind_what_the_caller_has_seen_waits_for_the_store(
 /// `Conflict`; once the store has caught up the command is applied once.
 #[tokio::test]
 async fn a_conflict_answered_from_behind_the_decided_state_waits_for_the_store() {
-    let repo = racing_repo(0, true).await;
-    repo.store().raced.store(true, Ordering::SeqCst);
-    let cut_off = Arc::clone(&repo.store().cut_off);
     // Decided on the cached state at version 2 (opened, credited) from now on.
-    let before = repo
-        .execute("w1", Cmd::Credit(100), CommandMetadata::root())
-        .await
-        .unwrap();
+    let (repo, cut_off, before) = credited_wallet(true).await;
     assert_eq!(before[0].version, 2);
     cut_off.store(u32::MAX, Ordering::SeqCst);
     let metadata = CommandMetadata::root();
@@ -655,10 +667,7 @@ async fn a_conflict_answered_from_behind_the_decided_state_waits_for_the_store()
         .execute("w1", Cmd::Credit(10), metadata.clone())
         .await
         .unwrap_err();
-    assert!(
-        matches!(&err, CommandError::Store(e @ StoreError::Unavailable { .. }) if e.is_retryable()),
-        "{err}"
-    );
+    assert_retryably_unavailable(&err);
     cut_off.store(0, Ordering::SeqCst);
     let credited = repo.execute("w1", Cmd::Credit(10), metadata).await.unwrap();
     assert_eq!(credited[0].version, 3);
