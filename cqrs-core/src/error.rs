@@ -174,6 +174,22 @@ impl StoreError {
         matches!(self, Self::Conflict { .. })
     }
 
+    /// Whether this is a conflict that puts the stream below the version the caller expected
+    /// it at. Versions never go back (streams refuse deletes), so for an expectation the caller
+    /// read from the store such an answer came from a copy of the store that lags — on
+    /// JetStream even the leader, when it is cut off from its cluster — not from a writer that
+    /// was first.
+    pub fn is_behind_expectation(&self) -> bool {
+        matches!(
+            self,
+            Self::Conflict {
+                expected: ExpectedVersion::Exact(expected),
+                actual: Some(actual),
+                ..
+            } if actual < expected
+        )
+    }
+
     /// Whether retrying the same request later may succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(

@@ -377,11 +377,8 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 // is an answer from a copy that lags, not a writer that was first (the nemesis
                 // saw a retry told "expected version 242, but the stream is at version 200" by
                 // a leader cut off from its cluster, while its first attempt was stored).
-                Err(StoreError::Conflict {
-                    actual: Some(actual),
-                    ..
-                }) if actual < loaded.version() => {
-                    let behind = format!("the store answered a conflict at version {actual}");
+                Err(error) if error.is_behind_expectation() => {
+                    let behind = format!("the store answered: {error}");
                     self.behind(stream, &loaded, &behind, &mut stale_loads)
                         .await?;
                 }

@@ -283,19 +283,15 @@ impl UnitOfWork {
 /// its old state when it is cut off from its cluster), not from a writer that was first: it is
 /// `Unavailable` (retryable; run the unit again), as the repository answers it.
 fn from_behind(error: StoreError) -> StoreError {
-    match error {
-        StoreError::Conflict {
-            stream,
-            expected: ExpectedVersion::Exact(decided_on),
-            actual: Some(actual),
-        } if actual < decided_on => StoreError::Unavailable {
-            operation: "commit a unit of work",
-            reason: format!(
-                "{stream} was answered at version {actual}, below version {decided_on} the unit was decided on: a copy of the store that lags answered; run the unit again"
-            ),
-            source: None,
-        },
-        other => other,
+    if !error.is_behind_expectation() {
+        return error;
+    }
+    StoreError::Unavailable {
+        operation: "commit a unit of work",
+        reason: format!(
+            "a copy of the store that lags answered ({error}), below the version the unit was decided on; run the unit again"
+        ),
+        source: None,
     }
 }
 
