@@ -93,6 +93,20 @@ impl JetStreamEventStore {
         self.send_batch(messages).await
     }
 
+    /// Runs `publish` to `subjects` under the connection's permission watch: a refused publish is
+    /// [`Failure::PermissionDenied`] at once, as any other failure of the publish is.
+    pub(super) async fn guarded_publish<T>(
+        &self,
+        subjects: &[&str],
+        publish: impl Future<Output = Result<T, Failure>>,
+    ) -> Result<T, Failure> {
+        self.inner
+            .guard
+            .run(subjects, publish)
+            .await
+            .unwrap_or_else(|v| Err(Failure::PermissionDenied(v.to_string())))
+    }
+
     /// Sends `messages` (subject, headers with any expectation, payload): one message alone, or
     /// several as one atomic batch, whose messages may go to different subjects of the stream.
     /// Returns the sequence of the first stored message and whether the server reported a
@@ -295,8 +309,7 @@ impl JetStreamEventStore {
             let recorded_at = OffsetDateTime::now_utc();
             let outgoing = self.prepare(stream, &events, last.version, recorded_at)?;
             let publish = self.publish(&publish_to, outgoing, last.sequence);
-            let published = self.inner.guard.run(&[&publish_to], publish).await;
-            match published.unwrap_or_else(|v| Err(Failure::PermissionDenied(v.to_string()))) {
+            match self.guarded_publish(&[&publish_to], publish).await {
                 Ok((sequence, true)) => {
                     return self
                         .resolve_duplicate(stream, &subject, sequence, &ids)

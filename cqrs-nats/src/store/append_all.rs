@@ -89,19 +89,16 @@ impl JetStreamEventStore {
             let messages = self.batch(&parts, &heads, recorded_at)?;
             let subjects: Vec<&str> = parts.iter().map(|p| p.publish_to.as_str()).collect();
             let published = self
-                .inner
-                .guard
-                .run(&subjects, self.send_batch(messages))
+                .guarded_publish(&subjects, self.send_batch(messages))
                 .await;
-            let failure =
-                match published.unwrap_or_else(|v| Err(Failure::PermissionDenied(v.to_string()))) {
-                    Ok((first_seq, false)) => {
-                        return Ok(self.recorded_parts(parts, &heads, first_seq, recorded_at));
-                    }
-                    // A batch whose message ids the stream has: a retry of a commit that landed.
-                    Ok((_, true)) => Failure::DuplicateBatch,
-                    Err(failure) => failure,
-                };
+            let failure = match published {
+                Ok((first_seq, false)) => {
+                    return Ok(self.recorded_parts(parts, &heads, first_seq, recorded_at));
+                }
+                // A batch whose message ids the stream has: a retry of a commit that landed.
+                Ok((_, true)) => Failure::DuplicateBatch,
+                Err(failure) => failure,
+            };
             match failure {
                 Failure::Busy(_) if attempt < self.inner.config.any_version_retries => {
                     attempt += 1;

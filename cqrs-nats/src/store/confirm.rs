@@ -44,11 +44,9 @@ impl JetStreamEventStore {
             Vec::new(),
         );
         let sent = self
-            .inner
-            .guard
-            .run(&[publish_to.as_str()], self.send_batch(vec![message]))
+            .guarded_publish(&[publish_to.as_str()], self.send_batch(vec![message]))
             .await;
-        match sent.unwrap_or_else(|v| Err(Failure::PermissionDenied(v.to_string()))) {
+        match sent {
             Ok(_) => Ok(loaded.version),
             Err(Failure::Conflict) => {
                 // Moved since it was loaded: at least one event later, whatever a copy that
