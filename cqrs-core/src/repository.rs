@@ -4,7 +4,7 @@
 use crate::aggregate::{Aggregate, InvalidTransition};
 use crate::envelope::{EventEnvelope, NewEvent, RecordedEvent};
 use crate::error::{CommandError, StoreError};
-use crate::metadata::CommandMetadata;
+use crate::metadata::{CommandMetadata, IdempotencyKey};
 use crate::store::{Committed, EventStore, EventStream, Snapshot};
 use crate::stream::{ExpectedVersion, StreamId, StreamPosition};
 use futures::TryStreamExt;
@@ -15,6 +15,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use time::OffsetDateTime;
 use tracing::Instrument;
+use uuid::Uuid;
 
 /// An aggregate state and where its stream stood when it was loaded.
 #[derive(Debug, Clone, PartialEq)]
@@ -100,8 +101,42 @@ impl<A> Clone for SnapshotPolicy<A> {
 /// store is reported `Unavailable`.
 const STALE_LOADS: u32 = 5;
 
-/// The cached aggregates and their insertion order.
-type CacheEntries<A> = (HashMap<StreamId, Loaded<A>>, VecDeque<StreamId>);
+/// How many event ids of one aggregate a repository keeps, to tell a repeated command from a
+/// new one without reading the stream (an aggregate with more events is looked up as before).
+const SEEN_IDS: usize = 128;
+
+/// The ids of every event of an aggregate, when the repository has folded them all from
+/// version 1 on and they are at most [`SEEN_IDS`]; `None` when it has not (a load from a
+/// snapshot, or more events). Events never go away, so a key whose first event id is not among
+/// every event of the aggregate has not been committed to it — the command needs no lookup.
+#[derive(Debug, Clone, Default)]
+struct Seen(Option<Arc<[Uuid]>>);
+
+impl Seen {
+    /// An aggregate loaded from version 1 on, before its first event: every id is known.
+    fn from_start() -> Self {
+        Self(Some(Arc::from([])))
+    }
+
+    /// The ids after the events `next` (`None`: more than [`SEEN_IDS`] of them) are folded.
+    fn and(self, next: Option<&[Uuid]>) -> Self {
+        match (self.0, next) {
+            (Some(seen), Some(next)) if seen.len() + next.len() <= SEEN_IDS => {
+                Self(Some(seen.iter().chain(next).copied().collect()))
+            }
+            _ => Self(None),
+        }
+    }
+
+    /// Whether the commit of `key` is among the aggregate's events; `None` when not known.
+    fn holds(&self, key: &IdempotencyKey) -> Option<bool> {
+        let first = key.event_id(0);
+        self.0.as_ref().map(|ids| ids.contains(&first))
+    }
+}
+
+/// The cached aggregates, with the event ids seen of each, and their insertion order.
+type CacheEntries<A> = (HashMap<StreamId, (Loaded<A>, Seen)>, VecDeque<StreamId>);
 
 /// A bounded map of recently used aggregates; the oldest insertion is evicted first.
 struct AggregateCache<A> {
@@ -110,15 +145,15 @@ struct AggregateCache<A> {
 }
 
 impl<A: Clone> AggregateCache<A> {
-    fn get(&self, stream: &StreamId) -> Option<Loaded<A>> {
+    fn get(&self, stream: &StreamId) -> Option<(Loaded<A>, Seen)> {
         let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         entries.0.get(stream).cloned()
     }
 
-    fn put(&self, stream: &StreamId, loaded: Loaded<A>) {
+    fn put(&self, stream: &StreamId, loaded: Loaded<A>, seen: Seen) {
         let mut guard = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         let (map, order) = &mut *guard;
-        if map.insert(stream.clone(), loaded).is_none() {
+        if map.insert(stream.clone(), (loaded, seen)).is_none() {
             order.push_back(stream.clone());
             while map.len() > self.capacity {
                 match order.pop_front() {
@@ -190,6 +225,11 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
 
     /// The current state of `stream`: from the cache or the latest snapshot, plus newer events.
     pub async fn load(&self, stream: &StreamId) -> Result<Loaded<A>, StoreError> {
+        Ok(self.load_seen(stream).await?.0)
+    }
+
+    /// [`Self::load`], with the ids of the aggregate's events when they are all known.
+    async fn load_seen(&self, stream: &StreamId) -> Result<(Loaded<A>, Seen), StoreError> {
         let span = tracing::debug_span!(
             "cqrs.load",
             aggregate_type = %stream.aggregate_type,
@@ -197,24 +237,25 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             version = tracing::field::Empty,
         );
         async {
-            let start = match self.cache.as_ref().and_then(|c| c.get(stream)) {
+            let (start, seen) = match self.cache.as_ref().and_then(|c| c.get(stream)) {
                 Some(cached) => cached,
-                None => self.load_snapshot(stream).await?.unwrap_or_else(|| Loaded {
-                    state: A::default(),
-                    position: StreamPosition::default(),
-                }),
+                None => match self.load_snapshot(stream).await? {
+                    Some(snapshot) => (snapshot, Seen::default()),
+                    None => (Loaded::default(), Seen::from_start()),
+                },
             };
             let tail = if start.position.version == 0 {
                 self.store.load(stream, 1).await?
             } else {
                 self.store.load_after(stream, start.position).await?
             };
-            let loaded = fold(start, tail, |_| true).await?;
+            let (loaded, ids) = fold(start, tail, |_| true).await?;
+            let seen = seen.and(ids.as_deref());
             tracing::Span::current().record("version", loaded.version());
             if let Some(cache) = &self.cache {
-                cache.put(stream, loaded.clone());
+                cache.put(stream, loaded.clone(), seen.clone());
             }
-            Ok(loaded)
+            Ok((loaded, seen))
         }
         .instrument(span)
         .await
@@ -292,20 +333,21 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         // as a conflict or a refusal, and then the state is brought up to date and the command
         // decided again, which costs no retry because the caller's expectation was not at fault.
         let mut trust_cache = true;
-        let mut looked_up = false;
         let mut stale_loads = 0u32;
         // The highest version a state of this command was decided on. Versions never go back
         // (streams refuse deletes), so a later load or answer below it came from a copy of the
         // store that lags — on JetStream even the leader, when it is cut off from its cluster.
         let mut decided_on = 0u64;
+        // Whether a commit the repository does not know of must be looked up (once).
+        let mut look_up = may_repeat_an_old_commit(&self.store, metadata);
         loop {
             let cached = trust_cache
                 .then(|| self.cached(stream, metadata.expected_version))
                 .flatten();
             let from_cache = cached.is_some();
-            let loaded = match cached {
+            let (loaded, seen) = match cached {
                 Some(cached) => cached,
-                None => self.load(stream).await?,
+                None => self.load_seen(stream).await?,
             };
             trust_cache = false;
             if loaded.version() < decided_on {
@@ -337,9 +379,10 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             let events = match decided {
                 Ok(events) => events,
                 // A retry of a command that already succeeded may be refused by the state it
-                // produced: answer with the original outcome instead.
+                // produced: answer with the original outcome instead (looked up unless every
+                // event of this current state is known not to be the command's).
                 Err(refusal) => {
-                    return match self.store.find_commit(stream, &key).await? {
+                    return match self.repeat_of(stream, &key, &seen, true).await? {
                         Some(original) => decode_committed::<A>(&original),
                         None => Err(refusal),
                     };
@@ -350,11 +393,12 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             }
             // A repeat the store would not recognise by itself (older than its deduplication
             // window, or of unknown age): its first attempt may be in the history already.
-            if !looked_up && may_repeat_an_old_commit(&self.store, metadata) {
-                looked_up = true;
-                if let Some(original) = self.store.find_commit(stream, &key).await? {
-                    return decode_committed::<A>(&original);
-                }
+            let unknown_is_looked_up = std::mem::take(&mut look_up);
+            if let Some(original) = self
+                .repeat_of(stream, &key, &seen, unknown_is_looked_up)
+                .await?
+            {
+                return decode_committed::<A>(&original);
             }
             let expected =
                 ExpectedVersion::Exact(metadata.expected_version.unwrap_or(loaded.version()));
@@ -371,7 +415,9 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             match appended {
                 Ok(committed) if committed.duplicate => return decode_committed::<A>(&committed),
                 Ok(committed) => {
-                    return Ok(self.after_commit(stream, loaded, committed, events).await);
+                    return Ok(self
+                        .after_commit(stream, (loaded, seen), committed, events)
+                        .await);
                 }
                 // A conflict that puts the aggregate below the state the command was decided on
                 // is an answer from a copy that lags, not a writer that was first (the nemesis
@@ -400,6 +446,24 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 }
                 Err(error) => return Err(error.into()),
             }
+        }
+    }
+
+    /// The original commit of `key` on `stream` if the command is a repeat: found among the
+    /// events of the state decided on when the repository knows them all (a first attempt
+    /// stored after that state fails the append's expected version, and the reload then knows
+    /// it), else looked up in the store when `unknown_is_looked_up`.
+    async fn repeat_of(
+        &self,
+        stream: &StreamId,
+        key: &IdempotencyKey,
+        seen: &Seen,
+        unknown_is_looked_up: bool,
+    ) -> Result<Option<Committed>, StoreError> {
+        if seen.holds(key).unwrap_or(unknown_is_looked_up) {
+            self.store.find_commit(stream, key).await
+        } else {
+            Ok(None)
         }
     }
 
@@ -499,11 +563,15 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     }
 
     /// The cached state of `stream`, if it can serve a command expecting `expected_version`.
-    fn cached(&self, stream: &StreamId, expected_version: Option<u64>) -> Option<Loaded<A>> {
+    fn cached(
+        &self,
+        stream: &StreamId,
+        expected_version: Option<u64>,
+    ) -> Option<(Loaded<A>, Seen)> {
         self.cache
             .as_ref()
             .and_then(|cache| cache.get(stream))
-            .filter(|cached| expected_version.is_none_or(|v| v == cached.version()))
+            .filter(|(cached, _)| expected_version.is_none_or(|v| v == cached.version()))
     }
 
     /// The envelopes of `events`, stored as `committed`; updates the cache and takes a snapshot
@@ -511,7 +579,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     async fn after_commit(
         &self,
         stream: &StreamId,
-        before: Loaded<A>,
+        before: (Loaded<A>, Seen),
         committed: Committed,
         events: Vec<A::Event>,
     ) -> Vec<EventEnvelope<A::Event>> {
@@ -530,12 +598,13 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     async fn remember(
         &self,
         stream: &StreamId,
-        before: Loaded<A>,
+        (before, seen): (Loaded<A>, Seen),
         committed: &[EventEnvelope<A::Event>],
     ) {
         let Some(last) = committed.last() else {
             return;
         };
+        let ids: Vec<Uuid> = committed.iter().map(|e| e.event_id).collect();
         tracing::Span::current().record("version", last.version);
         let after = Loaded {
             state: committed
@@ -549,7 +618,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             self.save_snapshot(stream, policy, &after).await;
         }
         if let Some(cache) = &self.cache {
-            cache.put(stream, after);
+            cache.put(stream, after, seen.and(Some(&ids)));
         }
     }
 
@@ -604,7 +673,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             }
             None => (Loaded::default(), self.store.load(stream, 1).await?),
         };
-        fold(start, tail, |e| e.version <= version).await
+        Ok(fold(start, tail, |e| e.version <= version).await?.0)
     }
 
     /// The state of `stream` as it was at instant `at` (time travel by time): every event
@@ -615,7 +684,9 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         at: OffsetDateTime,
     ) -> Result<Loaded<A>, StoreError> {
         let events = self.store.load(stream, 1).await?;
-        fold(Loaded::default(), events, |e| e.recorded_at <= at).await
+        Ok(fold(Loaded::default(), events, |e| e.recorded_at <= at)
+            .await?
+            .0)
     }
 }
 
@@ -732,22 +803,28 @@ fn decode_committed<A: Aggregate>(
 }
 
 /// Folds the events of `events` that pass `keep` into `start`, stopping at the first that does
-/// not (streams are in version order, so the rest would not pass either).
+/// not (streams are in version order, so the rest would not pass either). Returns the state and
+/// the ids of the events folded (`None` when there were more than [`SEEN_IDS`]).
 async fn fold<A: Aggregate>(
     start: Loaded<A>,
     mut events: EventStream,
     keep: impl Fn(&RecordedEvent) -> bool,
-) -> Result<Loaded<A>, StoreError> {
+) -> Result<(Loaded<A>, Option<Vec<Uuid>>), StoreError> {
     let mut loaded = start;
+    let mut ids = Some(Vec::new());
     while let Some(recorded) = events.try_next().await? {
         if !keep(&recorded) {
             break;
         }
+        ids = ids.filter(|ids| ids.len() < SEEN_IDS).map(|mut ids| {
+            ids.push(recorded.event_id);
+            ids
+        });
         let envelope: EventEnvelope<A::Event> = decode(&recorded)?;
         loaded.state = loaded.state.evolve(&envelope.payload);
         loaded.position = envelope.stream_position();
     }
-    Ok(loaded)
+    Ok((loaded, ids))
 }
 
 #[cfg(test)]

@@ -309,7 +309,9 @@ async fn domain_rejection_is_typed() {
 /// zero its authority is one event behind too (a JetStream leader cut off from its cluster
 /// answers from its old state until it steps down): loads and `stream_position` lack the last
 /// event, each `version_past` answers `None` and counts `cut_off` down, and an append that
-/// expects the real last version is refused as a conflict at the old one.
+/// expects the real last version is refused as a conflict at the old one. While `windowed`, it
+/// says it recognises repeats for two minutes only, as JetStream does (the in-memory store
+/// recognises them at any age), so that the repository looks up what may be older.
 #[derive(Clone)]
 struct RacingStore {
     inner: InMemoryEventStore,
@@ -317,6 +319,7 @@ struct RacingStore {
     loads: Arc<AtomicU32>,
     lagging: Arc<AtomicU32>,
     cut_off: Arc<AtomicU32>,
+    windowed: Arc<AtomicBool>,
 }
 
 impl RacingStore {
@@ -380,6 +383,9 @@ impl EventStore for RacingStore {
         Ok(futures::stream::iter(events.into_iter().map(Ok)).boxed())
     }
     fn deduplication_window(&self) -> Option<std::time::Duration> {
+        if self.windowed.load(Ordering::SeqCst) {
+            return Some(std::time::Duration::from_secs(120));
+        }
         self.inner.deduplication_window()
     }
     async fn stream_position(
@@ -432,6 +438,7 @@ async fn racing_repo(retries: u32, cache: bool) -> Repository<Wallet, RacingStor
         loads: Arc::new(AtomicU32::new(0)),
         lagging: Arc::new(AtomicU32::new(0)),
         cut_off: Arc::new(AtomicU32::new(0)),
+        windowed: Arc::new(AtomicBool::new(false)),
     };
     let mut repo = Repository::new(store.clone()).with_conflict_retries(retries);
     if cache {
@@ -591,6 +598,58 @@ async fn credited_wallet(
         .await
         .unwrap();
     (repo, cut_off, credited)
+}
+
+/// Loads `repo`'s store served since `before` (a lookup of a command's commit reads the stream
+/// too).
+fn loads_since(repo: &Repository<Wallet, RacingStore>, before: &mut u32) -> u32 {
+    let now = repo.store().loads.load(Ordering::SeqCst);
+    std::mem::replace(before, now).abs_diff(now)
+}
+
+#[tokio::test]
+async fn a_repository_that_has_seen_every_event_needs_no_lookup_to_tell_a_repeat() {
+    // A store that answers repeats only within its window: an explicit idempotency key is
+    // looked up before its events are appended, unless the repository knows every event.
+    let repo = racing_repo(0, false).await;
+    repo.store().raced.store(true, Ordering::SeqCst);
+    repo.store().windowed.store(true, Ordering::SeqCst);
+    let keyed = || CommandMetadata::root().with_idempotency_key("payment-7");
+    let mut loads = repo.store().loads.load(Ordering::SeqCst);
+
+    let first = repo.execute("w1", Cmd::Credit(5), keyed()).await.unwrap();
+    assert_eq!(loads_since(&repo, &mut loads), 1, "the load alone");
+    // The repeat is among the events the load folded: fetched, not written again.
+    let again = repo.execute("w1", Cmd::Credit(5), keyed()).await.unwrap();
+    assert_eq!(again, first);
+    assert_eq!(
+        loads_since(&repo, &mut loads),
+        2,
+        "the load and the original's lookup"
+    );
+    // A refusal on a current state none of whose events is the command's is answered as such.
+    let refused = repo
+        .execute("w1", Cmd::Debit(1_000), CommandMetadata::root())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.rejection(), Some(&WalletError::InsufficientFunds));
+    assert_eq!(loads_since(&repo, &mut loads), 1, "the load alone");
+    assert_eq!(repo.load(&wallet("w1")).await.unwrap().state.balance, 5);
+    loads_since(&repo, &mut loads);
+
+    // Not every event known (more than the repository keeps ids of): looked up as before.
+    for _ in 0..130 {
+        repo.execute("w1", Cmd::Credit(1), CommandMetadata::root())
+            .await
+            .unwrap();
+    }
+    loads_since(&repo, &mut loads);
+    let keyed = || CommandMetadata::root().with_idempotency_key("payment-8");
+    let first = repo.execute("w1", Cmd::Credit(7), keyed()).await.unwrap();
+    assert_eq!(loads_since(&repo, &mut loads), 2, "the load and the lookup");
+    let again = repo.execute("w1", Cmd::Credit(7), keyed()).await.unwrap();
+    assert_eq!(again, first);
+    assert_eq!(repo.load(&wallet("w1")).await.unwrap().state.balance, 142);
 }
 
 /// `err` is the store being unavailable, which the caller may retry.
