@@ -752,7 +752,10 @@ pub(crate) async fn run(seed: u64, sync: SyncInterval, faults: Vec<Fault>) -> Ou
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
-    if tally.lost + tally.duplicated + tally.phantom + tally.gaps > 0 || !runners.missed.is_empty()
+    // Kept too when a replica was slow to hold every event, to see why in the servers' logs.
+    if tally.lost + tally.duplicated + tally.phantom + tally.gaps > 0
+        || !runners.missed.is_empty()
+        || stale_tallies > 0
     {
         keep_logs(&cluster, seed);
     }
