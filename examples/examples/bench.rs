@@ -5,7 +5,7 @@
 //! `NATS_URL=nats://127.0.0.1:4222`. Knobs: `ACCOUNTS` (default 256), `COMMANDS` deposits per
 //! account (default 200), `WRITERS` (comma-separated concurrency levels, default `1,16`),
 //! `ROUNDS` (default 3), `VARIANTS` (comma-separated subset of `repository,s2,store,bare,minimal`,
-//! the default, and `msgid`, `envelope`, `body`; `load` alone measures loads only), `FSYNC=always` (the bench's server fsyncs every write before the ack,
+//! the default, and `keyed`, `msgid`, `envelope`, `body`; `load` alone measures loads only), `FSYNC=always` (the bench's server fsyncs every write before the ack,
 //! `jetstream { sync_interval: always }`; the default is the server's lazy fsync).
 //!
 //! The output ends with one JSON line per variant and writer count,
@@ -23,6 +23,10 @@
 //! - `repository`: `Repository::<BankAccount>::execute(Deposit)` with `with_cache` (decides on
 //!   the cached state, appends with the expected version, idempotency key and metadata headers);
 //! - `repository_s2`: the same on a stream made with `StoreConfig::compressed(true)` (S2);
+//! - `repository_keyed` (only on request): the same with an explicit idempotency key per deposit
+//!   (as a payment id would be), which the repository must tell from an earlier commit of the
+//!   key: from the events it has folded when it knows them all (up to 128 per aggregate: run it
+//!   with `COMMANDS` below 128), else by reading the aggregate's history;
 //! - `store_append`: `JetStreamEventStore::append` of an encoded `Deposited` event (the writer
 //!   tracks the version), i.e. the store without the repository;
 //! - `bare_same_headers`: `jetstream.send_publish` of the same subjects, payload and headers as the
@@ -75,6 +79,7 @@ const ACCOUNT: &str = "BankAccount";
 enum Variant {
     Repository,
     RepositoryS2,
+    RepositoryKeyed,
     Store,
     BareSame,
     BareMinimal,
@@ -92,9 +97,10 @@ impl Variant {
         Self::BareSame,
         Self::BareMinimal,
     ];
-    const ALL: [Self; 8] = [
+    const ALL: [Self; 9] = [
         Self::Repository,
         Self::RepositoryS2,
+        Self::RepositoryKeyed,
         Self::Store,
         Self::BareSame,
         Self::BareMinimal,
@@ -107,6 +113,7 @@ impl Variant {
         match self {
             Self::Repository => "repository",
             Self::RepositoryS2 => "repository_s2",
+            Self::RepositoryKeyed => "repository_keyed",
             Self::Store => "store_append",
             Self::BareSame => "bare_same_headers",
             Self::BareMinimal => "bare_minimal",
@@ -120,6 +127,7 @@ impl Variant {
         match self {
             Self::Repository => "repository",
             Self::RepositoryS2 => "s2",
+            Self::RepositoryKeyed => "keyed",
             Self::Store => "store",
             Self::BareSame => "bare",
             Self::BareMinimal => "minimal",
@@ -249,13 +257,24 @@ async fn drop_context(client: &async_nats::Client, config: &StoreConfig) {
         .await;
 }
 
+/// How the `repository` variants differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flavour {
+    /// The defaults.
+    Plain,
+    /// An S2-compressed stream.
+    Compressed,
+    /// An explicit idempotency key on every deposit.
+    Keyed,
+}
+
 async fn run_repository(
     workload: &Workload,
     context: &str,
     writers: usize,
-    compressed: bool,
+    flavour: Flavour,
 ) -> Duration {
-    let config = StoreConfig::new(context).compressed(compressed);
+    let config = StoreConfig::new(context).compressed(flavour == Flavour::Compressed);
     let store = JetStreamEventStore::connect(workload.url.as_str(), config.clone())
         .await
         .expect("connect");
@@ -277,15 +296,15 @@ async fn run_repository(
         let repo = repo.clone();
         async move {
             let ids: Vec<String> = accounts.iter().map(|&a| account_id(a)).collect();
-            for _ in 0..commands {
+            for n in 0..commands {
                 for id in &ids {
-                    repo.execute(
-                        id,
-                        AccountCommand::Deposit { amount: AMOUNT },
-                        CommandMetadata::root().with_actor(ACTOR),
-                    )
-                    .await
-                    .expect("deposit");
+                    let mut metadata = CommandMetadata::root().with_actor(ACTOR);
+                    if flavour == Flavour::Keyed {
+                        metadata = metadata.with_idempotency_key(format!("deposit-{id}-{n}"));
+                    }
+                    repo.execute(id, AccountCommand::Deposit { amount: AMOUNT }, metadata)
+                        .await
+                        .expect("deposit");
                 }
             }
         }
@@ -852,10 +871,13 @@ async fn main() {
                 let context = format!("bench{run}");
                 let elapsed = match variant {
                     Variant::Repository => {
-                        run_repository(&workload, &context, writers, false).await
+                        run_repository(&workload, &context, writers, Flavour::Plain).await
                     }
                     Variant::RepositoryS2 => {
-                        run_repository(&workload, &context, writers, true).await
+                        run_repository(&workload, &context, writers, Flavour::Compressed).await
+                    }
+                    Variant::RepositoryKeyed => {
+                        run_repository(&workload, &context, writers, Flavour::Keyed).await
                     }
                     Variant::Store => run_store(&workload, &context, writers).await,
                     Variant::BareSame => run_bare(&workload, &context, writers, Wire::Same).await,
