@@ -334,9 +334,10 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         // decided again, which costs no retry because the caller's expectation was not at fault.
         let mut trust_cache = true;
         let mut stale_loads = 0u32;
-        // The highest version a state of this command was decided on. Versions never go back
-        // (streams refuse deletes), so a later load or answer below it came from a copy of the
-        // store that lags — on JetStream even the leader, when it is cut off from its cluster.
+        // The highest version a state of this command was decided on, or a conflict reported.
+        // Versions never go back (streams refuse deletes), so a later load or answer below it
+        // came from a copy of the store that lags — a JetStream follower catching up, or even
+        // the leader, when it is cut off from its cluster.
         let mut decided_on = 0u64;
         // Whether a commit the repository does not know of must be looked up (once).
         let mut look_up = may_repeat_an_old_commit(&self.store, metadata);
@@ -351,7 +352,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             };
             trust_cache = false;
             if loaded.version() < decided_on {
-                let behind = format!("a state at version {decided_on} was loaded before");
+                let behind = format!("version {decided_on} was loaded or reported before");
                 self.behind(stream, &loaded, &behind, &mut stale_loads)
                     .await?;
                 continue;
@@ -431,22 +432,36 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 // Stores answer a retried append with its original commit even when its expected
                 // version is stale, so a conflict here is a real one.
                 Err(error) if error.is_conflict() => {
+                    // The version a conflict reports exists: a reload below it lags.
+                    if let StoreError::Conflict {
+                        actual: Some(v), ..
+                    } = error
+                    {
+                        decided_on = decided_on.max(v);
+                    }
                     if from_cache {
                         tracing::debug!("cached state was stale; loading newer events");
                         continue;
                     }
-                    let retried =
-                        metadata.expected_version.is_none() && attempt < self.conflict_retries;
-                    crate::metrics::conflict(A::TYPE, retried);
-                    if !retried {
+                    if !self.retries_conflict(metadata, &mut attempt) {
                         return Err(error.into());
                     }
-                    attempt += 1;
-                    tracing::debug!(attempt, "conflict; reloading and deciding again");
                 }
                 Err(error) => return Err(error.into()),
             }
         }
+    }
+
+    /// Whether a conflict on a state the store gave is decided again, counted in `attempt`:
+    /// for a command that pins no version, within the configured retries.
+    fn retries_conflict(&self, metadata: &CommandMetadata, attempt: &mut u32) -> bool {
+        let retried = metadata.expected_version.is_none() && *attempt < self.conflict_retries;
+        crate::metrics::conflict(A::TYPE, retried);
+        if retried {
+            *attempt += 1;
+            tracing::debug!(attempt = *attempt, "conflict; reloading and deciding again");
+        }
+        retried
     }
 
     /// The original commit of `key` on `stream` if the command is a repeat: found among the

@@ -600,6 +600,21 @@ async fn credited_wallet(
     (repo, cut_off, credited)
 }
 
+#[tokio::test]
+async fn a_reload_behind_the_version_a_conflict_reported_is_not_decided_on() {
+    // No conflict retries: the cached state meets a writer that was first (that costs no
+    // retry), and the reload comes from a replica that lacks that writer's event. Deciding on
+    // it would conflict again and fail the command; the repository loads again instead.
+    let repo = racing_repo(0, true).await;
+    repo.store().lagging.store(1, Ordering::SeqCst);
+    let committed = repo
+        .execute("w1", Cmd::Credit(1), CommandMetadata::root())
+        .await
+        .unwrap();
+    assert_eq!(committed[0].version, 3);
+    assert_eq!(repo.load(&wallet("w1")).await.unwrap().state.balance, 101);
+}
+
 /// Loads `repo`'s store served since `before` (a lookup of a command's commit reads the stream
 /// too).
 fn loads_since(repo: &Repository<Wallet, RacingStore>, before: &mut u32) -> u32 {
