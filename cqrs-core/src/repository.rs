@@ -464,10 +464,12 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         retried
     }
 
-    /// The original commit of `key` on `stream` if the command is a repeat: found among the
-    /// events of the state decided on when the repository knows them all (a first attempt
-    /// stored after that state fails the append's expected version, and the reload then knows
-    /// it), else looked up in the store when `unknown_is_looked_up`.
+    /// The original commit of `key` on `stream` if the command is a repeat: none when the
+    /// repository knows every event of the state decided on and none is the command's (a first
+    /// attempt stored after that state fails the append's expected version, and the reload then
+    /// knows it); looked up in the store when it is among them, or when the events are not all
+    /// known and `unknown_is_looked_up`. A lookup that misses a commit the loaded events held
+    /// was answered by a copy that lags: `Unavailable`, never a refusal or a second commit.
     async fn repeat_of(
         &self,
         stream: &StreamId,
@@ -475,10 +477,19 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         seen: &Seen,
         unknown_is_looked_up: bool,
     ) -> Result<Option<Committed>, StoreError> {
-        if seen.holds(key).unwrap_or(unknown_is_looked_up) {
-            self.store.find_commit(stream, key).await
-        } else {
-            Ok(None)
+        let known = seen.holds(key);
+        if !known.unwrap_or(unknown_is_looked_up) {
+            return Ok(None);
+        }
+        match self.store.find_commit(stream, key).await? {
+            None if known == Some(true) => Err(StoreError::Unavailable {
+                operation: "look up a commit",
+                reason: format!(
+                    "{stream} was loaded with the commit of idempotency key {key}, but the lookup of that commit did not find it: the copy of the store that answered lags; retry"
+                ),
+                source: None,
+            }),
+            found => Ok(found),
         }
     }
 

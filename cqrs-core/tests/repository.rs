@@ -311,7 +311,8 @@ async fn domain_rejection_is_typed() {
 /// event, each `version_past` answers `None` and counts `cut_off` down, and an append that
 /// expects the real last version is refused as a conflict at the old one. While `windowed`, it
 /// says it recognises repeats for two minutes only, as JetStream does (the in-memory store
-/// recognises them at any age), so that the repository looks up what may be older.
+/// recognises them at any age), so that the repository looks up what may be older. Its next
+/// `stale_lookups` lookups of a commit are answered by a copy that lacks it.
 #[derive(Clone)]
 struct RacingStore {
     inner: InMemoryEventStore,
@@ -320,6 +321,7 @@ struct RacingStore {
     lagging: Arc<AtomicU32>,
     cut_off: Arc<AtomicU32>,
     windowed: Arc<AtomicBool>,
+    stale_lookups: Arc<AtomicU32>,
 }
 
 impl RacingStore {
@@ -382,6 +384,19 @@ impl EventStore for RacingStore {
         }
         Ok(futures::stream::iter(events.into_iter().map(Ok)).boxed())
     }
+    async fn find_commit(
+        &self,
+        stream: &StreamId,
+        key: &IdempotencyKey,
+    ) -> Result<Option<cqrs_core::Committed>, StoreError> {
+        let stale = self
+            .stale_lookups
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if stale.is_ok() {
+            return Ok(None);
+        }
+        cqrs_core::store::find_commit_by_scan(self, stream, key).await
+    }
     fn deduplication_window(&self) -> Option<std::time::Duration> {
         if self.windowed.load(Ordering::SeqCst) {
             return Some(std::time::Duration::from_secs(120));
@@ -439,6 +454,7 @@ async fn racing_repo(retries: u32, cache: bool) -> Repository<Wallet, RacingStor
         lagging: Arc::new(AtomicU32::new(0)),
         cut_off: Arc::new(AtomicU32::new(0)),
         windowed: Arc::new(AtomicBool::new(false)),
+        stale_lookups: Arc::new(AtomicU32::new(0)),
     };
     let mut repo = Repository::new(store.clone()).with_conflict_retries(retries);
     if cache {
@@ -665,6 +681,23 @@ async fn a_repository_that_has_seen_every_event_needs_no_lookup_to_tell_a_repeat
     let again = repo.execute("w1", Cmd::Credit(7), keyed()).await.unwrap();
     assert_eq!(again, first);
     assert_eq!(repo.load(&wallet("w1")).await.unwrap().state.balance, 142);
+}
+
+#[tokio::test]
+async fn a_lookup_that_misses_a_commit_the_load_held_is_not_taken_for_a_refusal() {
+    // The repeat of an `Open` is refused by the state its first attempt made; its original is
+    // looked up — by a copy that lacks it (a JetStream replica catching up, answering while a
+    // leader that lags confirms "nothing more"). The repository loaded that commit, so the miss
+    // is the copy's: retryable, and the next repeat gets the original.
+    let repo = racing_repo(0, false).await;
+    repo.store().raced.store(true, Ordering::SeqCst);
+    let keyed = || CommandMetadata::root().with_idempotency_key("open-w2");
+    let first = repo.execute("w2", Cmd::Open, keyed()).await.unwrap();
+    repo.store().stale_lookups.store(1, Ordering::SeqCst);
+    let err = repo.execute("w2", Cmd::Open, keyed()).await.unwrap_err();
+    assert_retryably_unavailable(&err);
+    let again = repo.execute("w2", Cmd::Open, keyed()).await.unwrap();
+    assert_eq!(again, first);
 }
 
 /// `err` is the store being unavailable, which the caller may retry.
