@@ -103,7 +103,7 @@ const STALE_LOADS: u32 = 5;
 
 /// How many event ids of one aggregate a repository keeps, to tell a repeated command from a
 /// new one without reading the stream (an aggregate with more events is looked up as before).
-const SEEN_IDS: usize = 128;
+const SEEN_IDS: usize = 256;
 
 /// The ids of every event of an aggregate, when the repository has folded them all from
 /// version 1 on and they are at most [`SEEN_IDS`]; `None` when it has not (a load from a
@@ -209,6 +209,8 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     /// the store (one round trip per command); should another writer have moved the aggregate
     /// on, the append's version check catches it and the command is decided again on the newer
     /// state — this costs no conflict retry, since the caller's expectation was not at fault.
+    /// With each aggregate of at most 256 events the cache keeps their ids (16 bytes each), so
+    /// that a command that may repeat an old commit is told apart without reading the stream.
     pub fn with_cache(mut self, capacity: usize) -> Self {
         self.cache = Some(Arc::new(AggregateCache {
             capacity: capacity.max(1),

@@ -25,8 +25,8 @@
 //! - `repository_s2`: the same on a stream made with `StoreConfig::compressed(true)` (S2);
 //! - `repository_keyed` (only on request): the same with an explicit idempotency key per deposit
 //!   (as a payment id would be), which the repository must tell from an earlier commit of the
-//!   key: from the events it has folded when it knows them all (up to 128 per aggregate: run it
-//!   with `COMMANDS` below 128), else by reading the aggregate's history;
+//!   key: from the events it has folded when it knows them all (up to 256 per aggregate: the
+//!   default `COMMANDS` stays below), else by reading the aggregate's history;
 //! - `store_append`: `JetStreamEventStore::append` of an encoded `Deposited` event (the writer
 //!   tracks the version), i.e. the store without the repository;
 //! - `bare_same_headers`: `jetstream.send_publish` of the same subjects, payload and headers as the
