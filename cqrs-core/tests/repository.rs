@@ -470,11 +470,16 @@ async fn racing_repo(retries: u32, cache: bool) -> Repository<Wallet, RacingStor
 #[tokio::test]
 async fn conflict_is_retried_when_allowed() {
     let repo = racing_repo(1, false).await;
+    credit_lands_after_the_racing_credit(&repo).await;
+}
+
+/// Credits 1 to `w1`: decided again on the state that includes the racing writer's credit of
+/// 100, it is version 3 and the balance is 101.
+async fn credit_lands_after_the_racing_credit(repo: &Repository<Wallet, RacingStore>) {
     let committed = repo
         .execute("w1", Cmd::Credit(1), CommandMetadata::root())
         .await
         .unwrap();
-    // The credit was decided again on the state that includes the racing credit.
     assert_eq!(committed[0].version, 3);
     assert_eq!(repo.load(&wallet("w1")).await.unwrap().state.balance, 101);
 }
@@ -510,12 +515,7 @@ async fn stale_cache_is_caught_by_the_store_and_decided_again_without_a_retry() 
     // No conflict retries allowed, yet the race against the cached state is not the caller's
     // conflict: the command is decided again on the newer state.
     let repo = racing_repo(0, true).await;
-    let committed = repo
-        .execute("w1", Cmd::Credit(1), CommandMetadata::root())
-        .await
-        .unwrap();
-    assert_eq!(committed[0].version, 3);
-    assert_eq!(repo.load(&wallet("w1")).await.unwrap().state.balance, 101);
+    credit_lands_after_the_racing_credit(&repo).await;
 }
 
 /// On wallet `w1`, opened and credited 50 where `repo` may not have seen the credit yet:
@@ -623,12 +623,7 @@ async fn a_reload_behind_the_version_a_conflict_reported_is_not_decided_on() {
     // it would conflict again and fail the command; the repository loads again instead.
     let repo = racing_repo(0, true).await;
     repo.store().lagging.store(1, Ordering::SeqCst);
-    let committed = repo
-        .execute("w1", Cmd::Credit(1), CommandMetadata::root())
-        .await
-        .unwrap();
-    assert_eq!(committed[0].version, 3);
-    assert_eq!(repo.load(&wallet("w1")).await.unwrap().state.balance, 101);
+    credit_lands_after_the_racing_credit(&repo).await;
 }
 
 /// Loads `repo`'s store served since `before` (a lookup of a command's commit reads the stream
