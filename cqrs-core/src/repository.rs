@@ -632,7 +632,6 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         let Some(last) = committed.last() else {
             return;
         };
-        let ids: Vec<Uuid> = committed.iter().map(|e| e.event_id).collect();
         tracing::Span::current().record("version", last.version);
         let after = Loaded {
             state: committed
@@ -646,6 +645,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             self.save_snapshot(stream, policy, &after).await;
         }
         if let Some(cache) = &self.cache {
+            let ids: Vec<Uuid> = committed.iter().map(|e| e.event_id).collect();
             cache.put(stream, after, seen.and(Some(&ids)));
         }
     }
